@@ -1,0 +1,1 @@
+"""HTTP: webhooks, provider callbacks, the ops API and pages."""

@@ -1,0 +1,256 @@
+"""The one reader of the environment: typed, validated once at start, secrets hidden."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from outreach.errors import ConfigurationError
+
+VAR_DIR = Path("var")
+DEFAULT_DATABASE_URL = "sqlite:///var/outreach.db"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+DEFAULT_POLICY = Path("schedules/default.yaml")
+DEFAULT_TEMPLATES = Path("templates")
+
+SMS_PROVIDERS = ("console", "twilio", "simulated")
+EMAIL_PROVIDERS = ("console", "smtp", "simulated")
+ROLES = ("admin", "viewer")
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or an f-string."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class OpsToken:
+    token: Secret
+    role: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: Secret
+    redis_url: Secret | None
+    webhook_secret: Secret | None
+    ops_tokens: tuple[OpsToken, ...]
+    public_url: str
+    sms_provider: str
+    email_provider: str
+    twilio_account_sid: str | None
+    twilio_auth_token: Secret | None
+    twilio_from: str | None
+    twilio_messaging_service_sid: str | None
+    twilio_api_base_url: str | None
+    sms_rate: float
+    smtp_host: str
+    smtp_port: int
+    smtp_username: str | None
+    smtp_password: Secret | None
+    smtp_starttls: bool
+    email_from: str | None
+    policy_path: Path
+    templates_dir: Path = DEFAULT_TEMPLATES
+    var_dir: Path = VAR_DIR
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.reveal().startswith("sqlite")
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    def role_for(self, token: str) -> str | None:
+        for known in self.ops_tokens:
+            if known.token.reveal() == token:
+                return known.role
+        return None
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _database_url(env: Mapping[str, str]) -> Secret:
+    raw = _optional(env, "OUTREACH_DATABASE_URL") or DEFAULT_DATABASE_URL
+    scheme = raw.split(":", 1)[0].lower() if ":" in raw else ""
+    if scheme.startswith("postgres"):
+        # Accept the common `postgres://` and `postgresql://` spellings and use psycopg 3.
+        rest = raw.split("://", 1)[1] if "://" in raw else ""
+        if not rest:
+            raise ConfigurationError(
+                "OUTREACH_DATABASE_URL: expected postgresql://user@host:port/database"
+            )
+        driver = scheme.split("+", 1)[1] if "+" in scheme else "psycopg"
+        if driver != "psycopg":
+            raise ConfigurationError(
+                f"OUTREACH_DATABASE_URL: driver '{driver}' is not supported; use postgresql+psycopg"
+            )
+        return Secret(f"postgresql+psycopg://{rest}")
+    if scheme == "sqlite":
+        if not raw.startswith("sqlite:///"):
+            raise ConfigurationError(
+                "OUTREACH_DATABASE_URL: a SQLite URL needs a path, e.g. sqlite:///var/outreach.db"
+            )
+        return Secret(raw)
+    raise ConfigurationError(
+        f"OUTREACH_DATABASE_URL: unsupported database URL scheme '{scheme or raw}'; "
+        "use sqlite:///path or postgresql://user@host/db"
+    )
+
+
+def _redis_url(env: Mapping[str, str]) -> Secret | None:
+    raw = _optional(env, "OUTREACH_REDIS_URL")
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ConfigurationError(
+            "OUTREACH_REDIS_URL: expected redis://host:port/db (or rediss://, unix://)"
+        )
+    return Secret(raw)
+
+
+def _ops_tokens(env: Mapping[str, str]) -> tuple[OpsToken, ...]:
+    raw = _optional(env, "OUTREACH_OPS_TOKENS")
+    if raw is None:
+        return ()
+    tokens = []
+    for index, item in enumerate(part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        token, sep, role = item.rpartition(":")
+        if not sep or not token:
+            raise ConfigurationError(
+                f"OUTREACH_OPS_TOKENS: entry {index + 1} must be token:role (role admin or viewer)"
+            )
+        if role not in ROLES:
+            raise ConfigurationError(
+                f"OUTREACH_OPS_TOKENS: entry {index + 1} has role '{role}'; use admin or viewer"
+            )
+        tokens.append(OpsToken(Secret(token), role))
+    return tuple(tokens)
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = (_optional(env, name) or default).lower()
+    if value not in allowed:
+        raise ConfigurationError(f"{name}: '{value}' is not one of {', '.join(allowed)}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name}: '{raw}' is not a boolean (true/false)")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}: '{raw}' is not a number") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name}: must be at least {minimum:g}, got {raw}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    raw = _optional(env, name) or default
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"{name}: '{raw}' is not an http(s) URL")
+    return raw.rstrip("/")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise ConfigurationError naming the first bad one."""
+    env = os.environ if env is None else env
+    sms_provider = _choice(env, "OUTREACH_SMS_PROVIDER", "console", SMS_PROVIDERS)
+    email_provider = _choice(env, "OUTREACH_EMAIL_PROVIDER", "console", EMAIL_PROVIDERS)
+    twilio_sid = _optional(env, "TWILIO_ACCOUNT_SID")
+    twilio_token = _optional(env, "TWILIO_AUTH_TOKEN")
+    twilio_from = _optional(env, "TWILIO_FROM")
+    twilio_service = _optional(env, "TWILIO_MESSAGING_SERVICE_SID")
+    if sms_provider == "twilio":
+        if twilio_sid is None:
+            raise ConfigurationError(
+                "TWILIO_ACCOUNT_SID: required when OUTREACH_SMS_PROVIDER=twilio"
+            )
+        if twilio_token is None:
+            raise ConfigurationError(
+                "TWILIO_AUTH_TOKEN: required when OUTREACH_SMS_PROVIDER=twilio"
+            )
+        if twilio_from is None and twilio_service is None:
+            raise ConfigurationError(
+                "TWILIO_FROM: set it (or TWILIO_MESSAGING_SERVICE_SID) "
+                "when OUTREACH_SMS_PROVIDER=twilio"
+            )
+    email_from = _optional(env, "EMAIL_FROM")
+    if email_provider == "smtp" and email_from is None:
+        raise ConfigurationError("EMAIL_FROM: required when OUTREACH_EMAIL_PROVIDER=smtp")
+    smtp_port = _number(env, "SMTP_PORT", 25, minimum=1)
+    if smtp_port != int(smtp_port) or smtp_port > 65535:
+        raise ConfigurationError(f"SMTP_PORT: '{env.get('SMTP_PORT')}' is not a port number")
+    policy_path = Path(_optional(env, "OUTREACH_POLICY") or DEFAULT_POLICY)
+    return Settings(
+        database_url=_database_url(env),
+        redis_url=_redis_url(env),
+        webhook_secret=Secret(v) if (v := _optional(env, "OUTREACH_WEBHOOK_SECRET")) else None,
+        ops_tokens=_ops_tokens(env),
+        public_url=_url(env, "OUTREACH_PUBLIC_URL", DEFAULT_PUBLIC_URL) or DEFAULT_PUBLIC_URL,
+        sms_provider=sms_provider,
+        email_provider=email_provider,
+        twilio_account_sid=twilio_sid,
+        twilio_auth_token=Secret(twilio_token) if twilio_token else None,
+        twilio_from=twilio_from,
+        twilio_messaging_service_sid=twilio_service,
+        twilio_api_base_url=_url(env, "TWILIO_API_BASE_URL", None),
+        sms_rate=_number(env, "OUTREACH_SMS_RATE", 1.0, minimum=0.01),
+        smtp_host=_optional(env, "SMTP_HOST") or "localhost",
+        smtp_port=int(smtp_port),
+        smtp_username=_optional(env, "SMTP_USERNAME"),
+        smtp_password=Secret(v) if (v := _optional(env, "SMTP_PASSWORD")) else None,
+        smtp_starttls=_bool(env, "SMTP_STARTTLS", False),
+        email_from=email_from,
+        policy_path=policy_path,
+    )

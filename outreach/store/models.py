@@ -1,0 +1,294 @@
+"""SQLAlchemy models: borrower and loan state, the event inbox, the message outbox and log."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from outreach.store.types import Amount, JSONType, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Borrower(Base):
+    __tablename__ = "borrowers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    locale: Mapped[str] = mapped_column(String(20))
+    email: Mapped[str | None] = mapped_column(String(320))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    address_country: Mapped[str | None] = mapped_column(String(2))
+    address_region: Mapped[str | None] = mapped_column(String(100))
+    address_city: Mapped[str | None] = mapped_column(String(100))
+    address_postal_code: Mapped[str | None] = mapped_column(String(20))
+    consent_sms: Mapped[bool] = mapped_column(Boolean, default=False)
+    consent_email: Mapped[bool] = mapped_column(Boolean, default=False)
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # occurred_at of the last applied borrower.upserted: older ones are recorded and ignored
+    state_as_of: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    phones: Mapped[list[BorrowerPhone]] = relationship(
+        order_by="BorrowerPhone.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class BorrowerPhone(Base):
+    __tablename__ = "borrower_phones"
+
+    borrower_id: Mapped[str] = mapped_column(
+        ForeignKey("borrowers.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    phone: Mapped[str] = mapped_column(String(20), index=True)
+
+
+class ContactRestriction(Base):
+    __tablename__ = "contact_restrictions"
+    __table_args__ = (UniqueConstraint("borrower_id", "restriction"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    borrower_id: Mapped[str] = mapped_column(String(100), index=True)
+    restriction: Mapped[str] = mapped_column(String(40))
+    active: Mapped[bool] = mapped_column(Boolean)
+    windows: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    state_as_of: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class OptOut(Base):
+    """Whether a recipient (phone or email) may receive a channel; one row per recipient."""
+
+    __tablename__ = "opt_outs"
+    __table_args__ = (UniqueConstraint("channel", "recipient"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    recipient: Mapped[str] = mapped_column(String(320))
+    borrower_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    opted_out: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class InvalidRecipient(Base):
+    """A phone number or email address a provider told us cannot receive messages."""
+
+    __tablename__ = "invalid_recipients"
+    __table_args__ = (UniqueConstraint("channel", "recipient"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    recipient: Mapped[str] = mapped_column(String(320))
+    code: Mapped[str] = mapped_column(String(40))
+    recorded_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Loan(Base):
+    __tablename__ = "loans"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    borrower_id: Mapped[str] = mapped_column(String(100), index=True)
+    product: Mapped[str] = mapped_column(String(100))
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_due: Mapped[Decimal] = mapped_column(Amount)
+    balance: Mapped[Decimal] = mapped_column(Amount)
+    days_past_due: Mapped[int] = mapped_column(Integer)
+    due_date: Mapped[dt.date] = mapped_column()
+    account_number: Mapped[str] = mapped_column(String(64))
+    closed_reason: Mapped[str | None] = mapped_column(String(20))
+    # occurred_at of the last applied loan state: older updates are recorded and ignored
+    state_as_of: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(String(100), index=True)
+    amount: Mapped[Decimal] = mapped_column(Amount)
+    paid_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    amount_due_after: Mapped[Decimal] = mapped_column(Amount)
+
+
+class PromiseToPay(Base):
+    __tablename__ = "promises"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(String(100), index=True)
+    amount: Mapped[Decimal] = mapped_column(Amount)
+    promised_date: Mapped[dt.date] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class PaymentPlan(Base):
+    __tablename__ = "payment_plans"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(String(100), index=True)
+    # [{"due_date": "2026-12-01", "amount": "100.00"}, ...]
+    instalments: Mapped[list[dict[str, str]]] = mapped_column(JSONType)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class FieldVisit(Base):
+    __tablename__ = "field_visits"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(String(100), index=True)
+    visit_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    collector_name: Mapped[str] = mapped_column(String(200))
+    collector_id: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ReceivedEvent(Base):
+    """The inbox: every accepted webhook event, stored before the 202 is sent."""
+
+    __tablename__ = "received_events"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    type: Mapped[str] = mapped_column(String(60), index=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    borrower_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    loan_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    # applied | ignored_stale | ... with the detail naming why
+    outcome: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(10))
+    template: Mapped[str] = mapped_column(String(100))
+    segment: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    variants: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    start_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    end_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    throttle_per_minute: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Message(Base):
+    """The outbox and the log: one row per message, whatever became of it."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_status_send_at", "status", "send_at"),
+        Index("ix_messages_borrower_created", "borrower_id", "id"),
+        Index("ix_messages_loan_status", "loan_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(300), unique=True)
+    purpose: Mapped[str] = mapped_column(String(40))
+    borrower_id: Mapped[str] = mapped_column(String(100))
+    loan_id: Mapped[str | None] = mapped_column(String(100))
+    campaign_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    stage: Mapped[str | None] = mapped_column(String(40), index=True)
+    channel: Mapped[str] = mapped_column(String(10), index=True)
+    template: Mapped[str] = mapped_column(String(100))
+    template_version: Mapped[str | None] = mapped_column(String(40))
+    locale: Mapped[str] = mapped_column(String(20))
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    body: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    segments: Mapped[int | None] = mapped_column(Integer)
+    encoding: Mapped[str | None] = mapped_column(String(10))
+    send_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(20))
+    # the reason code of the latest timeline event, for filtering the log
+    reason: Mapped[str | None] = mapped_column(String(40), index=True)
+    fallback_from: Mapped[str | None] = mapped_column(String(10))
+    refs: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
+    provider_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    # set, and committed, before a frequency-cap slot is taken in Redis, so that a rebuild of
+    # the caps after Redis lost them always counts reservations still in flight
+    cap_reserved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    needs_human: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    events: Mapped[list[MessageEvent]] = relationship(
+        order_by="MessageEvent.id", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class MessageEvent(Base):
+    """One step of a message's timeline: time, the status it moved to, why, and details."""
+
+    __tablename__ = "message_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ProviderCallback(Base):
+    """Provider webhooks already applied, so a duplicate changes nothing."""
+
+    __tablename__ = "provider_callbacks"
+
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class InboundReply(Base):
+    """Something a borrower sent us (SMS reply), matched to the borrower by number."""
+
+    __tablename__ = "inbound_replies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    sender: Mapped[str] = mapped_column(String(320), index=True)
+    body: Mapped[str] = mapped_column(Text)
+    borrower_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    # opt_out | opt_in | help | other
+    classification: Mapped[str] = mapped_column(String(20))
+    needs_human: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from typer.testing import CliRunner
+
+from outreach.cli import app
+from tests.support import clean_env, free_port, run_outreach, running
+
+
+def test_run_serves_health_and_ready_on_embedded_defaults(tmp_path: Path) -> None:
+    port = free_port()
+    with running("run", "--port", str(port), cwd=tmp_path, env=clean_env(), port=port) as proc:
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/health").status_code == 200
+        ready = httpx.get(f"{base}/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok"}
+    assert proc.returncode == 0
+    assert (tmp_path / "var" / "outreach.db").exists()
+    assert (tmp_path / "var" / "admin_token").exists()
+
+
+def test_a_malformed_setting_fails_at_start_in_one_line(tmp_path: Path) -> None:
+    result = run_outreach("run", cwd=tmp_path, env=clean_env(OUTREACH_DATABASE_URL="nonsense://"))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "OUTREACH_DATABASE_URL" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_db_upgrade_on_sqlite(tmp_path: Path) -> None:
+    result = run_outreach("db", "upgrade", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(f"sqlite:///{tmp_path / 'var' / 'outreach.db'}")
+    assert "messages" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_db_upgrade_on_an_empty_postgres_database(tmp_path: Path, postgres_server_url: str) -> None:
+    # a database of its own, so the shared one used by other tests is left alone
+    admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("DROP SCHEMA IF EXISTS cli_upgrade CASCADE"))
+        connection.execute(text("CREATE SCHEMA cli_upgrade"))
+    url = postgres_server_url + "?options=-csearch_path%3Dcli_upgrade"
+    try:
+        result = run_outreach(
+            "db", "upgrade", cwd=tmp_path, env=clean_env(OUTREACH_DATABASE_URL=url)
+        )
+        assert result.returncode == 0, result.stderr
+        with admin.connect() as connection:
+            tables = inspect(connection).get_table_names(schema="cli_upgrade")
+        assert {"messages", "borrowers", "alembic_version"} <= set(tables)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text("DROP SCHEMA IF EXISTS cli_upgrade CASCADE"))
+        admin.dispose()
+
+
+def every_command_path() -> list[list[str]]:
+    import typer.main
+
+    root = typer.main.get_command(app)
+    paths: list[list[str]] = []
+
+    def walk(command: object, prefix: list[str]) -> None:
+        paths.append(prefix)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*prefix, name])
+
+    walk(root, [])
+    return paths
+
+
+SPEC_COMMANDS = [
+    ["run"],
+    ["web"],
+    ["worker"],
+    ["clock"],
+    ["db", "upgrade"],
+    ["check"],
+    *[
+        ["campaign", verb]
+        for verb in ("create", "preview", "launch", "pause", "resume", "cancel", "list")
+    ],
+    ["messages", "list"],
+    ["messages", "show"],
+    ["messages", "export"],
+    ["simulate"],
+    ["demo"],
+]
+
+
+def test_every_spec_command_exists() -> None:
+    present = every_command_path()
+    for command in SPEC_COMMANDS:
+        assert command in present, command
+
+
+@pytest.mark.parametrize("command", SPEC_COMMANDS, ids=" ".join)
+def test_help_works_for_every_command(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output

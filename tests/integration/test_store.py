@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine, inspect, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from outreach.store.migrate import downgrade, is_current, upgrade
+from outreach.store.models import Loan, Message, MessageEvent, ReceivedEvent
+
+NOW = dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.UTC)
+
+
+def a_message(key: str, **overrides: object) -> Message:
+    fields: dict[str, object] = {
+        "id": "m_" + key,
+        "idempotency_key": key,
+        "purpose": "dunning",
+        "borrower_id": "b1",
+        "loan_id": "l1",
+        "stage": "early",
+        "channel": "sms",
+        "template": "early_first_notice",
+        "locale": "en-US",
+        "send_at": NOW,
+        "status": "scheduled",
+        "refs": {},
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    fields.update(overrides)
+    return Message(**fields)
+
+
+def test_migrations_round_trip(engine: Engine) -> None:
+    assert is_current(engine)
+    downgrade(engine, "base")
+    assert not inspect(engine).has_table("messages")
+    assert not is_current(engine)
+    upgrade(engine)
+    assert is_current(engine)
+    assert {"borrowers", "loans", "messages", "message_events", "received_events"} <= set(
+        inspect(engine).get_table_names()
+    )
+
+
+def test_amounts_and_instants_come_back_exact_and_aware(engine: Engine) -> None:
+    local = dt.datetime(2026, 3, 8, 1, 59, 59, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    with Session(engine) as session:
+        session.add(
+            Loan(
+                id="l1",
+                borrower_id="b1",
+                product="personal",
+                currency="USD",
+                amount_due=Decimal("1234.56"),
+                balance=Decimal("98765.4321"),
+                days_past_due=-3,
+                due_date=dt.date(2026, 3, 11),
+                account_number="1234567890",
+                state_as_of=local,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        session.commit()
+    with Session(engine) as session:
+        loan = session.get_one(Loan, "l1")
+        assert loan.amount_due == Decimal("1234.56")
+        assert str(loan.amount_due) == "1234.56"
+        assert loan.balance == Decimal("98765.4321")
+        assert loan.state_as_of == local
+        assert loan.state_as_of.tzinfo is not None
+        assert loan.due_date == dt.date(2026, 3, 11)
+        # amounts compare numerically in SQL on both databases
+        found = session.scalars(select(Loan.id).where(Loan.amount_due > Decimal("999.99")))
+        assert list(found) == ["l1"]
+        none = session.scalars(select(Loan.id).where(Loan.amount_due > Decimal("2000")))
+        assert list(none) == []
+
+
+def test_a_message_key_is_unique(engine: Engine) -> None:
+    with Session(engine) as session:
+        session.add(a_message("dunning:l1:early:1"))
+        session.commit()
+        session.add(a_message("dunning:l1:early:1", id="m_other"))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def test_an_event_id_is_stored_once(engine: Engine) -> None:
+    event = {"id": "evt-1", "type": "loan.updated", "occurred_at": NOW.isoformat(), "data": {}}
+    with Session(engine) as session:
+        session.add(
+            ReceivedEvent(
+                id="evt-1",
+                type="loan.updated",
+                occurred_at=NOW,
+                received_at=NOW,
+                body=event,
+                outcome="applied",
+            )
+        )
+        session.commit()
+        session.add(
+            ReceivedEvent(
+                id="evt-1",
+                type="loan.updated",
+                occurred_at=NOW,
+                received_at=NOW,
+                body=event,
+                outcome="applied",
+            )
+        )
+        with pytest.raises(IntegrityError):
+            session.commit()
+        session.rollback()
+        stored = session.get_one(ReceivedEvent, "evt-1")
+        assert stored.body["type"] == "loan.updated"
+
+
+def test_a_message_keeps_its_timeline_in_order(engine: Engine) -> None:
+    with Session(engine) as session:
+        message = a_message("k1")
+        message.events = [
+            MessageEvent(at=NOW, status="scheduled", reason="planned", detail=None),
+            MessageEvent(
+                at=NOW + dt.timedelta(minutes=1),
+                status="deferred",
+                reason="quiet_hours",
+                detail="until=2026-11-24T00:00:00+00:00",
+            ),
+        ]
+        session.add(message)
+        session.commit()
+    with Session(engine) as session:
+        stored = session.get_one(Message, "m_k1")
+        assert [(e.status, e.reason) for e in stored.events] == [
+            ("scheduled", "planned"),
+            ("deferred", "quiet_hours"),
+        ]
