@@ -1,0 +1,1 @@
+"""Rendering of borrower messages: templates, filters, SMS segments, lint and preview."""
