@@ -151,6 +151,10 @@ class Reason(StrEnum):
     PROMISE_KEPT = "promise_kept"
     INSTALMENT_PAID = "instalment_paid"
     VISIT_CANCELLED = "visit_cancelled"
+    # the moment a follow-up was for has passed (promise date, instalment date, visit)
+    EXPIRED = "expired"
+    # the payment plan an instalment reminder is about has a missed instalment
+    PLAN_BROKEN = "plan_broken"
     ALREADY_CONFIRMED = "already_confirmed"
     CAMPAIGN_PAUSED = "campaign_paused"
     CAMPAIGN_CANCELLED = "campaign_cancelled"

@@ -25,3 +25,7 @@ class RenderError(PermanentError):
 
 class StoreUnavailable(TransientError):
     """Raised when the database cannot be reached or cannot store something durably."""
+
+
+class CapUnavailable(TransientError):
+    """Raised when frequency caps cannot be checked or reserved; the message must wait."""

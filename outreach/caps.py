@@ -1,0 +1,251 @@
+"""Frequency caps: per-borrower rolling windows, reserved atomically in Redis.
+
+One sorted set per borrower holds every reservation of the longest window as
+`<channel>:<message id>` scored by its time in ms. A Lua script checks every rule of the
+message (SMS per day and per week, email per day and per week, any channel per day) and adds
+the reservation only if all of them allow it, so no number of concurrent workers can exceed
+a cap.
+
+Redis is not the source of truth: the message log is. The set carries a marker member
+(`!loaded`); when it is missing (Redis restarted, was flushed, the key expired) the reserver
+loads the borrower's reservations of the last week from the log and seeds the set in the same
+script that reserves, before anything else is counted. The pipeline records a message as
+holding a reservation *before* calling `reserve`, so a rebuild always sees reservations in
+flight; a message finding its own id already in the set (put there by a rebuild) counts the
+others only, and takes itself out again if refused. Redis unreachable means no send
+(`CapUnavailable`), never a free pass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from outreach.domain import BorrowerState, Channel, Decision, Purpose, Reason
+from outreach.errors import CapUnavailable
+from outreach.policy import Policy, contact_rules, counts_against_caps
+from outreach.policy.model import CapRule
+
+__all__ = ["CapReserver", "CapUnavailable", "History", "HistoryEntry"]
+
+# (message id, channel, when it reserved) for each message holding a reservation
+HistoryEntry = tuple[str, Channel | str, dt.datetime]
+History = Callable[[str, dt.datetime], Iterable[HistoryEntry]]
+
+DEFAULT_PREFIX = "outreach:caps:"
+# Reservation times from the log come from worker clocks, not Redis's; rebuilt entries are
+# pushed this much later so a worker clock running behind cannot shorten a window.
+DEFAULT_CLOCK_SKEW = dt.timedelta(seconds=60)
+# Keys outlive the longest window by this much, so an idle borrower's set expires on its own.
+_KEY_MARGIN = dt.timedelta(days=1)
+
+_LOADED = "!loaded"
+
+_RESERVE = """
+-- KEYS[1]  the borrower's set: members "<channel>:<message id>" scored in ms, plus the
+--          marker "!loaded" (score -1) once it holds the message log's reservations
+-- ARGV[1]  now in ms, or "" for the Redis server clock
+-- ARGV[2]  the message's channel; ARGV[3] its id; ARGV[4] key lifetime in ms
+-- ARGV[5]  number of rules n, then n x (name, scope sms|email|any, limit, window ms)
+-- then     "seed" and (score, member) pairs to load if the marker is missing, or "noseed"
+-- returns  {0, now} not loaded: call again with the log | {1, now} reserved |
+--          {2, now, rule, until} refused until `until` ms, when `rule` frees a slot
+local key = KEYS[1]
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = tonumber(ARGV[1])
+end
+local channel = ARGV[2]
+local member = channel .. ':' .. ARGV[3]
+local ttl = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local seed_at = 6 + n * 4
+
+if not redis.call('ZSCORE', key, '!loaded') then
+  if ARGV[seed_at] ~= 'seed' then
+    return {0, now}
+  end
+  for i = seed_at + 1, #ARGV, 2 do
+    -- NX: a reservation already present keeps its own (Redis-clock) time
+    redis.call('ZADD', key, 'NX', ARGV[i], ARGV[i + 1])
+  end
+  redis.call('ZADD', key, -1, '!loaded')
+  redis.call('PEXPIRE', key, ttl)
+end
+
+local longest = 0
+for r = 0, n - 1 do
+  local window = tonumber(ARGV[6 + r * 4 + 3])
+  if window > longest then longest = window end
+end
+redis.call('ZREMRANGEBYSCORE', key, 0, '(' .. (now - longest))
+-- later entries count too: with clocks out of order, they may share a window with now
+local entries = redis.call('ZRANGEBYSCORE', key, '(' .. (now - longest), '+inf', 'WITHSCORES')
+
+local refused_rule, refused_until = false, 0
+for r = 0, n - 1 do
+  local base = 6 + r * 4
+  local name, scope = ARGV[base], ARGV[base + 1]
+  local limit, window = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+  if scope == 'any' or scope == channel then
+    local prefix = scope .. ':'
+    local scores = {}
+    for i = 1, #entries, 2 do
+      local other, score = entries[i], tonumber(entries[i + 1])
+      if other ~= member and score > now - window
+          and (scope == 'any' or string.sub(other, 1, #prefix) == prefix) then
+        scores[#scores + 1] = score
+      end
+    end
+    if #scores >= limit then
+      -- slots free as the oldest entries leave the window
+      local frees_at = scores[#scores - limit + 1] + window
+      if not refused_rule or frees_at > refused_until then
+        refused_rule, refused_until = name, frees_at
+      end
+    end
+  end
+end
+if refused_rule then
+  redis.call('ZREM', key, member)
+  return {2, now, refused_rule, refused_until}
+end
+
+local score = now
+local previous = redis.call('ZSCORE', key, member)
+if previous and tonumber(previous) > now then score = tonumber(previous) end
+redis.call('ZADD', key, score, member)
+redis.call('PEXPIRE', key, ttl)
+return {1, now}
+"""
+
+
+class CapReserver:
+    """Reserves frequency-cap slots for messages in Redis, rebuilding from the log on loss."""
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        policy: Policy,
+        *,
+        history: History,
+        prefix: str = DEFAULT_PREFIX,
+        clock_skew: dt.timedelta = DEFAULT_CLOCK_SKEW,
+    ) -> None:
+        self.redis = redis_client
+        self.policy = policy
+        self.history = history
+        self.prefix = prefix
+        self.clock_skew = clock_skew
+        self._script = redis_client.register_script(_RESERVE)
+
+    def key(self, borrower_id: str) -> str:
+        return f"{self.prefix}{borrower_id}"
+
+    def reserve(
+        self,
+        borrower_id: str,
+        channel: Channel,
+        message_id: str,
+        purpose: Purpose,
+        *,
+        now_ms: int | None = None,
+        borrower: BorrowerState | None = None,
+    ) -> Decision:
+        """Take a slot in every window of this message, or none.
+
+        `send` (detail `cap=reserved`, `reserved_at_ms`) or `wait(FREQUENCY_CAP, until, rule=…)`
+        with `until` the instant the blocking reservation leaves its window. Exempt purposes
+        answer `send` (detail `cap=exempt`) without touching Redis. Pass `borrower` so that
+        jurisdiction caps apply (a US-MA borrower's weekly limits); without it the policy's
+        default caps are used. `now_ms` replaces the Redis clock (the simulator's virtual one).
+        Raises `CapUnavailable` when Redis or the message log cannot be read.
+        """
+        if not counts_against_caps(purpose):
+            return Decision.send(Reason.DUE, cap="exempt")
+        rules = contact_rules(self.policy, borrower).caps if borrower else self.policy.caps
+        longest = max(rule.window for rule in rules)
+        args: list[Any] = [
+            "" if now_ms is None else int(now_ms),
+            Channel(channel).value,
+            message_id,
+            _ms(longest + _KEY_MARGIN),
+            len(rules),
+            *_rule_args(rules),
+        ]
+        key = self.key(borrower_id)
+        try:
+            result = self._script(keys=[key], args=[*args, "noseed"])
+            if int(result[0]) == 0:
+                since_ms = int(result[1]) - _ms(longest) - _ms(self.clock_skew)
+                seed = self._seed(borrower_id, _from_ms(since_ms))
+                result = self._script(keys=[key], args=[*args, "seed", *seed])
+        except redis.RedisError as error:
+            raise CapUnavailable(f"frequency caps unavailable: {error}") from error
+        outcome, at_ms = int(result[0]), int(result[1])
+        if outcome == 1:
+            return Decision.send(Reason.DUE, cap="reserved", reserved_at_ms=str(at_ms))
+        rule = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
+        return Decision.wait(Reason.FREQUENCY_CAP, _from_ms(int(result[3])), rule=rule)
+
+    def release(self, borrower_id: str, message_id: str) -> None:
+        """Give a message's slots back (after a definite provider rejection)."""
+        members = [f"{channel.value}:{message_id}" for channel in Channel]
+        try:
+            self.redis.zrem(self.key(borrower_id), *members)
+        except redis.RedisError as error:
+            raise CapUnavailable(f"frequency caps unavailable: {error}") from error
+
+    def holdings(self, borrower_id: str) -> list[tuple[str, Channel, dt.datetime]]:
+        """The reservations Redis holds for a borrower now (for inspection and tests)."""
+        try:
+            entries = self.redis.zrangebyscore(self.key(borrower_id), 0, "+inf", withscores=True)
+        except redis.RedisError as error:
+            raise CapUnavailable(f"frequency caps unavailable: {error}") from error
+        result = []
+        for raw_member, score in entries:
+            member = raw_member.decode() if isinstance(raw_member, bytes) else str(raw_member)
+            channel, _, message_id = member.partition(":")
+            result.append((message_id, Channel(channel), _from_ms(int(score))))
+        return result
+
+    def _seed(self, borrower_id: str, since: dt.datetime) -> list[Any]:
+        try:
+            entries = list(self.history(borrower_id, since))
+        except Exception as error:
+            # without the log, the caps cannot be known: fail closed
+            raise CapUnavailable(f"message log unavailable for cap rebuild: {error}") from error
+        seed: list[Any] = []
+        skew = _ms(self.clock_skew)
+        for message_id, channel, at in entries:
+            seed.extend((_ms_of(at) + skew, f"{Channel(channel).value}:{message_id}"))
+        return seed
+
+
+def _rule_args(rules: Iterable[CapRule]) -> list[Any]:
+    args: list[Any] = []
+    for rule in rules:
+        scope = "any" if rule.channel is None else rule.channel.value
+        args.extend((rule.name, scope, rule.limit, _ms(rule.window)))
+    return args
+
+
+def _ms(span: dt.timedelta) -> int:
+    return int(span.total_seconds() * 1000)
+
+
+def _ms_of(moment: dt.datetime) -> int:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        # a naive time from the log is read as UTC, the store's convention
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)

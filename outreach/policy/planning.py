@@ -1,0 +1,360 @@
+"""Desired-state planning: every message that should exist for a loan at an instant.
+
+Keys are deterministic, so planning again creates nothing new; a message whose key is no
+longer planned is no longer wanted. Stage dunning keys carry the delinquency cycle (the due
+date the loan is late against), the stage, the day and the template: a new episode, a new
+stage or a switch to a tag cadence (hardship) yields new keys; a change of channel does not,
+so a step is never sent twice on two channels.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from outreach.domain import (
+    BorrowerState,
+    Channel,
+    Decision,
+    DecisionKind,
+    LoanState,
+    PlannedMessage,
+    Purpose,
+)
+from outreach.policy.hours import next_allowed_instant
+from outreach.policy.model import EventRule, Policy
+from outreach.policy.state import (
+    DunningView,
+    channel_block,
+    day_of,
+    dunning_view,
+    effective_days_past_due,
+    latest_plan,
+    latest_promise,
+    local_day,
+    missed_instalment,
+)
+from outreach.policy.zones import candidate_zones
+
+_DAY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanItem:
+    """A planned message and how its time was chosen.
+
+    `timing` is `send` when `message.send_at` is the instant the policy aimed for (`target`),
+    `wait(QUIET_HOURS | HOLIDAY | INCONVENIENT_TIME, until=send_at)` when quiet hours moved it
+    later — put that on the timeline as `deferred` — and `suppress(NO_CONVENIENT_TIME)` when
+    no allowed instant exists within the search horizon (`send_at` is then the target).
+    """
+
+    message: PlannedMessage
+    timing: Decision
+    target: dt.datetime
+
+    @property
+    def deferred(self) -> bool:
+        return self.timing.kind is DecisionKind.WAIT
+
+
+def plan(
+    policy: Policy, borrower: BorrowerState, loan: LoanState, now: dt.datetime
+) -> list[PlannedMessage]:
+    """Every message that should exist for this loan now (see `plan_items` for timings)."""
+    return [item.message for item in plan_items(policy, borrower, loan, now)]
+
+
+def plan_items(
+    policy: Policy, borrower: BorrowerState, loan: LoanState, now: dt.datetime
+) -> list[PlanItem]:
+    """`plan` with, for each message, the decision that set its `send_at`."""
+    planner = _Planner(policy, borrower, loan, now)
+    planner.payment_confirmations()
+    if not loan.is_closed and not loan.is_current:
+        view = dunning_view(policy, borrower, loan, now)
+        planner.dunning(view)
+        planner.promise_follow_ups(view)
+        planner.instalment_reminders(view)
+        planner.visit_notices(view)
+    return planner.items
+
+
+def choose_channel(
+    borrower: BorrowerState, preferred: Channel, fallback: bool
+) -> tuple[Channel, Channel | None]:
+    """The channel to use and the one it fell back from (SPEC §5).
+
+    When the borrower cannot receive on `preferred` (no address, no consent, opted out,
+    invalid) but can on the other channel, and the policy allows fallback, use the other.
+    Otherwise keep `preferred`: the gate then records precisely why it does not go.
+    """
+    if channel_block(borrower, preferred) is None:
+        return preferred, None
+    if fallback and channel_block(borrower, preferred.other) is None:
+        return preferred.other, preferred
+    return preferred, None
+
+
+def reply_message(
+    policy: Policy,
+    borrower: BorrowerState,
+    purpose: Purpose,
+    now: dt.datetime,
+    *,
+    about: str,
+    channel: Channel | None = None,
+    loan_id: str | None = None,
+) -> PlannedMessage:
+    """A message answering something the borrower or the loan system just did.
+
+    For direct replies (opt-out, opt-in, HELP) `channel` is the channel the borrower wrote on;
+    for a cease-contact confirmation it defaults to the policy's channel with fallback. `about`
+    names what is answered (the inbound message or the event id), keeping the key unique.
+    """
+    rule = policy.event(purpose)
+    if channel is None:
+        if rule.channel is None:
+            raise ValueError(f"{purpose} goes back on the borrower's channel: pass `channel`")
+        channel, fallback_from = choose_channel(borrower, rule.channel, rule.fallback)
+    else:
+        fallback_from = None
+    return PlannedMessage(
+        key=f"{purpose}:{borrower.id}:{about}",
+        purpose=purpose,
+        borrower_id=borrower.id,
+        loan_id=loan_id,
+        stage=None,
+        channel=channel,
+        template=rule.template,
+        send_at=now,
+        fallback_from=fallback_from,
+        refs={"about": about},
+    )
+
+
+class _Planner:
+    def __init__(
+        self, policy: Policy, borrower: BorrowerState, loan: LoanState, now: dt.datetime
+    ) -> None:
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("`now` must be timezone-aware")
+        self.policy = policy
+        self.borrower = borrower
+        self.loan = loan
+        self.now = now
+        self.today = local_day(policy, now)
+        self.zone: ZoneInfo = candidate_zones(policy, borrower)[0]
+        self.items: list[PlanItem] = []
+
+    def at_local(self, day: dt.date, time: dt.time) -> dt.datetime:
+        """`time` on `day` in the borrower's most explicit zone; quiet hours refine it later."""
+        return dt.datetime.combine(day, time, tzinfo=self.zone)
+
+    def add(
+        self,
+        key: str,
+        purpose: Purpose,
+        stage: str | None,
+        channel: Channel,
+        fallback: bool,
+        template: str,
+        target: dt.datetime,
+        refs: dict[str, str],
+        *,
+        latest: dt.datetime | None = None,
+    ) -> None:
+        """Plan one message; with `latest`, drop it if it cannot go before that instant."""
+        target = max(target, self.now)
+        timing = next_allowed_instant(self.policy, self.borrower, target)
+        send_at = timing.until if timing.kind is DecisionKind.WAIT and timing.until else target
+        send_at = send_at.astimezone(dt.UTC)
+        if latest is not None and send_at >= latest:
+            return
+        chosen, fallback_from = choose_channel(self.borrower, channel, fallback)
+        message = PlannedMessage(
+            key=key,
+            purpose=purpose,
+            borrower_id=self.borrower.id,
+            loan_id=self.loan.id,
+            stage=stage,
+            channel=chosen,
+            template=template,
+            send_at=send_at,
+            fallback_from=fallback_from,
+            refs=refs,
+        )
+        self.items.append(PlanItem(message, timing, target))
+
+    def stage_name(self) -> str | None:
+        if self.loan.is_current or self.loan.is_closed:
+            return None
+        return self.policy.stage_for(effective_days_past_due(self.policy, self.loan, self.now))
+
+    # -- stage cadence ----------------------------------------------------------------------
+
+    def dunning(self, view: DunningView) -> None:
+        if view.stage is None:
+            return
+        steps = ([view.due] if view.due is not None else []) + list(view.upcoming)
+        for step in steps:
+            day = day_of(self.policy, self.loan, step.days_past_due)
+            self.add(
+                key=f"dunning:{self.loan.id}:{view.cycle}:{view.stage.name}:{step.id}",
+                purpose=Purpose.DUNNING,
+                stage=view.stage.name,
+                channel=step.channel,
+                fallback=step.fallback,
+                template=step.template,
+                target=self.at_local(day, step.at),
+                refs={
+                    "step": step.id,
+                    "cycle": view.cycle,
+                    "cadence": view.cadence,
+                    "days_past_due": str(step.days_past_due),
+                },
+            )
+
+    # -- event follow-ups -------------------------------------------------------------------
+
+    def promise_follow_ups(self, view: DunningView) -> None:
+        promise = latest_promise(self.loan)
+        if promise is None or promise.kept:
+            return
+        stage = None if view.stage is None else view.stage.name
+        refs = {"promise_id": promise.id, "promised_date": promise.promised_date.isoformat()}
+        reminder = self.policy.event(Purpose.PROMISE_REMINDER)
+        reminder_day = promise.promised_date - dt.timedelta(days=reminder.days)
+        made_on = local_day(self.policy, promise.created_at)
+        # wanted while the promise is open, if its reminder day came after it was made
+        if made_on <= reminder_day and self.today <= promise.promised_date:
+            self._event(
+                reminder,
+                f"promise_reminder:{self.loan.id}:{promise.id}",
+                stage,
+                max(reminder_day, self.today),
+                refs,
+                latest=self._start_of(promise.promised_date + _DAY),
+            )
+        broken = self.policy.event(Purpose.BROKEN_PROMISE)
+        follow_day = promise.promised_date + dt.timedelta(days=broken.days)
+        if self.today <= follow_day + dt.timedelta(days=broken.valid_days):
+            self._event(
+                broken,
+                f"broken_promise:{self.loan.id}:{promise.id}",
+                stage,
+                max(follow_day, self.today),
+                refs,
+            )
+
+    def instalment_reminders(self, view: DunningView) -> None:
+        plan = latest_plan(self.loan)
+        if plan is None or missed_instalment(self.policy, plan, self.today) is not None:
+            return
+        rule = self.policy.event(Purpose.INSTALMENT_REMINDER)
+        stage = None if view.stage is None else view.stage.name
+        for instalment in plan.instalments:
+            if instalment.paid or instalment.due_date < self.today:
+                continue
+            due = instalment.due_date.isoformat()
+            self._event(
+                rule,
+                f"instalment_reminder:{self.loan.id}:{plan.id}:{due}",
+                stage,
+                max(instalment.due_date - dt.timedelta(days=rule.days), self.today),
+                {"plan_id": plan.id, "instalment_due_date": due},
+                latest=self._start_of(instalment.due_date + _DAY),
+            )
+
+    def visit_notices(self, view: DunningView) -> None:
+        rule = self.policy.event(Purpose.VISIT_NOTICE)
+        assert rule.notice is not None and rule.at is not None  # the loader guarantees both
+        stage = None if view.stage is None else view.stage.name
+        for visit in self.loan.visits:
+            if visit.visit_at <= self.now:
+                continue
+            visit_at = visit.visit_at.astimezone(dt.UTC)
+            key = f"visit_notice:{self.loan.id}:{visit.id}:{visit_at:%Y%m%dT%H%M%SZ}"
+            refs = {"visit_id": visit.id, "visit_at": visit_at.isoformat()}
+            deadline = visit.visit_at - rule.notice
+            target = self._notice_target(rule.at, deadline)
+            if target is None:
+                # too late for full notice: tell them as soon as allowed, and say so
+                target = self.now
+                refs["short_notice"] = "true"
+            self.add(
+                key,
+                Purpose.VISIT_NOTICE,
+                stage,
+                rule.channel or Channel.SMS,
+                rule.fallback,
+                rule.template,
+                target,
+                refs,
+                latest=visit.visit_at,
+            )
+
+    def _notice_target(self, at: dt.time, deadline: dt.datetime) -> dt.datetime | None:
+        """The latest day's `at` whose allowed send instant still meets the notice deadline."""
+        if deadline <= self.now:
+            return None
+        day = deadline.astimezone(self.zone).date()
+        for _ in range(self.policy.search_horizon.days + 1):
+            target = max(self.at_local(day, at), self.now)
+            if target > deadline:
+                day -= _DAY
+                continue
+            timing = next_allowed_instant(self.policy, self.borrower, target)
+            send_at = timing.until if timing.kind is DecisionKind.WAIT else target
+            allowed = timing.kind is not DecisionKind.SUPPRESS and send_at is not None
+            if allowed and send_at is not None and send_at <= deadline:
+                return target
+            if target == self.now:
+                return None
+            day -= _DAY
+        return None
+
+    def payment_confirmations(self) -> None:
+        rule = self.policy.event(Purpose.PAYMENT_CONFIRMATION)
+        assert rule.max_age is not None  # the loader always sets it
+        stage = self.stage_name()
+        for payment in self.loan.payments:
+            if self.now - payment.paid_at > rule.max_age:
+                continue
+            self.add(
+                f"payment_confirmation:{self.loan.id}:{payment.id}",
+                Purpose.PAYMENT_CONFIRMATION,
+                stage,
+                rule.channel or Channel.SMS,
+                rule.fallback,
+                rule.template,
+                max(payment.paid_at, self.now),
+                {"payment_id": payment.id},
+            )
+
+    def _event(
+        self,
+        rule: EventRule,
+        key: str,
+        stage: str | None,
+        day: dt.date,
+        refs: dict[str, str],
+        *,
+        latest: dt.datetime | None = None,
+    ) -> None:
+        assert rule.at is not None and rule.channel is not None  # timed events have both
+        self.add(
+            key,
+            rule.purpose,
+            stage,
+            rule.channel,
+            rule.fallback,
+            rule.template,
+            self.at_local(day, rule.at),
+            dict(refs),
+            latest=latest,
+        )
+
+    def _start_of(self, day: dt.date) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(), tzinfo=self.policy.day_boundary_zone)

@@ -1,0 +1,223 @@
+"""What a loan's state means for the cadence at an instant: shared by `plan` and `gate`.
+
+Days are counted in the policy's day-boundary zone: a loan ages one day past due at each
+midnight there, from the instant (`as_of`) its `days_past_due` was reported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from outreach.domain import (
+    BorrowerState,
+    Channel,
+    Instalment,
+    LoanState,
+    PaymentPlan,
+    Promise,
+    Purpose,
+    Reason,
+)
+from outreach.policy.model import Policy, Stage, Step
+
+DEFAULT_CADENCE = "default"
+
+
+def local_day(policy: Policy, moment: dt.datetime) -> dt.date:
+    """The calendar day of `moment` in the policy's day-boundary zone."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("datetimes given to the policy must be timezone-aware")
+    return moment.astimezone(policy.day_boundary_zone).date()
+
+
+def start_of_day(policy: Policy, day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=policy.day_boundary_zone)
+
+
+def effective_days_past_due(policy: Policy, loan: LoanState, now: dt.datetime) -> int:
+    """`days_past_due` aged to `now`; a loan with nothing owed does not age."""
+    if loan.is_current:
+        return loan.days_past_due
+    return loan.days_past_due + (local_day(policy, now) - local_day(policy, loan.as_of)).days
+
+
+def day_of(policy: Policy, loan: LoanState, days_past_due: int) -> dt.date:
+    """The calendar day on which the loan is (or was) `days_past_due` days past due."""
+    return local_day(policy, loan.as_of) + dt.timedelta(days=days_past_due - loan.days_past_due)
+
+
+def delinquency_cycle(loan: LoanState) -> str:
+    """One delinquency episode of a loan, named by the due date it is late against."""
+    return loan.due_date.isoformat()
+
+
+def cadence_for(
+    policy: Policy, borrower: BorrowerState, stage: Stage
+) -> tuple[str, tuple[Step, ...]]:
+    """The steps this borrower gets in `stage`: the first matching tag cadence, else default."""
+    for tag in policy.cadence_tags:
+        if tag in borrower.tags and tag in stage.tag_steps:
+            return tag, stage.tag_steps[tag]
+    return DEFAULT_CADENCE, stage.steps
+
+
+def latest_promise(loan: LoanState) -> Promise | None:
+    return max(loan.promises, key=lambda promise: promise.created_at, default=None)
+
+
+def latest_plan(loan: LoanState) -> PaymentPlan | None:
+    return max(loan.plans, key=lambda plan: plan.created_at, default=None)
+
+
+def missed_instalment(policy: Policy, plan: PaymentPlan, today: dt.date) -> Instalment | None:
+    """The first instalment left unpaid past its due date (and the grace days), if any."""
+    grace = dt.timedelta(days=policy.pauses.instalment_grace_days)
+    missed = [i for i in plan.instalments if not i.paid and i.due_date + grace < today]
+    return min(missed, key=lambda instalment: instalment.due_date, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Days on which stage dunning does not run, and why. `last` None: still open."""
+
+    first: dt.date
+    last: dt.date | None
+    reason: Reason
+
+    def covers(self, day: dt.date) -> bool:
+        return self.first <= day and (self.last is None or day <= self.last)
+
+
+def pauses(policy: Policy, loan: LoanState, today: dt.date) -> list[Pause]:
+    """Every stretch of days a promise or a payment plan paused (or pauses) stage dunning.
+
+    A promise pauses dunning from the day it is made through its promised date; an unkept one
+    also through the day of the broken-promise follow-up, so the two never crowd one day. A
+    payment plan replaces dunning from the day it is made until an instalment is missed (or
+    it is all paid, or a newer plan replaces it).
+    """
+    follow_up_days = policy.event(Purpose.BROKEN_PROMISE).days
+    result = []
+    for promise in loan.promises:
+        last = promise.promised_date
+        if not promise.kept:
+            last += dt.timedelta(days=follow_up_days)
+        result.append(Pause(local_day(policy, promise.created_at), last, Reason.PROMISE_PENDING))
+    plans = sorted(loan.plans, key=lambda plan: plan.created_at)
+    grace = dt.timedelta(days=policy.pauses.instalment_grace_days)
+    for index, plan in enumerate(plans):
+        first = local_day(policy, plan.created_at)
+        plan_last: dt.date | None = None
+        missed = missed_instalment(policy, plan, today)
+        if missed is not None:
+            plan_last = missed.due_date + grace
+        elif plan.instalments and all(instalment.paid for instalment in plan.instalments):
+            plan_last = max(instalment.due_date for instalment in plan.instalments)
+        if index + 1 < len(plans):
+            replaced = local_day(policy, plans[index + 1].created_at) - dt.timedelta(days=1)
+            plan_last = replaced if plan_last is None else min(plan_last, replaced)
+        result.append(Pause(first, plan_last, Reason.PAYMENT_PLAN_ACTIVE))
+    return result
+
+
+def pause_on(all_pauses: list[Pause], day: dt.date) -> Pause | None:
+    """The pause covering `day`; a payment plan wins over a promise, being the firmer deal."""
+    covering = [pause for pause in all_pauses if pause.covers(day)]
+    for pause in covering:
+        if pause.reason is Reason.PAYMENT_PLAN_ACTIVE:
+            return pause
+    return covering[0] if covering else None
+
+
+@dataclass(frozen=True, slots=True)
+class DunningView:
+    """Where a loan stands in its stage cadence at one instant."""
+
+    today: dt.date
+    days_past_due: int
+    cycle: str
+    stage: Stage | None
+    cadence: str
+    steps: tuple[Step, ...]
+    # the most recent step whose day has come, unless its day (or today) is paused
+    due: Step | None
+    # steps of this stage whose day is still to come and not paused
+    upcoming: tuple[Step, ...]
+    pause_today: Pause | None
+    pauses: tuple[Pause, ...]
+
+    def step(self, step_id: str) -> Step | None:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        return None
+
+
+def dunning_view(
+    policy: Policy, borrower: BorrowerState, loan: LoanState, now: dt.datetime
+) -> DunningView:
+    today = local_day(policy, now)
+    days_past_due = effective_days_past_due(policy, loan, now)
+    stage = policy.stage_at(days_past_due)
+    all_pauses = pauses(policy, loan, today)
+    pause_today = pause_on(all_pauses, today)
+    cadence: str = DEFAULT_CADENCE
+    steps: tuple[Step, ...] = ()
+    if stage is not None:
+        cadence, steps = cadence_for(policy, borrower, stage)
+    reached = [step for step in steps if step.days_past_due <= days_past_due]
+    due: Step | None = None
+    # Never catch up: only the latest step that has come may go, and not if its day was
+    # paused (a step skipped during a promise or plan stays skipped).
+    if reached and pause_today is None:
+        latest = reached[-1]
+        if pause_on(all_pauses, day_of(policy, loan, latest.days_past_due)) is None:
+            due = latest
+    upcoming = tuple(
+        step
+        for step in steps
+        if step.days_past_due > days_past_due
+        and pause_on(all_pauses, day_of(policy, loan, step.days_past_due)) is None
+    )
+    return DunningView(
+        today=today,
+        days_past_due=days_past_due,
+        cycle=delinquency_cycle(loan),
+        stage=stage,
+        cadence=cadence,
+        steps=steps,
+        due=due,
+        upcoming=upcoming,
+        pause_today=pause_today,
+        pauses=tuple(all_pauses),
+    )
+
+
+def recipient_key(borrower: BorrowerState, channel: Channel) -> str | None:
+    """The recipient as opt-out and invalid-address lists store it (emails lower-cased)."""
+    recipient = borrower.recipient(channel)
+    if recipient is None:
+        return None
+    return recipient.strip().lower() if channel is Channel.EMAIL else recipient.strip()
+
+
+def channel_block(borrower: BorrowerState, channel: Channel) -> Reason | None:
+    """Why this borrower cannot receive on `channel` at all, or None if they can."""
+    recipient = recipient_key(borrower, channel)
+    if recipient is None or not recipient:
+        return Reason.NO_ADDRESS
+    if _listed(recipient, borrower.opted_out, channel):
+        return Reason.OPTED_OUT
+    if _listed(recipient, borrower.invalid_addresses, channel):
+        return Reason.INVALID_ADDRESS
+    if not borrower.consents_to(channel):
+        return Reason.NO_CONSENT
+    return None
+
+
+def _listed(recipient: str, listed: frozenset[str], channel: Channel) -> bool:
+    # Email addresses are compared without case whatever way the list was written.
+    if recipient in listed:
+        return True
+    return channel is Channel.EMAIL and any(entry.strip().lower() == recipient for entry in listed)
