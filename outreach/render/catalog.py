@@ -28,6 +28,8 @@ class TemplateSpec:
     requires_opt_out: bool = True
     # dotted context paths of amounts the message states; each must appear, formatted
     amounts: tuple[str, ...] = ()
+    # further amounts the email states (an SMS has room only for what is due)
+    email_amounts: tuple[str, ...] = ()
     # optional context parts it reads (promise, instalment, visit, payment)
     parts: frozenset[str] = frozenset()
     channels: frozenset[Channel] = BOTH_CHANNELS
@@ -36,11 +38,12 @@ class TemplateSpec:
     days_past_due: int = 5
 
 
-def _dunning(name: str, stage: str, days_past_due: int, *amounts: str) -> TemplateSpec:
+def _dunning(name: str, stage: str, days_past_due: int, *email_amounts: str) -> TemplateSpec:
     return TemplateSpec(
         name,
         Purpose.DUNNING,
-        amounts=amounts or ("loan.amount_due",),
+        amounts=("loan.amount_due",),
+        email_amounts=email_amounts,
         stage=stage,
         days_past_due=days_past_due,
     )
@@ -55,9 +58,9 @@ _SPECS: Final = (
     _dunning("negotiation_invitation", "negotiation", 18),
     _dunning("negotiation_follow_up", "negotiation", 30),
     _dunning("negotiation_hardship", "negotiation", 25),
-    _dunning("late_formal_notice", "late", 46, "loan.amount_due", "loan.balance"),
+    _dunning("late_formal_notice", "late", 46, "loan.balance"),
     _dunning("late_follow_up", "late", 60),
-    _dunning("pre_legal_notice", "pre_legal", 92, "loan.amount_due", "loan.balance"),
+    _dunning("pre_legal_notice", "pre_legal", 92, "loan.balance"),
     TemplateSpec(
         "promise_reminder",
         Purpose.PROMISE_REMINDER,

@@ -19,7 +19,8 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_time
 from babel.numbers import format_currency, get_currency_symbol
 from jinja2 import pass_context
-from jinja2.runtime import Context, missing
+from jinja2.runtime import Context
+from jinja2.utils import missing
 
 DATE_STYLES: Final = frozenset({"short", "medium", "long", "full"})
 
@@ -110,10 +111,14 @@ def _local_datetime(value: object, timezone: str | None) -> dt.datetime:
 
 
 def format_local_date(value: object, locale: str, timezone: str | None, style: str = "long") -> str:
-    return _plain_spaces(format_date(_local_date(value, timezone), style, locale=babel_locale(locale)))
+    return _plain_spaces(
+        format_date(_local_date(value, timezone), style, locale=babel_locale(locale))
+    )
 
 
-def format_local_time(value: object, locale: str, timezone: str | None, style: str = "short") -> str:
+def format_local_time(
+    value: object, locale: str, timezone: str | None, style: str = "short"
+) -> str:
     moment = _local_datetime(value, timezone)
     return _plain_spaces(format_time(moment, style, locale=babel_locale(locale)))
 
@@ -167,12 +172,16 @@ def money_filter(context: Context, amount: object, currency: str | None = None) 
 
 @pass_context
 def date_filter(context: Context, value: object, style: str = "long") -> str:
-    return format_local_date(value, _lookup(context, "locale"), _optional(context, "timezone"), style)
+    return format_local_date(
+        value, _lookup(context, "locale"), _optional(context, "timezone"), style
+    )
 
 
 @pass_context
 def time_filter(context: Context, value: object, style: str = "short") -> str:
-    return format_local_time(value, _lookup(context, "locale"), _optional(context, "timezone"), style)
+    return format_local_time(
+        value, _lookup(context, "locale"), _optional(context, "timezone"), style
+    )
 
 
 @pass_context

@@ -16,12 +16,13 @@ import hashlib
 import re
 import types
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from jinja2 import (
+    Environment,
     FileSystemLoader,
     StrictUndefined,
     Template,
@@ -55,8 +56,10 @@ VERSION_LENGTH: Final = 12
 class TemplateFailed(RenderError):
     """Raised when a template exists but cannot be rendered with the context it was given."""
 
-    def __init__(self, message: str, file: str | None = None, line: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, detail: str, file: str | None = None, line: int | None = None) -> None:
+        where = f"{file}:{line}" if file and line else file
+        super().__init__(f"{where}: {detail}" if where else detail)
+        self.detail = detail
         self.file = file
         self.line = line
 
@@ -66,6 +69,13 @@ class LoadError:
     file: str
     line: int | None
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    names: dict[str, str]  # part -> loader name
+    files: dict[str, str]  # part -> path shown in findings
+    version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,17 +119,35 @@ def _refuse_none(value: object) -> object:
     return value
 
 
+class _CompiledLoader(FileSystemLoader):
+    """Serves the templates the Renderer compiled at start, so extends/include never re-read."""
+
+    def __init__(self, searchpath: Path) -> None:
+        super().__init__(searchpath, encoding="utf-8")
+        self.compiled: dict[str, Template] = {}
+
+    def load(
+        self,
+        environment: Environment,
+        name: str,
+        globals: MutableMapping[str, Any] | None = None,
+    ) -> Template:
+        compiled = self.compiled.get(name)
+        if compiled is not None:
+            return compiled
+        return super().load(environment, name, globals)
+
+
 def build_environment(templates_dir: Path) -> ImmutableSandboxedEnvironment:
     # Immutable: a template can neither reach Python internals nor change the lists and dicts
     # of the context it was given.
     env = ImmutableSandboxedEnvironment(
-        loader=FileSystemLoader(templates_dir, encoding="utf-8"),
+        loader=_CompiledLoader(templates_dir),
         undefined=StrictUndefined,
         autoescape=_autoescape,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,
-        # Files are compiled once and never re-read while the process runs.
         auto_reload=False,
         cache_size=-1,
         finalize=_refuse_none,
@@ -176,12 +204,20 @@ class Renderer:
         self._message_files: dict[tuple[str, str, str], str] = {}
         self._compiled: dict[str, Template] = {}
         self._sources: dict[str, str] = {}
+        self._references: dict[str, list[str]] = {}
         self.load_errors: list[LoadError] = []
         self._index()
         self._compile_all()
-        self._versions: dict[tuple[str, Channel, str], str] = {}
+        self._template_names = frozenset(template for template, _, _ in self._message_files)
+        # Everything a render needs, looked up once: (template, channel, locale) -> entry.
+        self._entries: dict[tuple[str, Channel, str], _Entry] = {}
         for template, channel, locale in self.available():
-            self._versions[(template, channel, locale)] = self._version(template, channel, locale)
+            names = self.files_for(template, channel, locale)
+            self._entries[(template, channel, locale)] = _Entry(
+                names=names,
+                files={part: self.display_path(name) for part, name in names.items()},
+                version=self._version(template, channel, locale),
+            )
 
     # -- discovery --------------------------------------------------------------------------
 
@@ -196,15 +232,30 @@ class Renderer:
                     self._message_files[key] = f"{folder.name}/{file.name}"
 
     def _compile_all(self) -> None:
+        """Read, parse and compile every file once; note what each one extends or includes."""
+        loader = self._env.loader
+        assert isinstance(loader, _CompiledLoader)
         for path in sorted(self.templates_dir.rglob("*.j2")):
             name = path.relative_to(self.templates_dir).as_posix()
             try:
-                self._sources[name] = path.read_text(encoding="utf-8")
-                self._compiled[name] = self._env.get_template(name)
+                source = path.read_text(encoding="utf-8")
+                self._sources[name] = source
+                tree = self._env.parse(source, name, str(path))
+                self._references[name] = sorted(
+                    ref for ref in meta.find_referenced_templates(tree) if ref
+                )
+                code = self._env.compile(tree, name, str(path))
+                compiled = self._env.template_class.from_code(
+                    self._env, code, self._env.make_globals(None), lambda: True
+                )
             except TemplateSyntaxError as exc:
-                self.load_errors.append(LoadError(self.display_path(name), exc.lineno, exc.message or str(exc)))
+                message = exc.message or str(exc)
+                self.load_errors.append(LoadError(self.display_path(name), exc.lineno, message))
             except (TemplateError, UnicodeDecodeError, OSError) as exc:
                 self.load_errors.append(LoadError(self.display_path(name), None, str(exc)))
+            else:
+                self._compiled[name] = compiled
+                loader.compiled[name] = compiled
 
     def display_path(self, name: str) -> str:
         """A loader name as a path under the templates directory the caller gave."""
@@ -215,7 +266,7 @@ class Renderer:
         return dict(self._sources)
 
     def templates(self) -> list[str]:
-        return sorted({template for template, _, _ in self._message_files})
+        return sorted(self._template_names)
 
     def locales(self, template: str | None = None) -> list[str]:
         return sorted(
@@ -233,6 +284,9 @@ class Renderer:
     def has(self, template: str, channel: Channel | str, locale: str) -> bool:
         parts = PARTS_BY_CHANNEL[Channel(channel)]
         return all((template, part, locale) in self._message_files for part in parts)
+
+    def has_part(self, template: str, part: str, locale: str) -> bool:
+        return (template, part, locale) in self._message_files
 
     def expected_file(self, template: str, part: str, locale: str) -> str:
         return self.display_path(f"{template}/{part}.{locale}.j2")
@@ -255,11 +309,7 @@ class Renderer:
             if current in seen or current not in self._sources:
                 continue
             seen.append(current)
-            try:
-                ast = self._env.parse(self._sources[current])
-            except TemplateSyntaxError:
-                continue
-            pending.extend(ref for ref in meta.find_referenced_templates(ast) if ref)
+            pending.extend(self._references.get(current, ()))
         return seen
 
     def _version(self, template: str, channel: Channel, locale: str) -> str:
@@ -275,52 +325,56 @@ class Renderer:
         return digest.hexdigest()[:VERSION_LENGTH]
 
     def version(self, template: str, channel: Channel | str, locale: str) -> str:
-        self._require(template, Channel(channel), locale)
-        return self._versions[(template, Channel(channel), locale)]
+        return self._entry(template, Channel(channel), locale).version
 
     # -- rendering --------------------------------------------------------------------------
 
-    def _require(self, template: str, channel: Channel, locale: str) -> None:
-        if not _TEMPLATE_NAME.match(template) or template not in self.templates():
+    def _entry(self, template: str, channel: Channel, locale: str) -> _Entry:
+        entry = self._entries.get((template, channel, locale))
+        if entry is not None:
+            return entry
+        if template not in self._template_names:
             raise RenderError(f"unknown template {template!r} (in {self.templates_dir})")
-        if not self.has(template, channel, locale):
-            served = ", ".join(self.locales(template)) or "none"
-            missing = [
-                self.expected_file(template, part, locale)
-                for part in PARTS_BY_CHANNEL[channel]
-                if (template, part, locale) not in self._message_files
-            ]
-            raise RenderError(
-                f"template {template!r} has no {channel} version in locale {locale!r} "
-                f"(missing {', '.join(missing)}; locales present: {served})"
-            )
+        served = ", ".join(self.locales(template)) or "none"
+        missing = [
+            self.expected_file(template, part, locale)
+            for part in PARTS_BY_CHANNEL[channel]
+            if (template, part, locale) not in self._message_files
+        ]
+        raise RenderError(
+            f"template {template!r} has no {channel} version in locale {locale!r} "
+            f"(missing {', '.join(missing)}; locales present: {served})"
+        )
 
     def render(
         self, template: str, channel: Channel | str, locale: str, context: Mapping[str, Any]
     ) -> Rendered:
         channel = Channel(channel)
-        self._require(template, channel, locale)
-        files = self.files_for(template, channel, locale)
+        entry = self._entry(template, channel, locale)
         # The template is chosen by `locale`; the filters must format in that same language.
         values = {**context, "locale": locale}
-        version = self._versions[(template, channel, locale)]
-        shown = {part: self.display_path(name) for part, name in files.items()}
         if channel is Channel.SMS:
-            body = normalize_sms(self._render_file(files["sms"], values))
+            body = normalize_sms(self._render_file(entry.names["sms"], values))
             encoding, segments = sms_encoding_and_segments(body)
             return Rendered(
-                template, version, locale, channel, body=body, segments=segments,
-                encoding=encoding, files=shown,
+                template,
+                entry.version,
+                locale,
+                channel,
+                body=body,
+                segments=segments,
+                encoding=encoding,
+                files=entry.files,
             )
         return Rendered(
             template,
-            version,
+            entry.version,
             locale,
             channel,
-            subject=normalize_subject(self._render_file(files["email.subject"], values)),
-            text=normalize_text(self._render_file(files["email.txt"], values)),
-            html=self._render_file(files["email.html"], values).strip() + "\n",
-            files=shown,
+            subject=normalize_subject(self._render_file(entry.names["email.subject"], values)),
+            text=normalize_text(self._render_file(entry.names["email.txt"], values)),
+            html=self._render_file(entry.names["email.html"], values).strip() + "\n",
+            files=entry.files,
         )
 
     def _render_file(self, name: str, values: Mapping[str, Any]) -> str:
@@ -329,21 +383,23 @@ class Renderer:
             problems = [e for e in self.load_errors if e.file == self.display_path(name)]
             detail = problems[0].message if problems else "not loaded"
             line = problems[0].line if problems else None
-            raise TemplateFailed(
-                f"{self.display_path(name)} does not compile: {detail}",
-                self.display_path(name),
-                line,
-            )
+            raise TemplateFailed(f"does not compile: {detail}", self.display_path(name), line)
         try:
             return compiled.render(values)
         except TemplateFailed as exc:
             file, line = self._failure_location(exc, name)
-            raise TemplateFailed(f"{file}:{line or '?'}: {exc}", file, line) from exc
-        except (TemplateError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:
+            raise TemplateFailed(exc.detail, file, line) from exc
+        except (
+            TemplateError,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
+            # UndefinedError and SecurityError are TemplateErrors; the filters raise ValueError.
             file, line = self._failure_location(exc, name)
-            raise TemplateFailed(
-                f"{file}:{line or '?'}: {type(exc).__name__}: {exc}", file, line
-            ) from exc
+            raise TemplateFailed(f"{type(exc).__name__}: {exc}", file, line) from exc
 
     def _failure_location(self, exc: BaseException, entry: str) -> tuple[str, int | None]:
         """The template file and line the failure happened on (jinja keeps them in tracebacks)."""

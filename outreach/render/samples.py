@@ -186,9 +186,12 @@ def _convert(path: str, value: Any) -> Any:
             return int(value)
     except (ValueError, InvalidOperation, TypeError) as exc:
         expected = (
-            "a decimal amount" if path in _DECIMALS
-            else "an ISO date" if path in _DATES
-            else "an ISO date-time with its UTC offset" if path in _DATETIMES
+            "a decimal amount"
+            if path in _DECIMALS
+            else "an ISO date"
+            if path in _DATES
+            else "an ISO date-time with its UTC offset"
+            if path in _DATETIMES
             else "an integer"
         )
         raise RenderError(f"context.{path} must be {expected}, got {value!r}") from exc

@@ -1,0 +1,352 @@
+"""Template lint: what `outreach check` and the preview endpoint report.
+
+Checks, each finding naming the file (and the line, where one exists):
+- every template the policy references exists in every locale it serves, for each channel;
+- every template compiles and renders with the sample data;
+- every message says who is writing and how to reach them;
+- collection messages carry the opt-out for their channel (SMS reply word, email link);
+- a message about an amount states it;
+- the full account number never appears (only its last four digits);
+- no forbidden language (see `lexicon`), found in the template sources line by line and in the
+  rendered text (which catches words assembled by template logic);
+- an SMS takes no more segments than the policy allows.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from outreach.domain import Channel
+from outreach.errors import RenderError
+from outreach.render.catalog import spec_for
+from outreach.render.filters import FilterError, format_money
+from outreach.render.lexicon import forbidden_language, sms_opt_out_phrases
+from outreach.render.renderer import PARTS_BY_CHANNEL, Rendered, Renderer, TemplateFailed
+from outreach.render.samples import sample_context
+from outreach.render.segments import non_gsm7_characters
+
+ERROR: Final = "error"
+WARNING: Final = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    file: str
+    line: int | None
+    message: str
+    severity: str = ERROR
+    # a stable name for the kind of finding, for tests and API clients
+    code: str = "lint"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.severity}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "message": self.message,
+            "severity": self.severity,
+            "code": self.code,
+        }
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    return any(finding.severity == ERROR for finding in findings)
+
+
+# -- sources -------------------------------------------------------------------------------
+
+_COMMENT: Final = re.compile(r"\{#.*?#\}", re.DOTALL)
+
+
+def _without_comments(source: str) -> str:
+    # Comments speak to template authors (and may name what is forbidden); keep line numbers.
+    return _COMMENT.sub(lambda match: "\n" * match.group(0).count("\n"), source)
+
+
+def lint_sources(renderer: Renderer, names: Collection[str] | None = None) -> list[Finding]:
+    """Forbidden language in template files, line by line (all files, or the loader `names`)."""
+    findings = []
+    for name, source in sorted(renderer.source_files().items()):
+        if names is not None and name not in names:
+            continue
+        for number, line in enumerate(_without_comments(source).splitlines(), start=1):
+            for hit in forbidden_language(line):
+                findings.append(
+                    Finding(
+                        renderer.display_path(name),
+                        number,
+                        f"forbidden language ({hit.category}): {hit.phrase!r}",
+                        code="forbidden_language",
+                    )
+                )
+    return findings
+
+
+def phrases_in_sources(renderer: Renderer, names: Iterable[str]) -> set[str]:
+    sources = renderer.source_files()
+    return {
+        hit.phrase.lower()
+        for name in names
+        for hit in forbidden_language(_without_comments(sources.get(name, "")))
+    }
+
+
+# -- rendered messages ---------------------------------------------------------------------
+
+_TAG: Final = re.compile(r"<[^>]+>")
+
+
+def visible_text(markup: str) -> str:
+    """What a reader sees of an HTML part: tags removed, entities decoded."""
+    return html.unescape(_TAG.sub(" ", markup))
+
+
+def _resolve(context: Mapping[str, Any], path: str) -> Any:
+    value: Any = context
+    for key in path.split("."):
+        if isinstance(value, Mapping) and key in value:
+            value = value[key]
+        else:
+            return None
+    return value
+
+
+def _data_strings(context: Mapping[str, Any]) -> list[str]:
+    """String values of the context, longest first (they are data, not template wording)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            if len(value) >= 3:
+                found.append(value)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(context)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def _without_data(text: str, data: list[str]) -> str:
+    # A borrower named Sue or a collector named Marshal is not the template threatening anyone.
+    for value in data:
+        text = text.replace(value, " ")
+    return text
+
+
+def lint_rendered(
+    rendered: Rendered,
+    context: Mapping[str, Any] | None = None,
+    max_sms_segments: int | None = None,
+    *,
+    skip_phrases: Collection[str] = (),
+) -> list[Finding]:
+    """Findings about one rendered message, checked against the context it was rendered with.
+
+    Without `context`, the sample context for the template is assumed (what lint renders with).
+    """
+    if context is None:
+        context = sample_context(rendered.template, rendered.channel, rendered.locale)
+    spec = spec_for(rendered.template)
+    channel = rendered.channel
+    locale = rendered.locale
+
+    def file_of(part: str) -> str:
+        return rendered.files.get(part) or f"{rendered.template}/{part}.{locale}.j2"
+
+    # part -> what a reader sees of it
+    if channel is Channel.SMS:
+        seen = {"sms": rendered.body or ""}
+        main = "sms"
+    else:
+        seen = {
+            "email.subject": rendered.subject or "",
+            "email.txt": rendered.text or "",
+            "email.html": visible_text(rendered.html or ""),
+        }
+        main = "email.txt"
+    bodies = {part: text for part, text in seen.items() if part != "email.subject"}
+    findings: list[Finding] = []
+
+    def report(part: str, message: str, code: str, severity: str = ERROR) -> None:
+        findings.append(Finding(file_of(part), None, message, severity, code))
+
+    for part, text in seen.items():
+        if not text.strip():
+            report(part, "renders empty", "empty")
+
+    data = _data_strings(context)
+    skip = {phrase.lower() for phrase in skip_phrases}
+    for part, text in seen.items():
+        for hit in forbidden_language(_without_data(text, data)):
+            if hit.phrase.lower() not in skip:
+                report(
+                    part,
+                    f"forbidden language ({hit.category}) in the rendered text: {hit.phrase!r}",
+                    "forbidden_language",
+                )
+
+    lender = context.get("lender") if isinstance(context.get("lender"), Mapping) else {}
+    assert isinstance(lender, Mapping)
+    lender_name = lender.get("name")
+    for part, text in bodies.items():
+        if isinstance(lender_name, str) and lender_name and lender_name not in text:
+            report(part, f"does not say who is writing (lender name {lender_name!r})", "sender")
+        contacts = [lender.get(key) for key in ("phone", "email", "website", "payment_url")]
+        if not any(isinstance(c, str) and c and c in text for c in contacts):
+            report(part, "gives no way to reach the lender (phone, email or website)", "contact")
+
+    if spec.requires_opt_out:
+        if channel is Channel.SMS:
+            phrases = sms_opt_out_phrases(locale)
+            if not any(phrase.lower() in seen["sms"].lower() for phrase in phrases):
+                report(
+                    "sms",
+                    f"collection SMS lacks the opt-out instruction {phrases[0]!r}",
+                    "opt_out",
+                )
+        else:
+            url = context.get("unsubscribe_url")
+            if not isinstance(url, str) or not url:
+                report(main, "no unsubscribe_url in the context to check the link", "opt_out")
+            else:
+                if url not in seen["email.txt"]:
+                    report("email.txt", "email text lacks the unsubscribe link", "opt_out")
+                if f'href="{html.escape(url)}"' not in (rendered.html or ""):
+                    report("email.html", "email HTML lacks the unsubscribe link", "opt_out")
+
+    loan = context.get("loan") if isinstance(context.get("loan"), Mapping) else {}
+    assert isinstance(loan, Mapping)
+    amounts = spec.amounts + (spec.email_amounts if channel is Channel.EMAIL else ())
+    for path in amounts:
+        value = _resolve(context, path)
+        currency = loan.get("currency")
+        if value is None or not isinstance(currency, str):
+            report(main, f"cannot check the amount: {path} or loan.currency missing", "amount")
+            continue
+        try:
+            expected = format_money(value, currency, locale)
+        except FilterError as exc:
+            report(main, f"cannot format {path}: {exc}", "amount")
+            continue
+        for part, text in bodies.items():
+            if expected not in text:
+                report(part, f"is about an amount but does not state {path} ({expected})", "amount")
+
+    account = loan.get("account_number")
+    if isinstance(account, str) and len(account) > 4:
+        for part, text in seen.items():
+            if account in text:
+                report(part, "shows the full account number; use |mask or |last4", "privacy")
+
+    if channel is Channel.SMS:
+        if max_sms_segments is not None and rendered.segments > max_sms_segments:
+            report(
+                "sms",
+                f"SMS takes {rendered.segments} segments ({rendered.encoding}) with sample data; "
+                f"the policy allows {max_sms_segments}",
+                "segments",
+            )
+        if locale.startswith("en") and rendered.encoding == "UCS-2":
+            chars = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in non_gsm7_characters(seen["sms"]))
+            report(
+                "sms",
+                f"SMS is sent as UCS-2 (70 characters a segment) because of {chars}",
+                "encoding",
+                WARNING,
+            )
+    return findings
+
+
+# -- the whole tree ------------------------------------------------------------------------
+
+
+def lint_templates(
+    renderer_or_dir: Renderer | Path | str,
+    templates_referenced: Mapping[str, Collection[Channel | str]],
+    locales: Iterable[str],
+    max_sms_segments: int,
+) -> list[Finding]:
+    """Lint every referenced template in every locale, and every other template present."""
+    renderer = (
+        renderer_or_dir if isinstance(renderer_or_dir, Renderer) else Renderer(renderer_or_dir)
+    )
+    locales = list(locales)
+    findings = [
+        Finding(error.file, error.line, f"does not compile: {error.message}", code="compile")
+        for error in renderer.load_errors
+    ]
+    findings += lint_sources(renderer)
+
+    targets: set[tuple[str, Channel, str]] = set(renderer.available())
+    for template, channels in templates_referenced.items():
+        for channel in sorted(Channel(c) for c in channels):
+            for locale in locales:
+                if renderer.has(template, channel, locale):
+                    targets.add((template, channel, locale))
+                    continue
+                for part in PARTS_BY_CHANNEL[channel]:
+                    if not renderer.has_part(template, part, locale):
+                        findings.append(
+                            Finding(
+                                renderer.expected_file(template, part, locale),
+                                None,
+                                f"missing: the policy sends {template!r} by {channel} in {locale}",
+                                code="missing",
+                            )
+                        )
+
+    for template, channel, locale in sorted(targets):
+        context = sample_context(template, channel, locale)
+        try:
+            rendered = renderer.render(template, channel, locale, context)
+        except TemplateFailed as exc:
+            file = exc.file or renderer.expected_file(
+                template, PARTS_BY_CHANNEL[channel][0], locale
+            )
+            findings.append(
+                Finding(
+                    file, exc.line, f"does not render with sample data: {exc.detail}", code="render"
+                )
+            )
+            continue
+        except RenderError as exc:
+            file = renderer.expected_file(template, PARTS_BY_CHANNEL[channel][0], locale)
+            findings.append(Finding(file, None, str(exc), code="render"))
+            continue
+        dependencies = {
+            dep
+            for name in renderer.files_for(template, channel, locale).values()
+            for dep in renderer.dependencies(name)
+        }
+        findings += lint_rendered(
+            rendered,
+            context,
+            max_sms_segments,
+            skip_phrases=phrases_in_sources(renderer, dependencies),
+        )
+    return sorted(set(findings), key=lambda f: (f.file, f.line or 0, f.message))
+
+
+def check_repository(
+    templates_dir: Path | str,
+    templates_referenced: Mapping[str, Collection[Channel | str]],
+    locales: Iterable[str],
+    max_sms_segments: int,
+) -> list[Finding]:
+    """Everything `outreach check` needs to say about a templates directory."""
+    path = Path(templates_dir)
+    if not path.is_dir():
+        return [Finding(str(path), None, "templates directory does not exist", code="missing")]
+    return lint_templates(Renderer(path), templates_referenced, locales, max_sms_segments)
