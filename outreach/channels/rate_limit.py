@@ -23,8 +23,8 @@ DEFAULT_KEY = "outreach:sms:rate"
 
 # KEYS[1]: the theoretical arrival time (TAT), microseconds of Redis time.
 # ARGV[1]: microseconds per segment; ARGV[2]: segments; ARGV[3]: longest acceptable wait (µs).
-# Returns {reserved (1|0), wait in µs}. Nothing is reserved when the wait would be too long, so
-# a caller that gives up does not push everyone else's slot back.
+# Returns {reserved (1|0), wait in µs, the slot in µs of Redis time}. Nothing is reserved when
+# the wait would be too long, so a caller that gives up does not push everyone else's slot back.
 _RESERVE_SLOT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
@@ -37,12 +37,12 @@ if tat < now then
 end
 local wait = tat - now
 if wait > max_wait then
-  return {0, wait}
+  return {0, wait, tat}
 end
 local new_tat = tat + cost
 redis.call('SET', KEYS[1], string.format('%d', new_tat),
             'PX', math.floor((new_tat - now) / 1000) + 1000)
-return {1, wait}
+return {1, wait, tat}
 """
 
 
@@ -85,17 +85,18 @@ class SegmentRateLimiter:
         self._interval_us = max(1, round(1_000_000 / rate_per_second))
         self._reserve = redis_client.register_script(_RESERVE_SLOT)
 
-    def acquire(self, segments: int, timeout: float) -> None:
-        """Wait until `segments` may be handed to the provider.
+    def acquire(self, segments: int, timeout: float) -> float:
+        """Wait until `segments` may be handed to the provider; return the slot's Unix time.
 
-        Raises RateLimitTimeout without reserving anything when the slot is more than
-        `timeout` seconds away, and RateLimitUnavailable when Redis cannot be asked.
+        The slot is in Redis's clock (useful in logs and tests). Raises RateLimitTimeout
+        without reserving anything when the slot is more than `timeout` seconds away, and
+        RateLimitUnavailable when Redis cannot be asked.
         """
         if segments < 1:
             raise ValueError(f"segments must be at least 1, got {segments}")
         max_wait_us = max(0, int(timeout * 1_000_000))
         try:
-            reserved, wait_us = self._reserve(
+            reserved, wait_us, slot_us = self._reserve(
                 keys=[self._key], args=[self._interval_us, segments, max_wait_us]
             )
         except redis.RedisError as error:
@@ -108,3 +109,4 @@ class SegmentRateLimiter:
             raise RateLimitTimeout(wait, timeout)
         if wait > 0:
             self._sleep(wait)
+        return int(slot_us) / 1_000_000

@@ -282,6 +282,7 @@ def test_missing_credentials_fail_at_construction(twilio_emulator: TwilioEmulato
 # -- the rate limiter in front of Twilio ---------------------------------------------------------
 
 
+@pytest.mark.redis
 def test_no_slot_in_time_defers_without_calling_twilio(
     twilio_emulator: TwilioEmulator, redis_client: redis.Redis
 ) -> None:
