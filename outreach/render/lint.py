@@ -102,6 +102,9 @@ def phrases_in_sources(renderer: Renderer, names: Iterable[str]) -> set[str]:
 # -- rendered messages ---------------------------------------------------------------------
 
 _TAG: Final = re.compile(r"<[^>]+>")
+# A link followed directly by a Chinese character: many phones make that character part of
+# the link, which then leads nowhere.
+_LINK_RUN_ON: Final = re.compile(r"https?://[\x21-\x7e]*[^\x00-\x7f]")
 
 
 def visible_text(markup: str) -> str:
@@ -244,6 +247,16 @@ def lint_rendered(
             if expected not in text:
                 report(part, f"is about an amount but does not state {path} ({expected})", "amount")
 
+    for part in ("sms", "email.txt"):
+        run_on = _LINK_RUN_ON.search(seen.get(part, ""))
+        if run_on:
+            report(
+                part,
+                f"link runs into the text after it ({run_on.group(0)!r}); put a space after it",
+                "link",
+                WARNING,
+            )
+
     account = loan.get("account_number")
     if isinstance(account, str) and len(account) > 4:
         for part, text in seen.items():
@@ -307,11 +320,14 @@ def lint_templates(
                             )
                         )
 
+    uncompiled = {error.file for error in renderer.load_errors}
     for template, channel, locale in sorted(targets):
         context = sample_context(template, channel, locale)
         try:
             rendered = renderer.render(template, channel, locale, context)
         except TemplateFailed as exc:
+            if exc.file in uncompiled:
+                continue  # already reported, with its line, as a compile error
             file = exc.file or renderer.expected_file(
                 template, PARTS_BY_CHANNEL[channel][0], locale
             )
