@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_time
 from babel.numbers import format_currency, get_currency_symbol
-from jinja2 import pass_context
+from jinja2 import Undefined, pass_context
 from jinja2.runtime import Context
 from jinja2.utils import missing
 
@@ -54,7 +54,16 @@ def _plain_spaces(text: str) -> str:
     return text.translate(_NO_BREAK_SPACES)
 
 
+def _defined(value: object) -> object:
+    """Raise jinja's own "… is undefined" error for an undefined value handed to a filter."""
+    if isinstance(value, Undefined):
+        str(value)  # StrictUndefined raises here, naming what is missing
+        raise FilterError("a value given to a filter is undefined")
+    return value
+
+
 def to_decimal(amount: object) -> Decimal:
+    _defined(amount)
     if isinstance(amount, bool):
         raise FilterError(f"not an amount: {amount!r}")
     if isinstance(amount, Decimal):
@@ -92,6 +101,7 @@ def format_money(amount: object, currency: str, locale: str) -> str:
 
 
 def _local_date(value: object, timezone: str | None) -> dt.date:
+    _defined(value)
     if isinstance(value, dt.datetime):
         return _local_datetime(value, timezone).date()
     if isinstance(value, dt.date):
@@ -100,6 +110,7 @@ def _local_date(value: object, timezone: str | None) -> dt.date:
 
 
 def _local_datetime(value: object, timezone: str | None) -> dt.datetime:
+    _defined(value)
     if not isinstance(value, dt.datetime):
         raise FilterError(f"not a date and time: {value!r}")
     if value.tzinfo is None or value.utcoffset() is None:
@@ -141,7 +152,7 @@ _DIGIT: Final = re.compile(r"\d")
 
 def last4(account_number: object) -> str:
     """The last four digits of an account number, and nothing else of it."""
-    digits = _DIGIT.findall(str(account_number))
+    digits = _DIGIT.findall(str(_defined(account_number)))
     return "".join(digits[-4:])
 
 
