@@ -228,7 +228,9 @@ class TwilioEmulator:
     def create_requests(self) -> list[RecordedRequest]:
         """Every POST to Messages.json, answered or not: the provider calls a test counts."""
         with self._lock:
-            return [r for r in self.requests if r.method == "POST" and r.path.endswith("s.json")]
+            return [
+                r for r in self.requests if r.method == "POST" and r.path.endswith("/Messages.json")
+            ]
 
     def messages(self, to: str | None = None) -> list[EmulatedMessage]:
         with self._lock:

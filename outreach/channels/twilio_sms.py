@@ -124,7 +124,7 @@ class _HeaderMemory:
                 try:
                     return max(0.0, float(value))
                 except ValueError:
-                    return None  # an HTTP-date: rare from Twilio; let the caller's backoff rule
+                    return None  # an HTTP-date, rare from Twilio: the caller's own backoff decides
         return None
 
 
@@ -186,8 +186,9 @@ class TwilioSender:
     def send(self, outgoing: Outgoing) -> Receipt:
         if outgoing.channel is not Channel.SMS or not outgoing.body:
             raise ValueError(f"message {outgoing.message_id} is not an SMS with a body")
+        self._validity_period(outgoing)  # a window already closed: defer without a slot
         self._wait_for_slot(outgoing)
-        # After the wait: the validity period is what is left of the window *now*.
+        # after the wait, the validity period is what is left of the window *now*
         validity = self._validity_period(outgoing)
         sender: dict[str, Any] = (
             {"messaging_service_sid": self._messaging_service_sid}
