@@ -1,0 +1,1 @@
+"""Senders: one port, several providers picked by a setting."""

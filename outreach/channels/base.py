@@ -1,0 +1,75 @@
+"""The Sender port every provider implements, and the errors it translates vendors into."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from outreach.domain import Channel
+from outreach.errors import PermanentError, TransientError
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A rendered message ready for a provider."""
+
+    message_id: str
+    channel: Channel
+    to: str
+    body: str | None = None
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    segments: int = 1
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # the last instant the message may still reach the borrower (end of the allowed window)
+    deliver_by: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a provider answered when it accepted a message."""
+
+    provider_id: str
+    # the status the provider reported at acceptance (`sent` when it gave no finer one)
+    status: str = "sent"
+
+
+class ProviderRejected(PermanentError):
+    """Raised when a provider refuses a message for good; `code` is its error code."""
+
+    def __init__(self, code: str, detail: str, effect: str | None = None) -> None:
+        super().__init__(f"provider rejected the message: {code} {detail}".strip())
+        self.code = code
+        self.detail = detail
+        # what the rejection says about the recipient: `opt_out` or `invalid_recipient`
+        self.effect = effect
+
+
+class ProviderUnavailable(TransientError):
+    """Raised when a provider did not accept a message but may later (429, 5xx, refused)."""
+
+    def __init__(self, code: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(f"provider unavailable: {code} {detail}".strip())
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class OutcomeUnknown(TransientError):
+    """Raised when a request may or may not have reached the provider (timeout mid-call).
+
+    Twilio's create call has no idempotency key, so such a message is reconciled, not resent.
+    """
+
+
+class Sender(Protocol):
+    channel: Channel
+
+    def send(self, outgoing: Outgoing) -> Receipt: ...
+
+    def find_sent(self, outgoing: Outgoing, since: dt.datetime) -> Receipt | None:
+        """Look up whether an earlier, interrupted attempt reached the provider."""
+        ...

@@ -1,0 +1,36 @@
+"""Development senders: print the message and record it; nothing leaves the machine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import threading
+from typing import TextIO
+
+from outreach.channels.base import Outgoing, Receipt
+from outreach.domain import Channel
+
+
+class ConsoleSender:
+    def __init__(self, channel: Channel, stream: TextIO | None = None) -> None:
+        self.channel = channel
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._sent: dict[str, Receipt] = {}
+
+    def send(self, outgoing: Outgoing) -> Receipt:
+        stream = self._stream or sys.stdout
+        if outgoing.channel is Channel.SMS:
+            text = f"[sms to {outgoing.to}] {outgoing.body}"
+        else:
+            text = f"[email to {outgoing.to}] Subject: {outgoing.subject}\n{outgoing.text}"
+        receipt = Receipt(provider_id=f"console-{outgoing.message_id}", status="sent")
+        with self._lock:
+            print(text, file=stream, flush=True)
+            self._sent[outgoing.message_id] = receipt
+        return receipt
+
+    def find_sent(self, outgoing: Outgoing, since: dt.datetime) -> Receipt | None:
+        # The console cannot lose an answer mid-call: what it printed, it returned.
+        with self._lock:
+            return self._sent.get(outgoing.message_id)
