@@ -211,7 +211,7 @@ def test_the_visit_notice_gives_date_time_collector_and_how_to_reschedule(
 @pytest.mark.parametrize(
     ("locale", "options"),
     [
-        ("en-US", ("instalments", "extension", "lower")),
+        ("en-US", ("installments", "extension", "lower")),
         ("zh-CN", ("分期还款", "延期还款", "降低每期还款额")),
         ("zh-TW", ("分期攤還", "展延", "調降每期應繳金額")),
     ],
