@@ -148,6 +148,151 @@ def _without_data(text: str, data: list[str]) -> str:
     return text
 
 
+def _mapping(context: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = context.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+class _RenderedCheck:
+    """The checks of one rendered message; each adds its findings to `findings`."""
+
+    def __init__(self, rendered: Rendered, context: Mapping[str, Any]) -> None:
+        self.rendered = rendered
+        self.context = context
+        self.spec = spec_for(rendered.template)
+        self.findings: list[Finding] = []
+        # part -> what a reader sees of it
+        if rendered.channel is Channel.SMS:
+            self.seen = {"sms": rendered.body or ""}
+            self.main = "sms"
+        else:
+            self.seen = {
+                "email.subject": rendered.subject or "",
+                "email.txt": rendered.text or "",
+                "email.html": visible_text(rendered.html or ""),
+            }
+            self.main = "email.txt"
+        # where the message proper is (a subject is too short to carry every element)
+        self.bodies = {part: text for part, text in self.seen.items() if part != "email.subject"}
+
+    def report(self, part: str, message: str, code: str, severity: str = ERROR) -> None:
+        rendered = self.rendered
+        file = rendered.files.get(part) or f"{rendered.template}/{part}.{rendered.locale}.j2"
+        self.findings.append(Finding(file, None, message, severity, code))
+
+    def empty_parts(self) -> None:
+        for part, text in self.seen.items():
+            if not text.strip():
+                self.report(part, "renders empty", "empty")
+
+    def language(self, skip_phrases: Collection[str]) -> None:
+        data = _data_strings(self.context)
+        skip = {phrase.lower() for phrase in skip_phrases}
+        for part, text in self.seen.items():
+            for hit in forbidden_language(_without_data(text, data)):
+                if hit.phrase.lower() not in skip:
+                    self.report(
+                        part,
+                        f"forbidden language ({hit.category}) in the rendered text: {hit.phrase!r}",
+                        "forbidden_language",
+                    )
+
+    def sender_and_contact(self) -> None:
+        lender = _mapping(self.context, "lender")
+        name = lender.get("name")
+        contacts = [lender.get(key) for key in ("phone", "email", "website", "payment_url")]
+        for part, text in self.bodies.items():
+            if isinstance(name, str) and name and name not in text:
+                self.report(part, f"does not say who is writing (lender name {name!r})", "sender")
+            if not any(isinstance(c, str) and c and c in text for c in contacts):
+                self.report(
+                    part, "gives no way to reach the lender (phone, email or website)", "contact"
+                )
+
+    def opt_out(self) -> None:
+        if not self.spec.requires_opt_out:
+            return
+        if self.rendered.channel is Channel.SMS:
+            phrases = sms_opt_out_phrases(self.rendered.locale)
+            if not any(phrase.lower() in self.seen["sms"].lower() for phrase in phrases):
+                self.report(
+                    "sms", f"collection SMS lacks the opt-out instruction {phrases[0]!r}", "opt_out"
+                )
+            return
+        url = self.context.get("unsubscribe_url")
+        if not isinstance(url, str) or not url:
+            self.report(self.main, "no unsubscribe_url in the context to check", "opt_out")
+            return
+        if url not in self.seen["email.txt"]:
+            self.report("email.txt", "email text lacks the unsubscribe link", "opt_out")
+        if f'href="{html.escape(url)}"' not in (self.rendered.html or ""):
+            self.report("email.html", "email HTML lacks the unsubscribe link", "opt_out")
+
+    def amounts(self) -> None:
+        paths = self.spec.amounts
+        if self.rendered.channel is Channel.EMAIL:
+            paths += self.spec.email_amounts
+        currency = _mapping(self.context, "loan").get("currency")
+        for path in paths:
+            value = _resolve(self.context, path)
+            if value is None or not isinstance(currency, str):
+                self.report(
+                    self.main, f"cannot check {path}: it or loan.currency is missing", "amount"
+                )
+                continue
+            try:
+                expected = format_money(value, currency, self.rendered.locale)
+            except FilterError as exc:
+                self.report(self.main, f"cannot format {path}: {exc}", "amount")
+                continue
+            for part, text in self.bodies.items():
+                if expected not in text:
+                    self.report(
+                        part, f"is about an amount but does not state {path} ({expected})", "amount"
+                    )
+
+    def links(self) -> None:
+        for part in ("sms", "email.txt"):
+            run_on = _LINK_RUN_ON.search(self.seen.get(part, ""))
+            if run_on:
+                self.report(
+                    part,
+                    f"link runs into the text after it ({run_on.group(0)!r}); add a space",
+                    "link",
+                    WARNING,
+                )
+
+    def privacy(self) -> None:
+        account = _mapping(self.context, "loan").get("account_number")
+        if isinstance(account, str) and len(account) > 4:
+            for part, text in self.seen.items():
+                if account in text:
+                    self.report(
+                        part, "shows the full account number; use |mask or |last4", "privacy"
+                    )
+
+    def sms_size(self, max_sms_segments: int | None) -> None:
+        rendered = self.rendered
+        if rendered.channel is not Channel.SMS:
+            return
+        if max_sms_segments is not None and rendered.segments > max_sms_segments:
+            self.report(
+                "sms",
+                f"SMS takes {rendered.segments} segments ({rendered.encoding}); "
+                f"the policy allows {max_sms_segments}",
+                "segments",
+            )
+        if rendered.locale.startswith("en") and rendered.encoding == "UCS-2":
+            culprits = non_gsm7_characters(self.seen["sms"])
+            named = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in culprits)
+            self.report(
+                "sms",
+                f"SMS is sent as UCS-2 (70 characters a segment) because of {named}",
+                "encoding",
+                WARNING,
+            )
+
+
 def lint_rendered(
     rendered: Rendered,
     context: Mapping[str, Any] | None = None,
@@ -158,128 +303,20 @@ def lint_rendered(
     """Findings about one rendered message, checked against the context it was rendered with.
 
     Without `context`, the sample context for the template is assumed (what lint renders with).
+    `skip_phrases` are forbidden phrases already reported, with their line, from the sources.
     """
     if context is None:
         context = sample_context(rendered.template, rendered.channel, rendered.locale)
-    spec = spec_for(rendered.template)
-    channel = rendered.channel
-    locale = rendered.locale
-
-    def file_of(part: str) -> str:
-        return rendered.files.get(part) or f"{rendered.template}/{part}.{locale}.j2"
-
-    # part -> what a reader sees of it
-    if channel is Channel.SMS:
-        seen = {"sms": rendered.body or ""}
-        main = "sms"
-    else:
-        seen = {
-            "email.subject": rendered.subject or "",
-            "email.txt": rendered.text or "",
-            "email.html": visible_text(rendered.html or ""),
-        }
-        main = "email.txt"
-    bodies = {part: text for part, text in seen.items() if part != "email.subject"}
-    findings: list[Finding] = []
-
-    def report(part: str, message: str, code: str, severity: str = ERROR) -> None:
-        findings.append(Finding(file_of(part), None, message, severity, code))
-
-    for part, text in seen.items():
-        if not text.strip():
-            report(part, "renders empty", "empty")
-
-    data = _data_strings(context)
-    skip = {phrase.lower() for phrase in skip_phrases}
-    for part, text in seen.items():
-        for hit in forbidden_language(_without_data(text, data)):
-            if hit.phrase.lower() not in skip:
-                report(
-                    part,
-                    f"forbidden language ({hit.category}) in the rendered text: {hit.phrase!r}",
-                    "forbidden_language",
-                )
-
-    lender = context.get("lender") if isinstance(context.get("lender"), Mapping) else {}
-    assert isinstance(lender, Mapping)
-    lender_name = lender.get("name")
-    for part, text in bodies.items():
-        if isinstance(lender_name, str) and lender_name and lender_name not in text:
-            report(part, f"does not say who is writing (lender name {lender_name!r})", "sender")
-        contacts = [lender.get(key) for key in ("phone", "email", "website", "payment_url")]
-        if not any(isinstance(c, str) and c and c in text for c in contacts):
-            report(part, "gives no way to reach the lender (phone, email or website)", "contact")
-
-    if spec.requires_opt_out:
-        if channel is Channel.SMS:
-            phrases = sms_opt_out_phrases(locale)
-            if not any(phrase.lower() in seen["sms"].lower() for phrase in phrases):
-                report(
-                    "sms",
-                    f"collection SMS lacks the opt-out instruction {phrases[0]!r}",
-                    "opt_out",
-                )
-        else:
-            url = context.get("unsubscribe_url")
-            if not isinstance(url, str) or not url:
-                report(main, "no unsubscribe_url in the context to check the link", "opt_out")
-            else:
-                if url not in seen["email.txt"]:
-                    report("email.txt", "email text lacks the unsubscribe link", "opt_out")
-                if f'href="{html.escape(url)}"' not in (rendered.html or ""):
-                    report("email.html", "email HTML lacks the unsubscribe link", "opt_out")
-
-    loan = context.get("loan") if isinstance(context.get("loan"), Mapping) else {}
-    assert isinstance(loan, Mapping)
-    amounts = spec.amounts + (spec.email_amounts if channel is Channel.EMAIL else ())
-    for path in amounts:
-        value = _resolve(context, path)
-        currency = loan.get("currency")
-        if value is None or not isinstance(currency, str):
-            report(main, f"cannot check the amount: {path} or loan.currency missing", "amount")
-            continue
-        try:
-            expected = format_money(value, currency, locale)
-        except FilterError as exc:
-            report(main, f"cannot format {path}: {exc}", "amount")
-            continue
-        for part, text in bodies.items():
-            if expected not in text:
-                report(part, f"is about an amount but does not state {path} ({expected})", "amount")
-
-    for part in ("sms", "email.txt"):
-        run_on = _LINK_RUN_ON.search(seen.get(part, ""))
-        if run_on:
-            report(
-                part,
-                f"link runs into the text after it ({run_on.group(0)!r}); put a space after it",
-                "link",
-                WARNING,
-            )
-
-    account = loan.get("account_number")
-    if isinstance(account, str) and len(account) > 4:
-        for part, text in seen.items():
-            if account in text:
-                report(part, "shows the full account number; use |mask or |last4", "privacy")
-
-    if channel is Channel.SMS:
-        if max_sms_segments is not None and rendered.segments > max_sms_segments:
-            report(
-                "sms",
-                f"SMS takes {rendered.segments} segments ({rendered.encoding}) with sample data; "
-                f"the policy allows {max_sms_segments}",
-                "segments",
-            )
-        if locale.startswith("en") and rendered.encoding == "UCS-2":
-            chars = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in non_gsm7_characters(seen["sms"]))
-            report(
-                "sms",
-                f"SMS is sent as UCS-2 (70 characters a segment) because of {chars}",
-                "encoding",
-                WARNING,
-            )
-    return findings
+    check = _RenderedCheck(rendered, context)
+    check.empty_parts()
+    check.language(skip_phrases)
+    check.sender_and_contact()
+    check.opt_out()
+    check.amounts()
+    check.links()
+    check.privacy()
+    check.sms_size(max_sms_segments)
+    return check.findings
 
 
 # -- the whole tree ------------------------------------------------------------------------

@@ -274,3 +274,19 @@ def test_sample_contexts_have_the_pipelines_shape() -> None:
     assert isinstance(context["loan"]["amount_due"], Decimal)
     assert isinstance(context["loan"]["due_date"], dt.date)
     assert "unsubscribe_url" not in sample_context("visit_notice", Channel.SMS, "zh-TW")
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_replies_to_the_borrower_need_no_loan(renderer: Renderer, locale: str) -> None:
+    # An opt-out, opt-in, HELP or cease-contact reply may concern a number with no single loan.
+    for template in (
+        "optout_confirmation",
+        "optin_confirmation",
+        "help_reply",
+        "cease_confirmation",
+    ):
+        for channel in CATALOG[template].channels:
+            context = sample_context(template, channel, locale)
+            for key in ("loan", "stage", "timezone"):
+                del context[key]
+            assert renderer.render(template, channel, locale, context)
