@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -205,7 +205,10 @@ class CapReserver:
     def holdings(self, borrower_id: str) -> list[tuple[str, Channel, dt.datetime]]:
         """The reservations Redis holds for a borrower now (for inspection and tests)."""
         try:
-            entries = self.redis.zrangebyscore(self.key(borrower_id), 0, "+inf", withscores=True)
+            entries = cast(
+                list[tuple[bytes | str, float]],
+                self.redis.zrangebyscore(self.key(borrower_id), 0, "+inf", withscores=True),
+            )
         except redis.RedisError as error:
             raise CapUnavailable(f"frequency caps unavailable: {error}") from error
         result = []

@@ -166,19 +166,22 @@ def dunning_view(
     steps: tuple[Step, ...] = ()
     if stage is not None:
         cadence, steps = cadence_for(policy, borrower, stage)
+    reported_day = local_day(policy, loan.as_of)
+
+    def paused(step: Step) -> bool:
+        if not all_pauses:
+            return False
+        day = reported_day + dt.timedelta(days=step.days_past_due - loan.days_past_due)
+        return pause_on(all_pauses, day) is not None
+
     reached = [step for step in steps if step.days_past_due <= days_past_due]
     due: Step | None = None
     # Never catch up: only the latest step that has come may go, and not if its day was
     # paused (a step skipped during a promise or plan stays skipped).
-    if reached and pause_today is None:
-        latest = reached[-1]
-        if pause_on(all_pauses, day_of(policy, loan, latest.days_past_due)) is None:
-            due = latest
+    if reached and pause_today is None and not paused(reached[-1]):
+        due = reached[-1]
     upcoming = tuple(
-        step
-        for step in steps
-        if step.days_past_due > days_past_due
-        and pause_on(all_pauses, day_of(policy, loan, step.days_past_due)) is None
+        step for step in steps if step.days_past_due > days_past_due and not paused(step)
     )
     return DunningView(
         today=today,
