@@ -163,13 +163,17 @@ class CapReserver:
         `send` (detail `cap=reserved`, `reserved_at_ms`) or `wait(FREQUENCY_CAP, until, rule=…)`
         with `until` the instant the blocking reservation leaves its window. Exempt purposes
         answer `send` (detail `cap=exempt`) without touching Redis. Pass `borrower` so that
-        jurisdiction caps apply (a US-MA borrower's weekly limits); without it the policy's
-        default caps are used. `now_ms` replaces the Redis clock (the simulator's virtual one).
+        the caps of the borrower's jurisdiction apply; without it the strictest caps of any
+        jurisdiction apply (a US-MA limit for everyone), as the cautious reading.
+        `now_ms` replaces the Redis clock (the simulator's virtual one).
         Raises `CapUnavailable` when Redis or the message log cannot be read.
         """
         if not counts_against_caps(purpose):
             return Decision.send(Reason.DUE, cap="exempt")
-        rules = contact_rules(self.policy, borrower).caps if borrower else self.policy.caps
+        if borrower is not None:
+            rules = contact_rules(self.policy, borrower).caps
+        else:
+            rules = self.policy.strictest_caps()
         longest = max(rule.window for rule in rules)
         args: list[Any] = [
             "" if now_ms is None else int(now_ms),

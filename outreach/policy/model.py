@@ -304,6 +304,14 @@ class Policy:
                 return locale
         return self.default_locale
 
+    def strictest_caps(self) -> tuple[CapRule, ...]:
+        """Every cap at its lowest limit in any jurisdiction: for when the borrower is unknown."""
+        limits = {rule.name: rule.limit for rule in self.caps}
+        for jurisdiction in self.jurisdictions.values():
+            for name, limit in jurisdiction.caps.items():
+                limits[name] = min(limit, limits.get(name, limit))
+        return tuple(CapRule.named(name, limits[name]) for name in CAP_RULE_NAMES if name in limits)
+
     def sender_for(self, locale: str | None) -> dict[str, str]:
         """The lender identity for a locale (the nearest served one), as templates read it."""
         return self.sender[self.locale_for(locale)].to_json()

@@ -20,7 +20,7 @@ from tests.integration.caps_fixtures import (  # noqa: F401 - fixtures
     private_redis_url,
     shared_redis,
 )
-from tests.unit.policy_fixtures import default_policy, us_borrower
+from tests.unit.policy_fixtures import borrower, default_policy, us_borrower
 
 pytestmark = pytest.mark.redis
 
@@ -29,6 +29,8 @@ HOUR = 3_600_000
 DAY = 24 * HOUR
 SMS, EMAIL = Channel.SMS, Channel.EMAIL
 DUNNING = Purpose.DUNNING
+# no jurisdiction override applies to this borrower: the policy's own caps
+SHANGHAI_BORROWER = borrower()
 
 
 class Log:
@@ -77,21 +79,29 @@ def test_first_sms_is_reserved_and_a_second_within_a_day_waits(caps: CapReserver
 
 def test_three_sms_a_week(caps: CapReserver) -> None:
     for day in range(3):
-        assert caps.reserve("B1", SMS, f"m{day}", DUNNING, now_ms=T0 + day * DAY).may_send
-    fourth = caps.reserve("B1", SMS, "m3", DUNNING, now_ms=T0 + 3 * DAY)
+        assert caps.reserve(
+            "B1", SMS, f"m{day}", DUNNING, now_ms=T0 + day * DAY, borrower=SHANGHAI_BORROWER
+        ).may_send
+    fourth = caps.reserve("B1", SMS, "m3", DUNNING, now_ms=T0 + 3 * DAY, borrower=SHANGHAI_BORROWER)
     assert fourth.detail == {"rule": "sms_per_week"}
     assert fourth.until == at(T0 + 7 * DAY)
-    assert caps.reserve("B1", SMS, "m3", DUNNING, now_ms=T0 + 7 * DAY).may_send
+    assert caps.reserve(
+        "B1", SMS, "m3", DUNNING, now_ms=T0 + 7 * DAY, borrower=SHANGHAI_BORROWER
+    ).may_send
 
 
 def test_one_email_a_day_and_four_a_week(caps: CapReserver) -> None:
-    assert caps.reserve("B1", EMAIL, "e0", DUNNING, now_ms=T0).may_send
-    assert caps.reserve("B1", EMAIL, "e1", DUNNING, now_ms=T0 + HOUR).detail == {
-        "rule": "email_per_day"
-    }
+    assert caps.reserve("B1", EMAIL, "e0", DUNNING, now_ms=T0, borrower=SHANGHAI_BORROWER).may_send
+    assert caps.reserve(
+        "B1", EMAIL, "e1", DUNNING, now_ms=T0 + HOUR, borrower=SHANGHAI_BORROWER
+    ).detail == {"rule": "email_per_day"}
     for day in range(1, 4):
-        assert caps.reserve("B1", EMAIL, f"e{day}", DUNNING, now_ms=T0 + day * DAY).may_send
-    fifth = caps.reserve("B1", EMAIL, "e4", DUNNING, now_ms=T0 + 4 * DAY)
+        assert caps.reserve(
+            "B1", EMAIL, f"e{day}", DUNNING, now_ms=T0 + day * DAY, borrower=SHANGHAI_BORROWER
+        ).may_send
+    fifth = caps.reserve(
+        "B1", EMAIL, "e4", DUNNING, now_ms=T0 + 4 * DAY, borrower=SHANGHAI_BORROWER
+    )
     assert fifth.detail == {"rule": "email_per_week"}
     assert fifth.until == at(T0 + 7 * DAY)
 
@@ -127,8 +137,12 @@ def test_refusal_reserves_nothing_in_any_window(caps: CapReserver) -> None:
 
 def test_when_two_rules_block_the_later_release_is_reported(caps: CapReserver) -> None:
     for day in (0, 1, 2):
-        assert caps.reserve("B1", SMS, f"s{day}", DUNNING, now_ms=T0 + day * DAY).may_send
-    refused = caps.reserve("B1", SMS, "s3", DUNNING, now_ms=T0 + 2 * DAY + HOUR)
+        assert caps.reserve(
+            "B1", SMS, f"s{day}", DUNNING, now_ms=T0 + day * DAY, borrower=SHANGHAI_BORROWER
+        ).may_send
+    refused = caps.reserve(
+        "B1", SMS, "s3", DUNNING, now_ms=T0 + 2 * DAY + HOUR, borrower=SHANGHAI_BORROWER
+    )
     # day blocks until day 3; week blocks until day 7: the message cannot go before day 7
     assert refused.detail == {"rule": "sms_per_week"}
     assert refused.until == at(T0 + 7 * DAY)
@@ -217,6 +231,13 @@ def test_own_id_from_a_rebuild_is_removed_on_refusal(private_redis: redis.Redis)
     refused = caps.reserve("B1", SMS, "m1", DUNNING, now_ms=T0)
     assert refused.detail == {"rule": "sms_per_day"}
     assert [entry[0] for entry in caps.holdings("B1")] == ["m0"]
+
+
+def test_without_the_borrower_the_strictest_jurisdiction_caps_apply(caps: CapReserver) -> None:
+    for day in (0, 1):
+        assert caps.reserve("B1", SMS, f"s{day}", DUNNING, now_ms=T0 + day * DAY).may_send
+    third = caps.reserve("B1", SMS, "s2", DUNNING, now_ms=T0 + 2 * DAY)
+    assert third.detail == {"rule": "sms_per_week"}  # US-MA allows two a week
 
 
 def test_jurisdiction_caps_apply_when_the_borrower_is_given(caps: CapReserver) -> None:

@@ -157,6 +157,8 @@ def ms_to_datetime(ms: int) -> dt.datetime:
 def race_policy() -> tuple[str, Policy]:
     document = default_document()
     document["caps"] = dict(RACE_CAPS)
+    # no jurisdiction overrides: the workers pass no borrower, so the policy's caps are the caps
+    document["jurisdictions"] = {}
     text = yaml.safe_dump(document, allow_unicode=True)
     return text, load_policy_text(text, "race.yaml")
 
