@@ -7,12 +7,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from outreach.errors import ConfigurationError, OutreachError
 from outreach.settings import OpsToken, Settings, load_settings
+
+if TYPE_CHECKING:
+    from outreach.runtime import Runtime
+    from outreach.wiring import Services
 
 app = typer.Typer(
     help="Lawful, humane SMS and email outreach for a lender's collections team.",
@@ -56,8 +60,9 @@ def errors_as_one_line() -> Iterator[None]:
         fail(str(error), code=1)
 
 
-def not_yet(capability: str, issue: int) -> NoReturn:
-    fail(f"{capability} is not available yet: it lands with issue {issue}.", code=2)
+def not_yet(capability: str, issue: int | None) -> NoReturn:
+    when = f"it lands with issue {issue}" if issue else "no issue has scheduled it yet"
+    fail(f"{capability} is not available yet: {when}.", code=2)
 
 
 def configure_logging() -> None:
@@ -81,24 +86,54 @@ def with_generated_defaults(settings: Settings) -> Settings:
     return settings
 
 
+def start_services(settings: Settings) -> tuple[Runtime, Services]:
+    """Runtime and services, or one line naming what is wrong (policy, templates, settings)."""
+    from outreach.runtime import Runtime
+    from outreach.wiring import Services
+
+    with errors_as_one_line():
+        runtime = Runtime.start(settings)
+    try:
+        with errors_as_one_line():
+            services = Services.build(runtime)
+    except BaseException:
+        runtime.close()
+        raise
+    return runtime, services
+
+
 @app.command()
 def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     """API, worker and clock in one process on the embedded defaults."""
     import uvicorn
 
     from outreach.api.app import create_app
-    from outreach.runtime import Runtime
+    from outreach.clock import Clock
     from outreach.store.migrate import upgrade
+    from outreach.worker import build_broker, enqueue, start_worker
 
     configure_logging()
     settings = with_generated_defaults(settings_or_exit())
-    with errors_as_one_line():
-        runtime = Runtime.start(settings)
+    runtime, services = start_services(settings)
+    broker = None
+    worker_process = None
+    clock_process = None
     try:
         upgrade(runtime.engine)
+        broker = build_broker(runtime.redis.url)
+        worker_process = start_worker(broker, services, threads=4)
+        ready_broker = broker
+        clock_process = Clock(services, lambda ids: enqueue(ready_broker, ids))
+        clock_process.start()
         typer.echo(f"outreach listening on http://{host}:{port}")
-        uvicorn.run(create_app(runtime), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(services), host=host, port=port, log_level="info")
     finally:
+        if clock_process is not None:
+            clock_process.stop()
+        if worker_process is not None:
+            worker_process.stop(timeout=10_000)
+        if broker is not None:
+            broker.close()
         runtime.close()
 
 
@@ -108,14 +143,11 @@ def web(host: HostOption = "0.0.0.0", port: PortOption = 8000) -> None:
     import uvicorn
 
     from outreach.api.app import create_app
-    from outreach.runtime import Runtime
 
     configure_logging()
-    settings = settings_or_exit()
-    with errors_as_one_line():
-        runtime = Runtime.start(settings)
+    runtime, services = start_services(settings_or_exit())
     try:
-        uvicorn.run(create_app(runtime), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(services), host=host, port=port, log_level="info")
     finally:
         runtime.close()
 
@@ -126,15 +158,43 @@ def worker(
     threads: Annotated[int, typer.Option(min=1, help="Threads per process.")] = 8,
 ) -> None:
     """Send due messages (Procfile `worker`, dramatiq)."""
-    settings_or_exit()
-    not_yet("the worker", 5)
+    from outreach.worker import run_workers
+
+    configure_logging()
+    settings = settings_or_exit()
+    if settings.uses_embedded_redis:
+        fail("OUTREACH_REDIS_URL: required for a separate worker (use `outreach run` otherwise)")
+    runtime, _ = start_services(settings)
+    runtime.close()
+    run_workers(processes, threads)
 
 
 @app.command()
 def clock() -> None:
     """Release due messages and re-evaluate cadences (Procfile `clock`; one leader)."""
-    settings_or_exit()
-    not_yet("the clock", 5)
+    import signal
+    import threading
+
+    from outreach.clock import Clock
+    from outreach.worker import build_broker, enqueue
+
+    configure_logging()
+    settings = settings_or_exit()
+    if settings.uses_embedded_redis:
+        fail("OUTREACH_REDIS_URL: required for a separate clock (use `outreach run` otherwise)")
+    runtime, services = start_services(settings)
+    broker = build_broker(runtime.redis.url)
+    scheduler = Clock(services, lambda ids: enqueue(broker, ids))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    scheduler.start()
+    try:
+        stop.wait()
+    finally:
+        scheduler.stop()
+        broker.close()
+        runtime.close()
 
 
 @db_app.command("upgrade")
@@ -178,7 +238,7 @@ def check() -> None:
 
 def _campaign_command(action: str, summary: str) -> None:
     def command() -> None:
-        not_yet(f"campaign {action}", 8)
+        not_yet(f"campaign {action}", None)
 
     command.__doc__ = summary
     campaign_app.command(action)(command)
@@ -196,22 +256,141 @@ for _action, _summary in (
     _campaign_command(_action, _summary)
 
 
+FilterOption = Annotated[str | None, typer.Option()]
+
+
+def _criteria(**values: str | None) -> dict[str, str | None]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@contextmanager
+def _log_session() -> Iterator[Any]:
+    from outreach.store.db import make_engine, make_session_factory
+
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url.reveal())
+    try:
+        with make_session_factory(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
 @messages_app.command("list")
-def messages_list() -> None:
-    """List messages with filters."""
-    not_yet("the message log from the terminal", 5)
+def messages_list(
+    borrower_id: FilterOption = None,
+    loan_id: FilterOption = None,
+    campaign_id: FilterOption = None,
+    status: FilterOption = None,
+    channel: FilterOption = None,
+    stage: FilterOption = None,
+    reason: FilterOption = None,
+    since: FilterOption = None,
+    until: FilterOption = None,
+    q: FilterOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    cursor: FilterOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document per line.")] = False,
+) -> None:
+    """List messages with the filters of GET /v1/messages, newest first."""
+    import json
+
+    from outreach.service.log import FilterError, MessageFilter, list_messages
+
+    try:
+        criteria = MessageFilter.parse(
+            _criteria(
+                borrower_id=borrower_id,
+                loan_id=loan_id,
+                campaign_id=campaign_id,
+                status=status,
+                channel=channel,
+                stage=stage,
+                reason=reason,
+                since=since,
+                until=until,
+                q=q,
+            )
+        )
+        with _log_session() as session:
+            items, next_cursor = list_messages(session, criteria, limit=limit, cursor=cursor)
+    except FilterError as error:
+        fail(str(error))
+    for item in items:
+        if as_json:
+            typer.echo(json.dumps(item, ensure_ascii=False))
+        else:
+            typer.echo(
+                f"{item['id']}  {item['send_at']}  {item['status']:<11} {item['reason'] or '-':<20}"
+                f" {item['channel']:<5} {item['purpose']:<20} {item['template']}"
+                f"  borrower={item['borrower_id']} loan={item['loan_id']}"
+            )
+    if next_cursor:
+        typer.echo(f"next page: --cursor {next_cursor}", err=True)
 
 
 @messages_app.command("show")
 def messages_show(message_id: str) -> None:
-    """One message with its timeline."""
-    not_yet("the message log from the terminal", 5)
+    """One message with its timeline (JSON)."""
+    import json
+
+    from outreach.service.log import get_message
+
+    with _log_session() as session:
+        found = get_message(session, message_id)
+    if found is None:
+        fail(f"no message {message_id}", code=1)
+    typer.echo(json.dumps(found, ensure_ascii=False, indent=2))
 
 
 @messages_app.command("export")
-def messages_export() -> None:
-    """Export messages as CSV."""
-    not_yet("the message log from the terminal", 5)
+def messages_export(
+    borrower_id: FilterOption = None,
+    loan_id: FilterOption = None,
+    campaign_id: FilterOption = None,
+    status: FilterOption = None,
+    channel: FilterOption = None,
+    stage: FilterOption = None,
+    reason: FilterOption = None,
+    since: FilterOption = None,
+    until: FilterOption = None,
+    q: FilterOption = None,
+    out: Annotated[str, typer.Option(help="File to write; - for standard output.")] = "-",
+) -> None:
+    """Export the filtered message log as CSV."""
+    from outreach.service.export import csv_rows
+    from outreach.service.log import FilterError, MessageFilter
+    from outreach.store.db import make_engine, make_session_factory
+
+    try:
+        criteria = MessageFilter.parse(
+            _criteria(
+                borrower_id=borrower_id,
+                loan_id=loan_id,
+                campaign_id=campaign_id,
+                status=status,
+                channel=channel,
+                stage=stage,
+                reason=reason,
+                since=since,
+                until=until,
+                q=q,
+            )
+        )
+    except FilterError as error:
+        fail(str(error))
+    settings = settings_or_exit()
+    engine = make_engine(settings.database_url.reveal())
+    try:
+        stream = sys.stdout if out == "-" else open(out, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        try:
+            for chunk in csv_rows(make_session_factory(engine), criteria):
+                stream.write(chunk)
+        finally:
+            if stream is not sys.stdout:
+                stream.close()
+    finally:
+        engine.dispose()
 
 
 @app.command()

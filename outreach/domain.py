@@ -98,6 +98,19 @@ COLLECTION_PURPOSES = frozenset(
     }
 )
 
+# Messages about a loan that the cadence plans from the loan's state: without that state they
+# cannot be re-checked, and a pending one the plan no longer lists is cancelled.
+LOAN_PURPOSES = frozenset(
+    {
+        Purpose.DUNNING,
+        Purpose.PROMISE_REMINDER,
+        Purpose.BROKEN_PROMISE,
+        Purpose.INSTALMENT_REMINDER,
+        Purpose.VISIT_NOTICE,
+        Purpose.PAYMENT_CONFIRMATION,
+    }
+)
+
 
 class Restriction(StrEnum):
     CEASE_CONTACT = "cease_contact"
@@ -148,6 +161,8 @@ class Reason(StrEnum):
     PAYMENT_PLAN_ACTIVE = "payment_plan_active"
     INVALID_ADDRESS = "invalid_address"
     STAGE_CHANGED = "stage_changed"
+    SUPERSEDED = "superseded"
+    OPS_CANCELLED = "ops_cancelled"
     PROMISE_KEPT = "promise_kept"
     INSTALMENT_PAID = "instalment_paid"
     VISIT_CANCELLED = "visit_cancelled"

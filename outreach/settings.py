@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from outreach.errors import ConfigurationError
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = Path("var")
 DEFAULT_DATABASE_URL = "sqlite:///var/outreach.db"
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
@@ -75,7 +76,7 @@ class Settings:
     smtp_starttls: bool
     email_from: str | None
     policy_path: Path
-    templates_dir: Path = DEFAULT_TEMPLATES
+    templates_dir: Path = field(default_factory=lambda: _shipped(DEFAULT_TEMPLATES))
     var_dir: Path = VAR_DIR
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -92,6 +93,11 @@ class Settings:
             if known.token.reveal() == token:
                 return known.role
         return None
+
+
+def _shipped(relative: Path) -> Path:
+    """A file the project ships: from the working directory if it has one, else the checkout."""
+    return relative if relative.exists() else PROJECT_ROOT / relative
 
 
 def _optional(env: Mapping[str, str], name: str) -> str | None:
@@ -231,7 +237,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     smtp_port = _number(env, "SMTP_PORT", 25, minimum=1)
     if smtp_port != int(smtp_port) or smtp_port > 65535:
         raise ConfigurationError(f"SMTP_PORT: '{env.get('SMTP_PORT')}' is not a port number")
-    policy_path = Path(_optional(env, "OUTREACH_POLICY") or DEFAULT_POLICY)
+    policy_path = Path(_optional(env, "OUTREACH_POLICY") or _shipped(DEFAULT_POLICY))
     return Settings(
         database_url=_database_url(env),
         redis_url=_redis_url(env),

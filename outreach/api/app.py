@@ -1,25 +1,117 @@
-"""The ASGI application."""
+"""The ASGI application: webhooks, the ops API and operations endpoints."""
 
-from __future__ import annotations
+import hashlib
+import hmac
+import html
+import logging
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from typing import Any
-
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 
 from outreach import __version__
-from outreach.runtime import Runtime
-from outreach.store.db import ping
+from outreach.domain import Channel, Reason, Status
+from outreach.errors import RenderError, StoreUnavailable
+from outreach.render import preview as render_preview
+from outreach.service import log as message_log
+from outreach.service.dispatch import verify_unsubscribe_token
+from outreach.service.events import EventError, parse_event
+from outreach.service.export import csv_rows
+from outreach.service.inbound import handle_sms_reply, handle_unsubscribe, record_status
+from outreach.service.ingest import ingest
+from outreach.service.messages import as_record, record
+from outreach.store.db import ping, transaction
 from outreach.store.migrate import is_current
+from outreach.store.models import Message
+from outreach.wiring import Services, link_secret
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_BYTES = 1024 * 1024
+SIGNATURE_TOLERANCE_SECONDS = 300
+SIGNATURE_HEADER = "X-Outreach-Signature"
+
+bearer = HTTPBearer(
+    auto_error=False, description="An ops token: `token:role` in OUTREACH_OPS_TOKENS"
+)
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+class Accepted(BaseModel):
+    status: str = Field(examples=["accepted", "duplicate"])
+    id: str
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class CancelRequest(BaseModel):
+    note: str | None = Field(default=None, max_length=500)
+
+
+class PreviewRequest(BaseModel):
+    template: str
+    channel: Channel
+    locale: str
+    context: dict[str, Any] | None = None
+
+
+def signature_valid(secret: bytes, header: str | None, body: bytes, now: float) -> bool:
+    if not header:
+        return False
+    timestamp: str | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            timestamp = value
+        elif key == "v1":
+            candidates.append(value)
+    if timestamp is None or not timestamp.isdigit() or not candidates:
+        return False
+    if abs(now - int(timestamp)) > SIGNATURE_TOLERANCE_SECONDS:
+        return False
+    expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+
+
+def create_app(services: Services) -> FastAPI:
+    runtime = services.runtime
+    settings = runtime.settings
     app = FastAPI(
         title="outreach",
         version=__version__,
         summary="Collections outreach: lawful, humane SMS and email for delinquent loans.",
     )
-    app.state.runtime = runtime
+    app.state.services = services
+
+    def role(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> str:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+        found = settings.role_for(credentials.credentials)
+        if found is None:
+            raise HTTPException(401, "the token is not valid", {"WWW-Authenticate": "Bearer"})
+        return found
+
+    def viewer(current: Annotated[str, Depends(role)]) -> str:
+        return current
+
+    def admin(current: Annotated[str, Depends(role)]) -> str:
+        if current != "admin":
+            raise HTTPException(403, "this action needs an admin token")
+        return current
+
+    app.state.require_admin = admin
+    app.state.require_viewer = viewer
+
+    # -- operations --------------------------------------------------------------------------
 
     @app.get("/health", tags=["operations"], summary="Liveness: the process answers")
     def health() -> dict[str, str]:
@@ -40,10 +132,307 @@ def create_app(runtime: Runtime) -> FastAPI:
         except Exception as error:
             checks["redis"] = f"unreachable: {type(error).__name__}"
             checks["broker"] = checks["redis"]
-        ready = all(value == "ok" for value in checks.values())
+        is_ready = all(value == "ok" for value in checks.values())
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status_code=200 if ready else 503,
+            {"status": "ready" if is_ready else "not ready", "checks": checks},
+            status_code=200 if is_ready else 503,
         )
 
+    # -- the loan system's webhook -------------------------------------------------------------
+
+    webhook_secret = settings.webhook_secret.reveal().encode() if settings.webhook_secret else None
+
+    @app.post(
+        "/v1/events",
+        tags=["webhooks"],
+        summary="Receive a loan-system event (signed)",
+        status_code=202,
+        response_model=Accepted,
+        responses={
+            200: {"model": Accepted, "description": "already accepted (duplicate)"},
+            401: {"model": Problem},
+            413: {"model": Problem},
+            422: {"model": Problem},
+            503: {"model": Problem},
+        },
+    )
+    async def receive_event(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
+            return JSONResponse({"detail": "body larger than 1 MiB"}, status_code=413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > MAX_EVENT_BYTES:
+                return JSONResponse({"detail": "body larger than 1 MiB"}, status_code=413)
+        raw = bytes(body)
+        if webhook_secret is None or not signature_valid(
+            webhook_secret, request.headers.get(SIGNATURE_HEADER), raw, time.time()
+        ):
+            return JSONResponse(
+                {"detail": f"{SIGNATURE_HEADER} is missing, wrong or outside the 300 s window"},
+                status_code=401,
+            )
+        try:
+            event = parse_event(raw)
+        except EventError as error:
+            return JSONResponse({"detail": str(error), "field": error.field}, status_code=422)
+        try:
+            result = await run_in_threadpool(store_event, event)
+        except StoreUnavailable as error:
+            log.warning("event %s not stored: %s", event.id, error)
+            return JSONResponse(
+                {"detail": "the event could not be stored; retry later"}, status_code=503
+            )
+        status_code = 202 if result.status == "accepted" else 200
+        return JSONResponse({"status": result.status, "id": result.id}, status_code=status_code)
+
+    def store_event(event: Any) -> Any:
+        with transaction(runtime.sessions) as session:
+            return ingest(session, services.policy, event, services.dispatcher.now())
+
+    # -- the ops API ---------------------------------------------------------------------------
+
+    def message_filter(request: Request) -> message_log.MessageFilter:
+        return message_log.MessageFilter.parse(dict(request.query_params))
+
+    def filter_errors(call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except message_log.FilterError as error:
+            raise HTTPException(422, str(error)) from None
+
+    @app.get("/v1/messages", tags=["messages"], summary="The message log, filtered, paged")
+    def list_messages(
+        request: Request,
+        _: Annotated[str, Depends(viewer)],
+        borrower_id: str | None = None,
+        loan_id: str | None = None,
+        campaign_id: str | None = None,
+        status: Annotated[str | None, Query(description="one status or a comma list")] = None,
+        channel: str | None = None,
+        stage: str | None = None,
+        reason: str | None = None,
+        purpose: str | None = None,
+        since: Annotated[str | None, Query(description="send_at ≥ (RFC 3339)")] = None,
+        until: Annotated[str | None, Query(description="send_at < (RFC 3339)")] = None,
+        q: Annotated[str | None, Query(description="text search in content and ids")] = None,
+        limit: Annotated[str | None, Query(description="1…500, default 100")] = None,
+        cursor: Annotated[str | None, Query(description="next_cursor of the last page")] = None,
+    ) -> dict[str, Any]:
+        def page() -> dict[str, Any]:
+            criteria = message_filter(request)
+            size = message_log.parse_limit(limit)
+            with runtime.sessions() as session:
+                items, next_cursor = message_log.list_messages(
+                    session, criteria, limit=size, cursor=cursor
+                )
+            return {"items": items, "next_cursor": next_cursor}
+
+        result: dict[str, Any] = filter_errors(page)
+        return result
+
+    @app.get("/v1/messages/export.csv", tags=["messages"], summary="The filtered log as CSV")
+    def export_messages(request: Request, _: Annotated[str, Depends(viewer)]) -> StreamingResponse:
+        criteria: message_log.MessageFilter = filter_errors(lambda: message_filter(request))
+        return StreamingResponse(
+            csv_rows(runtime.sessions, criteria),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="messages.csv"'},
+        )
+
+    @app.get("/v1/messages/{message_id}", tags=["messages"], summary="One message and timeline")
+    def show_message(message_id: str, _: Annotated[str, Depends(viewer)]) -> dict[str, Any]:
+        with runtime.sessions() as session:
+            found = message_log.get_message(session, message_id)
+        if found is None:
+            raise HTTPException(404, f"no message {message_id}")
+        return found
+
+    @app.post(
+        "/v1/messages/{message_id}/cancel",
+        tags=["messages"],
+        summary="Cancel a message that has not been sent (admin)",
+        responses={403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}},
+    )
+    def cancel_message(
+        message_id: str,
+        _: Annotated[str, Depends(admin)],
+        request_body: CancelRequest | None = None,
+    ) -> dict[str, Any]:
+        now = services.dispatcher.now()
+        with transaction(runtime.sessions) as session:
+            row = session.get(Message, message_id, with_for_update=True)
+            if row is None:
+                raise HTTPException(404, f"no message {message_id}")
+            if not Status(row.status).is_pending:
+                raise HTTPException(409, f"message is {row.status}; only pending ones cancel")
+            note = request_body.note if request_body and request_body.note else None
+            record(row, Status.CANCELLED, Reason.OPS_CANCELLED.value, now, note)
+            return as_record(row)
+
+    @app.get(
+        "/v1/borrowers/{borrower_id}/timeline",
+        tags=["messages"],
+        summary="Every event, message step and reply about a borrower",
+    )
+    def borrower_timeline(borrower_id: str, _: Annotated[str, Depends(viewer)]) -> dict[str, Any]:
+        with runtime.sessions() as session:
+            found = message_log.borrower_timeline(session, borrower_id)
+        if found is None:
+            raise HTTPException(404, f"no borrower {borrower_id}")
+        return found
+
+    @app.get("/v1/policy", tags=["policy"], summary="The effective policy")
+    def effective_policy(_: Annotated[str, Depends(viewer)]) -> dict[str, Any]:
+        document: dict[str, Any] = services.policy.to_json()
+        return document
+
+    @app.post("/v1/templates/preview", tags=["policy"], summary="Render a template with lint")
+    def preview_template(
+        request_body: PreviewRequest, _: Annotated[str, Depends(viewer)]
+    ) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = render_preview(
+                services.renderer,
+                request_body.template,
+                request_body.channel,
+                request_body.locale,
+                request_body.context,
+                max_sms_segments=services.policy.max_sms_segments,
+            )
+        except RenderError as error:
+            raise HTTPException(422, str(error)) from None
+        return result
+
+    # -- provider callbacks --------------------------------------------------------------------
+
+    twilio_token = settings.twilio_auth_token.reveal() if settings.twilio_auth_token else None
+
+    async def signed_twilio_form(request: Request, path: str) -> dict[str, str] | None:
+        """The callback's form fields, or None when X-Twilio-Signature does not match."""
+        from twilio.request_validator import RequestValidator
+
+        form = await request.form()
+        params = {key: str(value) for key, value in form.multi_items()}
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if twilio_token is None or not signature:
+            return None
+        url = settings.public_url + path
+        if not RequestValidator(twilio_token).validate(url, params, signature):
+            return None
+        return params
+
+    @app.post(
+        "/v1/providers/twilio/status",
+        tags=["providers"],
+        summary="Twilio delivery status callback (signed)",
+        responses={403: {"model": Problem}},
+    )
+    async def twilio_status(request: Request) -> JSONResponse:
+        params = await signed_twilio_form(request, "/v1/providers/twilio/status")
+        if params is None:
+            return JSONResponse({"detail": "X-Twilio-Signature is not valid"}, status_code=403)
+        sid = params.get("MessageSid") or params.get("SmsSid")
+        status = params.get("MessageStatus") or params.get("SmsStatus")
+        if not sid or not status:
+            return JSONResponse({"detail": "MessageSid and MessageStatus are required"}, 422)
+
+        def apply() -> str:
+            with transaction(runtime.sessions) as session:
+                return record_status(
+                    session,
+                    provider="twilio",
+                    provider_id=sid,
+                    status=status,
+                    error_code=params.get("ErrorCode") or None,
+                    now=services.dispatcher.now(),
+                )
+
+        try:
+            outcome = await run_in_threadpool(apply)
+        except StoreUnavailable:
+            return JSONResponse({"detail": "not stored; retry"}, status_code=503)
+        return JSONResponse({"status": outcome})
+
+    @app.post(
+        "/v1/providers/twilio/inbound",
+        tags=["providers"],
+        summary="An SMS a borrower sent us (signed)",
+        responses={403: {"model": Problem}},
+    )
+    async def twilio_inbound(request: Request) -> Response:
+        params = await signed_twilio_form(request, "/v1/providers/twilio/inbound")
+        if params is None:
+            return JSONResponse({"detail": "X-Twilio-Signature is not valid"}, status_code=403)
+        sender = params.get("From")
+        if not sender:
+            return JSONResponse({"detail": "From is required"}, status_code=422)
+
+        def apply() -> None:
+            with transaction(runtime.sessions) as session:
+                handle_sms_reply(
+                    session,
+                    services.policy,
+                    sender=sender,
+                    body=params.get("Body", ""),
+                    provider_id=params.get("MessageSid") or params.get("SmsSid"),
+                    now=services.dispatcher.now(),
+                )
+
+        try:
+            await run_in_threadpool(apply)
+        except StoreUnavailable:
+            return JSONResponse({"detail": "not stored; retry"}, status_code=503)
+        # replies go out as recorded, gated messages, not as TwiML
+        return Response("<Response/>", media_type="application/xml")
+
+    # -- unsubscribe links (RFC 8058 one-click, and a page for people) --------------------------
+
+    link_key = link_secret(settings)
+
+    @app.get("/v1/unsubscribe/{token}", tags=["providers"], summary="Unsubscribe page")
+    def unsubscribe_page(token: str) -> HTMLResponse:
+        if verify_unsubscribe_token(link_key, token) is None:
+            return HTMLResponse(UNSUBSCRIBE_INVALID, status_code=404)
+        return HTMLResponse(UNSUBSCRIBE_FORM.format(token=html.escape(token)))
+
+    @app.post("/v1/unsubscribe/{token}", tags=["providers"], summary="Unsubscribe (one-click)")
+    def unsubscribe(token: str) -> HTMLResponse:
+        found = verify_unsubscribe_token(link_key, token)
+        if found is None:
+            return HTMLResponse(UNSUBSCRIBE_INVALID, status_code=404)
+        channel, recipient = found
+        with transaction(runtime.sessions) as session:
+            handle_unsubscribe(
+                session,
+                services.policy,
+                channel=channel,
+                recipient=recipient,
+                now=services.dispatcher.now(),
+            )
+        return HTMLResponse(UNSUBSCRIBE_DONE)
+
     return app
+
+
+PAGE_STYLE = "font-family:sans-serif;max-width:36em;margin:3em auto"
+UNSUBSCRIBE_FORM = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Unsubscribe</title>'
+    f'</head><body style="{PAGE_STYLE}"><h1>Stop these emails?</h1>'
+    "<p>Press the button to stop email about your account.<br>"
+    "按下按钮即可退订邮件。<br>按下按鈕即可退訂郵件。</p>"
+    '<form method="post" action="/v1/unsubscribe/{token}">'
+    '<button type="submit">Unsubscribe / 退订 / 退訂</button></form></body></html>'
+)
+UNSUBSCRIBE_DONE = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Unsubscribed</title>'
+    f'</head><body style="{PAGE_STYLE}"><h1>You are unsubscribed</h1>'
+    "<p>We will not email you about this account again.<br>您已退订邮件。<br>您已退訂郵件。</p>"
+    "</body></html>"
+)
+UNSUBSCRIBE_INVALID = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Link not valid</title>'
+    f'</head><body style="{PAGE_STYLE}"><h1>This unsubscribe link is not valid</h1>'
+    "</body></html>"
+)

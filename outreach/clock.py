@@ -1,0 +1,172 @@
+"""The clock: APScheduler jobs that release due messages and keep plans fresh.
+
+Exactly one clock acts at a time: the leader holds a Redis lock with a renewed lease, and a
+second clock idles until the lease lapses. Every job is idempotent, so a leadership handover
+mid-job repeats work at worst, never duplicates a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import select
+
+from outreach.errors import StoreUnavailable
+from outreach.service import dispatch as dispatch_service
+from outreach.service.planning import replan_loan
+from outreach.store import models as m
+from outreach.store.db import transaction
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "outreach:clock:leader"
+LEASE_MS = 15_000
+RENEW_SECONDS = 5
+TICK_SECONDS = 1.0
+REPLAN_EVERY = dt.timedelta(hours=1)
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class LeaderLock:
+    def __init__(self, client: redis.Redis, key: str = LOCK_KEY, lease_ms: int = LEASE_MS) -> None:
+        self.client = client
+        self.key = key
+        self.lease_ms = lease_ms
+        self.token = secrets.token_hex(16)
+        self.held = False
+
+    def refresh(self) -> bool:
+        """Take or renew the lease; False (and idle) when another clock holds it."""
+        try:
+            if self.held:
+                self.held = bool(self.client.eval(_RENEW, 1, self.key, self.token, self.lease_ms))
+            if not self.held:
+                self.held = bool(self.client.set(self.key, self.token, nx=True, px=self.lease_ms))
+        except redis.RedisError as error:
+            log.warning("clock lock unavailable: %s", error)
+            self.held = False
+        return self.held
+
+    def release(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.client.eval(_RELEASE, 1, self.key, self.token)
+        self.held = False
+
+
+class Clock:
+    def __init__(
+        self,
+        services: Any,
+        enqueue: Callable[[Sequence[str]], None],
+        *,
+        tick_seconds: float = TICK_SECONDS,
+    ) -> None:
+        self.services = services
+        self.sessions = services.runtime.sessions
+        self.dispatcher = services.dispatcher
+        self.enqueue = enqueue
+        self.lock = LeaderLock(services.runtime.redis.new_client())
+        self.tick_seconds = tick_seconds
+        self.scheduler = BackgroundScheduler(timezone=dt.UTC)
+        self._job_lock = threading.Lock()
+        self._last_replan: dt.datetime | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lock.held
+
+    def start(self) -> None:
+        self.lock.refresh()
+        common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
+        self.scheduler.add_job(self.heartbeat, "interval", seconds=RENEW_SECONDS, **common)
+        self.scheduler.add_job(self.release_due, "interval", seconds=self.tick_seconds, **common)
+        self.scheduler.add_job(self.housekeeping, "interval", seconds=60, **common)
+        self.scheduler.add_job(self.replan_all, "interval", minutes=10, **common)
+        self.scheduler.start()
+        log.info("clock started (%s)", "leader" if self.is_leader else "standby")
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=True)
+        self.lock.release()
+
+    def heartbeat(self) -> None:
+        was = self.lock.held
+        now = self.lock.refresh()
+        if now != was:
+            log.info("clock is now %s", "leader" if now else "standby")
+
+    def release_due(self) -> int:
+        if not self.is_leader:
+            return 0
+        with self._job_lock:
+            total = 0
+            while True:
+                try:
+                    ids = dispatch_service.release_due(self.sessions, self.dispatcher.now())
+                except StoreUnavailable as error:
+                    log.warning("release skipped: %s", error)
+                    return total
+                if ids:
+                    self._enqueue(ids)
+                total += len(ids)
+                if len(ids) < 500:
+                    return total
+
+    def _enqueue(self, ids: Sequence[str]) -> None:
+        try:
+            self.enqueue(ids)
+        except redis.RedisError as error:
+            # rows stay `queued`; housekeeping re-enqueues them once the broker answers
+            log.warning("enqueue failed, will retry: %s", error)
+
+    def housekeeping(self) -> None:
+        if not self.is_leader:
+            return
+        now = self.dispatcher.now()
+        with transaction(self.sessions) as session:
+            stale = dispatch_service.stale_queued(session, now)
+        if stale:
+            dispatch_service.touch_requeued(self.sessions, stale, now)
+            self._enqueue(stale)
+        self.dispatcher.reconcile_stuck()
+
+    def replan_all(self, force: bool = False) -> int:
+        """Re-evaluate every open loan's cadence, so stage changes and new steps appear."""
+        if not self.is_leader:
+            return 0
+        now = self.dispatcher.now()
+        if not force and self._last_replan and now - self._last_replan < REPLAN_EVERY:
+            return 0
+        self._last_replan = now
+        with self.sessions() as session:
+            loan_ids = list(
+                session.scalars(select(m.Loan.id).where(m.Loan.closed_reason.is_(None)))
+            )
+        for loan_id in loan_ids:
+            try:
+                with transaction(self.sessions) as session:
+                    replan_loan(session, self.services.policy, loan_id, now)
+            except StoreUnavailable as error:
+                log.warning("replan stopped: %s", error)
+                break
+        return len(loan_ids)

@@ -1,0 +1,1 @@
+"""Use cases: ingest events, plan, dispatch, record outcomes."""

@@ -1,0 +1,319 @@
+"""The loan system's webhook events (SPEC §4): parsed, validated, named field by field."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import zoneinfo
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+import phonenumbers
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from outreach.domain import ClosedReason, Restriction
+from outreach.errors import PermanentError
+
+
+class EventError(PermanentError):
+    """Raised when an event is malformed; the message names the offending field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _decimal_string(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError('must be a decimal string such as "120.50"')
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"'{value}' is not a decimal number") from None
+    if not amount.is_finite():
+        raise ValueError("must be a finite number")
+    return amount
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise ValueError("must carry a UTC offset (RFC 3339), e.g. 2026-11-23T09:00:00Z")
+    return value.astimezone(dt.UTC)
+
+
+def _e164(value: str) -> str:
+    try:
+        parsed = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException:
+        raise ValueError(f"'{value}' is not an E.164 phone number") from None
+    if not value.startswith("+") or not phonenumbers.is_possible_number(parsed):
+        raise ValueError(f"'{value}' is not an E.164 phone number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"'{value}' is not an IANA time zone") from None
+    return value
+
+
+def _email(value: str) -> str:
+    local, at, domain = value.strip().rpartition("@")
+    if not at or not local or "." not in domain or " " in value.strip():
+        raise ValueError(f"'{value}' is not an email address")
+    return value.strip()
+
+
+Money = Annotated[Decimal, BeforeValidator(_decimal_string)]
+Instant = Annotated[dt.datetime, AfterValidator(_aware)]
+Phone = Annotated[str, AfterValidator(_e164)]
+Zone = Annotated[str, AfterValidator(_zone)]
+Email = Annotated[str, AfterValidator(_email)]
+Identifier = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Lenient(BaseModel):
+    """Loan-system objects may grow fields; unknown ones are kept out of our state, not refused."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class AddressIn(Lenient):
+    country: Annotated[str, Field(min_length=2, max_length=2)] | None = None
+    region: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
+
+    @field_validator("country")
+    @classmethod
+    def upper_country(cls, value: str | None) -> str | None:
+        return value.upper() if value else value
+
+
+class ConsentIn(Lenient):
+    sms: bool = False
+    email: bool = False
+
+
+class BorrowerIn(Lenient):
+    id: Identifier
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    locale: Annotated[str, Field(min_length=2, max_length=20)]
+    phones: list[Phone] = Field(default_factory=list)
+    email: Email | None = None
+    timezone: Zone | None = None
+    address: AddressIn | None = None
+    consent: ConsentIn = ConsentIn()
+    tags: list[str] = Field(default_factory=list)
+
+
+class LoanIn(Lenient):
+    id: Identifier
+    borrower_id: Identifier
+    product: Annotated[str, Field(min_length=1, max_length=100)]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    amount_due: Money
+    balance: Money
+    days_past_due: int
+    due_date: dt.date
+    account_number: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class BorrowerUpserted(Strict):
+    borrower: BorrowerIn
+
+
+class LoanUpdated(Strict):
+    loan: LoanIn
+
+
+class PaymentReceived(Lenient):
+    loan_id: Identifier
+    payment_id: Identifier
+    amount: Money
+    paid_at: Instant
+    amount_due_after: Money
+
+
+class PromiseCreated(Lenient):
+    loan_id: Identifier
+    promise_id: Identifier
+    amount: Money
+    promised_date: dt.date
+
+
+class InstalmentIn(Lenient):
+    due_date: dt.date
+    amount: Money
+
+
+class PlanCreated(Lenient):
+    loan_id: Identifier
+    plan_id: Identifier
+    instalments: Annotated[list[InstalmentIn], Field(min_length=1)]
+
+
+class VisitScheduled(Lenient):
+    loan_id: Identifier
+    visit_id: Identifier
+    visit_at: Instant
+    collector_name: Annotated[str, Field(min_length=1, max_length=200)]
+    collector_id: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class WindowIn(Lenient):
+    start: dt.time
+    end: dt.time
+    days: list[Annotated[int, Field(ge=1, le=7)]] = Field(default_factory=list)
+
+
+class ContactRestricted(Lenient):
+    borrower_id: Identifier
+    restriction: Restriction
+    active: bool
+    windows: list[WindowIn] | None = None
+
+
+class LoanClosed(Lenient):
+    loan_id: Identifier
+    reason: ClosedReason
+
+
+class SmsInbound(Lenient):
+    """Only in simulation input: a borrower's reply, as the Twilio inbound webhook gives it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    from_: Annotated[Phone, Field(alias="from")]
+    body: str
+
+
+EventData = (
+    BorrowerUpserted
+    | LoanUpdated
+    | PaymentReceived
+    | PromiseCreated
+    | PlanCreated
+    | VisitScheduled
+    | ContactRestricted
+    | LoanClosed
+    | SmsInbound
+)
+
+DATA_MODELS: dict[str, type[BaseModel]] = {
+    "borrower.upserted": BorrowerUpserted,
+    "loan.updated": LoanUpdated,
+    "payment.received": PaymentReceived,
+    "promise_to_pay.created": PromiseCreated,
+    "payment_plan.created": PlanCreated,
+    "field_visit.scheduled": VisitScheduled,
+    "contact.restricted": ContactRestricted,
+    "loan.closed": LoanClosed,
+}
+SIMULATION_ONLY_MODELS: dict[str, type[BaseModel]] = {"sms.inbound": SmsInbound}
+EventType = Literal[
+    "borrower.upserted",
+    "loan.updated",
+    "payment.received",
+    "promise_to_pay.created",
+    "payment_plan.created",
+    "field_visit.scheduled",
+    "contact.restricted",
+    "loan.closed",
+]
+
+
+class Envelope(Strict):
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    type: str
+    occurred_at: Instant
+    data: dict[str, Any]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    id: str
+    type: str
+    occurred_at: dt.datetime
+    data: Any
+    raw: dict[str, Any]
+
+    @property
+    def loan_id(self) -> str | None:
+        data = self.data
+        if isinstance(data, LoanUpdated):
+            return data.loan.id
+        return getattr(data, "loan_id", None)
+
+    @property
+    def borrower_id(self) -> str | None:
+        data = self.data
+        if isinstance(data, BorrowerUpserted):
+            return data.borrower.id
+        if isinstance(data, LoanUpdated):
+            return data.loan.borrower_id
+        return getattr(data, "borrower_id", None)
+
+
+def _first_problem(error: ValidationError, prefix: str) -> EventError:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"] if part != "from_")
+    path = f"{prefix}.{location}" if location else prefix
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if first["type"] == "missing":
+        message = "is required"
+    elif first["type"] == "extra_forbidden":
+        message = "is not a known field"
+    return EventError(path.strip("."), message)
+
+
+def parse_event(raw: bytes | str | dict[str, Any], *, allow_simulation: bool = False) -> Event:
+    """Parse and validate one event; raise EventError naming the first offending field."""
+    if isinstance(raw, bytes | str):
+        try:
+            document = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise EventError("body", f"not valid JSON ({error})") from None
+    else:
+        document = raw
+    if not isinstance(document, dict):
+        raise EventError("body", "must be a JSON object")
+    try:
+        envelope = Envelope.model_validate(document)
+    except ValidationError as error:
+        raise _first_problem(error, "") from None
+    models = dict(DATA_MODELS)
+    if allow_simulation:
+        models.update(SIMULATION_ONLY_MODELS)
+    model = models.get(envelope.type)
+    if model is None:
+        known = ", ".join(sorted(models))
+        raise EventError("type", f"unknown event type '{envelope.type}' (known: {known})")
+    try:
+        data = model.model_validate(envelope.data)
+    except ValidationError as error:
+        raise _first_problem(error, "data") from None
+    return Event(
+        id=envelope.id,
+        type=envelope.type,
+        occurred_at=envelope.occurred_at,
+        data=data,
+        raw=document,
+    )

@@ -1,0 +1,330 @@
+"""What borrowers and providers tell us: replies (STOP, START, HELP, anything else),
+unsubscribe clicks, and delivery status callbacks (SPEC §7)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from outreach import policy as pol
+from outreach.domain import Channel, PlannedMessage, Purpose, Status
+from outreach.service import planning
+from outreach.service.messages import may_move, record
+from outreach.service.state import (
+    load_borrower,
+    mark_invalid,
+    normalize_recipient,
+    set_opt_out,
+)
+from outreach.store import models as m
+
+OPT_OUT = "opt_out"
+OPT_IN = "opt_in"
+HELP = "help"
+OTHER = "other"
+
+OPT_OUT_KEYWORDS = frozenset(
+    {
+        "STOP",
+        "STOPALL",
+        "UNSUBSCRIBE",
+        "CANCEL",
+        "END",
+        "QUIT",
+        "REVOKE",
+        "OPTOUT",
+        "OPT OUT",
+        "退订",
+        "退訂",
+        "TD",
+        "T",
+        "回复TD退订",
+        "回覆TD退訂",
+        "取消订阅",
+        "取消訂閱",
+    }
+)
+OPT_IN_KEYWORDS = frozenset({"START", "UNSTOP", "YES", "恢复订阅", "恢復訂閱", "订阅", "訂閱"})
+HELP_KEYWORDS = frozenset({"HELP", "INFO", "帮助", "幫助", "求助"})
+
+# Free-text revocations of consent: "please stop texting me", "不要再发了". Matched only as a
+# whole request to stop contact, so "I can't stop worrying about this loan" goes to a human.
+REVOCATION_PATTERNS = (
+    re.compile(
+        r"\b(stop|quit|cease)\s+(texting|messaging|contacting|calling|sending|emailing)\b",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\b(don'?t|do not|never)\s+(text|message|contact|call|email|sms)\s+me\b", re.IGNORECASE
+    ),
+    re.compile(
+        r"\b(leave me alone|remove me|take me off|unsubscribe me|opt me out)\b", re.IGNORECASE
+    ),
+    re.compile(r"\bno more (texts|messages|sms)\b", re.IGNORECASE),
+    re.compile(r"(不要|别|別|勿|请勿|請勿|不准|不許|不许)再?(给我)?(发|發|传|傳)"),
+    re.compile(r"(停止|取消)(发送|發送|短信|简讯|簡訊|訊息|信息|联系|聯繫|联络|聯絡)"),
+    re.compile(r"(不要|别|別|请勿|請勿)再?(联系|聯繫|联络|聯絡|打扰|打擾|骚扰|騷擾)"),
+)
+
+
+def _normalized(body: str) -> str:
+    text = unicodedata.normalize("NFKC", body).strip().upper()
+    return re.sub(r"[\s\.\!\?。！？,，、]+$", "", re.sub(r"^[\s\.\!\?。！？]+", "", text))
+
+
+def classify(body: str) -> str:
+    """opt_out, opt_in, help or other, by the keyword alone or a plain request to stop."""
+    keyword = _normalized(body)
+    if keyword in OPT_OUT_KEYWORDS:
+        return OPT_OUT
+    if keyword in OPT_IN_KEYWORDS:
+        return OPT_IN
+    if keyword in HELP_KEYWORDS:
+        return HELP
+    if any(pattern.search(body) for pattern in REVOCATION_PATTERNS):
+        return OPT_OUT
+    return OTHER
+
+
+@dataclass(frozen=True)
+class InboundOutcome:
+    classification: str
+    borrower_id: str | None
+    duplicate: bool = False
+    reply_message_id: str | None = None
+
+
+def borrower_for_phone(session: Session, phone: str) -> str | None:
+    return session.scalar(
+        select(m.BorrowerPhone.borrower_id)
+        .where(m.BorrowerPhone.phone == phone)
+        .order_by(m.BorrowerPhone.position)
+        .limit(1)
+    )
+
+
+def _insert_reply(session: Session, values: dict[str, object]) -> int | None:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(m.InboundReply).values(**values)
+    if values.get("provider_id") is not None:
+        statement = statement.on_conflict_do_nothing(index_elements=["provider_id"])
+    return session.execute(statement.returning(m.InboundReply.id)).scalar()
+
+
+def _reply(
+    session: Session,
+    policy: pol.Policy,
+    borrower_id: str,
+    purpose: Purpose,
+    channel: Channel,
+    key: str,
+    now: dt.datetime,
+) -> str | None:
+    borrower = load_borrower(session, borrower_id)
+    if borrower is None or borrower.recipient(channel) is None:
+        return None
+    planned = PlannedMessage(
+        key=key,
+        purpose=purpose,
+        borrower_id=borrower_id,
+        loan_id=None,
+        stage=None,
+        channel=channel,
+        template=purpose.value if purpose is not Purpose.HELP_REPLY else "help_reply",
+        send_at=now,
+    )
+    row = planning.insert_message(session, policy, borrower, None, planned, now)
+    return row.id if row is not None else None
+
+
+def handle_sms_reply(
+    session: Session,
+    policy: pol.Policy,
+    *,
+    sender: str,
+    body: str,
+    provider_id: str | None,
+    now: dt.datetime,
+) -> InboundOutcome:
+    """Record a borrower's SMS, act on STOP/START/HELP, flag anything else for a human."""
+    sender = normalize_recipient(Channel.SMS, sender)
+    borrower_id = borrower_for_phone(session, sender)
+    classification = classify(body)
+    inserted = _insert_reply(
+        session,
+        {
+            "provider_id": provider_id,
+            "channel": Channel.SMS.value,
+            "sender": sender,
+            "body": body,
+            "borrower_id": borrower_id,
+            "classification": classification,
+            "needs_human": classification == OTHER,
+            "received_at": now,
+        },
+    )
+    if inserted is None:
+        return InboundOutcome(classification, borrower_id, duplicate=True)
+    reply_id = None
+    key_suffix = provider_id or str(inserted)
+    if classification in (OPT_OUT, OPT_IN):
+        opting_out = classification == OPT_OUT
+        changed = set_opt_out(
+            session,
+            channel=Channel.SMS,
+            recipient=sender,
+            opted_out=opting_out,
+            source="sms_reply",
+            borrower_id=borrower_id,
+            now=now,
+        )
+        session.flush()
+        if borrower_id is not None:
+            if opting_out:
+                planning.regate_borrower(session, policy, borrower_id, now)
+            else:
+                for loan_id in planning.loans_of(session, borrower_id):
+                    planning.replan_loan(session, policy, loan_id, now)
+            # one confirmation per change: a second STOP gets no second message
+            if changed:
+                purpose = Purpose.OPTOUT_CONFIRMATION if opting_out else Purpose.OPTIN_CONFIRMATION
+                reply_id = _reply(
+                    session,
+                    policy,
+                    borrower_id,
+                    purpose,
+                    Channel.SMS,
+                    f"{purpose.value}:sms:{key_suffix}",
+                    now,
+                )
+    elif classification == HELP and borrower_id is not None:
+        reply_id = _reply(
+            session,
+            policy,
+            borrower_id,
+            Purpose.HELP_REPLY,
+            Channel.SMS,
+            f"help_reply:sms:{key_suffix}",
+            now,
+        )
+    return InboundOutcome(classification, borrower_id, reply_message_id=reply_id)
+
+
+def handle_unsubscribe(
+    session: Session, policy: pol.Policy, *, channel: Channel, recipient: str, now: dt.datetime
+) -> bool:
+    """A signed unsubscribe link was used: opt the address out and confirm once."""
+    recipient = normalize_recipient(channel, recipient)
+    borrower_id = (
+        session.scalar(select(m.Borrower.id).where(m.Borrower.email == recipient).limit(1))
+        if channel is Channel.EMAIL
+        else borrower_for_phone(session, recipient)
+    )
+    changed = set_opt_out(
+        session,
+        channel=channel,
+        recipient=recipient,
+        opted_out=True,
+        source="unsubscribe_link",
+        borrower_id=borrower_id,
+        now=now,
+    )
+    if not changed:
+        return False
+    inserted = _insert_reply(
+        session,
+        {
+            "provider_id": None,
+            "channel": channel.value,
+            "sender": recipient,
+            "body": "List-Unsubscribe=One-Click",
+            "borrower_id": borrower_id,
+            "classification": OPT_OUT,
+            "needs_human": False,
+            "received_at": now,
+        },
+    )
+    session.flush()
+    if borrower_id is not None:
+        planning.regate_borrower(session, policy, borrower_id, now)
+        _reply(
+            session,
+            policy,
+            borrower_id,
+            Purpose.OPTOUT_CONFIRMATION,
+            channel,
+            f"optout_confirmation:{channel.value}:{inserted}",
+            now,
+        )
+    return True
+
+
+# Twilio message statuses → ours. queued/accepted/sending say nothing new after acceptance.
+TWILIO_STATUSES = {
+    "sent": Status.SENT,
+    "delivered": Status.DELIVERED,
+    "undelivered": Status.UNDELIVERED,
+    "failed": Status.FAILED,
+}
+# delivery errors that say the number cannot receive SMS at all
+INVALID_NUMBER_CODES = frozenset({"21211", "21614", "30005", "30006"})
+OPT_OUT_CODES = frozenset({"21610"})
+
+
+def record_status(
+    session: Session,
+    *,
+    provider: str,
+    provider_id: str,
+    status: str,
+    error_code: str | None,
+    now: dt.datetime,
+) -> str:
+    """Apply one delivery status callback; duplicates and late ones change nothing."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    callback_key = f"{provider}:{provider_id}:{status}:{error_code or ''}"
+    fresh = session.execute(
+        insert(m.ProviderCallback)
+        .values(id=callback_key, provider=provider, received_at=now)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(m.ProviderCallback.id)
+    ).scalar()
+    if fresh is None:
+        return "duplicate"
+    query = select(m.Message).where(m.Message.provider_id == provider_id)
+    if dialect == "postgresql":
+        query = query.with_for_update()
+    message = session.scalar(query)
+    if message is None:
+        return "unknown_message"
+    new_status = TWILIO_STATUSES.get(status)
+    if new_status is None or not may_move(Status(message.status), new_status):
+        return "ignored"
+    detail = f"provider_status={status}" + (f" code={error_code}" if error_code else "")
+    reason = "provider_error" if error_code else "provider_status"
+    record(message, new_status, reason, now, detail)
+    if error_code and message.recipient:
+        channel = Channel(message.channel)
+        if error_code in OPT_OUT_CODES:
+            set_opt_out(
+                session,
+                channel=channel,
+                recipient=message.recipient,
+                opted_out=True,
+                source=f"provider:{error_code}",
+                borrower_id=message.borrower_id,
+                now=now,
+            )
+        elif error_code in INVALID_NUMBER_CODES:
+            mark_invalid(
+                session, channel=channel, recipient=message.recipient, code=error_code, now=now
+            )
+    return new_status.value

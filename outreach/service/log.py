@@ -1,0 +1,255 @@
+"""Reading the message log: filters, opaque cursors, timelines (SPEC §8)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import Select, false, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from outreach.domain import Channel, Status
+from outreach.errors import PermanentError
+from outreach.service.messages import as_record, iso
+from outreach.store import models as m
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 100
+
+
+class FilterError(PermanentError):
+    """Raised when a message-log filter is malformed; the message names the parameter."""
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"{parameter}: {problem}")
+        self.parameter = parameter
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    borrower_id: str | None = None
+    loan_id: str | None = None
+    campaign_id: str | None = None
+    status: str | None = None
+    channel: str | None = None
+    stage: str | None = None
+    reason: str | None = None
+    purpose: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    q: str | None = None
+
+    @classmethod
+    def parse(cls, params: dict[str, str | None]) -> MessageFilter:
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            raw = params.get(item.name)
+            if raw is None or raw == "":
+                continue
+            values[item.name] = raw
+        if "status" in values:
+            statuses = values["status"].split(",")
+            for status in statuses:
+                if status not in Status.__members__.values():
+                    known = ", ".join(s.value for s in Status)
+                    raise FilterError("status", f"'{status}' is not a status ({known})")
+        if "channel" in values and values["channel"] not in (c.value for c in Channel):
+            raise FilterError("channel", f"'{values['channel']}' is not sms or email")
+        for name in ("since", "until"):
+            if name in values:
+                values[name] = parse_instant(name, values[name])
+        return cls(**values)
+
+
+def parse_instant(name: str, raw: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise FilterError(name, f"'{raw}' is not an RFC 3339 date-time") from None
+    if value.tzinfo is None:
+        raise FilterError(name, f"'{raw}' needs a UTC offset, e.g. 2026-11-23T00:00:00Z")
+    return value
+
+
+def parse_limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise FilterError("limit", f"'{raw}' is not a whole number") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise FilterError("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(f"v1:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise FilterError("cursor", "is not a cursor this service issued") from None
+    version, _, last_id = text.partition(":")
+    if version != "v1" or not last_id:
+        raise FilterError("cursor", "is not a cursor this service issued")
+    return last_id
+
+
+def filtered(query: Select[Any], criteria: MessageFilter) -> Select[Any]:
+    for name in ("borrower_id", "loan_id", "campaign_id", "channel", "stage", "reason", "purpose"):
+        value = getattr(criteria, name)
+        if value is not None:
+            query = query.where(getattr(m.Message, name) == value)
+    if criteria.status is not None:
+        query = query.where(m.Message.status.in_(criteria.status.split(",")))
+    if criteria.since is not None:
+        query = query.where(m.Message.send_at >= criteria.since)
+    if criteria.until is not None:
+        query = query.where(m.Message.send_at < criteria.until)
+    if criteria.q:
+        pattern = "%" + criteria.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern += "%"
+        query = query.where(
+            or_(
+                *(
+                    column.ilike(pattern, escape="\\")
+                    for column in (
+                        m.Message.body,
+                        m.Message.subject,
+                        m.Message.text,
+                        m.Message.recipient,
+                        m.Message.template,
+                        m.Message.borrower_id,
+                        m.Message.loan_id,
+                    )
+                )
+            )
+        )
+    return query
+
+
+def list_messages(
+    session: Session, criteria: MessageFilter, *, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page, newest first; the cursor continues exactly after the last item shown."""
+    query = filtered(select(m.Message), criteria).options(selectinload(m.Message.events))
+    if cursor:
+        query = query.where(m.Message.id < decode_cursor(cursor))
+    rows = session.scalars(query.order_by(m.Message.id.desc()).limit(limit + 1)).all()
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1].id) if len(rows) > limit and page else None
+    return [as_record(row) for row in page], next_cursor
+
+
+def iter_messages(
+    session: Session, criteria: MessageFilter, batch: int = 500
+) -> Iterator[m.Message]:
+    """Every matching message, newest first, fetched in batches so exports stream."""
+    last_id: str | None = None
+    while True:
+        query = filtered(select(m.Message), criteria)
+        if last_id is not None:
+            query = query.where(m.Message.id < last_id)
+        rows = session.scalars(query.order_by(m.Message.id.desc()).limit(batch)).all()
+        if not rows:
+            return
+        yield from rows
+        last_id = rows[-1].id
+        session.expunge_all()
+
+
+def get_message(session: Session, message_id: str) -> dict[str, Any] | None:
+    row = session.get(m.Message, message_id)
+    return as_record(row) if row is not None else None
+
+
+def borrower_timeline(session: Session, borrower_id: str) -> dict[str, Any] | None:
+    """Every event, message step and inbound reply about a borrower, oldest first."""
+    borrower = session.get(m.Borrower, borrower_id)
+    loan_ids = list(session.scalars(select(m.Loan.id).where(m.Loan.borrower_id == borrower_id)))
+    events = session.scalars(
+        select(m.ReceivedEvent).where(
+            or_(
+                m.ReceivedEvent.borrower_id == borrower_id,
+                m.ReceivedEvent.loan_id.in_(loan_ids) if loan_ids else false(),
+            )
+        )
+    ).all()
+    messages = session.scalars(
+        select(m.Message)
+        .where(m.Message.borrower_id == borrower_id)
+        .options(selectinload(m.Message.events))
+    ).all()
+    replies = session.scalars(
+        select(m.InboundReply).where(m.InboundReply.borrower_id == borrower_id)
+    ).all()
+    if borrower is None and not events and not messages and not replies:
+        return None
+    entries: list[tuple[dt.datetime, int, dict[str, Any]]] = []
+    for event in events:
+        entries.append(
+            (
+                event.occurred_at,
+                0,
+                {
+                    "at": iso(event.occurred_at),
+                    "kind": "event",
+                    "event_id": event.id,
+                    "type": event.type,
+                    "loan_id": event.loan_id,
+                    "outcome": event.outcome,
+                    "detail": event.detail,
+                },
+            )
+        )
+    for message in messages:
+        for step in message.events:
+            entries.append(
+                (
+                    step.at,
+                    1,
+                    {
+                        "at": iso(step.at),
+                        "kind": "message",
+                        "message_id": message.id,
+                        "purpose": message.purpose,
+                        "channel": message.channel,
+                        "template": message.template,
+                        "status": step.status,
+                        "reason": step.reason,
+                        "detail": step.detail,
+                    },
+                )
+            )
+    for reply in replies:
+        entries.append(
+            (
+                reply.received_at,
+                2,
+                {
+                    "at": iso(reply.received_at),
+                    "kind": "reply",
+                    "channel": reply.channel,
+                    "from": reply.sender,
+                    "body": reply.body,
+                    "classification": reply.classification,
+                    "needs_human": reply.needs_human,
+                },
+            )
+        )
+    entries.sort(key=lambda entry: (entry[0], entry[1]))
+    return {
+        "borrower_id": borrower_id,
+        "borrower": None
+        if borrower is None
+        else {"id": borrower.id, "name": borrower.name, "locale": borrower.locale},
+        "items": [entry[2] for entry in entries],
+    }

@@ -1,0 +1,125 @@
+"""Builds the service objects a process needs from its Runtime (settings, database, Redis)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from outreach import policy as pol
+from outreach.caps import CapReserver
+from outreach.channels.base import Sender
+from outreach.channels.console import ConsoleSender
+from outreach.domain import Channel, Purpose, Reason, Status
+from outreach.errors import ConfigurationError
+from outreach.render import Renderer
+from outreach.runtime import Runtime
+from outreach.service.dispatch import Dispatcher
+from outreach.settings import Settings
+from outreach.store import models as m
+
+# statuses of a message that holds, or held, frequency-cap slots
+CAP_HOLDING_STATUSES = (
+    Status.QUEUED.value,
+    Status.SENDING.value,
+    Status.SENT.value,
+    Status.DELIVERED.value,
+    Status.UNDELIVERED.value,
+)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def cap_history(
+    sessions: sessionmaker[Session],
+) -> Callable[[str, dt.datetime], list[tuple[str, Channel, dt.datetime]]]:
+    """The message log as the caps' source of truth when Redis has lost them."""
+    capped = [p.value for p in Purpose if pol.counts_against_caps(p)]
+
+    def history(borrower_id: str, since: dt.datetime) -> list[tuple[str, Channel, dt.datetime]]:
+        with sessions() as session:
+            rows = session.execute(
+                select(
+                    m.Message.id, m.Message.channel, m.Message.cap_reserved_at, m.Message.sent_at
+                ).where(
+                    m.Message.borrower_id == borrower_id,
+                    m.Message.purpose.in_(capped),
+                    or_(
+                        m.Message.status.in_(CAP_HOLDING_STATUSES),
+                        # outcome unknown after a crash: it may have gone, so it counts
+                        (m.Message.status == Status.FAILED.value)
+                        & (m.Message.reason == Reason.RECONCILED.value),
+                    ),
+                    or_(m.Message.cap_reserved_at >= since, m.Message.sent_at >= since),
+                )
+            ).all()
+        entries: list[tuple[str, Channel, dt.datetime]] = []
+        for message_id, channel, reserved_at, sent_at in rows:
+            at = reserved_at or sent_at
+            if at is not None:
+                entries.append((message_id, Channel(channel), at))
+        return entries
+
+    return history
+
+
+def link_secret(settings: Settings) -> bytes:
+    """Key for signed unsubscribe links, derived so it never equals the webhook secret."""
+    base = settings.webhook_secret.reveal() if settings.webhook_secret else "outreach-dev"
+    return hashlib.sha256(b"unsubscribe-links:" + base.encode()).digest()
+
+
+def build_senders(settings: Settings) -> dict[Channel, Sender]:
+    senders: dict[Channel, Sender] = {}
+    if settings.sms_provider == "console":
+        senders[Channel.SMS] = ConsoleSender(Channel.SMS)
+    else:
+        raise ConfigurationError(
+            f"OUTREACH_SMS_PROVIDER: '{settings.sms_provider}' is not available in this build"
+        )
+    if settings.email_provider == "console":
+        senders[Channel.EMAIL] = ConsoleSender(Channel.EMAIL)
+    else:
+        raise ConfigurationError(
+            f"OUTREACH_EMAIL_PROVIDER: '{settings.email_provider}' is not available in this build"
+        )
+    return senders
+
+
+@dataclass
+class Services:
+    runtime: Runtime
+    policy: pol.Policy
+    renderer: Renderer
+    caps: CapReserver
+    dispatcher: Dispatcher
+
+    @classmethod
+    def build(
+        cls,
+        runtime: Runtime,
+        *,
+        senders: dict[Channel, Sender] | None = None,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> Services:
+        settings = runtime.settings
+        policy = pol.load_policy(settings.policy_path)
+        renderer = Renderer(settings.templates_dir)
+        caps = CapReserver(runtime.redis.client, policy, history=cap_history(runtime.sessions))
+        dispatcher = Dispatcher(
+            sessions=runtime.sessions,
+            policy=policy,
+            renderer=renderer,
+            caps=caps,
+            senders=senders if senders is not None else build_senders(settings),
+            public_url=settings.public_url,
+            link_secret=link_secret(settings),
+            clock=clock,
+        )
+        return cls(runtime, policy, renderer, caps, dispatcher)

@@ -1,0 +1,144 @@
+"""dramatiq: the Redis broker and the one actor, which only loads by id and dispatches.
+
+The broker carries message ids, never content; the database says what is due. dramatiq
+delivers at least once, so the actor is safe to run twice (see service.dispatch).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from outreach.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+QUEUE = "outreach-messages"
+ACTOR = "send_message"
+NAMESPACE = "outreach"
+
+_services: Any = None
+
+
+def build_broker(redis_url: str) -> RedisBroker:
+    middleware = [
+        AgeLimit(),
+        TimeLimit(time_limit=120_000),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        # infrastructure hiccups (database, Redis) retry quickly; provider retries are
+        # scheduled in the database instead, so they survive a flushed broker
+        Retries(min_backoff=1_000, max_backoff=60_000, max_retries=20),
+    ]
+    broker: RedisBroker = RedisBroker(  # type: ignore[no-untyped-call]
+        url=redis_url, namespace=NAMESPACE, middleware=middleware
+    )
+    return broker
+
+
+def send_message(message_id: str) -> None:
+    if _services is None:
+        raise RuntimeError("worker services are not configured")
+    try:
+        outcome = _services.dispatcher.dispatch(message_id)
+    except TransientError as error:
+        log.warning("dispatch of %s will be retried: %s", message_id, error)
+        raise
+    log.debug("dispatched %s: %s", message_id, outcome)
+
+
+def declare(broker: RedisBroker, services: Any) -> dramatiq.Actor[[str], None]:
+    global _services
+    _services = services
+    if ACTOR in broker.actors:
+        actor: dramatiq.Actor[[str], None] = broker.get_actor(ACTOR)
+        return actor
+    return dramatiq.Actor(
+        send_message,
+        broker=broker,
+        actor_name=ACTOR,
+        queue_name=QUEUE,
+        priority=0,
+        options={},
+    )
+
+
+def enqueue(broker: RedisBroker, message_ids: Sequence[str]) -> None:
+    for message_id in message_ids:
+        broker.enqueue(
+            dramatiq.Message(
+                queue_name=QUEUE,
+                actor_name=ACTOR,
+                args=(message_id,),
+                kwargs={},
+                options={},
+            )
+        )
+
+
+def start_worker(broker: RedisBroker, services: Any, threads: int) -> dramatiq.Worker:
+    declare(broker, services)
+    worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=threads, worker_timeout=200)
+    worker.start()
+    return worker
+
+
+def _process_main(threads: int) -> None:
+    from outreach.runtime import Runtime
+    from outreach.settings import load_settings
+    from outreach.wiring import Services
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    runtime = Runtime.start(load_settings())
+    services = Services.build(runtime)
+    broker = build_broker(runtime.redis.url)
+    worker = start_worker(broker, services, threads)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    worker.stop(timeout=30_000)
+    broker.close()
+    runtime.close()
+
+
+def run_workers(processes: int, threads: int) -> None:
+    """`outreach worker`: N processes of M threads; SIGINT/SIGTERM stops them gracefully."""
+    if processes == 1:
+        _process_main(threads)
+        return
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_process_main, args=(threads,)) for _ in range(processes)]
+    for child in children:
+        child.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1):
+        if not any(child.is_alive() for child in children):
+            break
+    for child in children:
+        if child.is_alive() and child.pid is not None:
+            import os
+
+            os.kill(child.pid, signal.SIGTERM)
+    for child in children:
+        child.join(timeout=40)

@@ -1,0 +1,155 @@
+"""A running outreach (web + worker + clock) on real PostgreSQL and Redis, for HTTP tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from outreach.channels.base import Outgoing, Receipt
+from outreach.clock import Clock
+from outreach.domain import Channel
+from outreach.runtime import Runtime
+from outreach.settings import OpsToken, Secret, load_settings
+from outreach.wiring import Services
+from outreach.worker import build_broker, enqueue, start_worker
+from tests.support import free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WEBHOOK_SECRET = "test-webhook-secret"
+ADMIN_TOKEN = "admin-token-for-tests"
+VIEWER_TOKEN = "viewer-token-for-tests"
+
+
+class RecordingSender:
+    """A provider that accepts at once and remembers every call (to count them)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.calls: list[Outgoing] = []
+        self._lock = threading.Lock()
+
+    def send(self, outgoing: Outgoing) -> Receipt:
+        with self._lock:
+            self.calls.append(outgoing)
+            return Receipt(provider_id=f"rec-{outgoing.message_id}", status="sent")
+
+    def find_sent(self, outgoing: Outgoing, since: dt.datetime) -> Receipt | None:
+        with self._lock:
+            for call in self.calls:
+                if call.message_id == outgoing.message_id:
+                    return Receipt(provider_id=f"rec-{call.message_id}")
+        return None
+
+
+def sign(body: bytes, secret: str = WEBHOOK_SECRET, at: float | None = None) -> str:
+    timestamp = str(int(at if at is not None else time.time()))
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return f"t={timestamp},v1={digest.hexdigest()}"
+
+
+@dataclass
+class LiveService:
+    base_url: str
+    services: Services
+    senders: dict[Channel, RecordingSender]
+    clock: Clock
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.base_url, timeout=30)
+
+    def post_event(self, event: dict[str, Any], *, signature: str | None = None) -> httpx.Response:
+        body = json.dumps(event).encode()
+        return self.client.post(
+            "/v1/events",
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Outreach-Signature": signature if signature is not None else sign(body),
+            },
+        )
+
+    def get(self, path: str, token: str = ADMIN_TOKEN, **params: Any) -> httpx.Response:
+        return self.client.get(path, params=params, headers={"Authorization": f"Bearer {token}"})
+
+    def messages(self, **params: Any) -> list[dict[str, Any]]:
+        response = self.get("/v1/messages", **params)
+        response.raise_for_status()
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    def wait_for(
+        self, predicate: Callable[[], Any], timeout: float = 10, interval: float = 0.05
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"condition not met within {timeout} s")
+
+
+def start_live_service(
+    database_url: str, redis_url: str, *, env: dict[str, str] | None = None
+) -> Iterator[LiveService]:
+    settings = load_settings(
+        {
+            "OUTREACH_DATABASE_URL": database_url,
+            "OUTREACH_REDIS_URL": redis_url,
+            "OUTREACH_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "OUTREACH_OPS_TOKENS": f"{ADMIN_TOKEN}:admin,{VIEWER_TOKEN}:viewer",
+            "OUTREACH_POLICY": str(REPO_ROOT / "schedules" / "default.yaml"),
+            **(env or {}),
+        }
+    )
+    settings = replace(
+        settings,
+        templates_dir=REPO_ROOT / "templates",
+        ops_tokens=(
+            OpsToken(Secret(ADMIN_TOKEN), "admin"),
+            OpsToken(Secret(VIEWER_TOKEN), "viewer"),
+        ),
+    )
+    runtime = Runtime.start(settings)
+    senders = {channel: RecordingSender(channel) for channel in Channel}
+    services = Services.build(runtime, senders=dict(senders))
+    broker = build_broker(runtime.redis.url)
+    worker = start_worker(broker, services, threads=4)
+    clock = Clock(services, lambda ids: enqueue(broker, ids), tick_seconds=0.5)
+    clock.start()
+    from outreach.api.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise AssertionError("the web server did not start")
+        time.sleep(0.05)
+    live = LiveService(f"http://127.0.0.1:{port}", services, senders, clock)
+    try:
+        yield live
+    finally:
+        live.client.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        clock.stop()
+        worker.stop(timeout=5_000)
+        broker.close()
+        runtime.close()
