@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -230,10 +231,38 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision."
 
 
 @app.command()
-def check() -> None:
+def check(
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy file (default: OUTREACH_POLICY).")
+    ] = None,
+    templates: Annotated[
+        Path | None, typer.Option(help="Templates directory (default: templates/).")
+    ] = None,
+) -> None:
     """Validate schedules/ and templates/; exit 1 with findings."""
-    settings_or_exit()
-    not_yet("outreach check", 4)
+    from outreach.policy import PolicyError, load_policy
+    from outreach.render.lint import check_repository, has_errors
+
+    settings = settings_or_exit()
+    policy_path = policy or settings.policy_path
+    templates_dir = templates or settings.templates_dir
+    try:
+        loaded = load_policy(policy_path)
+    except PolicyError as error:
+        typer.echo(f"error: {error}")
+        raise typer.Exit(1) from None
+    findings = check_repository(
+        templates_dir, loaded.templates_referenced(), loaded.locales, loaded.max_sms_segments
+    )
+    for finding in findings:
+        typer.echo(str(finding))
+    errors = sum(1 for finding in findings if finding.severity == "error")
+    warnings = len(findings) - errors
+    summary = f"{policy_path}, {templates_dir}: {errors} errors, {warnings} warnings"
+    if has_errors(findings):
+        typer.echo(summary)
+        raise typer.Exit(1)
+    typer.echo(f"{summary}: ok")
 
 
 def _campaign_command(action: str, summary: str) -> None:
