@@ -19,6 +19,7 @@ others only, and takes itself out again if refused. Redis unreachable means no s
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -49,8 +50,9 @@ _RESERVE = """
 --          marker "!loaded" (score -1) once it holds the message log's reservations
 -- ARGV[1]  now in ms, or "" for the Redis server clock
 -- ARGV[2]  the message's channel; ARGV[3] its id; ARGV[4] key lifetime in ms
--- ARGV[5]  number of rules n, then n x (name, scope sms|email|any, limit, window ms)
--- then     "seed" and (score, member) pairs to load if the marker is missing, or "noseed"
+-- ARGV[5]  the rules: "name scope limit window_ms" groups, space-separated (scope is
+--          sms, email or any); one string, as packing many arguments costs more than parsing
+-- ARGV[6]  "seed", then (score, member) pairs to load if the marker is missing; or "noseed"
 -- returns  {0, now} not loaded: call again with the log | {1, now} reserved |
 --          {2, now, rule, until} refused until `until` ms, when `rule` frees a slot
 local key = KEYS[1]
@@ -64,14 +66,16 @@ end
 local channel = ARGV[2]
 local member = channel .. ':' .. ARGV[3]
 local ttl = tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
-local seed_at = 6 + n * 4
+local rules = {}
+for name, scope, limit, window in string.gmatch(ARGV[5], '(%S+) (%S+) (%d+) (%d+)') do
+  rules[#rules + 1] = {name, scope, tonumber(limit), tonumber(window)}
+end
 
 if not redis.call('ZSCORE', key, '!loaded') then
-  if ARGV[seed_at] ~= 'seed' then
+  if ARGV[6] ~= 'seed' then
     return {0, now}
   end
-  for i = seed_at + 1, #ARGV, 2 do
+  for i = 7, #ARGV, 2 do
     -- NX: a reservation already present keeps its own (Redis-clock) time
     redis.call('ZADD', key, 'NX', ARGV[i], ARGV[i + 1])
   end
@@ -80,19 +84,16 @@ if not redis.call('ZSCORE', key, '!loaded') then
 end
 
 local longest = 0
-for r = 0, n - 1 do
-  local window = tonumber(ARGV[6 + r * 4 + 3])
-  if window > longest then longest = window end
+for _, rule in ipairs(rules) do
+  if rule[4] > longest then longest = rule[4] end
 end
 redis.call('ZREMRANGEBYSCORE', key, 0, '(' .. (now - longest))
 -- later entries count too: with clocks out of order, they may share a window with now
 local entries = redis.call('ZRANGEBYSCORE', key, '(' .. (now - longest), '+inf', 'WITHSCORES')
 
 local refused_rule, refused_until = false, 0
-for r = 0, n - 1 do
-  local base = 6 + r * 4
-  local name, scope = ARGV[base], ARGV[base + 1]
-  local limit, window = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+for _, rule in ipairs(rules) do
+  local name, scope, limit, window = rule[1], rule[2], rule[3], rule[4]
   if scope == 'any' or scope == channel then
     local prefix = scope .. ':'
     local scores = {}
@@ -144,6 +145,8 @@ class CapReserver:
         self.prefix = prefix
         self.clock_skew = clock_skew
         self._script = redis_client.register_script(_RESERVE)
+        # the policy is immutable: the rules for an unknown borrower are worked out once
+        self._strictest = policy.strictest_caps()
 
     def key(self, borrower_id: str) -> str:
         return f"{self.prefix}{borrower_id}"
@@ -173,15 +176,14 @@ class CapReserver:
         if borrower is not None:
             rules = contact_rules(self.policy, borrower).caps
         else:
-            rules = self.policy.strictest_caps()
+            rules = self._strictest
         longest = max(rule.window for rule in rules)
         args: list[Any] = [
             "" if now_ms is None else int(now_ms),
             Channel(channel).value,
             message_id,
             _ms(longest + _KEY_MARGIN),
-            len(rules),
-            *_rule_args(rules),
+            _rule_spec(rules),
         ]
         key = self.key(borrower_id)
         try:
@@ -235,12 +237,14 @@ class CapReserver:
         return seed
 
 
-def _rule_args(rules: Iterable[CapRule]) -> list[Any]:
-    args: list[Any] = []
+@functools.lru_cache(maxsize=64)
+def _rule_spec(rules: tuple[CapRule, ...]) -> str:
+    """The rules as the script reads them; few distinct sets exist, so each is built once."""
+    groups = []
     for rule in rules:
         scope = "any" if rule.channel is None else rule.channel.value
-        args.extend((rule.name, scope, rule.limit, _ms(rule.window)))
-    return args
+        groups.append(f"{rule.name} {scope} {rule.limit} {_ms(rule.window)}")
+    return " ".join(groups)
 
 
 def _ms(span: dt.timedelta) -> int:
