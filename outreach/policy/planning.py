@@ -146,11 +146,30 @@ class _Planner:
         self.now = now
         self.today = local_day(policy, now)
         self.zone: ZoneInfo = candidate_zones(policy, borrower)[0]
+        # the borrower's calendar day now; dates the loan system gives (promised dates,
+        # instalment and visit days) are read in it when choosing the hour to write
+        self.local_today = now.astimezone(self.zone).date()
         self.items: list[PlanItem] = []
 
     def at_local(self, day: dt.date, time: dt.time) -> dt.datetime:
         """`time` on `day` in the borrower's most explicit zone; quiet hours refine it later."""
         return dt.datetime.combine(day, time, tzinfo=self.zone)
+
+    def step_target(self, days_past_due: int, time: dt.time) -> dt.datetime:
+        """When a cadence step aims to go: its time, in the borrower's zone, on its day.
+
+        A step's day is counted in the lender's calendar (the day-boundary zone). A step whose
+        day has come aims at its time on that same date in the borrower's zone when the
+        borrower's calendar shows that date too; otherwise (the borrower is behind the
+        lender's zone and still on the day before, or the step was missed) it goes at once,
+        quiet hours permitting. A later step aims at its time on its date in the borrower's
+        zone, but never before the lender's day for it has begun: the loan is not yet that
+        late before then.
+        """
+        day = day_of(self.policy, self.loan, days_past_due)
+        if day <= self.today:
+            return self.at_local(day, time) if day == self.local_today else self.now
+        return max(self.at_local(day, time), self._start_of(day))
 
     def add(
         self,
@@ -199,7 +218,6 @@ class _Planner:
             return
         steps = ([view.due] if view.due is not None else []) + list(view.upcoming)
         for step in steps:
-            day = day_of(self.policy, self.loan, step.days_past_due)
             self.add(
                 key=f"dunning:{self.loan.id}:{view.cycle}:{view.stage.name}:{step.id}",
                 purpose=Purpose.DUNNING,
@@ -207,7 +225,7 @@ class _Planner:
                 channel=step.channel,
                 fallback=step.fallback,
                 template=step.template,
-                target=self.at_local(day, step.at),
+                target=self.step_target(step.days_past_due, step.at),
                 refs={
                     "step": step.id,
                     "cycle": view.cycle,
@@ -233,9 +251,9 @@ class _Planner:
                 reminder,
                 f"promise_reminder:{self.loan.id}:{promise.id}",
                 stage,
-                max(reminder_day, self.today),
+                max(reminder_day, self.local_today),
                 refs,
-                latest=self._start_of(promise.promised_date + _DAY),
+                latest=self._local_start_of(promise.promised_date + _DAY),
             )
         broken = self.policy.event(Purpose.BROKEN_PROMISE)
         follow_day = promise.promised_date + dt.timedelta(days=broken.days)
@@ -244,8 +262,10 @@ class _Planner:
                 broken,
                 f"broken_promise:{self.loan.id}:{promise.id}",
                 stage,
-                max(follow_day, self.today),
+                max(follow_day, self.local_today),
                 refs,
+                # not before the promised date has ended for the lender too
+                earliest=self._start_of(promise.promised_date + _DAY),
             )
 
     def instalment_reminders(self, view: DunningView) -> None:
@@ -262,9 +282,9 @@ class _Planner:
                 rule,
                 f"instalment_reminder:{self.loan.id}:{plan.id}:{due}",
                 stage,
-                max(instalment.due_date - dt.timedelta(days=rule.days), self.today),
+                max(instalment.due_date - dt.timedelta(days=rule.days), self.local_today),
                 {"plan_id": plan.id, "instalment_due_date": due},
-                latest=self._start_of(instalment.due_date + _DAY),
+                latest=self._local_start_of(instalment.due_date + _DAY),
             )
 
     def visit_notices(self, view: DunningView) -> None:
@@ -341,9 +361,13 @@ class _Planner:
         day: dt.date,
         refs: dict[str, str],
         *,
+        earliest: dt.datetime | None = None,
         latest: dt.datetime | None = None,
     ) -> None:
         assert rule.at is not None and rule.channel is not None  # timed events have both
+        target = self.at_local(day, rule.at)
+        if earliest is not None:
+            target = max(target, earliest)
         self.add(
             key,
             rule.purpose,
@@ -351,10 +375,15 @@ class _Planner:
             rule.channel,
             rule.fallback,
             rule.template,
-            self.at_local(day, rule.at),
+            target,
             dict(refs),
             latest=latest,
         )
 
     def _start_of(self, day: dt.date) -> dt.datetime:
+        """Midnight starting `day` in the lender's calendar."""
         return dt.datetime.combine(day, dt.time(), tzinfo=self.policy.day_boundary_zone)
+
+    def _local_start_of(self, day: dt.date) -> dt.datetime:
+        """Midnight starting `day` in the borrower's calendar."""
+        return dt.datetime.combine(day, dt.time(), tzinfo=self.zone)

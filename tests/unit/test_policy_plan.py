@@ -371,14 +371,55 @@ def test_reply_messages_for_the_pipeline() -> None:
     assert (no_email.channel, no_email.fallback_from) == (Channel.SMS, Channel.EMAIL)
 
 
-def test_the_borrowers_own_zone_sets_the_local_send_time() -> None:
+def test_steps_go_at_local_hours_for_a_borrower_behind_the_lenders_zone() -> None:
+    from zoneinfo import ZoneInfo
+
     from outreach.domain import Address
 
+    new_york = ZoneInfo("America/New_York")
     new_yorker = borrower(
         address=Address(country="US", region="NY"), phones=("+12125550142",), timezone=None
     )
-    messages = plan(POLICY, new_yorker, loan(NOW, 1), NOW)
-    # day 1 in the lender's calendar is Mar 10; 10:00 in New York that day
-    ny = dt.datetime(2026, 3, 10, 10, tzinfo=dt.timezone(dt.timedelta(hours=-4)))
-    assert messages[0].send_at == ny
+    # 14:00 on Mar 9 in New York is already Mar 10 in Shanghai: the loan is a day late now,
+    # and it is daytime for the borrower, so the first notice goes at once
+    afternoon = dt.datetime(2026, 3, 9, 14, tzinfo=new_york)
+    messages = plan(POLICY, new_yorker, loan(afternoon, 1), afternoon)
+    assert messages[0].refs["step"] == "d1:early_first_notice"
+    assert messages[0].send_at == afternoon
+    # the next step at its hour on its own date, in New York
+    assert messages[1].send_at == dt.datetime(2026, 3, 11, 10, tzinfo=new_york)
+    # reported in the borrower's evening: next morning at eight, deferred for quiet hours
+    evening = dt.datetime(2026, 3, 9, 21, 30, tzinfo=new_york)
+    [first, *_] = plan_items(POLICY, new_yorker, loan(evening, 1), evening)
+    assert first.message.send_at == dt.datetime(2026, 3, 10, 8, tzinfo=new_york)
+    assert first.timing.reason is Reason.QUIET_HOURS
+    # reported early on the same date in both calendars: the step's own hour
+    dawn = dt.datetime(2026, 3, 10, 6, tzinfo=new_york)
+    assert plan(POLICY, new_yorker, loan(dawn, 1), dawn)[0].send_at == dt.datetime(
+        2026, 3, 10, 10, tzinfo=new_york
+    )
     assert SHANGHAI.key == POLICY.day_boundary_zone.key
+
+
+def test_a_later_step_never_aims_before_the_lenders_day_for_it() -> None:
+    from zoneinfo import ZoneInfo
+
+    from outreach.domain import Address
+
+    tokyo = borrower(address=Address(country="JP"), phones=(), timezone=None)
+    # 09:00 Tokyo on Mar 11 is 08:00 in Shanghai: day 2 of the loan has begun there
+    messages = plan(POLICY, tokyo, loan(NOW, 1), NOW)
+    assert messages[1].send_at == dt.datetime(2026, 3, 11, 10, tzinfo=ZoneInfo("Asia/Tokyo"))
+    # with the lender on Los Angeles time, 10:00 in Shanghai on day 2's date comes before
+    # that date has begun in Los Angeles: it waits for the lender's midnight
+    from tests.unit.policy_fixtures import default_document, policy_from
+
+    document = default_document()
+    document["day_boundary_zone"] = "America/Los_Angeles"
+    western_lender = policy_from(document)
+    los_angeles = ZoneInfo("America/Los_Angeles")
+    reported = dt.datetime(2026, 3, 10, 9, tzinfo=los_angeles)
+    state = dataclasses.replace(loan(reported, 1), due_date=dt.date(2026, 3, 9))
+    messages = plan(western_lender, borrower(), state, reported)
+    assert messages[1].refs["step"] == "d2:early_first_notice"
+    assert messages[1].send_at == dt.datetime(2026, 3, 11, 0, tzinfo=los_angeles)
