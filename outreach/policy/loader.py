@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -78,17 +78,27 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file."""
+# The templates that exist: names, or names with the channels each has parts for.
+KnownTemplates = Mapping[str, Collection[Channel]] | Collection[str]
+
+
+def load_policy(path: str | Path, *, templates: KnownTemplates | None = None) -> Policy:
+    """Read and validate a policy file.
+
+    With `templates` (e.g. the render catalogue), every template the policy names must be
+    among them, with a part for every channel it may go on (fallback included).
+    """
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise PolicyError(source, "", f"cannot be read ({error.strerror or error})") from error
-    return load_policy_text(text, source)
+    return load_policy_text(text, source, templates=templates)
 
 
-def load_policy_text(text: str, source_name: str) -> Policy:
+def load_policy_text(
+    text: str, source_name: str, *, templates: KnownTemplates | None = None
+) -> Policy:
     """Validate policy YAML given as text; `source_name` is what errors call the file."""
     try:
         document = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
@@ -97,7 +107,11 @@ def load_policy_text(text: str, source_name: str) -> Policy:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
         raise PolicyError(source_name, where, f"is not valid YAML: {problem}") from error
-    return _Reader(source_name).policy(document)
+    reader = _Reader(source_name)
+    policy = reader.policy(document)
+    if templates is not None:
+        reader.check_templates(templates)
+    return policy
 
 
 def _join(path: str, key: str | int) -> str:
@@ -111,6 +125,30 @@ class _Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        # (template, key path, channels it may go on, channel it falls back from)
+        self.uses: list[tuple[str, str, frozenset[Channel], Channel | None]] = []
+
+    def use(self, template: str, path: str, channel: Channel, fallback: bool) -> None:
+        self.uses.append(
+            (
+                template,
+                path,
+                frozenset({channel, channel.other} if fallback else {channel}),
+                channel if fallback else None,
+            )
+        )
+
+    def check_templates(self, templates: KnownTemplates) -> None:
+        for template, path, channels, fallback_from in self.uses:
+            if template not in templates:
+                self.fail(path, f"unknown template {template!r}: there is no such template")
+            if not isinstance(templates, Mapping):
+                continue
+            for channel in sorted(channels - set(templates[template])):
+                why = ""
+                if fallback_from is not None and channel is not fallback_from:
+                    why = " (needed to fall back; set fallback: false if it must not)"
+                self.fail(path, f"template {template!r} has no {channel} part{why}")
 
     def fail(self, path: str, problem: str) -> NoReturn:
         raise PolicyError(self.source, path, problem)
@@ -433,6 +471,7 @@ class _Reader:
                 template=self.template(entry["template"], _join(where, "template")),
                 fallback=self.boolean(entry.get("fallback", True), _join(where, "fallback")),
             )
+            self.use(step.template, _join(where, "template"), step.channel, step.fallback)
             if step.id in seen:
                 self.fail(where, f"repeats step {step.id} (same day and template)")
             seen.add(step.id)
@@ -445,7 +484,13 @@ class _Reader:
         section = self.mapping(value, path, required=names)
         rules = {}
         for purpose in EVENT_PURPOSES:
-            rules[purpose] = self.event(purpose, section[str(purpose)], _join(path, str(purpose)))
+            where = _join(path, str(purpose))
+            rule = self.event(purpose, section[str(purpose)], where)
+            if rule.channel is not None:
+                self.use(rule.template, _join(where, "template"), rule.channel, rule.fallback)
+            for channel in rule.channels:
+                self.use(rule.template, _join(where, "template"), channel, False)
+            rules[purpose] = rule
         return frozen_mapping(rules)
 
     def event(self, purpose: Purpose, value: Any, path: str) -> EventRule:

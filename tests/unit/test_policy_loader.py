@@ -361,3 +361,39 @@ def test_document_round_trips_through_text() -> None:
         load_policy_text(text, "copy.yaml").to_json()["stages"]
         == default_policy().to_json()["stages"]
     )
+
+
+def test_default_policy_matches_the_shipped_template_catalogue() -> None:
+    from outreach.render.catalog import shipped_references
+
+    load_policy(DEFAULT_POLICY_PATH, templates=shipped_references())
+
+
+def test_template_unknown_to_the_catalogue_is_named_with_its_path() -> None:
+    known = {name: {Channel.SMS, Channel.EMAIL} for name in TEMPLATE_NAMES - {"late_follow_up"}}
+    with pytest.raises(PolicyError) as caught:
+        load_policy(DEFAULT_POLICY_PATH, templates=known)
+    assert "stages.late.steps[2].template: unknown template 'late_follow_up'" in str(caught.value)
+    with pytest.raises(PolicyError, match=r"steps\[2\]\.template: unknown template"):
+        load_policy(DEFAULT_POLICY_PATH, templates=TEMPLATE_NAMES - {"late_follow_up"})
+
+
+def test_template_without_a_part_for_its_fallback_channel() -> None:
+    known = {name: {Channel.SMS, Channel.EMAIL} for name in TEMPLATE_NAMES}
+    known["promise_reminder"] = {Channel.SMS}
+    with pytest.raises(PolicyError) as caught:
+        load_policy(DEFAULT_POLICY_PATH, templates=known)
+    assert (
+        "events.promise_reminder.template: template 'promise_reminder' has no email part "
+        "(needed to fall back; set fallback: false if it must not)"
+    ) in str(caught.value)
+
+
+def test_reply_template_without_a_part_for_its_channel() -> None:
+    document = default_document()
+    document["events"]["help_reply"]["channels"] = ["sms", "email"]
+    known = {name: {Channel.SMS, Channel.EMAIL} for name in TEMPLATE_NAMES}
+    known["help_reply"] = {Channel.SMS}
+    text = yaml.safe_dump(document, allow_unicode=True)
+    with pytest.raises(PolicyError, match=r"events\.help_reply\.template: .* has no email part$"):
+        load_policy_text(text, "x.yaml", templates=known)
