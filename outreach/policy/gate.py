@@ -237,11 +237,12 @@ def _check_instalment(
     if plan is None or plan.id != message.refs.get("plan_id"):
         return Decision.suppress(Reason.SUPERSEDED, detail="a newer plan replaced it")
     due = message.refs.get("instalment_due_date")
-    instalment = next((i for i in plan.instalments if i.due_date.isoformat() == due), None)
-    if instalment is None:
+    that_day = [i for i in plan.instalments if i.due_date.isoformat() == due]
+    if not that_day:
         return Decision.suppress(Reason.SUPERSEDED, detail="instalment unknown")
-    if instalment.paid:
+    if all(instalment.paid for instalment in that_day):
         return Decision.suppress(Reason.INSTALMENT_PAID)
+    instalment = that_day[0]
     if missed_instalment(policy, plan, today) is not None:
         return Decision.suppress(Reason.PLAN_BROKEN)
     if today > instalment.due_date:

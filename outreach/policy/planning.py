@@ -216,8 +216,13 @@ class _Planner:
     def dunning(self, view: DunningView) -> None:
         if view.stage is None:
             return
-        steps = ([view.due] if view.due is not None else []) + list(view.upcoming)
-        for step in steps:
+        for step in (*view.due, *view.upcoming):
+            # a step that quiet hours or holidays would push past the day its successor (or
+            # the next stage) takes over is not worth sending
+            stale_from = view.stale_from(step)
+            latest = None
+            if stale_from is not None:
+                latest = self._start_of(day_of(self.policy, self.loan, stale_from))
             self.add(
                 key=f"dunning:{self.loan.id}:{view.cycle}:{view.stage.name}:{step.id}",
                 purpose=Purpose.DUNNING,
@@ -232,6 +237,7 @@ class _Planner:
                     "cadence": view.cadence,
                     "days_past_due": str(step.days_past_due),
                 },
+                latest=latest,
             )
 
     # -- event follow-ups -------------------------------------------------------------------
@@ -253,7 +259,7 @@ class _Planner:
                 stage,
                 max(reminder_day, self.local_today),
                 refs,
-                latest=self._local_start_of(promise.promised_date + _DAY),
+                latest=self._end_of(promise.promised_date),
             )
         broken = self.policy.event(Purpose.BROKEN_PROMISE)
         follow_day = promise.promised_date + dt.timedelta(days=broken.days)
@@ -266,6 +272,7 @@ class _Planner:
                 refs,
                 # not before the promised date has ended for the lender too
                 earliest=self._start_of(promise.promised_date + _DAY),
+                latest=self._end_of(follow_day + dt.timedelta(days=broken.valid_days)),
             )
 
     def instalment_reminders(self, view: DunningView) -> None:
@@ -274,9 +281,14 @@ class _Planner:
             return
         rule = self.policy.event(Purpose.INSTALMENT_REMINDER)
         stage = None if view.stage is None else view.stage.name
-        for instalment in plan.instalments:
+        reminded: set[dt.date] = set()
+        for instalment in sorted(plan.instalments, key=lambda i: i.due_date):
+            # one reminder a day, however many instalments fall due on it
             if instalment.paid or instalment.due_date < self.today:
                 continue
+            if instalment.due_date in reminded:
+                continue
+            reminded.add(instalment.due_date)
             due = instalment.due_date.isoformat()
             self._event(
                 rule,
@@ -284,7 +296,7 @@ class _Planner:
                 stage,
                 max(instalment.due_date - dt.timedelta(days=rule.days), self.local_today),
                 {"plan_id": plan.id, "instalment_due_date": due},
-                latest=self._local_start_of(instalment.due_date + _DAY),
+                latest=self._end_of(instalment.due_date),
             )
 
     def visit_notices(self, view: DunningView) -> None:
@@ -384,6 +396,13 @@ class _Planner:
         """Midnight starting `day` in the lender's calendar."""
         return dt.datetime.combine(day, dt.time(), tzinfo=self.policy.day_boundary_zone)
 
-    def _local_start_of(self, day: dt.date) -> dt.datetime:
-        """Midnight starting `day` in the borrower's calendar."""
-        return dt.datetime.combine(day, dt.time(), tzinfo=self.zone)
+    def _end_of(self, day: dt.date) -> dt.datetime:
+        """When `day` is over in the borrower's calendar or the lender's, whichever is first.
+
+        A reminder for a date is no use once the date has passed for either party, and the
+        gate (which counts in the lender's calendar) would then withhold it as expired.
+        """
+        next_day = day + _DAY
+        return min(
+            dt.datetime.combine(next_day, dt.time(), tzinfo=self.zone), self._start_of(next_day)
+        )

@@ -140,8 +140,9 @@ class DunningView:
     stage: Stage | None
     cadence: str
     steps: tuple[Step, ...]
-    # the most recent step whose day has come, unless its day (or today) is paused
-    due: Step | None
+    # the most recent step(s) whose day has come (several if they share that day), unless
+    # that day (or today) is paused
+    due: tuple[Step, ...]
     # steps of this stage whose day is still to come and not paused
     upcoming: tuple[Step, ...]
     pause_today: Pause | None
@@ -152,6 +153,14 @@ class DunningView:
             if step.id == step_id:
                 return step
         return None
+
+    def stale_from(self, step: Step) -> int | None:
+        """The days past due from which `step` is stale: a later step's, or past the stage."""
+        later = [s.days_past_due for s in self.steps if s.days_past_due > step.days_past_due]
+        ends = (
+            [] if self.stage is None or self.stage.last_day is None else [self.stage.last_day + 1]
+        )
+        return min([*later, *ends], default=None)
 
 
 def dunning_view(
@@ -175,11 +184,12 @@ def dunning_view(
         return pause_on(all_pauses, day) is not None
 
     reached = [step for step in steps if step.days_past_due <= days_past_due]
-    due: Step | None = None
-    # Never catch up: only the latest step that has come may go, and not if its day was
-    # paused (a step skipped during a promise or plan stays skipped).
+    due: tuple[Step, ...] = ()
+    # Never catch up: only the latest day's steps that have come may go, and not if that day
+    # was paused (a step skipped during a promise or plan stays skipped).
     if reached and pause_today is None and not paused(reached[-1]):
-        due = reached[-1]
+        latest_day = reached[-1].days_past_due
+        due = tuple(step for step in reached if step.days_past_due == latest_day)
     upcoming = tuple(
         step for step in steps if step.days_past_due > days_past_due and not paused(step)
     )

@@ -279,12 +279,17 @@ def test_quiet_hours_wait() -> None:
 
 
 def test_holiday_wait() -> None:
+    # planned the evening before for the next morning; the next day is National Day
+    eve = shanghai(2026, 9, 30, 20)
     national_day = shanghai(2026, 10, 1, 11)
-    state = loan(national_day, 1)
-    message = dataclasses.replace(
-        plan(POLICY, borrower(), state, national_day)[0], send_at=national_day
+    state = loan(eve, 4)
+    planned = plan(POLICY, borrower(), state, eve)
+    message = next(m for m in planned if m.refs["step"] == "d5:early_follow_up_1")
+    # the plan moved it past the holidays already; at the gate it would wait for them too
+    assert message.send_at == shanghai(2026, 10, 4, 8)
+    decision = gate(
+        POLICY, borrower(), state, dataclasses.replace(message, send_at=eve), national_day
     )
-    decision = gate(POLICY, borrower(), state, message, national_day)
     assert (decision.kind, decision.reason) == (DecisionKind.WAIT, Reason.HOLIDAY)
     assert decision.until == shanghai(2026, 10, 4, 8)
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from outreach.domain import (
+    Address,
     Channel,
     ClosedReason,
     DecisionKind,
     FieldVisit,
     Instalment,
+    LoanState,
     Payment,
     PaymentPlan,
     PlannedMessage,
@@ -19,8 +25,24 @@ from outreach.domain import (
     Purpose,
     Reason,
 )
-from outreach.policy import days_past_due_at, gate, plan, plan_items, reply_message
-from tests.unit.policy_fixtures import SHANGHAI, borrower, default_policy, loan, shanghai
+from outreach.policy import (
+    days_past_due_at,
+    effective_days_past_due,
+    gate,
+    next_allowed_instant,
+    plan,
+    plan_items,
+    reply_message,
+)
+from tests.unit.policy_fixtures import (
+    SHANGHAI,
+    borrower,
+    default_document,
+    default_policy,
+    loan,
+    policy_from,
+    shanghai,
+)
 
 POLICY = default_policy()
 NOW = shanghai(2026, 3, 10, 9)  # a Tuesday morning in Shanghai
@@ -173,8 +195,6 @@ def test_no_fallback_when_the_other_channel_is_closed_too() -> None:
 
 
 def test_fallback_can_be_turned_off_per_step() -> None:
-    from tests.unit.policy_fixtures import default_document, policy_from
-
     document = default_document()
     document["stages"]["early"]["steps"][0]["fallback"] = False
     strict = policy_from(document)
@@ -372,10 +392,6 @@ def test_reply_messages_for_the_pipeline() -> None:
 
 
 def test_steps_go_at_local_hours_for_a_borrower_behind_the_lenders_zone() -> None:
-    from zoneinfo import ZoneInfo
-
-    from outreach.domain import Address
-
     new_york = ZoneInfo("America/New_York")
     new_yorker = borrower(
         address=Address(country="US", region="NY"), phones=("+12125550142",), timezone=None
@@ -402,18 +418,12 @@ def test_steps_go_at_local_hours_for_a_borrower_behind_the_lenders_zone() -> Non
 
 
 def test_a_later_step_never_aims_before_the_lenders_day_for_it() -> None:
-    from zoneinfo import ZoneInfo
-
-    from outreach.domain import Address
-
     tokyo = borrower(address=Address(country="JP"), phones=(), timezone=None)
     # 09:00 Tokyo on Mar 11 is 08:00 in Shanghai: day 2 of the loan has begun there
     messages = plan(POLICY, tokyo, loan(NOW, 1), NOW)
     assert messages[1].send_at == dt.datetime(2026, 3, 11, 10, tzinfo=ZoneInfo("Asia/Tokyo"))
     # with the lender on Los Angeles time, 10:00 in Shanghai on day 2's date comes before
     # that date has begun in Los Angeles: it waits for the lender's midnight
-    from tests.unit.policy_fixtures import default_document, policy_from
-
     document = default_document()
     document["day_boundary_zone"] = "America/Los_Angeles"
     western_lender = policy_from(document)
@@ -423,3 +433,102 @@ def test_a_later_step_never_aims_before_the_lenders_day_for_it() -> None:
     messages = plan(western_lender, borrower(), state, reported)
     assert messages[1].refs["step"] == "d2:early_first_notice"
     assert messages[1].send_at == dt.datetime(2026, 3, 11, 0, tzinfo=los_angeles)
+
+
+# -- properties ------------------------------------------------------------------------------
+
+
+PLACES = {
+    "shanghai": {"address": Address(country="CN"), "phones": ("+8613812345678",)},
+    "new_york": {"address": Address(country="US", region="NY"), "phones": ("+12125550142",)},
+    "alaska": {"address": None, "phones": ("+19075550142",)},
+    "london_and_chicago": {
+        "address": Address(country="US", region="IL"),
+        "phones": ("+442079460142",),
+    },
+    "taipei": {"address": Address(country="TW"), "phones": ()},
+}
+
+
+@st.composite
+def loan_events(draw: st.DrawFn, now: dt.datetime, state: LoanState) -> LoanState:
+    """Maybe a promise, a payment plan, a field visit and a payment, around `now`."""
+    today = now.date()
+    days = st.integers
+    if draw(st.booleans()):
+        promised = today + dt.timedelta(days=draw(days(-4, 8)))
+        made = now + dt.timedelta(days=draw(days(-6, 0)))
+        kept = draw(st.booleans())
+        state = dataclasses.replace(
+            state, promises=(Promise("PR", Decimal("50"), promised, made, kept),)
+        )
+    if draw(st.booleans()):
+        offsets = draw(st.lists(st.tuples(days(-5, 40), st.booleans()), min_size=1, max_size=3))
+        instalments = tuple(
+            Instalment(today + dt.timedelta(days=offset), Decimal("10"), paid)
+            for offset, paid in offsets
+        )
+        made = now + dt.timedelta(days=draw(days(-10, 0)))
+        state = dataclasses.replace(state, plans=(PaymentPlan("PL", instalments, made),))
+    if draw(st.booleans()):
+        visit_at = now + dt.timedelta(hours=draw(days(-5, 150)))
+        state = dataclasses.replace(state, visits=(FieldVisit("V", visit_at, "李明", "C-1"),))
+    if draw(st.booleans()):
+        paid_at = now - dt.timedelta(hours=draw(days(0, 100)))
+        state = dataclasses.replace(
+            state, payments=(Payment("P", Decimal("10"), paid_at, Decimal("90")),)
+        )
+    return state
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    days_past_due=st.integers(min_value=-6, max_value=130),
+    aged_days=st.integers(min_value=0, max_value=4),
+    instant=st.datetimes(min_value=dt.datetime(2026, 1, 1), max_value=dt.datetime(2027, 12, 1)),
+    place=st.sampled_from(sorted(PLACES)),
+    hardship=st.booleans(),
+    sms_consent=st.booleans(),
+    data=st.data(),
+)
+def test_planning_properties(
+    days_past_due: int,
+    aged_days: int,
+    instant: dt.datetime,
+    place: str,
+    hardship: bool,
+    sms_consent: bool,
+    data: st.DataObject,
+) -> None:
+    now = instant.replace(tzinfo=dt.UTC)
+    person = borrower(
+        consent_sms=sms_consent,
+        tags=frozenset({"hardship"}) if hardship else frozenset(),
+        **PLACES[place],  # type: ignore[arg-type]
+    )
+    state = data.draw(loan_events(now, loan(now - dt.timedelta(days=aged_days), days_past_due)))
+    items = plan_items(POLICY, person, state, now)
+    messages = [item.message for item in items]
+    # deterministic, and each key once
+    assert plan(POLICY, person, state, now) == messages
+    assert len({m.key for m in messages}) == len(messages)
+    current = effective_days_past_due(POLICY, state, now)
+    dunning = [m for m in messages if m.purpose is Purpose.DUNNING]
+    due = [m for m in dunning if int(m.refs["days_past_due"]) <= current]
+    # never a burst of catch-up: at most the steps of the one day that has come
+    assert len({m.refs["days_past_due"] for m in due}) <= 1
+    assert {m.stage for m in dunning} <= {POLICY.stage_for(current)}
+    for item in items:
+        message = item.message
+        assert message.send_at >= now
+        if item.timing.kind is DecisionKind.SUPPRESS:
+            continue
+        # the chosen instant is inside the window in every zone, and the gate, asked then on
+        # the same state, lets it go; only a plan instalment missed meanwhile, or the channel
+        # the borrower gave no consent for, may stop it
+        assert next_allowed_instant(POLICY, person, message.send_at).may_send
+        decision = gate(POLICY, person, state, message, message.send_at)
+        allowed_stops = {Reason.NO_CONSENT, Reason.PLAN_BROKEN}
+        assert decision.may_send or decision.reason in allowed_stops, (message.key, decision)
+        if item.timing.kind is DecisionKind.WAIT:
+            assert item.timing.until == message.send_at > item.target
