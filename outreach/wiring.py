@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from redis import Redis
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,8 +15,11 @@ from outreach import policy as pol
 from outreach.caps import CapReserver
 from outreach.channels.base import Sender
 from outreach.channels.console import ConsoleSender
+from outreach.channels.rate_limit import SegmentRateLimiter
+from outreach.channels.simulated import SimulatedSender
+from outreach.channels.smtp_email import SmtpSender
+from outreach.channels.twilio_sms import TwilioSender
 from outreach.domain import Channel, Purpose, Reason, Status
-from outreach.errors import ConfigurationError
 from outreach.render import Renderer
 from outreach.runtime import Runtime
 from outreach.service.dispatch import Dispatcher
@@ -75,20 +79,24 @@ def link_secret(settings: Settings) -> bytes:
     return hashlib.sha256(b"unsubscribe-links:" + base.encode()).digest()
 
 
-def build_senders(settings: Settings) -> dict[Channel, Sender]:
+def build_senders(
+    settings: Settings, redis_client: Redis, clock: Callable[[], dt.datetime]
+) -> dict[Channel, Sender]:
+    """The provider for each channel, picked by OUTREACH_SMS_PROVIDER / OUTREACH_EMAIL_PROVIDER."""
     senders: dict[Channel, Sender] = {}
-    if settings.sms_provider == "console":
+    if settings.sms_provider == "twilio":
+        limiter = SegmentRateLimiter(redis_client, settings.sms_rate)
+        senders[Channel.SMS] = TwilioSender(settings, rate_limiter=limiter, clock=clock)
+    elif settings.sms_provider == "simulated":
+        senders[Channel.SMS] = SimulatedSender(Channel.SMS, clock)
+    else:
         senders[Channel.SMS] = ConsoleSender(Channel.SMS)
+    if settings.email_provider == "smtp":
+        senders[Channel.EMAIL] = SmtpSender(settings, clock=clock)
+    elif settings.email_provider == "simulated":
+        senders[Channel.EMAIL] = SimulatedSender(Channel.EMAIL, clock)
     else:
-        raise ConfigurationError(
-            f"OUTREACH_SMS_PROVIDER: '{settings.sms_provider}' is not available in this build"
-        )
-    if settings.email_provider == "console":
         senders[Channel.EMAIL] = ConsoleSender(Channel.EMAIL)
-    else:
-        raise ConfigurationError(
-            f"OUTREACH_EMAIL_PROVIDER: '{settings.email_provider}' is not available in this build"
-        )
     return senders
 
 
@@ -117,7 +125,9 @@ class Services:
             policy=policy,
             renderer=renderer,
             caps=caps,
-            senders=senders if senders is not None else build_senders(settings),
+            senders=senders
+            if senders is not None
+            else build_senders(settings, runtime.redis.client, clock),
             public_url=settings.public_url,
             link_secret=link_secret(settings),
             clock=clock,

@@ -64,6 +64,7 @@ class LiveService:
     services: Services
     senders: dict[Channel, RecordingSender]
     clock: Clock
+    broker: Any
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,10 +103,20 @@ class LiveService:
 
 
 def start_live_service(
-    database_url: str, redis_url: str, *, env: dict[str, str] | None = None
+    database_url: str,
+    redis_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    real_senders: bool = False,
+    run_worker: bool = True,
+    retry_base: dt.timedelta = dt.timedelta(milliseconds=200),
 ) -> Iterator[LiveService]:
+    """web, worker and clock in this process; `real_senders` uses the configured providers
+    (Twilio emulator, SMTP) instead of recording ones."""
+    port = free_port()
     settings = load_settings(
         {
+            "OUTREACH_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "OUTREACH_DATABASE_URL": database_url,
             "OUTREACH_REDIS_URL": redis_url,
             "OUTREACH_WEBHOOK_SECRET": WEBHOOK_SECRET,
@@ -124,14 +135,14 @@ def start_live_service(
     )
     runtime = Runtime.start(settings)
     senders = {channel: RecordingSender(channel) for channel in Channel}
-    services = Services.build(runtime, senders=dict(senders))
+    services = Services.build(runtime, senders=None if real_senders else dict(senders))
+    services.dispatcher.retry_base = retry_base
     broker = build_broker(runtime.redis.url)
-    worker = start_worker(broker, services, threads=4)
+    worker = start_worker(broker, services, threads=4) if run_worker else None
     clock = Clock(services, lambda ids: enqueue(broker, ids), tick_seconds=0.5)
     clock.start()
     from outreach.api.app import create_app
 
-    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -142,7 +153,7 @@ def start_live_service(
         if time.monotonic() > deadline:
             raise AssertionError("the web server did not start")
         time.sleep(0.05)
-    live = LiveService(f"http://127.0.0.1:{port}", services, senders, clock)
+    live = LiveService(f"http://127.0.0.1:{port}", services, senders, clock, broker)
     try:
         yield live
     finally:
@@ -150,6 +161,7 @@ def start_live_service(
         server.should_exit = True
         thread.join(timeout=10)
         clock.stop()
-        worker.stop(timeout=5_000)
+        if worker is not None:
+            worker.stop(timeout=5_000)
         broker.close()
         runtime.close()

@@ -214,6 +214,9 @@ def create_app(services: Services) -> FastAPI:
         stage: str | None = None,
         reason: str | None = None,
         purpose: str | None = None,
+        needs_human: Annotated[
+            str | None, Query(description="true: replies waiting for a person")
+        ] = None,
         since: Annotated[str | None, Query(description="send_at ≥ (RFC 3339)")] = None,
         until: Annotated[str | None, Query(description="send_at < (RFC 3339)")] = None,
         q: Annotated[str | None, Query(description="text search in content and ids")] = None,

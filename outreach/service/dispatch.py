@@ -53,6 +53,12 @@ from outreach.store.db import transaction
 log = logging.getLogger(__name__)
 
 PROVIDER_RETRY_LIMIT = 8
+# refusals that come from our side of the provider (pacing, the borrower's window closing
+# while the message waited for a slot): the provider never saw the message, so they do not
+# use up its attempts
+NOT_PROVIDER_ATTEMPTS = frozenset(
+    {"window_closed", "rate_limited", "rate_limiter_unavailable", "connect_failed"}
+)
 PROVIDER_BACKOFF_CAP = dt.timedelta(minutes=15)
 CHECK_RETRY_DELAY = dt.timedelta(minutes=1)
 STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
@@ -123,6 +129,8 @@ class Dispatcher:
     clock: Callable[[], dt.datetime]
     # the simulator runs the caps on its virtual clock; the live service uses Redis time
     virtual_time: bool = False
+    retry_base: dt.timedelta = dt.timedelta(seconds=30)
+    stuck_after: dt.timedelta = STUCK_SENDING_AFTER
 
     def now(self) -> dt.datetime:
         return self.clock()
@@ -412,7 +420,24 @@ class Dispatcher:
             if row is None or row.status != Status.SENDING.value:
                 return "skipped"
             borrower_id = row.borrower_id
-            if row.attempts >= PROVIDER_RETRY_LIMIT:
+            if busy.code in NOT_PROVIDER_ATTEMPTS:
+                row.attempts -= 1
+            if busy.code == "window_closed":
+                borrower = borrower_state(session, session.get_one(m.Borrower, borrower_id))
+                window = pol.next_allowed_instant(self.policy, borrower, now)
+                if window.kind is DecisionKind.SUPPRESS:
+                    withhold(row, window, now)
+                    outcome = f"withheld:{window.reason.value}"
+                else:
+                    self._defer(
+                        row,
+                        window
+                        if window.until
+                        else Decision.wait(Reason.QUIET_HOURS, now + CHECK_RETRY_DELAY),
+                        now,
+                    )
+                    outcome = "deferred:window_closed"
+            elif row.attempts >= PROVIDER_RETRY_LIMIT:
                 record(
                     row,
                     Status.FAILED,
@@ -422,9 +447,7 @@ class Dispatcher:
                 )
                 outcome = "failed:retries_exhausted"
             else:
-                delay = min(
-                    dt.timedelta(seconds=30 * 2 ** (row.attempts - 1)), PROVIDER_BACKOFF_CAP
-                )
+                delay = min(self.retry_base * 2 ** max(row.attempts - 1, 0), PROVIDER_BACKOFF_CAP)
                 if busy.retry_after:
                     delay = min(
                         max(delay, dt.timedelta(seconds=busy.retry_after)), PROVIDER_BACKOFF_CAP
@@ -453,7 +476,7 @@ class Dispatcher:
                 select(m.Message)
                 .where(
                     m.Message.status == Status.SENDING.value,
-                    m.Message.updated_at <= now - STUCK_SENDING_AFTER,
+                    m.Message.updated_at <= now - self.stuck_after,
                 )
                 .limit(limit)
             ).all()

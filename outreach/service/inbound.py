@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from outreach import policy as pol
-from outreach.domain import Channel, PlannedMessage, Purpose, Status
+from outreach.domain import Channel, PlannedMessage, Purpose, Reason, Status
 from outreach.service import planning
 from outreach.service.messages import may_move, record
 from outreach.service.state import (
@@ -204,6 +204,8 @@ def handle_sms_reply(
                     f"{purpose.value}:sms:{key_suffix}",
                     now,
                 )
+    elif classification == OTHER and borrower_id is not None:
+        flag_for_a_human(session, borrower_id, sender, body, now)
     elif classification == HELP and borrower_id is not None:
         reply_id = _reply(
             session,
@@ -215,6 +217,29 @@ def handle_sms_reply(
             now,
         )
     return InboundOutcome(classification, borrower_id, reply_message_id=reply_id)
+
+
+def flag_for_a_human(
+    session: Session, borrower_id: str, sender: str, body: str, now: dt.datetime
+) -> None:
+    """A reply no keyword answers ("I lost my job", "可以分期吗") goes to a person, not a bot:
+    the message it answers is flagged in the log, with the reply on its timeline."""
+    answered = session.scalar(
+        select(m.Message)
+        .where(
+            m.Message.borrower_id == borrower_id,
+            m.Message.channel == Channel.SMS.value,
+            m.Message.recipient == sender,
+            m.Message.sent_at.is_not(None),
+        )
+        .order_by(m.Message.sent_at.desc())
+        .limit(1)
+    )
+    if answered is None:
+        return
+    answered.needs_human = True
+    excerpt = body if len(body) <= 200 else body[:199] + "…"
+    record(answered, Status(answered.status), Reason.NEEDS_HUMAN.value, now, f"reply={excerpt}")
 
 
 def handle_unsubscribe(

@@ -39,6 +39,7 @@ class MessageFilter:
     stage: str | None = None
     reason: str | None = None
     purpose: str | None = None
+    needs_human: bool | None = None
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     q: str | None = None
@@ -59,6 +60,11 @@ class MessageFilter:
                     raise FilterError("status", f"'{status}' is not a status ({known})")
         if "channel" in values and values["channel"] not in (c.value for c in Channel):
             raise FilterError("channel", f"'{values['channel']}' is not sms or email")
+        if "needs_human" in values:
+            flag = values["needs_human"].lower()
+            if flag not in ("true", "false"):
+                raise FilterError("needs_human", "must be true or false")
+            values["needs_human"] = flag == "true"
         for name in ("since", "until"):
             if name in values:
                 values[name] = parse_instant(name, values[name])
@@ -108,6 +114,8 @@ def filtered(query: Select[Any], criteria: MessageFilter) -> Select[Any]:
         value = getattr(criteria, name)
         if value is not None:
             query = query.where(getattr(m.Message, name) == value)
+    if criteria.needs_human is not None:
+        query = query.where(m.Message.needs_human.is_(criteria.needs_human))
     if criteria.status is not None:
         query = query.where(m.Message.status.in_(criteria.status.split(",")))
     if criteria.since is not None:
