@@ -225,15 +225,14 @@ class CapReserver:
         return result
 
     def _seed(self, borrower_id: str, since: dt.datetime) -> list[Any]:
-        try:
-            entries = list(self.history(borrower_id, since))
-        except Exception as error:
-            # without the log, the caps cannot be known: fail closed
-            raise CapUnavailable(f"message log unavailable for cap rebuild: {error}") from error
         seed: list[Any] = []
         skew = _ms(self.clock_skew)
-        for message_id, channel, at in entries:
-            seed.extend((_ms_of(at) + skew, f"{Channel(channel).value}:{message_id}"))
+        try:
+            for message_id, channel, at in self.history(borrower_id, since):
+                seed.extend((_ms_of(at) + skew, f"{Channel(channel).value}:{message_id}"))
+        except Exception as error:
+            # without the log (or with one that cannot be read), the caps cannot be known
+            raise CapUnavailable(f"message log unavailable for cap rebuild: {error}") from error
         return seed
 
 
