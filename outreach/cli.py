@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
 from collections.abc import Iterator
@@ -422,16 +423,98 @@ def messages_export(
         engine.dispose()
 
 
+def _instant(value: str) -> datetime.datetime:
+    """--start: an RFC 3339 date-time with its offset, or a date (midnight UTC)."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = datetime.date.fromisoformat(text)
+            return datetime.datetime.combine(day, datetime.time(), tzinfo=datetime.UTC)
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"'{value}' is not an RFC 3339 date-time (e.g. 2026-03-02T00:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise typer.BadParameter(f"'{value}' needs a UTC offset, e.g. 2026-03-02T00:00:00Z")
+    return moment.astimezone(datetime.UTC)
+
+
 @app.command()
-def simulate() -> None:
+def simulate(
+    events: Annotated[
+        Path, typer.Option("--events", help="EVENTS.jsonl: one webhook event per line.")
+    ],
+    start: Annotated[
+        datetime.datetime,
+        typer.Option(
+            "--start", parser=_instant, metavar="T0", help="Virtual start, RFC 3339 (UTC offset)."
+        ),
+    ],
+    days: Annotated[float, typer.Option("--days", min=0.0, help="How many days to simulate.")],
+    out: Annotated[Path, typer.Option("--out", help="MESSAGES.jsonl to write.")],
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file (default: OUTREACH_POLICY).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Same seed and input, same message ids.")
+    ] = None,
+) -> None:
     """Run the real pipeline on a virtual clock over EVENTS.jsonl."""
-    not_yet("the simulator", 7)
+    from outreach.sim import EventBook
+    from outreach.sim import simulate as run_simulation
+    from outreach.sim.report import summary_line
+
+    settings = settings_or_exit()
+    with errors_as_one_line():
+        book = EventBook.from_file(events)
+        result = run_simulation(
+            settings,
+            book,
+            start=start,
+            days=days,
+            out=out,
+            policy_path=policy,
+            seed=seed,
+            progress=sys.stderr.isatty(),
+        )
+    typer.echo(summary_line(result.stats, out))
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    borrowers: Annotated[
+        int, typer.Option("--borrowers", min=20, help="How many borrowers to generate.")
+    ] = 300,
+    days: Annotated[int, typer.Option("--days", min=1, help="How many days to simulate.")] = 60,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generated book.")] = 7,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file (default: OUTREACH_POLICY).")
+    ] = None,
+    keep: Annotated[
+        Path | None,
+        typer.Option(
+            "--keep", help="Directory to keep EVENTS.jsonl and MESSAGES.jsonl in (default: none)."
+        ),
+    ] = None,
+) -> None:
     """A generated loan book through `simulate`, with a readable report."""
-    not_yet("the demo", 7)
+    from outreach.sim.demo import run_demo
+
+    settings = settings_or_exit()
+    with errors_as_one_line():
+        report, passed = run_demo(
+            settings,
+            borrowers=borrowers,
+            days=days,
+            seed=seed,
+            policy_path=policy,
+            keep=keep,
+            progress=sys.stderr.isatty(),
+        )
+    typer.echo(report)
+    if not passed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

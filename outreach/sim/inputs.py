@@ -1,0 +1,130 @@
+"""EVENTS.jsonl: every line validated up front, then replayed in `occurred_at` order.
+
+Each line is one event in the webhook format (SPEC §4), or a borrower's SMS reply
+(`sms.inbound`, which may leave out `id`). Lines are checked by the same parser the webhook
+uses; the first malformed one stops the run with its line number and what is wrong. The file
+need not be sorted. Only the line's text is kept after the check (a parsed event takes about
+ten times the memory), and it is parsed again when its turn comes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from outreach.errors import PermanentError
+from outreach.service.events import Event, EventError, parse_event
+
+SMS_INBOUND = "sms.inbound"
+
+
+class SimulationInputError(PermanentError):
+    """Raised when a line of EVENTS.jsonl is malformed; names the line and what is wrong."""
+
+    def __init__(self, source: str, line: int, problem: str) -> None:
+        super().__init__(f"{source}, line {line}: {problem}")
+        self.source = source
+        self.line = line
+        self.problem = problem
+
+
+def _document(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise EventError("line", f"not valid JSON ({error.msg} at column {error.colno})") from None
+
+
+def parse_line(text: str, line: int) -> Event:
+    """One line as an Event; an `sms.inbound` without an id is named after its line."""
+    document = _document(text)
+    if (
+        isinstance(document, dict)
+        and document.get("type") == SMS_INBOUND
+        and document.get("id") in (None, "")
+    ):
+        document["id"] = f"sms-inbound-line-{line}"
+    return parse_event(document, allow_simulation=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    occurred_at: dt.datetime
+    line: int
+    text: str
+
+
+@dataclass
+class EventBook:
+    """The events of one simulation, checked and ordered by `occurred_at` (then line)."""
+
+    source: str
+    entries: list[_Entry] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str], source: str = "EVENTS.jsonl") -> EventBook:
+        book = cls(source)
+        for number, raw in enumerate(lines, start=1):
+            text = raw.strip()
+            if not text:
+                continue
+            try:
+                event = parse_line(text, number)
+            except EventError as error:
+                raise SimulationInputError(source, number, str(error)) from None
+            book.entries.append(_Entry(event.occurred_at, number, text))
+        book.entries.sort(key=lambda entry: (entry.occurred_at, entry.line))
+        return book
+
+    @classmethod
+    def from_file(cls, path: Path) -> EventBook:
+        try:
+            with path.open(encoding="utf-8") as handle:
+                return cls.from_lines(handle, source=str(path))
+        except UnicodeDecodeError as error:
+            raise SimulationInputError(str(path), 0, f"not UTF-8 text ({error.reason})") from None
+        except OSError as error:
+            raise SimulationInputError(str(path), 0, error.strerror or str(error)) from None
+
+    @classmethod
+    def from_events(cls, events: Iterable[dict[str, Any]], source: str = "<book>") -> EventBook:
+        return cls.from_lines((json.dumps(event) for event in events), source)
+
+    def first_at(self) -> dt.datetime | None:
+        return self.entries[0].occurred_at if self.entries else None
+
+    def cursor(self) -> EventCursor:
+        return EventCursor(self)
+
+
+class EventCursor:
+    """Walks the book in order, handing out the events due by an instant."""
+
+    def __init__(self, book: EventBook) -> None:
+        self._entries = book.entries
+        self._next = 0
+
+    @property
+    def next_at(self) -> dt.datetime | None:
+        if self._next < len(self._entries):
+            return self._entries[self._next].occurred_at
+        return None
+
+    @property
+    def remaining(self) -> int:
+        return len(self._entries) - self._next
+
+    def due(self, now: dt.datetime) -> Iterator[tuple[int, Event]]:
+        """(line, event) for every event that occurred by `now`, in order."""
+        entries = self._entries
+        while self._next < len(entries) and entries[self._next].occurred_at <= now:
+            entry = entries[self._next]
+            self._next += 1
+            yield entry.line, parse_line(entry.text, entry.line)

@@ -1,0 +1,171 @@
+"""Readable summaries of a simulation: the one-line summary of `simulate`, the demo report."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from outreach.sim.engine import SimulationStats
+from outreach.sim_checks import CheckResult
+
+STATUS_ORDER = [
+    "delivered",
+    "undelivered",
+    "sent",
+    "sending",
+    "queued",
+    "scheduled",
+    "deferred",
+    "failed",
+    "suppressed",
+    "cancelled",
+]
+STAGE_ORDER = ["pre_due", "early", "negotiation", "late", "pre_legal", "-"]
+
+
+def summary_line(stats: SimulationStats, out: Path) -> str:
+    statuses = ", ".join(
+        f"{stats.statuses[status]} {status}" for status in STATUS_ORDER if stats.statuses[status]
+    )
+    after = (
+        f", {stats.events_after_end} after the end not applied" if stats.events_after_end else ""
+    )
+    return (
+        f"simulated {stats.events_applied} events{after}: {stats.messages} messages "
+        f"({statuses or 'none'}) in {stats.wall_seconds:.1f} s; wrote {out}"
+    )
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def _table(title: str, rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    lines = [title]
+    lines.append(
+        "  "
+        + "  ".join(
+            h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header)
+        )
+    )
+    for row in rows:
+        lines.append(
+            "  "
+            + "  ".join(
+                str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i])
+                for i, cell in enumerate(row)
+            )
+        )
+    return lines
+
+
+def _ordered(keys: Iterable[str], order: Sequence[str]) -> list[str]:
+    return sorted(keys, key=lambda key: (order.index(key) if key in order else len(order), key))
+
+
+def message_tables(messages: Sequence[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    statuses = _ordered({m["status"] for m in messages}, STATUS_ORDER)
+    by_stage: Counter[tuple[str, str]] = Counter()
+    by_channel: Counter[tuple[str, str]] = Counter()
+    by_purpose: Counter[tuple[str, str]] = Counter()
+    for message in messages:
+        by_stage[(message.get("stage") or "-", message["status"])] += 1
+        by_channel[(message["channel"], message["status"])] += 1
+        by_purpose[(message["purpose"], message["status"])] += 1
+    for title, counts, order in (
+        ("Messages by stage and status", by_stage, STAGE_ORDER),
+        ("Messages by channel and status", by_channel, ["sms", "email"]),
+        ("Messages by purpose and status", by_purpose, []),
+    ):
+        keys = _ordered({key for key, _ in counts}, order)
+        rows = [
+            (
+                key,
+                *(
+                    _n(counts[(key, status)]) if counts[(key, status)] else "·"
+                    for status in statuses
+                ),
+                _n(sum(counts[(key, status)] for status in statuses)),
+            )
+            for key in keys
+        ]
+        lines += _table(title, rows, ("", *statuses, "total"))
+        lines.append("")
+    return lines
+
+
+def reason_tables(messages: Sequence[dict[str, Any]]) -> list[str]:
+    withheld: Counter[tuple[str, str]] = Counter()
+    failed: Counter[str] = Counter()
+    deferred: Counter[str] = Counter()
+    deferred_messages: Counter[str] = Counter()
+    for message in messages:
+        if message["status"] in ("suppressed", "cancelled"):
+            withheld[(message["reason"] or "-", message["status"])] += 1
+        elif message["status"] in ("failed", "undelivered"):
+            detail = next(
+                (
+                    step.get("detail") or ""
+                    for step in reversed(message.get("events") or [])
+                    if step["status"] == message["status"]
+                ),
+                "",
+            )
+            code = next((part for part in detail.split() if part.startswith("code=")), "")
+            failed[f"{message['status']} {message['reason'] or '-'} {code}".strip()] += 1
+        reasons = {
+            step["reason"] or "-"
+            for step in message.get("events") or []
+            if step["status"] == "deferred"
+        }
+        for step in message.get("events") or []:
+            if step["status"] == "deferred":
+                deferred[step["reason"] or "-"] += 1
+        for reason in reasons:
+            deferred_messages[reason] += 1
+    lines: list[str] = []
+    rows = [
+        (reason, status, _n(count))
+        for (reason, status), count in sorted(withheld.items(), key=lambda item: -item[1])
+    ]
+    lines += _table(
+        "Suppressed and cancelled, by reason",
+        rows or [("none", "", "")],
+        ("reason", "status", "messages"),
+    )
+    lines.append("")
+    rows = [
+        (reason, _n(deferred_messages[reason]), _n(count))
+        for reason, count in sorted(deferred.items(), key=lambda item: -item[1])
+    ]
+    lines += _table(
+        "Deferrals, by reason", rows or [("none", "", "")], ("reason", "messages", "deferrals")
+    )
+    lines.append("")
+    if failed:
+        failures = [
+            (what, _n(count)) for what, count in sorted(failed.items(), key=lambda item: -item[1])
+        ]
+        lines += _table("Provider failures", failures, ("outcome", "messages"))
+        lines.append("")
+    return lines
+
+
+def check_lines(results: Sequence[CheckResult]) -> list[str]:
+    lines = ["Compliance checks (computed from MESSAGES.jsonl and the input book)"]
+    width = max(len(result.name) for result in results)
+    for result in results:
+        mark = "PASS" if result.passed else "FAIL"
+        what = f"{_n(result.checked)} checked"
+        if not result.passed:
+            what += f", {_n(result.violation_count)} violations"
+        lines.append(
+            f"  {mark}  {result.name.ljust(width)}  {what.rjust(22)}  {result.description}"
+        )
+        for violation in result.violations:
+            lines.append(f"        - {violation}")
+    return lines

@@ -1,0 +1,243 @@
+"""The compliance checks catch what they are for, on hand-made output."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from outreach import policy as pol
+from outreach.sim_checks import (
+    Book,
+    check_after_opt_out,
+    check_after_payment,
+    check_after_restriction,
+    check_caps,
+    check_contact_window,
+    check_sent_once,
+    run_checks,
+    sent_messages,
+)
+from tests.conftest import REPO_ROOT
+
+T0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def policy() -> pol.Policy:
+    return pol.load_policy(REPO_ROOT / "schedules" / "default.yaml")
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def upsert(borrower_id: str = "B1", **fields: Any) -> dict[str, Any]:
+    return {
+        "id": f"u-{borrower_id}",
+        "type": "borrower.upserted",
+        "occurred_at": iso(T0 - dt.timedelta(days=1)),
+        "data": {
+            "borrower": {
+                "id": borrower_id,
+                "name": "N",
+                "locale": "en-US",
+                "phones": ["+12125550143"],
+                "email": "b@mail.example",
+                "timezone": "America/New_York",
+                "consent": {"sms": True, "email": True},
+                **fields,
+            }
+        },
+    }
+
+
+def event(kind: str, at: dt.datetime, **data: Any) -> dict[str, Any]:
+    return {"id": f"{kind}-{at.timestamp()}", "type": kind, "occurred_at": iso(at), "data": data}
+
+
+_counter = iter(range(10**6))
+
+
+def message(
+    at: dt.datetime | None,
+    *,
+    purpose: str = "dunning",
+    channel: str = "sms",
+    borrower_id: str = "B1",
+    loan_id: str | None = "L1",
+    to: str = "+12125550143",
+) -> dict[str, Any]:
+    return {
+        "id": f"msg_{next(_counter)}",
+        "purpose": purpose,
+        "borrower_id": borrower_id,
+        "loan_id": loan_id,
+        "channel": channel,
+        "to": to,
+        "status": "delivered" if at else "suppressed",
+        "sent_at": iso(at) if at else None,
+        "events": [{"at": iso(at), "status": "sent", "reason": "accepted", "detail": None}]
+        if at
+        else [],
+    }
+
+
+# 15:00 UTC in March is 10:00 in New York (EST) and 23:00 in Beijing
+NOON_NY = T0 + dt.timedelta(hours=17)
+
+
+def test_a_send_outside_the_window_in_any_zone_fails(policy: pol.Policy) -> None:
+    book = Book([upsert()])
+    ok = check_contact_window(policy, book, sent_messages([message(NOON_NY)]))
+    assert ok.passed and ok.checked == 1
+    night = check_contact_window(policy, book, sent_messages([message(T0 + dt.timedelta(hours=6))]))
+    assert not night.passed and "America/New_York" in night.violations[0]
+    # a second phone in Los Angeles: 06:00 there while 09:00 in New York
+    two = Book([upsert(phones=["+12125550143", "+14155550123"])])
+    early = check_contact_window(policy, two, sent_messages([message(T0 + dt.timedelta(hours=14))]))
+    assert not early.passed and "America/Los_Angeles" in early.violations[0]
+
+
+def test_direct_replies_may_go_at_any_hour(policy: pol.Policy) -> None:
+    night = message(T0 + dt.timedelta(hours=6), purpose="optout_confirmation", loan_id=None)
+    assert check_contact_window(policy, Book([upsert()]), sent_messages([night])).passed
+
+
+def test_caps_over_rolling_windows(policy: pol.Policy) -> None:
+    book = Book([upsert()])
+    days = [NOON_NY + dt.timedelta(days=d) for d in (0, 2, 4)]
+    assert check_caps(policy, book, sent_messages([message(at) for at in days])).passed
+    # two SMS 23 hours apart break sms_per_day
+    close = [message(NOON_NY), message(NOON_NY + dt.timedelta(hours=23))]
+    result = check_caps(policy, book, sent_messages(close))
+    assert not result.passed and "sms_per_day" in result.violations[0]
+    # four SMS in a week break sms_per_week, even a day apart each
+    week = [message(NOON_NY + dt.timedelta(days=d)) for d in (0, 2, 4, 6)]
+    assert "sms_per_week" in check_caps(policy, book, sent_messages(week)).violations[0]
+    # exactly 24 hours apart is allowed; confirmations count against no cap
+    edge = [message(NOON_NY), message(NOON_NY + dt.timedelta(days=1))]
+    assert check_caps(policy, book, sent_messages(edge)).passed
+    exempt = [
+        message(NOON_NY),
+        message(NOON_NY + dt.timedelta(hours=1), purpose="payment_confirmation"),
+    ]
+    assert check_caps(policy, book, sent_messages(exempt)).passed
+
+
+def test_massachusetts_caps_are_stricter(policy: pol.Policy) -> None:
+    book = Book([upsert(address={"country": "US", "region": "MA", "city": "Boston"})])
+    three = [message(NOON_NY + dt.timedelta(days=d)) for d in (0, 2, 4)]
+    result = check_caps(policy, book, sent_messages(three))
+    assert not result.passed and "sms_per_week" in result.violations[0]
+
+
+def test_nothing_after_payment_in_full_but_its_confirmation() -> None:
+    paid = NOON_NY + dt.timedelta(days=1)
+    book = Book(
+        [
+            upsert(),
+            event("payment.received", paid, loan_id="L1", amount="10", amount_due_after="0"),
+        ]
+    )
+    before = message(NOON_NY)
+    confirmation = message(paid, purpose="payment_confirmation")
+    assert check_after_payment(book, sent_messages([before, confirmation])).passed
+    after = message(paid + dt.timedelta(days=1))
+    result = check_after_payment(book, sent_messages([after]))
+    assert not result.passed and "paid in full" in result.violations[0]
+    # owed again later (a new loan.updated with an amount due): messages may resume
+    again = paid + dt.timedelta(days=3)
+    reopened = Book(
+        [
+            *book.events_as_dicts(),
+            event("loan.updated", again, loan={"id": "L1", "amount_due": "50"}),
+        ]
+    )
+    later = message(again + dt.timedelta(hours=1))
+    assert check_after_payment(reopened, sent_messages([later])).passed
+
+
+def test_one_confirmation_after_stop_and_nothing_else() -> None:
+    stop = NOON_NY
+    book = Book([upsert(), event("sms.inbound", stop, **{"from": "+12125550143", "body": "stop"})])
+    confirmation = message(stop, purpose="optout_confirmation", loan_id=None)
+    assert check_after_opt_out(book, sent_messages([confirmation]), []).passed
+    twice = [confirmation, message(stop, purpose="optout_confirmation", loan_id=None)]
+    assert not check_after_opt_out(book, sent_messages(twice), []).passed
+    dunning = message(stop + dt.timedelta(days=1))
+    assert not check_after_opt_out(book, sent_messages([dunning]), []).passed
+    # email is another channel; START opts back in
+    email = message(stop + dt.timedelta(days=1), channel="email", to="b@mail.example")
+    assert check_after_opt_out(book, sent_messages([email]), []).passed
+    start = stop + dt.timedelta(hours=2)
+    back = Book(
+        [
+            *book.events_as_dicts(),
+            event("sms.inbound", start, **{"from": "+12125550143", "body": "START"}),
+        ]
+    )
+    assert check_after_opt_out(back, sent_messages([dunning]), []).passed
+
+
+def test_the_provider_saying_unsubscribed_counts_as_an_opt_out() -> None:
+    failed = message(None)
+    failed["status"] = "failed"
+    failed["events"] = [
+        {"at": iso(NOON_NY), "status": "failed", "reason": "provider_error", "detail": "code=21610"}
+    ]
+    later = message(NOON_NY + dt.timedelta(days=1))
+    result = check_after_opt_out(Book([upsert()]), sent_messages([later]), [failed])
+    assert not result.passed
+
+
+def test_restrictions() -> None:
+    ceased = NOON_NY
+    book = Book(
+        [
+            upsert(),
+            event(
+                "contact.restricted",
+                ceased,
+                borrower_id="B1",
+                restriction="cease_contact",
+                active=True,
+            ),
+        ]
+    )
+    confirmation = message(ceased, purpose="cease_confirmation", loan_id=None, channel="email")
+    assert check_after_restriction(book, sent_messages([confirmation])).passed
+    later = message(ceased + dt.timedelta(days=2), purpose="payment_confirmation")
+    assert not check_after_restriction(book, sent_messages([later])).passed
+    disputed = Book(
+        [
+            upsert(),
+            event(
+                "contact.restricted", ceased, borrower_id="B1", restriction="dispute", active=True
+            ),
+        ]
+    )
+    assert not check_after_restriction(disputed, sent_messages([message(NOON_NY)])).passed
+    payment = message(NOON_NY, purpose="payment_confirmation")
+    assert check_after_restriction(disputed, sent_messages([payment])).passed
+
+
+def test_a_message_accepted_twice_is_caught() -> None:
+    twice = message(NOON_NY)
+    twice["events"] = twice["events"] * 2
+    assert not check_sent_once([twice]).passed
+    assert check_sent_once([message(NOON_NY)]).passed
+
+
+def test_run_checks_names_every_check(policy: pol.Policy) -> None:
+    results = run_checks(policy, [upsert()], [message(NOON_NY)])
+    assert [r.name for r in results] == [
+        "contact_window",
+        "frequency_caps",
+        "after_payment",
+        "after_opt_out",
+        "after_restriction",
+        "sent_once",
+    ]
+    assert all(r.passed for r in results)
