@@ -140,8 +140,9 @@ def main() -> None:
     args = parser.parse_args()
 
     name = f"outreach_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"),
-                          isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     database_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
@@ -166,9 +167,20 @@ def main() -> None:
         for port in ports:
             processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "outreach", "web", "--host", "127.0.0.1",
-                     "--port", str(port)],
-                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        sys.executable,
+                        "-m",
+                        "outreach",
+                        "web",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
             )
         for port, process in zip(ports, processes, strict=True):
@@ -197,23 +209,39 @@ def main() -> None:
 
         with engine.connect() as connection:
             due = connection.execute(
-                text("SELECT count(*) FROM messages WHERE send_at <= now() "
-                     "AND status IN ('scheduled','deferred')")
+                text(
+                    "SELECT count(*) FROM messages WHERE send_at <= now() "
+                    "AND status IN ('scheduled','deferred')"
+                )
             ).scalar_one()
         # now release them all: workers first, then the clock
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "outreach", "worker", "--processes", str(args.workers),
-                 "--threads", str(args.threads)],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "outreach",
+                    "worker",
+                    "--processes",
+                    str(args.workers),
+                    "--threads",
+                    str(args.threads),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         )
         time.sleep(4)
         started = time.perf_counter()
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "outreach", "clock"], cwd=ROOT, env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [sys.executable, "-m", "outreach", "clock"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         )
         sent = 0
@@ -241,10 +269,14 @@ def main() -> None:
     print(f"pipeline benchmark, {now}, {os.cpu_count()} cores")
     print(f"raw Redis INCR round trips/s (1 client):      {redis_rate:10.0f}")
     print(f"raw PostgreSQL insert+commit/s (1 conn):      {postgres_rate:10.0f}")
-    print(f"events accepted/s ({args.web} web, {args.concurrency} in flight): {events_rate:8.0f}"
-          f"   ({accepted} events; ratio to raw PG inserts {events_rate / postgres_rate:.3f})")
-    print(f"messages dispatched/s ({args.workers}x{args.threads} workers):   {dispatch_rate:8.0f}"
-          f"   ({sent} of {due} due; ratio to raw PG inserts {dispatch_rate / postgres_rate:.3f})")
+    print(
+        f"events accepted/s ({args.web} web, {args.concurrency} in flight): {events_rate:8.0f}"
+        f"   ({accepted} events; ratio to raw PG inserts {events_rate / postgres_rate:.3f})"
+    )
+    print(
+        f"messages dispatched/s ({args.workers}x{args.threads} workers):   {dispatch_rate:8.0f}"
+        f"   ({sent} of {due} due; ratio to raw PG inserts {dispatch_rate / postgres_rate:.3f})"
+    )
 
 
 if __name__ == "__main__":
