@@ -293,7 +293,7 @@ def test_sends_pace_to_the_configured_segment_rate(
             )
             live.post_event(loan_updated(f"l-rate-{index}", borrower, days_past_due=1))
         try:
-            live.wait_for(lambda: len(emulator.messages()) >= 100, timeout=120, interval=0.5)
+            live.wait_for(lambda: len(emulator.messages()) >= 100, timeout=240, interval=0.5)
         except AssertionError:
             import collections
 
