@@ -89,7 +89,7 @@ def first_sms(live: LiveService, loan_id: str, *statuses: str) -> dict[str, Any]
                 return message
         return None
 
-    result: dict[str, Any] = live.wait_for(found, timeout=10)
+    result: dict[str, Any] = live.wait_for(found, timeout=30)
     return result
 
 
