@@ -30,8 +30,15 @@ from outreach.policy.model import (
     Stage,
     Step,
 )
-from outreach.policy.planning import PlanItem, choose_channel, plan, plan_items, reply_message
-from outreach.policy.state import delinquency_cycle, effective_days_past_due
+from outreach.policy.planning import (
+    PlanItem,
+    choose_channel,
+    next_plan_change,
+    plan,
+    plan_items,
+    reply_message,
+)
+from outreach.policy.state import ages_alike, delinquency_cycle, effective_days_past_due
 from outreach.policy.zones import borrower_countries, candidate_zones
 
 
@@ -52,6 +59,7 @@ __all__ = [
     "Sender",
     "Stage",
     "Step",
+    "ages_alike",
     "borrower_countries",
     "candidate_zones",
     "choose_channel",
@@ -65,6 +73,7 @@ __all__ = [
     "load_policy",
     "load_policy_text",
     "next_allowed_instant",
+    "next_plan_change",
     "obeys_quiet_hours",
     "plan",
     "plan_items",

@@ -22,7 +22,7 @@ from outreach.domain import (
     PlannedMessage,
     Purpose,
 )
-from outreach.policy.hours import next_allowed_instant
+from outreach.policy.hours import contact_rules, next_allowed_instant
 from outreach.policy.model import EventRule, Policy
 from outreach.policy.state import (
     DunningView,
@@ -79,6 +79,104 @@ def plan_items(
         planner.instalment_reminders(view)
         planner.visit_notices(view)
     return planner.items
+
+
+# how far ahead `next_plan_change` looks for a change of the cadence before it asks again
+PLAN_LOOKAHEAD_DAYS = 31
+
+
+def next_plan_change(
+    policy: Policy, borrower: BorrowerState, loan: LoanState, now: dt.datetime
+) -> dt.datetime | None:
+    """The first instant after `now` at which `plan` may want other messages than it wants at
+    `now`, if neither the loan nor the borrower changes meanwhile; None if it never will.
+
+    Re-planning the loan before then finds nothing to create, cancel or withhold, so a clock
+    may skip it until then. On the safe side: it may name an instant at which nothing
+    changes, never one later than a change. What the plan depends on in time: the lender's
+    day (stage, the steps due and to come, pauses for promises and plans, missed instalments
+    — read off `dunning_view` day by day), the dates of the promise, instalment and visit
+    follow-ups, and how long a payment stays confirmable. Days on which the borrower cannot
+    be contacted at all (holidays, declared inconvenient times) may push a step past its
+    successor's day at any point, so they are checked day by day.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("`now` must be timezone-aware")
+    candidates: list[dt.datetime] = []
+    rule = policy.event(Purpose.PAYMENT_CONFIRMATION)
+    for payment in loan.payments:
+        if rule.max_age is not None and payment.paid_at + rule.max_age >= now:
+            candidates.append(payment.paid_at + rule.max_age + dt.timedelta(seconds=1))
+    today = local_day(policy, now)
+    if not loan.is_closed and not loan.is_current:
+        candidates.extend(_follow_up_changes(policy, loan))
+        candidates.extend(visit.visit_at for visit in loan.visits if visit.visit_at > now)
+        signature = _cadence_signature(dunning_view(policy, borrower, loan, now))
+        day = today
+        for _ in range(PLAN_LOOKAHEAD_DAYS):
+            day += _DAY
+            start = _start_of_day(policy, day)
+            if _may_block_whole_day(policy, borrower, day):
+                candidates.append(start)
+                break
+            view = dunning_view(policy, borrower, loan, start)
+            if _cadence_signature(view) != signature:
+                candidates.append(start)
+                break
+        else:
+            candidates.append(_start_of_day(policy, day))
+    later = [moment for moment in candidates if moment > now]
+    return min(later) if later else None
+
+
+def _cadence_signature(view: DunningView) -> tuple[object, ...]:
+    return (
+        view.cycle,
+        None if view.stage is None else view.stage.name,
+        view.cadence,
+        tuple(step.id for step in view.due),
+        tuple(step.id for step in view.upcoming),
+        None if view.pause_today is None else view.pause_today.reason,
+    )
+
+
+def _follow_up_changes(policy: Policy, loan: LoanState) -> list[dt.datetime]:
+    """The lender days on which a promise, instalment or visit follow-up starts or stops."""
+    days: list[dt.date] = []
+    promise = latest_promise(loan)
+    if promise is not None and not promise.kept:
+        reminder = policy.event(Purpose.PROMISE_REMINDER)
+        broken = policy.event(Purpose.BROKEN_PROMISE)
+        follow_day = promise.promised_date + dt.timedelta(days=broken.days)
+        days += [
+            promise.promised_date - dt.timedelta(days=reminder.days),
+            promise.promised_date,
+            promise.promised_date + _DAY,
+            follow_day,
+            follow_day + dt.timedelta(days=broken.valid_days) + _DAY,
+        ]
+    plan = latest_plan(loan)
+    if plan is not None:
+        rule = policy.event(Purpose.INSTALMENT_REMINDER)
+        grace = dt.timedelta(days=policy.pauses.instalment_grace_days)
+        for instalment in plan.instalments:
+            days += [
+                instalment.due_date - dt.timedelta(days=rule.days),
+                instalment.due_date + _DAY,
+                instalment.due_date + grace + _DAY,
+            ]
+    return [_start_of_day(policy, day) for day in days]
+
+
+def _may_block_whole_day(policy: Policy, borrower: BorrowerState, day: dt.date) -> bool:
+    if borrower.inconvenient_windows:
+        return True
+    holidays = contact_rules(policy, borrower).holidays
+    return any(day + dt.timedelta(days=shift) in holidays for shift in (-1, 0, 1))
+
+
+def _start_of_day(policy: Policy, day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=policy.day_boundary_zone).astimezone(dt.UTC)
 
 
 def choose_channel(

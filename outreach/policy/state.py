@@ -42,6 +42,25 @@ def effective_days_past_due(policy: Policy, loan: LoanState, now: dt.datetime) -
     return loan.days_past_due + (local_day(policy, now) - local_day(policy, loan.as_of)).days
 
 
+def ages_alike(policy: Policy, before: LoanState, after: LoanState) -> bool:
+    """Whether a new report of a loan says nothing the old one did not already imply.
+
+    Same borrower, delinquency cycle (due date), amount due and closure, and the days past
+    due that aging the old report gives at the new report's instant: what the cadence is
+    planned from is unchanged, so re-planning would change nothing (a nightly update that
+    only restates the age is the common case). Balance, product and account number only
+    change what a message says, which is rendered at sending time.
+    """
+    return (
+        before.borrower_id == after.borrower_id
+        and before.due_date == after.due_date
+        and before.amount_due == after.amount_due
+        and before.closed_reason == after.closed_reason
+        and before.is_current == after.is_current
+        and effective_days_past_due(policy, before, after.as_of) == after.days_past_due
+    )
+
+
 def day_of(policy: Policy, loan: LoanState, days_past_due: int) -> dt.date:
     """The calendar day on which the loan is (or was) `days_past_due` days past due."""
     return local_day(policy, loan.as_of) + dt.timedelta(days=days_past_due - loan.days_past_due)

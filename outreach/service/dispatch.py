@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session, lazyload, sessionmaker
 
 from outreach import policy as pol
 from outreach.caps import CapReserver
@@ -29,9 +29,11 @@ from outreach.channels.base import (
     Sender,
 )
 from outreach.domain import (
+    BorrowerState,
     Channel,
     Decision,
     DecisionKind,
+    LoanState,
     Purpose,
     Reason,
     Status,
@@ -43,7 +45,8 @@ from outreach.service.messages import record
 from outreach.service.planning import planned_from_row, withhold
 from outreach.service.state import (
     borrower_state,
-    loan_state,
+    load_borrower,
+    load_loan,
     mark_invalid,
     set_opt_out,
 )
@@ -84,6 +87,15 @@ def verify_unsubscribe_token(secret: bytes, token: str) -> tuple[Channel, str] |
     if channel not in (c.value for c in Channel) or not recipient:
         return None
     return Channel(channel), recipient
+
+
+# one message by id, built once; a row's timeline is loaded only if a step is added to it
+_BY_ID = (
+    select(m.Message)
+    .where(m.Message.id == bindparam("message_id"))
+    .options(lazyload(m.Message.events))
+)
+_LOCK_QUERIES = {False: _BY_ID, True: _BY_ID.with_for_update()}
 
 
 def claim_due(session: Session, now: dt.datetime, limit: int = 500) -> list[str]:
@@ -146,17 +158,25 @@ class Dispatcher:
         if isinstance(prepared, str):
             return prepared
         if prepared.capped:
-            outcome = self._reserve(message_id)
+            outcome = self._reserve(message_id, prepared)
             if outcome is not None:
                 return outcome
-        outgoing = self._render_and_mark_sending(message_id, capped=prepared.capped)
+        outgoing = self._render_and_mark_sending(message_id, prepared)
         if isinstance(outgoing, str):
             return outgoing
         return self._send(message_id, outgoing, capped=prepared.capped)
 
     @dataclass(frozen=True)
     class _Prepared:
+        """A message the final gate let through, with the state it decided on: the caps of
+        the borrower's jurisdiction and the text are taken from the same state."""
+
         capped: bool
+        borrower_id: str
+        channel: Channel
+        purpose: Purpose
+        borrower: BorrowerState
+        loan: LoanState | None
 
     def _gate(self, message_id: str) -> str | Dispatcher._Prepared:
         now = self.now()
@@ -171,7 +191,7 @@ class Dispatcher:
                 if row.status == Status.QUEUED.value:
                     record(row, Status.SCHEDULED, Reason.PLANNED.value, now, "not due yet")
                 return "not_due"
-            decision = self._final_gate(session, row, now)
+            decision, borrower, loan = self._final_gate(session, row, now)
             if decision.kind is DecisionKind.SUPPRESS:
                 withhold(row, decision, now)
                 return f"withheld:{decision.reason.value}"
@@ -184,30 +204,42 @@ class Dispatcher:
             if capped:
                 # durable before Redis is touched, so a cap rebuild counts this in-flight slot
                 row.cap_reserved_at = now
-            return Dispatcher._Prepared(capped=capped)
+            assert borrower is not None  # a decision to send was taken on it
+            return Dispatcher._Prepared(
+                capped=capped,
+                borrower_id=row.borrower_id,
+                channel=Channel(row.channel),
+                purpose=Purpose(row.purpose),
+                borrower=borrower,
+                loan=loan,
+            )
 
-    def _final_gate(self, session: Session, row: m.Message, now: dt.datetime) -> Decision:
-        borrower_row = session.get(m.Borrower, row.borrower_id)
-        if borrower_row is None:
-            return Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown")
-        borrower = borrower_state(session, borrower_row)
+    def _final_gate(
+        self, session: Session, row: m.Message, now: dt.datetime
+    ) -> tuple[Decision, BorrowerState | None, LoanState | None]:
+        borrower = load_borrower(session, row.borrower_id)
+        if borrower is None:
+            return Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown"), None, None
         loan = None
         if row.loan_id is not None:
-            loan_row = session.get(m.Loan, row.loan_id)
-            if loan_row is None:
-                return Decision.suppress(Reason.LOAN_CLOSED, detail="loan unknown")
-            loan = loan_state(session, loan_row)
+            loan = load_loan(session, row.loan_id)
+            if loan is None:
+                return Decision.suppress(Reason.LOAN_CLOSED, detail="loan unknown"), None, None
         from outreach.service.planning import cease_confirmations_sent
 
-        return pol.gate(
-            self.policy,
+        return (
+            pol.gate(
+                self.policy,
+                borrower,
+                loan,
+                planned_from_row(row),
+                now,
+                cease_confirmations_sent=cease_confirmations_sent(session, borrower.id)
+                if row.purpose == Purpose.CEASE_CONFIRMATION.value
+                else 0,
+            ),
             borrower,
             loan,
-            planned_from_row(row),
-            now,
-            cease_confirmations_sent=cease_confirmations_sent(session, borrower.id)
-            if row.purpose == Purpose.CEASE_CONFIRMATION.value
-            else 0,
         )
 
     def _defer(self, row: m.Message, decision: Decision, now: dt.datetime) -> None:
@@ -217,25 +249,19 @@ class Dispatcher:
         record(row, Status.DEFERRED, decision.reason.value, now, decision.detail_text())
 
     def _lock(self, session: Session, message_id: str) -> m.Message | None:
-        query = select(m.Message).where(m.Message.id == message_id)
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
-        return session.scalar(query)
+        postgres = session.get_bind().dialect.name == "postgresql"
+        return session.scalar(_LOCK_QUERIES[postgres], {"message_id": message_id})
 
-    def _reserve(self, message_id: str) -> str | None:
+    def _reserve(self, message_id: str, prepared: Dispatcher._Prepared) -> str | None:
         """Take the cap slots; returns an outcome when the message cannot go now."""
-        with transaction(self.sessions) as session:
-            row = session.get_one(m.Message, message_id)
-            borrower_id, channel, purpose = row.borrower_id, Channel(row.channel), row.purpose
-            borrower = borrower_state(session, session.get_one(m.Borrower, borrower_id))
         try:
             decision = self.caps.reserve(
-                borrower_id,
-                channel,
+                prepared.borrower_id,
+                prepared.channel,
                 message_id,
-                Purpose(purpose),
+                prepared.purpose,
                 now_ms=self._now_ms(),
-                borrower=borrower,
+                borrower=prepared.borrower,
             )
         except TransientError as error:
             # fail closed: a cap that cannot be checked means the message waits
@@ -277,18 +303,18 @@ class Dispatcher:
             # an unreleased slot only over-counts until its window passes: the safe direction
             log.warning("could not release cap slot of %s", message_id)
 
-    def _render_and_mark_sending(self, message_id: str, *, capped: bool) -> Outgoing | str:
+    def _render_and_mark_sending(
+        self, message_id: str, prepared: Dispatcher._Prepared
+    ) -> Outgoing | str:
         now = self.now()
+        capped = prepared.capped
         with transaction(self.sessions) as session:
             row = self._lock(session, message_id)
             if row is None or row.status != Status.QUEUED.value:
                 if row is not None and capped:
                     self._release(row.borrower_id, row.id)
                 return f"skipped:{row.status if row else 'missing'}"
-            borrower = borrower_state(session, session.get_one(m.Borrower, row.borrower_id))
-            loan = None
-            if row.loan_id is not None:
-                loan = loan_state(session, session.get_one(m.Loan, row.loan_id))
+            borrower, loan = prepared.borrower, prepared.loan
             channel = Channel(row.channel)
             recipient = borrower.recipient(channel)
             if recipient is None:

@@ -7,10 +7,11 @@ import datetime as dt
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from outreach import policy as pol
 from outreach.domain import Channel, PlannedMessage, Purpose, Reason, Status
@@ -303,6 +304,35 @@ INVALID_NUMBER_CODES = frozenset({"21211", "21614", "30005", "30006"})
 OPT_OUT_CODES = frozenset({"21610"})
 
 
+_CALLBACK_INSERTS: dict[str, Any] = {}
+# a message by its provider id, built once; its timeline is read only if a step is added
+_BY_PROVIDER = (
+    select(m.Message)
+    .where(m.Message.provider_id == bindparam("provider_id"))
+    .options(lazyload(m.Message.events))
+)
+_BY_PROVIDER_ID = {False: _BY_PROVIDER, True: _BY_PROVIDER.with_for_update()}
+
+
+def _callback_insert(dialect: str) -> Any:
+    statement = _CALLBACK_INSERTS.get(dialect)
+    if statement is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        table = cast(Table, m.ProviderCallback.__table__)
+        statement = (
+            insert(table)
+            .values(
+                id=bindparam("id"),
+                provider=bindparam("provider"),
+                received_at=bindparam("received_at"),
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(table.c.id)
+        )
+        _CALLBACK_INSERTS[dialect] = statement
+    return statement
+
+
 def record_status(
     session: Session,
     *,
@@ -314,20 +344,13 @@ def record_status(
 ) -> str:
     """Apply one delivery status callback; duplicates and late ones change nothing."""
     dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     callback_key = f"{provider}:{provider_id}:{status}:{error_code or ''}"
     fresh = session.execute(
-        insert(m.ProviderCallback)
-        .values(id=callback_key, provider=provider, received_at=now)
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(m.ProviderCallback.id)
+        _callback_insert(dialect), {"id": callback_key, "provider": provider, "received_at": now}
     ).scalar()
     if fresh is None:
         return "duplicate"
-    query = select(m.Message).where(m.Message.provider_id == provider_id)
-    if dialect == "postgresql":
-        query = query.with_for_update()
-    message = session.scalar(query)
+    message = session.scalar(_BY_PROVIDER_ID[dialect == "postgresql"], {"provider_id": provider_id})
     if message is None:
         return "unknown_message"
     new_status = TWILIO_STATUSES.get(status)

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from outreach import policy as pol
-from outreach.domain import Channel, PlannedMessage, Purpose, Restriction
+from outreach.domain import (
+    Channel,
+    ClosedReason,
+    LoanState,
+    PlannedMessage,
+    Purpose,
+    Restriction,
+)
 from outreach.service import planning
 from outreach.service.events import ContactRestricted, Event
-from outreach.service.state import APPLY, load_borrower
+from outreach.service.state import APPLY, load_borrower, lock_for_update
 from outreach.store import models as m
 
 APPLIED_OUTCOMES = frozenset({"applied"})
@@ -24,42 +33,166 @@ class IngestResult:
     status: str  # accepted | duplicate
     id: str
     outcome: str | None = None
+    # whether the event's messages were re-planned (not when it changed nothing they depend on)
+    replanned: bool = False
 
 
-def store_in_inbox(session: Session, event: Event, now: dt.datetime) -> bool:
-    """Insert the event once; returns False when its id was already accepted."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(m.ReceivedEvent)
-        .values(
-            id=event.id,
-            type=event.type,
-            occurred_at=event.occurred_at,
-            received_at=now,
-            body=event.raw,
-            borrower_id=event.borrower_id,
-            loan_id=event.loan_id,
-            outcome="received",
+_INBOX_COLUMNS = (
+    "id",
+    "type",
+    "occurred_at",
+    "received_at",
+    "body",
+    "borrower_id",
+    "loan_id",
+    "outcome",
+)
+_INBOX = cast(Table, m.ReceivedEvent.__table__)
+_INBOX_INSERTS: dict[str, Any] = {}
+_INBOX_OUTCOMES = (
+    update(_INBOX)
+    .where(_INBOX.c.id == bindparam("event_id"))
+    .values(outcome=bindparam("new_outcome"), detail=bindparam("new_detail"))
+)
+
+
+def _inbox_insert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (id) DO NOTHING RETURNING id, built once per dialect."""
+    statement = _INBOX_INSERTS.get(dialect)
+    if statement is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = (
+            insert(_INBOX)
+            .values({name: bindparam(name) for name in _INBOX_COLUMNS})
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(_INBOX.c.id)
         )
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(m.ReceivedEvent.id)
-    )
-    return session.execute(statement).scalar() is not None
+        _INBOX_INSERTS[dialect] = statement
+    return statement
+
+
+def store_in_inbox(session: Session, events: Sequence[Event], now: dt.datetime) -> set[str]:
+    """Insert each event once; returns the ids that were not already accepted."""
+    if not events:
+        return set()
+    rows = [
+        {
+            "id": event.id,
+            "type": event.type,
+            "occurred_at": event.occurred_at,
+            "received_at": now,
+            "body": event.raw,
+            "borrower_id": event.borrower_id,
+            "loan_id": event.loan_id,
+            "outcome": "received",
+        }
+        for event in events
+    ]
+    statement = _inbox_insert(session.get_bind().dialect.name)
+    if len(rows) == 1:
+        return set(session.execute(statement, rows[0]).scalars())
+    return set(session.execute(statement, rows).scalars())
 
 
 def ingest(session: Session, policy: pol.Policy, event: Event, now: dt.datetime) -> IngestResult:
     """Apply one validated event inside the caller's transaction."""
-    if not store_in_inbox(session, event, now):
-        return IngestResult("duplicate", event.id)
+    return ingest_many(session, policy, [event], now)[0]
+
+
+def ingest_many(
+    session: Session, policy: pol.Policy, events: Sequence[Event], now: dt.datetime
+) -> list[IngestResult]:
+    """Apply validated events in order inside the caller's transaction, each exactly as
+    `ingest` applies one: stored once in the inbox, applied to state, messages planned.
+
+    The inbox takes them in one statement, the loans and borrowers they update are read (and
+    on PostgreSQL locked) together, and their outcomes are recorded together; a batch of
+    nightly loan updates then costs little more than the updates themselves.
+    """
+    unique: dict[str, Event] = {}
+    for event in events:
+        unique.setdefault(event.id, event)
+    accepted = store_in_inbox(session, list(unique.values()), now)
+    # held for the batch: the session's identity map only keeps rows someone refers to
+    at_hand = lock_state_rows(session, [event for event in unique.values() if event.id in accepted])
+    results: list[IngestResult] = []
+    outcomes: list[dict[str, Any]] = []
+    for event in events:
+        if event.id not in accepted:
+            results.append(IngestResult("duplicate", event.id))
+            continue
+        accepted.discard(event.id)  # a second copy in the same batch is a duplicate
+        result = _apply(session, policy, event, now)
+        results.append(result)
+        assert result.outcome is not None
+        detail = _ignored_detail(result.outcome) if result.outcome.startswith("ignored") else None
+        outcomes.append({"event_id": event.id, "new_outcome": result.outcome, "new_detail": detail})
+    if outcomes:
+        session.execute(_INBOX_OUTCOMES, outcomes)
+    del at_hand
+    return results
+
+
+def lock_state_rows(session: Session, events: Sequence[Event]) -> list[object]:
+    """Read the loans and borrowers these events update in one query each (FOR UPDATE on
+    PostgreSQL), so applying the events finds them at hand; returns the rows, which the
+    caller keeps while it applies the events."""
+    loan_ids = sorted({e.loan_id for e in events if e.loan_id is not None and e.type in _LOAN_ROWS})
+    borrower_ids = sorted(
+        {e.borrower_id for e in events if e.type == "borrower.upserted" and e.borrower_id}
+    )
+    postgres = session.get_bind().dialect.name == "postgresql"
+    rows: list[object] = []
+    for model in (m.Loan, m.Borrower):
+        ids = loan_ids if model is m.Loan else borrower_ids
+        for index in range(0, len(ids), 500):
+            query = select(model).where(model.id.in_(ids[index : index + 500]))
+            if postgres:
+                query = query.with_for_update()
+            rows.extend(session.scalars(query).all())
+    return rows
+
+
+# events whose apply step reads and updates the loan row
+_LOAN_ROWS = frozenset({"loan.updated", "payment.received", "loan.closed"})
+
+
+def _apply(session: Session, policy: pol.Policy, event: Event, now: dt.datetime) -> IngestResult:
+    before = _loan_before(session, event)
     outcome = APPLY[event.type](session, event, now)
-    inbox = session.get_one(m.ReceivedEvent, event.id)
-    inbox.outcome = outcome
     if outcome != "applied" and outcome.startswith("ignored"):
-        inbox.detail = _ignored_detail(outcome)
-    else:
-        follow_up(session, policy, event, now)
-    return IngestResult("accepted", event.id, outcome)
+        return IngestResult("accepted", event.id, outcome)
+    if before is not None and pol.ages_alike(policy, before[1], _bare_state(before[0])):
+        # the report only restates what aging already implies: the plan stands as it is
+        return IngestResult("accepted", event.id, outcome)
+    follow_up(session, policy, event, now)
+    return IngestResult("accepted", event.id, outcome, replanned=True)
+
+
+def _loan_before(session: Session, event: Event) -> tuple[m.Loan, LoanState] | None:
+    """A loan's row and its state before a `loan.updated` is applied to it."""
+    if event.type != "loan.updated" or event.loan_id is None:
+        return None
+    # locked as `apply_loan` locks it, so what is read here is what is then updated
+    row = session.get(m.Loan, event.loan_id, with_for_update=lock_for_update(session))
+    return None if row is None else (row, _bare_state(row))
+
+
+def _bare_state(row: m.Loan) -> LoanState:
+    """What planning reads of the loan row itself (its promises, plans… are not needed)."""
+    return LoanState(
+        id=row.id,
+        borrower_id=row.borrower_id,
+        product=row.product,
+        currency=row.currency,
+        amount_due=row.amount_due,
+        balance=row.balance,
+        days_past_due=row.days_past_due,
+        due_date=row.due_date,
+        account_number=row.account_number,
+        as_of=row.state_as_of,
+        closed_reason=ClosedReason(row.closed_reason) if row.closed_reason else None,
+    )
 
 
 def _ignored_detail(outcome: str) -> str:

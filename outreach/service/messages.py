@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import inspect
+
 from outreach.domain import DELIVERY_RANK, Status
 from outreach.store import models as m
 
@@ -72,9 +74,15 @@ def record(
     message.status = status.value
     message.reason = reason
     message.updated_at = at
-    message.events.append(
-        m.MessageEvent(at=at, status=status.value, reason=reason, detail=detail_text(detail))
-    )
+    step = m.MessageEvent(at=at, status=status.value, reason=reason, detail=detail_text(detail))
+    state = inspect(message)
+    session = state.session
+    if "events" in state.unloaded and session is not None and state.persistent:
+        # the timeline was not read: add the step without reading it first
+        step.message_id = message.id
+        session.add(step)
+    else:
+        message.events.append(step)
 
 
 def may_move(current: Status, new: Status) -> bool:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Select, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from outreach import policy as pol
 from outreach.domain import (
@@ -30,7 +31,7 @@ from outreach.domain import (
     Status,
 )
 from outreach.service.messages import new_id, record
-from outreach.service.state import borrower_state, load_borrower, loan_state
+from outreach.service.state import load_borrower, load_loan, loan_state
 from outreach.store import models as m
 
 # A loan that no longer needs collecting is `cancelled`; a message withheld by a rule about the
@@ -46,6 +47,9 @@ class PlanOutcome:
     created: int = 0
     cancelled: int = 0
     suppressed: int = 0
+    # when re-planning may next change something, the state staying as it is (see
+    # `policy.next_plan_change`); None: never, or not known
+    next_change: dt.datetime | None = None
 
 
 def planned_from_row(row: m.Message) -> PlannedMessage:
@@ -62,6 +66,49 @@ def planned_from_row(row: m.Message) -> PlannedMessage:
         campaign_id=row.campaign_id,
         refs=dict(row.refs or {}),
     )
+
+
+_MESSAGE_INSERTS: dict[str, Any] = {}
+
+
+def _message_insert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, built once."""
+    statement = _MESSAGE_INSERTS.get(dialect)
+    if statement is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        table = cast(Table, m.Message.__table__)
+        statement = (
+            insert(table)
+            .values({name: bindparam(name) for name in _MESSAGE_COLUMNS})
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(table.c.id)
+        )
+        _MESSAGE_INSERTS[dialect] = statement
+    return statement
+
+
+_MESSAGE_COLUMNS = (
+    "id",
+    "idempotency_key",
+    "purpose",
+    "borrower_id",
+    "loan_id",
+    "campaign_id",
+    "stage",
+    "channel",
+    "template",
+    "locale",
+    "recipient",
+    "send_at",
+    "status",
+    "reason",
+    "fallback_from",
+    "refs",
+    "attempts",
+    "needs_human",
+    "created_at",
+    "updated_at",
+)
 
 
 def insert_message(
@@ -103,17 +150,11 @@ def insert_message(
         "created_at": now,
         "updated_at": now,
     }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(m.Message)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(m.Message.id)
-    )
-    if session.execute(statement).scalar() is None:
+    statement = _message_insert(session.get_bind().dialect.name)
+    if session.execute(statement, values).scalar() is None:
         return None
-    row = session.get_one(m.Message, message_id)
+    # the new row, without reading its (empty) timeline
+    row = session.get_one(m.Message, message_id, options=[lazyload(m.Message.events)])
     detail: dict[str, object] = {"key": planned.key}
     if planned.fallback_from is not None:
         detail["fallback_from"] = planned.fallback_from.value
@@ -152,6 +193,29 @@ def withhold(row: m.Message, decision: Decision, now: dt.datetime) -> None:
     record(row, status, decision.reason.value, now, decision.detail_text() or None)
 
 
+_PENDING_QUERIES: dict[tuple[bool, bool, bool], Select[m.Message]] = {}
+
+
+def _pending_query(by_loan: bool, by_borrower: bool, lock: bool) -> Select[m.Message]:
+    """Built once per shape; a timeline is loaded only for a row that gets a new step."""
+    key = (by_loan, by_borrower, lock)
+    cached = _PENDING_QUERIES.get(key)
+    if cached is None:
+        query = (
+            select(m.Message)
+            .where(m.Message.status.in_(PENDING))
+            .options(lazyload(m.Message.events))
+        )
+        if by_loan:
+            query = query.where(m.Message.loan_id == bindparam("loan_id"))
+        if by_borrower:
+            query = query.where(m.Message.borrower_id == bindparam("borrower_id"))
+        if lock:
+            query = query.with_for_update(skip_locked=False)
+        cached = _PENDING_QUERIES[key] = query.order_by(m.Message.id)
+    return cached
+
+
 def pending_rows(
     session: Session,
     *,
@@ -159,14 +223,25 @@ def pending_rows(
     borrower_id: str | None = None,
     lock: bool = True,
 ) -> Sequence[m.Message]:
-    query = select(m.Message).where(m.Message.status.in_(PENDING))
-    if loan_id is not None:
-        query = query.where(m.Message.loan_id == loan_id)
-    if borrower_id is not None:
-        query = query.where(m.Message.borrower_id == borrower_id)
-    if lock and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=False)
-    return session.scalars(query.order_by(m.Message.id)).all()
+    query = _pending_query(
+        loan_id is not None,
+        borrower_id is not None,
+        lock and session.get_bind().dialect.name == "postgresql",
+    )
+    params = {"loan_id": loan_id, "borrower_id": borrower_id}
+    return session.scalars(query, {k: v for k, v in params.items() if v is not None}).all()
+
+
+_MESSAGES = cast(Table, m.Message.__table__)
+_KEYS_OF_LOAN = select(_MESSAGES.c.idempotency_key).where(
+    _MESSAGES.c.loan_id == bindparam("loan_id")
+)
+
+
+def planned_keys(session: Session, loan_id: str) -> set[str]:
+    """The keys of every message a loan has, whatever became of them."""
+    session.flush()
+    return set(session.connection().execute(_KEYS_OF_LOAN, {"loan_id": loan_id}).scalars())
 
 
 def cease_confirmations_sent(session: Session, borrower_id: str) -> int:
@@ -190,17 +265,18 @@ def replan_loan(
 ) -> PlanOutcome:
     """Bring one loan's messages in line with the policy and the latest state."""
     outcome = PlanOutcome()
-    loan_row = session.get(m.Loan, loan_id)
-    if loan_row is None:
+    loan = load_loan(session, loan_id)
+    if loan is None:
         return outcome
-    borrower_row = session.get(m.Borrower, loan_row.borrower_id)
-    if borrower_row is None:
+    borrower = load_borrower(session, loan.borrower_id)
+    if borrower is None:
         return outcome
-    borrower = borrower_state(session, borrower_row)
-    loan = loan_state(session, loan_row)
     desired = pol.plan_items(policy, borrower, loan, now)
     desired_keys = {item.message.key for item in desired}
+    existing = planned_keys(session, loan_id)
     for item in desired:
+        if item.message.key in existing:
+            continue  # planned before: inserting it again would change nothing
         created = insert_message(
             session, policy, borrower, loan, item.message, now, timing=item.timing
         )
@@ -216,6 +292,7 @@ def replan_loan(
             outcome.cancelled += 1
             continue
         outcome.suppressed += regate(session, policy, borrower, loan, row, now)
+    outcome.next_change = pol.next_plan_change(policy, borrower, loan, now)
     return outcome
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Row, Select, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from outreach.domain import (
@@ -34,10 +35,17 @@ def normalize_recipient(channel: Channel | str, recipient: str) -> str:
 # --- applying events -------------------------------------------------------------------------
 
 
+def lock_for_update(session: Session) -> bool | None:
+    """`with_for_update` for a row about to be updated: a row lock on PostgreSQL; nothing on
+    SQLite, whose writers hold the database lock from BEGIN (and where asking would force
+    another read of a row the session already holds)."""
+    return True if session.get_bind().dialect.name == "postgresql" else None
+
+
 def apply_borrower(session: Session, event: ev.Event, now: dt.datetime) -> str:
     """Upsert a borrower; an update older than the one applied is recorded and ignored."""
     data: ev.BorrowerIn = event.data.borrower
-    row = session.get(m.Borrower, data.id, with_for_update=True)
+    row = session.get(m.Borrower, data.id, with_for_update=lock_for_update(session))
     if row is not None and row.state_as_of > event.occurred_at:
         return "ignored_stale"
     if row is None:
@@ -66,7 +74,7 @@ def apply_borrower(session: Session, event: ev.Event, now: dt.datetime) -> str:
 
 def apply_loan(session: Session, event: ev.Event, now: dt.datetime) -> str:
     data: ev.LoanIn = event.data.loan
-    row = session.get(m.Loan, data.id, with_for_update=True)
+    row = session.get(m.Loan, data.id, with_for_update=lock_for_update(session))
     if row is not None and row.state_as_of > event.occurred_at:
         return "ignored_stale"
     if row is not None and row.closed_reason is not None:
@@ -99,7 +107,7 @@ def apply_payment(session: Session, event: ev.Event, now: dt.datetime) -> str:
                 amount_due_after=data.amount_due_after,
             )
         )
-    loan = session.get(m.Loan, data.loan_id, with_for_update=True)
+    loan = session.get(m.Loan, data.loan_id, with_for_update=lock_for_update(session))
     if loan is None:
         return "recorded_unknown_loan"
     if loan.state_as_of > event.occurred_at:
@@ -198,7 +206,7 @@ def apply_restriction(session: Session, event: ev.Event, now: dt.datetime) -> st
 
 def apply_closure(session: Session, event: ev.Event, now: dt.datetime) -> str:
     data: ev.LoanClosed = event.data
-    loan = session.get(m.Loan, data.loan_id, with_for_update=True)
+    loan = session.get(m.Loan, data.loan_id, with_for_update=lock_for_update(session))
     if loan is None:
         return "recorded_unknown_loan"
     loan.closed_reason = data.reason.value
@@ -292,39 +300,95 @@ def _windows(raw: Sequence[dict[str, object]] | None) -> tuple[InconvenientWindo
     )
 
 
+def _table(model: type[m.Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+_OPT_OUTS = _table(m.OptOut)
+_INVALID = _table(m.InvalidRecipient)
+_RESTRICTIONS = _table(m.ContactRestriction)
+_BORROWERS = _table(m.Borrower)
+_PHONES = _table(m.BorrowerPhone)
+_LOANS = _table(m.Loan)
+_PAYMENTS = _table(m.Payment)
+_PROMISES = _table(m.PromiseToPay)
+_PLANS = _table(m.PaymentPlan)
+_VISITS = _table(m.FieldVisit)
+# Built once: these run for every plan and every send, and building a statement costs more
+# than running it.
+_BORROWER_QUERY = select(_BORROWERS).where(_BORROWERS.c.id == bindparam("borrower_id"))
+_PHONES_QUERY = (
+    select(_PHONES.c.phone)
+    .where(_PHONES.c.borrower_id == bindparam("borrower_id"))
+    .order_by(_PHONES.c.position)
+)
+_LOAN_QUERY = select(_LOANS).where(_LOANS.c.id == bindparam("loan_id"))
+_OPTED_OUT_QUERY = select(_OPT_OUTS.c.channel, _OPT_OUTS.c.recipient).where(
+    _OPT_OUTS.c.recipient.in_(bindparam("recipients", expanding=True)),
+    _OPT_OUTS.c.opted_out.is_(True),
+)
+_INVALID_QUERY = select(_INVALID.c.channel, _INVALID.c.recipient).where(
+    _INVALID.c.recipient.in_(bindparam("recipients", expanding=True))
+)
+_RESTRICTIONS_QUERY = select(_RESTRICTIONS).where(
+    _RESTRICTIONS.c.borrower_id == bindparam("borrower_id")
+)
+_PAYMENTS_QUERY = (
+    select(_PAYMENTS)
+    .where(_PAYMENTS.c.loan_id == bindparam("loan_id"))
+    .order_by(_PAYMENTS.c.paid_at)
+)
+_PROMISES_QUERY = (
+    select(_PROMISES)
+    .where(_PROMISES.c.loan_id == bindparam("loan_id"))
+    .order_by(_PROMISES.c.created_at)
+)
+_PLANS_QUERY = (
+    select(_PLANS).where(_PLANS.c.loan_id == bindparam("loan_id")).order_by(_PLANS.c.created_at)
+)
+_VISITS_QUERY = (
+    select(_VISITS).where(_VISITS.c.loan_id == bindparam("loan_id")).order_by(_VISITS.c.visit_at)
+)
+
+
+def _rows(
+    session: Session, query: Select[Any], *, flush: bool = True, **params: Any
+) -> Sequence[Row[Any]]:
+    """Rows of a prebuilt query, after the session's pending changes (as autoflush would;
+    `flush=False` right after a query that flushed)."""
+    if flush:
+        session.flush()
+    return session.connection().execute(query, params).all()
+
+
 def load_borrower(session: Session, borrower_id: str) -> BorrowerState | None:
-    row = session.get(m.Borrower, borrower_id)
-    if row is None:
+    """The borrower's state as the database (with this session's changes) has it."""
+    rows = _rows(session, _BORROWER_QUERY, borrower_id=borrower_id)
+    if not rows:
         return None
-    return borrower_state(session, row)
+    phones = tuple(_rows(session, _PHONES_QUERY, borrower_id=borrower_id, flush=False))
+    return _borrower_state(session, rows[0], tuple(phone for (phone,) in phones))
 
 
 def borrower_state(session: Session, row: m.Borrower) -> BorrowerState:
-    phones = tuple(phone.phone for phone in row.phones)
+    return _borrower_state(session, row, tuple(phone.phone for phone in row.phones))
+
+
+def _borrower_state(session: Session, row: Any, phones: tuple[str, ...]) -> BorrowerState:
     recipients = [("sms", phone) for phone in phones]
     if row.email:
         recipients.append(("email", normalize_recipient(Channel.EMAIL, row.email)))
-    addresses = {recipient for _, recipient in recipients}
+    addresses = sorted({recipient for _, recipient in recipients})
     opted_out: set[str] = set()
     invalid: set[str] = set()
     if addresses:
-        for channel, recipient in session.execute(
-            select(m.OptOut.channel, m.OptOut.recipient).where(
-                m.OptOut.recipient.in_(addresses), m.OptOut.opted_out.is_(True)
-            )
-        ):
-            if (channel, recipient) in recipients:
-                opted_out.add(recipient)
-        for channel, recipient in session.execute(
-            select(m.InvalidRecipient.channel, m.InvalidRecipient.recipient).where(
-                m.InvalidRecipient.recipient.in_(addresses)
-            )
-        ):
-            if (channel, recipient) in recipients:
-                invalid.add(recipient)
-    restrictions = session.scalars(
-        select(m.ContactRestriction).where(m.ContactRestriction.borrower_id == row.id)
-    ).all()
+        for listed in _rows(session, _OPTED_OUT_QUERY, recipients=addresses):
+            if (listed.channel, listed.recipient) in recipients:
+                opted_out.add(listed.recipient)
+        for listed in _rows(session, _INVALID_QUERY, recipients=addresses):
+            if (listed.channel, listed.recipient) in recipients:
+                invalid.add(listed.recipient)
+    restrictions = _rows(session, _RESTRICTIONS_QUERY, borrower_id=row.id)
     active = frozenset(Restriction(r.restriction) for r in restrictions if r.active)
     windows: tuple[InconvenientWindow, ...] = ()
     for restriction in restrictions:
@@ -354,29 +418,16 @@ def borrower_state(session: Session, row: m.Borrower) -> BorrowerState:
 
 
 def load_loan(session: Session, loan_id: str) -> LoanState | None:
-    row = session.get(m.Loan, loan_id)
-    if row is None:
-        return None
-    return loan_state(session, row)
+    """The loan's state as the database (with this session's changes) has it."""
+    rows = _rows(session, _LOAN_QUERY, loan_id=loan_id)
+    return loan_state(session, rows[0]) if rows else None
 
 
-def loan_state(session: Session, row: m.Loan) -> LoanState:
-    payments = session.scalars(
-        select(m.Payment).where(m.Payment.loan_id == row.id).order_by(m.Payment.paid_at)
-    ).all()
-    promises = session.scalars(
-        select(m.PromiseToPay)
-        .where(m.PromiseToPay.loan_id == row.id)
-        .order_by(m.PromiseToPay.created_at)
-    ).all()
-    plans = session.scalars(
-        select(m.PaymentPlan)
-        .where(m.PaymentPlan.loan_id == row.id)
-        .order_by(m.PaymentPlan.created_at)
-    ).all()
-    visits = session.scalars(
-        select(m.FieldVisit).where(m.FieldVisit.loan_id == row.id).order_by(m.FieldVisit.visit_at)
-    ).all()
+def loan_state(session: Session, row: m.Loan | Row[Any]) -> LoanState:
+    payments = _rows(session, _PAYMENTS_QUERY, loan_id=row.id)
+    promises = _rows(session, _PROMISES_QUERY, loan_id=row.id, flush=False)
+    plans = _rows(session, _PLANS_QUERY, loan_id=row.id, flush=False)
+    visits = _rows(session, _VISITS_QUERY, loan_id=row.id, flush=False)
     payment_values = tuple(Payment(p.id, p.amount, p.paid_at, p.amount_due_after) for p in payments)
     return LoanState(
         id=row.id,
@@ -399,14 +450,14 @@ def loan_state(session: Session, row: m.Loan) -> LoanState:
     )
 
 
-def _promise(row: m.PromiseToPay, payments: Iterable[Payment]) -> Promise:
+def _promise(row: Any, payments: Iterable[Payment]) -> Promise:
     """A promise counts as kept once payments made since it cover it, even a little late:
     nobody who paid should be told they broke their word."""
     paid = sum((p.amount for p in payments if p.paid_at >= row.created_at), Decimal(0))
     return Promise(row.id, row.amount, row.promised_date, row.created_at, kept=paid >= row.amount)
 
 
-def _plan(row: m.PaymentPlan, payments: Sequence[Payment]) -> PaymentPlan:
+def _plan(row: Any, payments: Sequence[Payment]) -> PaymentPlan:
     """Instalments are paid in order by the payments received since the plan was agreed."""
     available = sum((p.amount for p in payments if p.paid_at >= row.created_at), Decimal(0))
     instalments = []

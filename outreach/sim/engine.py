@@ -44,11 +44,11 @@ from outreach.render import Renderer
 from outreach.service.dispatch import DUE_STATUSES, Dispatcher, claim_due
 from outreach.service.events import Event, SmsInbound
 from outreach.service.inbound import handle_sms_reply, record_status
-from outreach.service.ingest import ingest
+from outreach.service.ingest import ingest_many
 from outreach.service.messages import as_record, seeded_ids
-from outreach.service.planning import replan_loan
+from outreach.service.planning import loans_of, replan_loan
 from outreach.settings import Settings
-from outreach.sim.inputs import EventBook, SimulationInputError
+from outreach.sim.inputs import EventBook
 from outreach.store import models as m
 from outreach.store.db import make_session_factory, transaction
 from outreach.store.migrate import upgrade
@@ -57,7 +57,7 @@ from outreach.wiring import cap_history, link_secret
 log = logging.getLogger(__name__)
 
 # Work done in one transaction: events of one instant, loans of one daily re-plan.
-EVENTS_PER_TRANSACTION = 500
+EVENTS_PER_TRANSACTION = 2000
 LOANS_PER_TRANSACTION = 250
 CLAIM_BATCH = 500
 # A message claimed this often at one instant is left for the next second (a guard, not a rule)
@@ -305,6 +305,7 @@ class Simulator:
         end: dt.datetime,
         *,
         progress: bool = False,
+        replan_every_loan: bool = False,
     ) -> None:
         self.env = env
         self.start = start
@@ -312,6 +313,13 @@ class Simulator:
         self.progress = progress
         self.stats = SimulationStats()
         self._next_replan = self._day_boundary_after(start)
+        # The clock re-plans every open loan at every day boundary. A re-plan before the
+        # instant the policy names (`PlanOutcome.next_change`) finds nothing to do unless the
+        # loan or its borrower changed since, so only those loans are re-planned: the ones
+        # due by then, and the ones something happened to ("dirty").
+        self.replan_every_loan = replan_every_loan
+        self._replan_at: dict[str, dt.datetime | None] = {}
+        self._dirty: set[str] = set()
 
     @property
     def now(self) -> dt.datetime:
@@ -381,31 +389,62 @@ class Simulator:
             self._apply_batch(batch)
 
     def _apply_batch(self, batch: list[tuple[int, Event]]) -> None:
+        """Events of one instant in one transaction: runs of webhook events through
+        `ingest_many`, replies through the inbound handler, in file order."""
         env = self.env
-        now = self.now
         with transaction(env.sessions) as session:
-            for line, event in batch:
-                try:
-                    if isinstance(event.data, SmsInbound):
-                        outcome = handle_sms_reply(
-                            session,
-                            env.policy,
-                            sender=event.data.from_,
-                            body=event.data.body,
-                            provider_id=event.id,
-                            now=now,
-                        )
-                        self.stats.replies[outcome.classification] += 1
-                    else:
-                        result = ingest(session, env.policy, event, now)
-                        self.stats.events[result.outcome or result.status] += 1
-                except SimulationInputError:
-                    raise
-                except Exception as error:
-                    raise SimulationError(
-                        f"event on line {line} ({event.type} {event.id}) failed: "
-                        f"{type(error).__name__}: {error}"
-                    ) from error
+            run: list[tuple[int, Event]] = []
+            for line, event in [*batch, (0, None)]:
+                if event is not None and not isinstance(event.data, SmsInbound):
+                    run.append((line, event))
+                    continue
+                if run:
+                    self._ingest_run(session, run)
+                    run = []
+                if event is not None:
+                    self._reply(session, line, event)
+
+    def _ingest_run(self, session: Session, run: list[tuple[int, Event]]) -> None:
+        try:
+            results = ingest_many(session, self.env.policy, [event for _, event in run], self.now)
+        except Exception as error:
+            lines = (
+                f"{run[0][0]}"
+                if len(run) == 1
+                else f"{min(n for n, _ in run)}–{max(n for n, _ in run)}"
+            )
+            raise SimulationError(
+                f"events on line(s) {lines} failed: {type(error).__name__}: {error}"
+            ) from error
+        for (_, applied), result in zip(run, results, strict=True):
+            self.stats.events[result.outcome or result.status] += 1
+            if result.replanned:
+                self._mark_dirty(session, applied)
+
+    def _reply(self, session: Session, line: int, event: Event) -> None:
+        assert isinstance(event.data, SmsInbound)
+        try:
+            outcome = handle_sms_reply(
+                session,
+                self.env.policy,
+                sender=event.data.from_,
+                body=event.data.body,
+                provider_id=event.id,
+                now=self.now,
+            )
+        except Exception as error:
+            raise SimulationError(
+                f"reply on line {line} failed: {type(error).__name__}: {error}"
+            ) from error
+        self.stats.replies[outcome.classification] += 1
+        if outcome.borrower_id is not None:
+            self._dirty.update(loans_of(session, outcome.borrower_id))
+
+    def _mark_dirty(self, session: Session, event: Event) -> None:
+        if event.loan_id is not None:
+            self._dirty.add(event.loan_id)
+        if event.borrower_id is not None and event.type != "loan.updated":
+            self._dirty.update(loans_of(session, event.borrower_id))
 
     def _record_outcomes(self) -> None:
         due = [
@@ -426,19 +465,39 @@ class Simulator:
                     now=self.now,
                 )
                 self.stats.outcomes[status] += 1
+                if error_code:
+                    # an opt-out or a dead number changes what the borrower may receive
+                    borrower_id = session.scalar(
+                        select(m.Message.borrower_id).where(m.Message.provider_id == provider_id)
+                    )
+                    if borrower_id is not None:
+                        self._dirty.update(loans_of(session, borrower_id))
 
     def _replan_open_loans(self) -> None:
         env = self.env
+        now = self.now
         with env.sessions() as session:
-            loan_ids = list(
+            open_loans = list(
                 session.scalars(
                     select(m.Loan.id).where(m.Loan.closed_reason.is_(None)).order_by(m.Loan.id)
                 )
             )
+        if self.replan_every_loan:
+            loan_ids = open_loans
+        else:
+            loan_ids = [
+                loan_id
+                for loan_id in open_loans
+                if loan_id in self._dirty
+                or loan_id not in self._replan_at
+                or ((at := self._replan_at[loan_id]) is not None and at <= now)
+            ]
         for index in range(0, len(loan_ids), LOANS_PER_TRANSACTION):
             with transaction(env.sessions) as session:
                 for loan_id in loan_ids[index : index + LOANS_PER_TRANSACTION]:
-                    replan_loan(session, env.policy, loan_id, self.now)
+                    outcome = replan_loan(session, env.policy, loan_id, now)
+                    self._replan_at[loan_id] = outcome.next_change
+                    self._dirty.discard(loan_id)
         self.stats.replans += len(loan_ids)
 
     def _dispatch_due(self) -> None:
@@ -456,7 +515,15 @@ class Simulator:
                 claims[message_id] += 1
             for message_id in fresh:
                 outcome = env.dispatcher.dispatch(message_id)
-                self.stats.dispatches[outcome.partition(":")[0]] += 1
+                kind = outcome.partition(":")[0]
+                self.stats.dispatches[kind] += 1
+                if kind in ("failed", "deferred", "retry"):
+                    # a rejection may opt the borrower out or mark the number dead; a deferral
+                    # moves the message to an instant the next re-plan judges it at
+                    with env.sessions() as session:
+                        row = session.get(m.Message, message_id)
+                        if row is not None:
+                            self._dirty.update(loans_of(session, row.borrower_id))
             if not fresh:
                 return
 
@@ -506,6 +573,7 @@ def simulate(
     seed: int | None = None,
     progress: bool = False,
     workdir: Path | None = None,
+    replan_every_loan: bool = False,
     on_environment: Callable[[SimulationEnvironment], None] | None = None,
 ) -> SimulationResult:
     """Run `book` from `start` for `days` and write MESSAGES.jsonl to `out`."""
@@ -517,7 +585,9 @@ def simulate(
     with ids, environment(settings, start, policy_path=policy_path, workdir=workdir) as env:
         if on_environment is not None:
             on_environment(env)
-        simulator = Simulator(env, start, end, progress=progress)
+        simulator = Simulator(
+            env, start, end, progress=progress, replan_every_loan=replan_every_loan
+        )
         stats = simulator.run(book)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as handle:

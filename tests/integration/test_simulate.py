@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -559,3 +560,42 @@ def test_outreach_demo_exits_non_zero_when_a_check_fails(
     result = CliRunner().invoke(app, ["demo", "--borrowers", "20", "--days", "2"])
     assert result.exit_code == 1
     assert "FAIL  contact_window" in result.output and "03:00 in America/New_York" in result.output
+
+
+def test_replanning_only_what_may_change_decides_as_replanning_every_loan_daily(
+    tmp_path: Path,
+) -> None:
+    """The simulator re-plans a loan when the policy says its plan may change (or when
+    something happened to it), not every day as the live clock does: same output."""
+    from outreach.sim.book import DEMO_START, generate_book
+
+    events = generate_book(60, 24, seed=9, start=DEMO_START)  # over the Golden Week
+    outputs = []
+    for every in (False, True):
+        out = tmp_path / f"every-{every}.jsonl"
+        result = simulate(
+            sim_settings(),
+            EventBook.from_events(events),
+            start=DEMO_START,
+            days=24,
+            out=out,
+            seed=4,
+            replan_every_loan=every,
+        )
+        outputs.append((result.stats.replans, normalised(read_jsonl(out))))
+    (fewer, adaptive), (daily, every_day) = outputs
+    assert fewer < daily / 2
+    assert adaptive == every_day
+
+
+def normalised(messages: list[dict[str, Any]]) -> list[str]:
+    """Messages without their random ids (which depend on how often planning ran)."""
+    rows = []
+    for message in messages:
+        kept = {k: v for k, v in message.items() if k not in ("id", "provider_id")}
+        kept["events"] = [
+            {**s, "detail": re.sub(r"provider_id=\S+", "", s["detail"] or "")}
+            for s in message["events"]
+        ]
+        rows.append(json.dumps(kept, sort_keys=True, ensure_ascii=False))
+    return sorted(rows)

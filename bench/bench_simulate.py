@@ -1,0 +1,117 @@
+"""Simulation benchmark: a generated book of 5,000 loans over 60 days through `outreach simulate`.
+
+    .venv/bin/python bench/bench_simulate.py [--loans 5000] [--days 60] [--seed 1]
+                                             [--stories] [--keep DIR]
+
+The book has one borrower per loan and a `loan.updated` for every loan every day (the loan
+system's nightly run: 300,000 events for 5,000 loans over 60 days); `--stories` adds the
+demo's payments, promises, plans, visits, restrictions and replies. The book is written to
+EVENTS.jsonl first; then `outreach simulate` runs as a child process, so its wall time and
+its peak memory (ru_maxrss of the child) are measured alone. Targets: under 60 s and under
+1 GiB on the project's 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from outreach.sim.book import DEMO_START, generate_book  # noqa: E402
+
+TARGET_SECONDS = 60
+TARGET_BYTES = 1 << 30
+
+
+def write_book(path: Path, loans: int, days: int, seed: int, stories: bool) -> int:
+    events = generate_book(loans, days, seed, start=DEMO_START, update_every=1, stories=stories)
+    with path.open("w", encoding="utf-8") as handle:
+        for event in events:
+            handle.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
+    return len(events)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loans", type=int, default=5000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--stories", action="store_true", help="add the demo's stories")
+    parser.add_argument("--keep", type=Path, help="keep EVENTS.jsonl and MESSAGES.jsonl here")
+    args = parser.parse_args()
+
+    directory = args.keep or Path(tempfile.mkdtemp(prefix="bench-simulate-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    events_path = directory / "EVENTS.jsonl"
+    messages_path = directory / "MESSAGES.jsonl"
+    started = time.perf_counter()
+    count = write_book(events_path, args.loans, args.days, args.seed, args.stories)
+    print(
+        f"book: {args.loans} loans, {args.days} days, {count:,} events "
+        f"({events_path.stat().st_size / 1e6:.0f} MB), written in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+
+    env = {k: v for k, v in os.environ.items() if k != "OUTREACH_REDIS_URL"}
+    command = [
+        sys.executable,
+        "-m",
+        "outreach",
+        "simulate",
+        "--events",
+        str(events_path),
+        "--start",
+        DEMO_START.isoformat(),
+        "--days",
+        str(args.days),
+        "--out",
+        str(messages_path),
+        "--seed",
+        str(args.seed),
+    ]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        print(result.stdout + result.stderr, file=sys.stderr)
+        return result.returncode
+    print(result.stdout.strip())
+
+    messages = sent = 0
+    with messages_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            messages += 1
+            if '"sent_at": null' not in line:
+                sent += 1
+    peak = usage.ru_maxrss * 1024  # kilobytes on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f"simulate: {elapsed:.1f} s wall, {cpu:.1f} s CPU")
+    print(
+        f"messages: {messages:,} in MESSAGES.jsonl, {sent:,} handed to the provider; "
+        f"{messages / elapsed:,.0f} messages/s, {sent / elapsed:,.0f} sent/s, "
+        f"{count / elapsed:,.0f} events/s"
+    )
+    print(f"peak memory (ru_maxrss of the simulate process): {peak / 2**20:.0f} MiB")
+    load = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, "
+        f"Python {platform.python_version()}"
+    )
+    ok = elapsed < TARGET_SECONDS and peak < TARGET_BYTES
+    print(f"target (< {TARGET_SECONDS} s, < 1 GiB): " + ("met" if ok else "NOT met"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
