@@ -108,8 +108,9 @@ def main() -> int:
         f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, "
         f"Python {platform.python_version()}"
     )
-    ok = elapsed < TARGET_SECONDS and peak < TARGET_BYTES
-    print(f"target (< {TARGET_SECONDS} s, < 1 GiB): " + ("met" if ok else "NOT met"))
+    if (args.loans, args.days) == (5000, 60):
+        ok = elapsed < TARGET_SECONDS and peak < TARGET_BYTES
+        print(f"target (< {TARGET_SECONDS} s, < 1 GiB): " + ("met" if ok else "NOT met"))
     return 0
 
 
