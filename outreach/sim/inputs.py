@@ -26,7 +26,8 @@ class SimulationInputError(PermanentError):
     """Raised when a line of EVENTS.jsonl is malformed; names the line and what is wrong."""
 
     def __init__(self, source: str, line: int, problem: str) -> None:
-        super().__init__(f"{source}, line {line}: {problem}")
+        where = f"{source}, line {line}" if line else source
+        super().__init__(f"{where}: {problem}")
         self.source = source
         self.line = line
         self.problem = problem
