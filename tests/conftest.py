@@ -28,7 +28,7 @@ REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def service_missing(what: str, error: Exception) -> None:
+def service_missing(what: str, error: object) -> None:
     message = f"{what} is not reachable ({type(error).__name__}: {error})"
     if IN_CI:
         pytest.fail(f"{message}; CI requires it", pytrace=False)

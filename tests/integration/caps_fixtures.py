@@ -23,14 +23,7 @@ REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"
 POSTGRES_URL = os.environ.get(
     "OUTREACH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def service_missing(what: str, error: object) -> None:
-    message = f"{what} is not available ({error})"
-    if IN_CI:
-        pytest.fail(f"{message}; CI requires it", pytrace=False)
-    pytest.skip(message)
+from tests.conftest import IN_CI, service_missing  # noqa: E402,F401
 
 
 def redis_server_binary() -> str | None:

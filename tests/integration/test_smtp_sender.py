@@ -30,6 +30,7 @@ from outreach.channels.smtp_email import SmtpSender
 from outreach.domain import Channel
 from outreach.errors import ConfigurationError
 from outreach.settings import Settings, load_settings
+from tests.conftest import service_missing
 from tests.support import free_port
 
 BORROWER = "borrower@example.org"
@@ -299,7 +300,8 @@ def test_configuration_is_checked_at_construction() -> None:
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed: no certificate for the STARTTLS test")
+        # CI machines have openssl; there a missing one is a failure, never a silent skip
+        service_missing("openssl", "not installed: no certificate for the STARTTLS test")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         [
