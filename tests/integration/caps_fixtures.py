@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
-REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 POSTGRES_URL = os.environ.get(
     "OUTREACH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-from tests.conftest import IN_CI, service_missing  # noqa: E402,F401
+from tests.conftest import IN_CI, REDIS_URL, service_missing  # noqa: E402,F401
 
 
 def redis_server_binary() -> str | None:
