@@ -34,7 +34,8 @@ def _claim_redis_database() -> str:
     their database, so two suites sharing one (a developer's and a helper's) would wipe each
     other's broker queues and caps. The claim is a file lock, released when the run exits."""
     for number in range(9, 16):
-        handle = open(Path(tempfile.gettempdir()) / f"outreach-test-redis-{number}.lock", "w")
+        lock_path = Path(tempfile.gettempdir()) / f"outreach-test-redis-{number}.lock"
+        handle = open(lock_path, "w")  # noqa: SIM115 - held open for the whole run
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
