@@ -45,6 +45,7 @@ def _claim_redis_database() -> str:
         return f"redis://127.0.0.1:6379/{number}"
     raise RuntimeError("every Redis test database (9-15) is in use by another test run")
 
+
 REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL") or _claim_redis_database()
 # child processes of this run (spawned workers, helpers) import this module again: same database
 os.environ["OUTREACH_TEST_REDIS_URL"] = REDIS_URL
