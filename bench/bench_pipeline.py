@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 from outreach.store.db import make_engine  # noqa: E402
 from outreach.store.migrate import upgrade  # noqa: E402
 from tests.factories import borrower_upserted, loan_updated, zone_at_local_hour  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from tests.support import claim_redis_database, free_port  # noqa: E402
 
 PG_ADMIN = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/11")
+REDIS_URL = os.environ.get("BENCH_REDIS") or claim_redis_database()
 SECRET = "bench-secret"
 
 

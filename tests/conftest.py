@@ -6,10 +6,7 @@ them, because a suite that silently skips the real services proves nothing.
 
 from __future__ import annotations
 
-import atexit
-import fcntl
 import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +19,7 @@ from sqlalchemy.engine import make_url
 from outreach.store.db import make_engine
 from outreach.store.migrate import upgrade
 from outreach.store.models import Base
+from tests.support import claim_redis_database
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get(
@@ -29,24 +27,7 @@ POSTGRES_URL = os.environ.get(
 )
 
 
-def _claim_redis_database() -> str:
-    """A Redis database no other test run on this machine is using: runs flush and fill
-    their database, so two suites sharing one (a developer's and a helper's) would wipe each
-    other's broker queues and caps. The claim is a file lock, released when the run exits."""
-    for number in range(9, 16):
-        lock_path = Path(tempfile.gettempdir()) / f"outreach-test-redis-{number}.lock"
-        handle = open(lock_path, "w")  # noqa: SIM115 - held open for the whole run
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        atexit.register(handle.close)
-        return f"redis://127.0.0.1:6379/{number}"
-    raise RuntimeError("every Redis test database (9-15) is in use by another test run")
-
-
-REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL") or _claim_redis_database()
+REDIS_URL = os.environ.get("OUTREACH_TEST_REDIS_URL") or claim_redis_database()
 # child processes of this run (spawned workers, helpers) import this module again: same database
 os.environ["OUTREACH_TEST_REDIS_URL"] = REDIS_URL
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -86,3 +89,22 @@ def running(
                 process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+def claim_redis_database(host: str = "127.0.0.1:6379") -> str:
+    """A Redis database no other test or benchmark run on this machine is using.
+
+    Runs flush and fill their database, so two sharing one would wipe each other's broker
+    queues, caps and clock lock. The claim is a file lock, released when the process exits.
+    """
+    for number in range(9, 16):
+        lock_path = Path(tempfile.gettempdir()) / f"outreach-test-redis-{number}.lock"
+        handle = open(lock_path, "w")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        atexit.register(handle.close)
+        return f"redis://{host}/{number}"
+    raise RuntimeError("every Redis test database (9-15) is in use by another test run")
