@@ -42,15 +42,38 @@ def lock_for_update(session: Session) -> bool | None:
     return True if session.get_bind().dialect.name == "postgresql" else None
 
 
+# session.info key: {(model, id): row or None} of rows this transaction has read for update
+# (`ingest` reads a batch's loans and borrowers together), so applying each event finds its
+# row at hand instead of reading and locking it again
+HELD_ROWS = "outreach.held_rows"
+
+
+def row_for_update(session: Session, model: type[Any], key: str) -> Any:
+    """The row about to be updated, locked (see `lock_for_update`): the one this transaction
+    already holds when it read it for update, else read (and locked) now."""
+    held: dict[tuple[type[Any], str], Any] | None = session.info.get(HELD_ROWS)
+    if held is not None and (model, key) in held:
+        return held[(model, key)]
+    return session.get(model, key, with_for_update=lock_for_update(session))
+
+
+def _hold(session: Session, model: type[Any], key: str, row: Any) -> None:
+    """A row this transaction just created is held by it too."""
+    held = session.info.get(HELD_ROWS)
+    if held is not None:
+        held[(model, key)] = row
+
+
 def apply_borrower(session: Session, event: ev.Event, now: dt.datetime) -> str:
     """Upsert a borrower; an update older than the one applied is recorded and ignored."""
     data: ev.BorrowerIn = event.data.borrower
-    row = session.get(m.Borrower, data.id, with_for_update=lock_for_update(session))
+    row = row_for_update(session, m.Borrower, data.id)
     if row is not None and row.state_as_of > event.occurred_at:
         return "ignored_stale"
     if row is None:
         row = m.Borrower(id=data.id, created_at=now)
         session.add(row)
+        _hold(session, m.Borrower, data.id, row)
     row.name = data.name
     row.locale = data.locale
     row.email = data.email
@@ -74,7 +97,7 @@ def apply_borrower(session: Session, event: ev.Event, now: dt.datetime) -> str:
 
 def apply_loan(session: Session, event: ev.Event, now: dt.datetime) -> str:
     data: ev.LoanIn = event.data.loan
-    row = session.get(m.Loan, data.id, with_for_update=lock_for_update(session))
+    row = row_for_update(session, m.Loan, data.id)
     if row is not None and row.state_as_of > event.occurred_at:
         return "ignored_stale"
     if row is not None and row.closed_reason is not None:
@@ -82,6 +105,7 @@ def apply_loan(session: Session, event: ev.Event, now: dt.datetime) -> str:
     if row is None:
         row = m.Loan(id=data.id, created_at=now)
         session.add(row)
+        _hold(session, m.Loan, data.id, row)
     row.borrower_id = data.borrower_id
     row.product = data.product
     row.currency = data.currency
@@ -107,7 +131,7 @@ def apply_payment(session: Session, event: ev.Event, now: dt.datetime) -> str:
                 amount_due_after=data.amount_due_after,
             )
         )
-    loan = session.get(m.Loan, data.loan_id, with_for_update=lock_for_update(session))
+    loan = row_for_update(session, m.Loan, data.loan_id)
     if loan is None:
         return "recorded_unknown_loan"
     if loan.state_as_of > event.occurred_at:
@@ -206,7 +230,7 @@ def apply_restriction(session: Session, event: ev.Event, now: dt.datetime) -> st
 
 def apply_closure(session: Session, event: ev.Event, now: dt.datetime) -> str:
     data: ev.LoanClosed = event.data
-    loan = session.get(m.Loan, data.loan_id, with_for_update=lock_for_update(session))
+    loan = row_for_update(session, m.Loan, data.loan_id)
     if loan is None:
         return "recorded_unknown_loan"
     loan.closed_reason = data.reason.value
@@ -375,20 +399,47 @@ def borrower_state(session: Session, row: m.Borrower) -> BorrowerState:
 
 
 def _borrower_state(session: Session, row: Any, phones: tuple[str, ...]) -> BorrowerState:
+    addresses = _addresses(row, phones)
+    return _compose_borrower(
+        row,
+        phones,
+        _rows(session, _OPTED_OUT_QUERY, recipients=addresses) if addresses else (),
+        _rows(session, _INVALID_QUERY, recipients=addresses) if addresses else (),
+        _rows(session, _RESTRICTIONS_QUERY, borrower_id=row.id),
+    )
+
+
+def _recipients(row: Any, phones: tuple[str, ...]) -> list[tuple[str, str]]:
     recipients = [("sms", phone) for phone in phones]
     if row.email:
         recipients.append(("email", normalize_recipient(Channel.EMAIL, row.email)))
-    addresses = sorted({recipient for _, recipient in recipients})
-    opted_out: set[str] = set()
-    invalid: set[str] = set()
-    if addresses:
-        for listed in _rows(session, _OPTED_OUT_QUERY, recipients=addresses):
-            if (listed.channel, listed.recipient) in recipients:
-                opted_out.add(listed.recipient)
-        for listed in _rows(session, _INVALID_QUERY, recipients=addresses):
-            if (listed.channel, listed.recipient) in recipients:
-                invalid.add(listed.recipient)
-    restrictions = _rows(session, _RESTRICTIONS_QUERY, borrower_id=row.id)
+    return recipients
+
+
+def _addresses(row: Any, phones: tuple[str, ...]) -> list[str]:
+    return sorted({recipient for _, recipient in _recipients(row, phones)})
+
+
+def _compose_borrower(
+    row: Any,
+    phones: tuple[str, ...],
+    opted_out_listed: Iterable[Any],
+    invalid_listed: Iterable[Any],
+    restrictions: Sequence[Any],
+) -> BorrowerState:
+    """The borrower's state from its rows; the listed opt-outs and invalid recipients may
+    include other borrowers' addresses (a batch read), only this borrower's count."""
+    recipients = set(_recipients(row, phones))
+    opted_out = {
+        listed.recipient
+        for listed in opted_out_listed
+        if (listed.channel, listed.recipient) in recipients
+    }
+    invalid = {
+        listed.recipient
+        for listed in invalid_listed
+        if (listed.channel, listed.recipient) in recipients
+    }
     active = frozenset(Restriction(r.restriction) for r in restrictions if r.active)
     windows: tuple[InconvenientWindow, ...] = ()
     for restriction in restrictions:
@@ -424,10 +475,22 @@ def load_loan(session: Session, loan_id: str) -> LoanState | None:
 
 
 def loan_state(session: Session, row: m.Loan | Row[Any]) -> LoanState:
-    payments = _rows(session, _PAYMENTS_QUERY, loan_id=row.id)
-    promises = _rows(session, _PROMISES_QUERY, loan_id=row.id, flush=False)
-    plans = _rows(session, _PLANS_QUERY, loan_id=row.id, flush=False)
-    visits = _rows(session, _VISITS_QUERY, loan_id=row.id, flush=False)
+    return _compose_loan(
+        row,
+        _rows(session, _PAYMENTS_QUERY, loan_id=row.id),
+        _rows(session, _PROMISES_QUERY, loan_id=row.id, flush=False),
+        _rows(session, _PLANS_QUERY, loan_id=row.id, flush=False),
+        _rows(session, _VISITS_QUERY, loan_id=row.id, flush=False),
+    )
+
+
+def _compose_loan(
+    row: Any,
+    payments: Iterable[Any],
+    promises: Iterable[Any],
+    plans: Iterable[Any],
+    visits: Iterable[Any],
+) -> LoanState:
     payment_values = tuple(Payment(p.id, p.amount, p.paid_at, p.amount_due_after) for p in payments)
     return LoanState(
         id=row.id,
@@ -448,6 +511,87 @@ def loan_state(session: Session, row: m.Loan | Row[Any]) -> LoanState:
         ),
         payments=payment_values,
     )
+
+
+# --- reading many at once: the same states, a fixed number of queries for a whole batch -------
+
+_IN_CHUNK = 500
+
+
+def _rows_in(
+    session: Session, table: Table, column: str, keys: Sequence[str], *order_by: str
+) -> list[Row[Any]]:
+    rows: list[Row[Any]] = []
+    for index in range(0, len(keys), _IN_CHUNK):
+        query = select(table).where(table.c[column].in_(keys[index : index + _IN_CHUNK]))
+        if order_by:
+            query = query.order_by(*(table.c[name] for name in order_by))
+        rows.extend(session.connection().execute(query).all())
+    return rows
+
+
+def _grouped(rows: Iterable[Row[Any]], key: str) -> dict[str, list[Row[Any]]]:
+    groups: dict[str, list[Row[Any]]] = {}
+    for row in rows:
+        groups.setdefault(getattr(row, key), []).append(row)
+    return groups
+
+
+def load_borrowers(session: Session, borrower_ids: Iterable[str]) -> dict[str, BorrowerState]:
+    """The states of many borrowers, as `load_borrower` reads each, in five queries."""
+    ids = sorted(set(borrower_ids))
+    if not ids:
+        return {}
+    session.flush()
+    rows = _rows_in(session, _BORROWERS, "id", ids)
+    phones = _grouped(
+        _rows_in(session, _PHONES, "borrower_id", ids, "borrower_id", "position"), "borrower_id"
+    )
+    phones_of = {row.id: tuple(p.phone for p in phones.get(row.id, ())) for row in rows}
+    addresses = sorted({a for row in rows for a in _addresses(row, phones_of[row.id])})
+    opted_out = [r for r in _rows_in(session, _OPT_OUTS, "recipient", addresses) if r.opted_out]
+    invalid = _rows_in(session, _INVALID, "recipient", addresses)
+    opted_out_by = _grouped(opted_out, "recipient")
+    invalid_by = _grouped(invalid, "recipient")
+    restrictions = _grouped(_rows_in(session, _RESTRICTIONS, "borrower_id", ids), "borrower_id")
+    states: dict[str, BorrowerState] = {}
+    for row in rows:
+        mine = _addresses(row, phones_of[row.id])
+        states[row.id] = _compose_borrower(
+            row,
+            phones_of[row.id],
+            [listed for address in mine for listed in opted_out_by.get(address, ())],
+            [listed for address in mine for listed in invalid_by.get(address, ())],
+            restrictions.get(row.id, []),
+        )
+    return states
+
+
+def load_loans(session: Session, loan_ids: Iterable[str]) -> dict[str, LoanState]:
+    """The states of many loans, as `load_loan` reads each, in five queries."""
+    ids = sorted(set(loan_ids))
+    if not ids:
+        return {}
+    session.flush()
+    rows = _rows_in(session, _LOANS, "id", ids)
+    payments = _grouped(
+        _rows_in(session, _PAYMENTS, "loan_id", ids, "loan_id", "paid_at"), "loan_id"
+    )
+    promises = _grouped(
+        _rows_in(session, _PROMISES, "loan_id", ids, "loan_id", "created_at"), "loan_id"
+    )
+    plans = _grouped(_rows_in(session, _PLANS, "loan_id", ids, "loan_id", "created_at"), "loan_id")
+    visits = _grouped(_rows_in(session, _VISITS, "loan_id", ids, "loan_id", "visit_at"), "loan_id")
+    return {
+        row.id: _compose_loan(
+            row,
+            payments.get(row.id, ()),
+            promises.get(row.id, ()),
+            plans.get(row.id, ()),
+            visits.get(row.id, ()),
+        )
+        for row in rows
+    }
 
 
 def _promise(row: Any, payments: Iterable[Payment]) -> Promise:
