@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, lazyload
 
@@ -30,9 +30,10 @@ from outreach.domain import (
     Reason,
     Status,
 )
-from outreach.service.messages import new_id, record
-from outreach.service.state import load_borrower, load_loan, loan_state
+from outreach.service.messages import detail_text, new_id, record
+from outreach.service.state import load_borrowers, load_loans
 from outreach.store import models as m
+from outreach.store.bulk import insert_rows
 
 # A loan that no longer needs collecting is `cancelled`; a message withheld by a rule about the
 # borrower is `suppressed`.
@@ -52,7 +53,62 @@ class PlanOutcome:
     next_change: dt.datetime | None = None
 
 
-def planned_from_row(row: m.Message) -> PlannedMessage:
+@dataclass(eq=False)
+class NewMessage:
+    """A message planned but not inserted yet: planning records its steps here, and a batch
+    inserts its messages, then their timelines, one statement each (`insert_new`)."""
+
+    id: str
+    idempotency_key: str
+    purpose: str
+    borrower_id: str
+    loan_id: str | None
+    campaign_id: str | None
+    stage: str | None
+    channel: str
+    template: str
+    locale: str
+    recipient: str | None
+    send_at: dt.datetime
+    status: str
+    reason: str | None
+    fallback_from: str | None
+    refs: dict[str, str]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(
+        self,
+        status: Status,
+        reason: str | None,
+        at: dt.datetime,
+        detail: dict[str, object] | str | None = None,
+    ) -> None:
+        """As `messages.record` moves a row: the status, and a step on its timeline."""
+        self.status = status.value
+        self.reason = reason
+        self.updated_at = at
+        self.steps.append(
+            {
+                "message_id": self.id,
+                "at": at,
+                "status": status.value,
+                "reason": reason,
+                "detail": detail_text(detail),
+            }
+        )
+
+    def row(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in _MESSAGE_COLUMNS if name in _NEW_FIELDS}
+        values.update(attempts=0, needs_human=False)
+        return values
+
+
+Planned = m.Message | NewMessage
+
+
+def planned_from_row(row: Planned) -> PlannedMessage:
     return PlannedMessage(
         key=row.idempotency_key,
         purpose=Purpose(row.purpose),
@@ -68,11 +124,28 @@ def planned_from_row(row: m.Message) -> PlannedMessage:
     )
 
 
+def _record(
+    row: Planned,
+    status: Status,
+    reason: str | None,
+    at: dt.datetime,
+    detail: dict[str, object] | str | None = None,
+) -> None:
+    if isinstance(row, NewMessage):
+        row.record(status, reason, at, detail)
+    else:
+        record(row, status, reason, at, detail)
+
+
 _MESSAGE_INSERTS: dict[str, Any] = {}
 
 
 def _message_insert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, built once."""
+    """INSERT … ON CONFLICT (idempotency_key) DO NOTHING, built once per dialect.
+
+    Without RETURNING, so that many rows go to the driver's executemany (one prepared
+    statement) rather than into one long multi-row statement the driver must parse.
+    """
     statement = _MESSAGE_INSERTS.get(dialect)
     if statement is None:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -81,7 +154,6 @@ def _message_insert(dialect: str) -> Any:
             insert(table)
             .values({name: bindparam(name) for name in _MESSAGE_COLUMNS})
             .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(table.c.id)
         )
         _MESSAGE_INSERTS[dialect] = statement
     return statement
@@ -111,6 +183,88 @@ _MESSAGE_COLUMNS = (
 )
 
 
+_NEW_FIELDS = frozenset(_MESSAGE_COLUMNS) - {"attempts", "needs_human"}
+_STEPS = cast(Table, m.MessageEvent.__table__)
+
+
+def plan_message(
+    policy: pol.Policy,
+    borrower: BorrowerState,
+    loan: LoanState | None,
+    planned: PlannedMessage,
+    now: dt.datetime,
+    *,
+    cease_confirmations_sent: int = 0,
+    timing: Decision | None = None,
+) -> NewMessage:
+    """The row a planned message becomes, gated on the way in (not inserted yet).
+
+    `timing` is how the policy chose `send_at`: a wait (quiet hours, holiday, inconvenient
+    time) is recorded as the deferral it is.
+    """
+    message = NewMessage(
+        id=new_id("msg_", now),
+        idempotency_key=planned.key,
+        purpose=planned.purpose.value,
+        borrower_id=planned.borrower_id,
+        loan_id=planned.loan_id,
+        campaign_id=planned.campaign_id,
+        stage=planned.stage,
+        channel=planned.channel.value,
+        template=planned.template,
+        locale=policy.locale_for(borrower.locale),
+        recipient=borrower.recipient(planned.channel),
+        send_at=planned.send_at,
+        status=Status.SCHEDULED.value,
+        reason=Reason.PLANNED.value,
+        fallback_from=planned.fallback_from.value if planned.fallback_from else None,
+        refs=planned.refs,
+        created_at=now,
+        updated_at=now,
+    )
+    detail: dict[str, object] = {"key": planned.key}
+    if planned.fallback_from is not None:
+        detail["fallback_from"] = planned.fallback_from.value
+    message.record(Status.SCHEDULED, Reason.PLANNED.value, now, detail)
+    if timing is not None and timing.kind is DecisionKind.SUPPRESS:
+        withhold(message, timing, now)
+        return message
+    if timing is not None and timing.kind is DecisionKind.WAIT:
+        message.record(Status.DEFERRED, timing.reason.value, now, timing.detail_text())
+    decision = pol.gate(
+        policy,
+        borrower,
+        loan,
+        planned,
+        max(now, planned.send_at),
+        cease_confirmations_sent=cease_confirmations_sent,
+    )
+    apply_planning_decision(message, decision, now)
+    return message
+
+
+def insert_new(session: Session, messages: Sequence[NewMessage]) -> set[str]:
+    """Insert planned messages (a key that exists already is skipped) and the timelines of
+    those inserted; returns their ids."""
+    if not messages:
+        return set()
+    statement = _message_insert(session.get_bind().dialect.name)
+    rows = [message.row() for message in messages]
+    ids = [message.id for message in messages]
+    count = insert_rows(session, _MESSAGES, rows, statement=statement, conflict="idempotency_key")
+    if count == len(rows):
+        inserted = set(ids)
+    else:
+        # a key someone else inserted first (another transaction planning the same loan)
+        inserted = set()
+        for index in range(0, len(ids), _IN_CHUNK):
+            query = select(_MESSAGES.c.id).where(_MESSAGES.c.id.in_(ids[index : index + _IN_CHUNK]))
+            inserted.update(session.connection().execute(query).scalars())
+    steps = [step for message in messages if message.id in inserted for step in message.steps]
+    insert_rows(session, _STEPS, steps)
+    return inserted
+
+
 def insert_message(
     session: Session,
     policy: pol.Policy,
@@ -122,61 +276,23 @@ def insert_message(
     cease_confirmations_sent: int = 0,
     timing: Decision | None = None,
 ) -> m.Message | None:
-    """Create the row for a planned message unless its key exists; gate it on the way in.
-
-    `timing` is how the policy chose `send_at`: a wait (quiet hours, holiday, inconvenient
-    time) is recorded as the deferral it is.
-    """
-    message_id = new_id("msg_", now)
-    values = {
-        "id": message_id,
-        "idempotency_key": planned.key,
-        "purpose": planned.purpose.value,
-        "borrower_id": planned.borrower_id,
-        "loan_id": planned.loan_id,
-        "campaign_id": planned.campaign_id,
-        "stage": planned.stage,
-        "channel": planned.channel.value,
-        "template": planned.template,
-        "locale": policy.locale_for(borrower.locale),
-        "recipient": borrower.recipient(planned.channel),
-        "send_at": planned.send_at,
-        "status": Status.SCHEDULED.value,
-        "reason": Reason.PLANNED.value,
-        "fallback_from": planned.fallback_from.value if planned.fallback_from else None,
-        "refs": planned.refs,
-        "attempts": 0,
-        "needs_human": False,
-        "created_at": now,
-        "updated_at": now,
-    }
-    statement = _message_insert(session.get_bind().dialect.name)
-    if session.execute(statement, values).scalar() is None:
-        return None
-    # the new row, without reading its (empty) timeline
-    row = session.get_one(m.Message, message_id, options=[lazyload(m.Message.events)])
-    detail: dict[str, object] = {"key": planned.key}
-    if planned.fallback_from is not None:
-        detail["fallback_from"] = planned.fallback_from.value
-    record(row, Status.SCHEDULED, Reason.PLANNED.value, now, detail)
-    if timing is not None and timing.kind is DecisionKind.SUPPRESS:
-        withhold(row, timing, now)
-        return row
-    if timing is not None and timing.kind is DecisionKind.WAIT:
-        record(row, Status.DEFERRED, timing.reason.value, now, timing.detail_text())
-    decision = pol.gate(
+    """Create the row for a planned message unless its key exists; gate it on the way in."""
+    message = plan_message(
         policy,
         borrower,
         loan,
         planned,
-        max(now, planned.send_at),
+        now,
         cease_confirmations_sent=cease_confirmations_sent,
+        timing=timing,
     )
-    apply_planning_decision(row, decision, now)
-    return row
+    if not insert_new(session, [message]):
+        return None
+    # the new row, without reading its timeline (read when someone asks for it)
+    return session.get_one(m.Message, message.id, options=[lazyload(m.Message.events)])
 
 
-def apply_planning_decision(row: m.Message, decision: Decision, now: dt.datetime) -> None:
+def apply_planning_decision(row: Planned, decision: Decision, now: dt.datetime) -> None:
     if decision.kind is DecisionKind.SUPPRESS:
         withhold(row, decision, now)
     elif (
@@ -185,63 +301,50 @@ def apply_planning_decision(row: m.Message, decision: Decision, now: dt.datetime
         and decision.until > row.send_at
     ):
         row.send_at = decision.until
-        record(row, Status.DEFERRED, decision.reason.value, now, decision.detail_text())
+        _record(row, Status.DEFERRED, decision.reason.value, now, decision.detail_text())
 
 
-def withhold(row: m.Message, decision: Decision, now: dt.datetime) -> None:
+def withhold(row: Planned, decision: Decision, now: dt.datetime) -> None:
     status = Status.CANCELLED if decision.reason in CANCEL_REASONS else Status.SUPPRESSED
-    record(row, status, decision.reason.value, now, decision.detail_text() or None)
-
-
-_PENDING_QUERIES: dict[tuple[bool, bool, bool], Select[m.Message]] = {}
-
-
-def _pending_query(by_loan: bool, by_borrower: bool, lock: bool) -> Select[m.Message]:
-    """Built once per shape; a timeline is loaded only for a row that gets a new step."""
-    key = (by_loan, by_borrower, lock)
-    cached = _PENDING_QUERIES.get(key)
-    if cached is None:
-        query = (
-            select(m.Message)
-            .where(m.Message.status.in_(PENDING))
-            .options(lazyload(m.Message.events))
-        )
-        if by_loan:
-            query = query.where(m.Message.loan_id == bindparam("loan_id"))
-        if by_borrower:
-            query = query.where(m.Message.borrower_id == bindparam("borrower_id"))
-        if lock:
-            query = query.with_for_update(skip_locked=False)
-        cached = _PENDING_QUERIES[key] = query.order_by(m.Message.id)
-    return cached
-
-
-def pending_rows(
-    session: Session,
-    *,
-    loan_id: str | None = None,
-    borrower_id: str | None = None,
-    lock: bool = True,
-) -> Sequence[m.Message]:
-    query = _pending_query(
-        loan_id is not None,
-        borrower_id is not None,
-        lock and session.get_bind().dialect.name == "postgresql",
-    )
-    params = {"loan_id": loan_id, "borrower_id": borrower_id}
-    return session.scalars(query, {k: v for k, v in params.items() if v is not None}).all()
+    _record(row, status, decision.reason.value, now, decision.detail_text() or None)
 
 
 _MESSAGES = cast(Table, m.Message.__table__)
-_KEYS_OF_LOAN = select(_MESSAGES.c.idempotency_key).where(
-    _MESSAGES.c.loan_id == bindparam("loan_id")
-)
+
+_IN_CHUNK = 500
 
 
-def planned_keys(session: Session, loan_id: str) -> set[str]:
-    """The keys of every message a loan has, whatever became of them."""
-    session.flush()
-    return set(session.connection().execute(_KEYS_OF_LOAN, {"loan_id": loan_id}).scalars())
+def _pending_of(
+    session: Session, column: str, ids: Sequence[str], lock: bool
+) -> dict[str, list[m.Message]]:
+    """Pending rows of many loans (or borrowers) in one query per 500, grouped by that id;
+    locked on PostgreSQL as `pending_rows` locks them."""
+    found: dict[str, list[m.Message]] = {}
+    by = getattr(m.Message, column)
+    for index in range(0, len(ids), _IN_CHUNK):
+        query = (
+            select(m.Message)
+            .where(m.Message.status.in_(PENDING), by.in_(ids[index : index + _IN_CHUNK]))
+            .options(lazyload(m.Message.events))
+            .order_by(m.Message.id)
+        )
+        if lock:
+            query = query.with_for_update()
+        for row in session.scalars(query):
+            found.setdefault(getattr(row, column), []).append(row)
+    return found
+
+
+def _keys_of_loans(session: Session, loan_ids: Sequence[str]) -> dict[str, set[str]]:
+    """The keys of every message of these loans, whatever became of them."""
+    keys: dict[str, set[str]] = {}
+    for index in range(0, len(loan_ids), _IN_CHUNK):
+        query = select(_MESSAGES.c.loan_id, _MESSAGES.c.idempotency_key).where(
+            _MESSAGES.c.loan_id.in_(loan_ids[index : index + _IN_CHUNK])
+        )
+        for loan_id, key in session.connection().execute(query):
+            keys.setdefault(loan_id, set()).add(key)
+    return keys
 
 
 def cease_confirmations_sent(session: Session, borrower_id: str) -> int:
@@ -260,29 +363,136 @@ def cease_confirmations_sent(session: Session, borrower_id: str) -> int:
     return sum(1 for status in rows if status in delivered_or_on_its_way)
 
 
-def replan_loan(
-    session: Session, policy: pol.Policy, loan_id: str, now: dt.datetime
-) -> PlanOutcome:
-    """Bring one loan's messages in line with the policy and the latest state."""
-    outcome = PlanOutcome()
-    loan = load_loan(session, loan_id)
-    if loan is None:
-        return outcome
-    borrower = load_borrower(session, loan.borrower_id)
-    if borrower is None:
-        return outcome
+@dataclass(frozen=True)
+class PlanWork:
+    """What one event (or one re-plan) asks of planning: these loans re-planned in turn, as
+    `replan_loan` re-plans one, then the borrower's pending messages re-gated, as
+    `regate_borrower` re-gates them."""
+
+    loan_ids: tuple[str, ...] = ()
+    regate_borrower: str | None = None
+
+
+@dataclass
+class BatchOutcome:
+    loans: dict[str, PlanOutcome] = field(default_factory=dict)
+    # messages withheld by re-gating, per borrower
+    withheld: dict[str, int] = field(default_factory=dict)
+
+
+def plan_batch(
+    session: Session, policy: pol.Policy, work: Sequence[PlanWork], now: dt.datetime
+) -> BatchOutcome:
+    """Plan as doing each item of `work` in turn would, reading every row the batch needs in
+    a fixed number of queries and inserting its new messages in one statement.
+
+    The items must not depend on one another: no loan and no borrower in two items, and no
+    item's borrower with pending messages of another item's loan (`ingest` groups events so).
+    Planning then writes nothing another item reads — it changes messages, never a loan's or
+    a borrower's state — so reading everything first reads what each would have read. New
+    message ids are drawn in the order doing the items one by one draws them.
+    """
+    result = BatchOutcome()
+    loan_ids = sorted({loan_id for item in work for loan_id in item.loan_ids})
+    regated = sorted({item.regate_borrower for item in work if item.regate_borrower is not None})
+    if not loan_ids and not regated:
+        return result
+    lock = session.get_bind().dialect.name == "postgresql"
+    loans = load_loans(session, loan_ids)
+    existing = _keys_of_loans(session, loan_ids)
+    pending_of_loan = _pending_of(session, "loan_id", loan_ids, lock)
+    pending_of_borrower = _pending_of(session, "borrower_id", regated, lock)
+    # loans of a re-gated borrower's messages that are not re-planned here
+    others = {
+        row.loan_id
+        for rows in pending_of_borrower.values()
+        for row in rows
+        if row.loan_id is not None and row.loan_id not in loans
+    }
+    loans.update(load_loans(session, others))
+    # a re-gated borrower with nothing pending and no loan re-planned here withholds nothing:
+    # its state is not needed
+    needed = _borrowers_of(loans, loan_ids)
+    needed.update(borrower_id for borrower_id in regated if borrower_id in pending_of_borrower)
+    borrowers = load_borrowers(session, needed)
+    created: list[tuple[NewMessage, PlanOutcome]] = []
+    new_of_borrower: dict[str, list[NewMessage]] = {}
+    taken: set[str] = set()
+    for item in work:
+        for loan_id in item.loan_ids:
+            outcome = result.loans[loan_id] = PlanOutcome()
+            loan = loans.get(loan_id)
+            borrower = borrowers.get(loan.borrower_id) if loan is not None else None
+            if loan is None or borrower is None:
+                continue
+            for message in _replan(
+                session,
+                policy,
+                borrower,
+                loan,
+                existing.get(loan_id, set()),
+                pending_of_loan.get(loan_id, []),
+                taken,
+                outcome,
+                now,
+            ):
+                created.append((message, outcome))
+                new_of_borrower.setdefault(message.borrower_id, []).append(message)
+        borrower_id = item.regate_borrower
+        if borrower_id is None:
+            continue
+        withheld = result.withheld[borrower_id] = 0
+        regated_borrower = borrowers.get(borrower_id)
+        if regated_borrower is None:
+            continue
+        rows: list[Planned] = [
+            *pending_of_borrower.get(borrower_id, []),
+            *new_of_borrower.get(borrower_id, []),
+        ]
+        for row in sorted(rows, key=lambda row: row.id):
+            if row.status not in PENDING:
+                continue  # withheld by the re-plan before
+            loan = loans.get(row.loan_id) if row.loan_id is not None else None
+            withheld += regate(session, policy, regated_borrower, loan, row, now)
+        result.withheld[borrower_id] = withheld
+    inserted = insert_new(session, [message for message, _ in created])
+    for message, outcome in created:
+        if message.id not in inserted:
+            outcome.created -= 1  # someone else inserted it first: theirs stands
+    return result
+
+
+def _borrowers_of(loans: dict[str, LoanState], loan_ids: Sequence[str]) -> set[str]:
+    return {loans[loan_id].borrower_id for loan_id in loan_ids if loan_id in loans}
+
+
+def _replan(
+    session: Session,
+    policy: pol.Policy,
+    borrower: BorrowerState,
+    loan: LoanState,
+    existing: set[str],
+    pending: Sequence[m.Message],
+    taken: set[str],
+    outcome: PlanOutcome,
+    now: dt.datetime,
+) -> list[NewMessage]:
+    """One loan's messages brought in line with the policy and the latest state; returns the
+    new ones (inserted by the caller)."""
     desired = pol.plan_items(policy, borrower, loan, now)
     desired_keys = {item.message.key for item in desired}
-    existing = planned_keys(session, loan_id)
+    fresh: list[NewMessage] = []
     for item in desired:
         if item.message.key in existing:
             continue  # planned before: inserting it again would change nothing
-        created = insert_message(
-            session, policy, borrower, loan, item.message, now, timing=item.timing
-        )
-        if created is not None:
-            outcome.created += 1
-    for row in pending_rows(session, loan_id=loan_id):
+        message = plan_message(policy, borrower, loan, item.message, now, timing=item.timing)
+        if message.idempotency_key in taken:
+            continue  # as the unique key refuses a second row
+        taken.add(message.idempotency_key)
+        fresh.append(message)
+        outcome.created += 1
+    rows: list[Planned] = [*pending, *(message for message in fresh if message.status in PENDING)]
+    for row in sorted(rows, key=lambda row: row.id):
         planned = planned_from_row(row)
         if row.purpose in LOAN_PURPOSES and row.idempotency_key not in desired_keys:
             decision = pol.gate(policy, borrower, loan, planned, now)
@@ -293,7 +503,14 @@ def replan_loan(
             continue
         outcome.suppressed += regate(session, policy, borrower, loan, row, now)
     outcome.next_change = pol.next_plan_change(policy, borrower, loan, now)
-    return outcome
+    return fresh
+
+
+def replan_loan(
+    session: Session, policy: pol.Policy, loan_id: str, now: dt.datetime
+) -> PlanOutcome:
+    """Bring one loan's messages in line with the policy and the latest state."""
+    return plan_batch(session, policy, [PlanWork((loan_id,))], now).loans[loan_id]
 
 
 def regate(
@@ -301,7 +518,7 @@ def regate(
     policy: pol.Policy,
     borrower: BorrowerState,
     loan: LoanState | None,
-    row: m.Message,
+    row: Planned,
     now: dt.datetime,
 ) -> int:
     """Withhold a pending row at once when the latest state forbids it; returns 1 if so."""
@@ -325,20 +542,7 @@ def regate_borrower(
     session: Session, policy: pol.Policy, borrower_id: str, now: dt.datetime
 ) -> int:
     """After an opt-out or restriction: withhold every pending message of the borrower."""
-    borrower = load_borrower(session, borrower_id)
-    if borrower is None:
-        return 0
-    loans: dict[str, LoanState | None] = {}
-    withheld = 0
-    for row in pending_rows(session, borrower_id=borrower_id):
-        loan = None
-        if row.loan_id is not None:
-            if row.loan_id not in loans:
-                loan_row = session.get(m.Loan, row.loan_id)
-                loans[row.loan_id] = loan_state(session, loan_row) if loan_row else None
-            loan = loans[row.loan_id]
-        withheld += regate(session, policy, borrower, loan, row, now)
-    return withheld
+    return plan_batch(session, policy, [PlanWork((), borrower_id)], now).withheld[borrower_id]
 
 
 def loans_of(session: Session, borrower_id: str) -> list[str]:
@@ -349,12 +553,27 @@ def loans_of(session: Session, borrower_id: str) -> list[str]:
     )
 
 
+def loans_of_many(session: Session, borrower_ids: Sequence[str]) -> dict[str, list[str]]:
+    """`loans_of` for many borrowers, in one query per 500."""
+    found: dict[str, list[str]] = {}
+    ids = sorted(set(borrower_ids))
+    for index in range(0, len(ids), _IN_CHUNK):
+        query = (
+            select(m.Loan.borrower_id, m.Loan.id)
+            .where(m.Loan.borrower_id.in_(ids[index : index + _IN_CHUNK]))
+            .order_by(m.Loan.id)
+        )
+        for borrower_id, loan_id in session.execute(query):
+            found.setdefault(borrower_id, []).append(loan_id)
+    return found
+
+
 def replan_loans(
     session: Session, policy: pol.Policy, loan_ids: Iterable[str], now: dt.datetime
 ) -> PlanOutcome:
+    ids = tuple(sorted(set(loan_ids)))
     total = PlanOutcome()
-    for loan_id in sorted(set(loan_ids)):
-        outcome = replan_loan(session, policy, loan_id, now)
+    for outcome in plan_batch(session, policy, [PlanWork(ids)], now).loans.values():
         total.created += outcome.created
         total.cancelled += outcome.cancelled
         total.suppressed += outcome.suppressed
