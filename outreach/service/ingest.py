@@ -22,7 +22,7 @@ from outreach.domain import (
 )
 from outreach.service import planning
 from outreach.service.events import ContactRestricted, Event
-from outreach.service.state import APPLY, load_borrower, lock_for_update
+from outreach.service.state import APPLY, HELD_ROWS, load_borrower, row_for_update
 from outreach.store import models as m
 
 APPLIED_OUTCOMES = frozenset({"applied"})
@@ -86,7 +86,8 @@ def store_in_inbox(session: Session, events: Sequence[Event], now: dt.datetime) 
             "loan_id": event.loan_id,
             "outcome": "received",
         }
-        for event in events
+        # in id order, so two transactions inserting the same ids wait for each other in turn
+        for event in sorted(events, key=lambda event: event.id)
     ]
     statement = _inbox_insert(session.get_bind().dialect.name)
     if len(rows) == 1:
@@ -106,58 +107,172 @@ def ingest_many(
     `ingest` applies one: stored once in the inbox, applied to state, messages planned.
 
     The inbox takes them in one statement, the loans and borrowers they update are read (and
-    on PostgreSQL locked) together, and their outcomes are recorded together; a batch of
-    nightly loan updates then costs little more than the updates themselves.
+    on PostgreSQL locked) together, and their outcomes are recorded together. Loan and
+    borrower updates that touch no loan or borrower another of them touches are planned
+    together (`planning.plan_batch`), which decides exactly what planning each after its own
+    event decides; any other event plans at once, after the group before it is planned.
     """
     unique: dict[str, Event] = {}
     for event in events:
         unique.setdefault(event.id, event)
     accepted = store_in_inbox(session, list(unique.values()), now)
-    # held for the batch: the session's identity map only keeps rows someone refers to
-    at_hand = lock_state_rows(session, [event for event in unique.values() if event.id in accepted])
+    fresh = [event for event in unique.values() if event.id in accepted]
+    held = lock_state_rows(session, fresh)
+    group = _PlanGroup(_pending_loans_of(session, fresh))
     results: list[IngestResult] = []
     outcomes: list[dict[str, Any]] = []
-    for event in events:
-        if event.id not in accepted:
-            results.append(IngestResult("duplicate", event.id))
-            continue
-        accepted.discard(event.id)  # a second copy in the same batch is a duplicate
-        result = _apply(session, policy, event, now)
-        results.append(result)
-        assert result.outcome is not None
-        detail = _ignored_detail(result.outcome) if result.outcome.startswith("ignored") else None
-        outcomes.append({"event_id": event.id, "new_outcome": result.outcome, "new_detail": detail})
+    try:
+        for event in events:
+            if event.id not in accepted:
+                results.append(IngestResult("duplicate", event.id))
+                continue
+            accepted.discard(event.id)  # a second copy in the same batch is a duplicate
+            keys = group.keys_of(event, held)
+            if keys is None or not group.admits(keys):
+                group.plan(session, policy, now)
+            if keys is None:
+                result = _apply(session, policy, event, now)
+            else:
+                result = _apply_state(session, policy, event, now)
+                group.add(event, keys, plan=result.replanned)
+            results.append(result)
+            assert result.outcome is not None
+            detail = (
+                _ignored_detail(result.outcome) if result.outcome.startswith("ignored") else None
+            )
+            outcomes.append(
+                {"event_id": event.id, "new_outcome": result.outcome, "new_detail": detail}
+            )
+        group.plan(session, policy, now)
+    finally:
+        session.info.pop(HELD_ROWS, None)
     if outcomes:
         session.execute(_INBOX_OUTCOMES, outcomes)
-    del at_hand
     return results
 
 
-def lock_state_rows(session: Session, events: Sequence[Event]) -> list[object]:
+def lock_state_rows(session: Session, events: Sequence[Event]) -> dict[tuple[type[Any], str], Any]:
     """Read the loans and borrowers these events update in one query each (FOR UPDATE on
-    PostgreSQL), so applying the events finds them at hand; returns the rows, which the
-    caller keeps while it applies the events."""
+    PostgreSQL) and hold them for the transaction (`state.row_for_update`), so applying the
+    events finds them at hand, or knows they do not exist yet; returns what is held."""
     loan_ids = sorted({e.loan_id for e in events if e.loan_id is not None and e.type in _LOAN_ROWS})
     borrower_ids = sorted(
         {e.borrower_id for e in events if e.type == "borrower.upserted" and e.borrower_id}
     )
     postgres = session.get_bind().dialect.name == "postgresql"
-    rows: list[object] = []
+    held: dict[tuple[type[Any], str], Any] = session.info.setdefault(HELD_ROWS, {})
     for model in (m.Loan, m.Borrower):
         ids = loan_ids if model is m.Loan else borrower_ids
         for index in range(0, len(ids), 500):
-            query = select(model).where(model.id.in_(ids[index : index + 500]))
+            chunk = ids[index : index + 500]
+            query = select(model).where(model.id.in_(chunk))
             if postgres:
                 query = query.with_for_update()
-            rows.extend(session.scalars(query).all())
-    return rows
+            found: dict[str, Any] = {cast(Any, row).id: row for row in session.scalars(query)}
+            for key in chunk:
+                held[(model, key)] = found.get(key)
+    return held
 
 
 # events whose apply step reads and updates the loan row
 _LOAN_ROWS = frozenset({"loan.updated", "payment.received", "loan.closed"})
 
 
+def _pending_loans_of(session: Session, events: Sequence[Event]) -> dict[str, set[str]]:
+    """For the borrowers these events upsert: the loans their pending messages are about."""
+    ids = sorted({e.borrower_id for e in events if e.type == "borrower.upserted" and e.borrower_id})
+    found: dict[str, set[str]] = {}
+    for index in range(0, len(ids), 500):
+        query = (
+            select(m.Message.borrower_id, m.Message.loan_id)
+            .where(
+                m.Message.borrower_id.in_(ids[index : index + 500]),
+                m.Message.status.in_(planning.PENDING),
+                m.Message.loan_id.is_not(None),
+            )
+            .distinct()
+        )
+        for borrower_id, loan_id in session.execute(query):
+            if loan_id is not None:
+                found.setdefault(borrower_id, set()).add(loan_id)
+    return found
+
+
+class _PlanGroup:
+    """Applied events whose planning waits to be done together (`planning.plan_batch`).
+
+    An event joins only when nothing it touches — its loan, the borrower the loan belongs to
+    before and after it, for an upserted borrower the borrower and the loans of its pending
+    messages — is touched by an event already in the group: then planning any of them reads
+    nothing another's state change or planning writes, so planning them together decides
+    what planning each right after its event decides. Everything else plans at once.
+    """
+
+    def __init__(self, pending_loans: dict[str, set[str]]) -> None:
+        self.pending_loans = pending_loans
+        self.keys: set[tuple[str, str]] = set()
+        self.planned: list[Event] = []
+        # a loan moved to another borrower leaves pending messages of the one before that no
+        # key above names: upserted borrowers plan one by one from then on
+        self.loan_moved = False
+
+    def keys_of(
+        self, event: Event, held: dict[tuple[type[Any], str], Any]
+    ) -> set[tuple[str, str]] | None:
+        """What the event touches, or None when it must be planned on its own."""
+        if event.type == "borrower.upserted" and event.borrower_id and not self.loan_moved:
+            loans = self.pending_loans.get(event.borrower_id, ())
+            return {("borrower", event.borrower_id), *(("loan", loan_id) for loan_id in loans)}
+        if event.type not in _LOAN_ROWS or event.loan_id is None:
+            return None
+        keys = {("loan", event.loan_id)}
+        row = held.get((m.Loan, event.loan_id))
+        if row is not None:
+            keys.add(("borrower", row.borrower_id))
+        if event.type == "loan.updated" and event.borrower_id is not None:
+            keys.add(("borrower", event.borrower_id))
+            if row is not None and row.borrower_id != event.borrower_id:
+                self.loan_moved = True
+        return keys
+
+    def admits(self, keys: set[tuple[str, str]]) -> bool:
+        return self.keys.isdisjoint(keys)
+
+    def add(self, event: Event, keys: set[tuple[str, str]], *, plan: bool) -> None:
+        self.keys |= keys
+        if plan:
+            self.planned.append(event)
+
+    def plan(self, session: Session, policy: pol.Policy, now: dt.datetime) -> None:
+        """Plan the group's events, as `follow_up` plans each, and start a new group."""
+        planned, self.planned, self.keys = self.planned, [], set()
+        if not planned:
+            return
+        upserted = [e.borrower_id for e in planned if e.type == "borrower.upserted"]
+        loans = planning.loans_of_many(session, [b for b in upserted if b is not None])
+        work: list[planning.PlanWork] = []
+        for event in planned:
+            if event.type == "borrower.upserted":
+                assert event.borrower_id is not None
+                borrower_loans = tuple(loans.get(event.borrower_id, ()))
+                work.append(planning.PlanWork(borrower_loans, event.borrower_id))
+            else:
+                assert event.loan_id is not None
+                work.append(planning.PlanWork((event.loan_id,)))
+        planning.plan_batch(session, policy, work, now)
+
+
 def _apply(session: Session, policy: pol.Policy, event: Event, now: dt.datetime) -> IngestResult:
+    result = _apply_state(session, policy, event, now)
+    if result.replanned:
+        follow_up(session, policy, event, now)
+    return result
+
+
+def _apply_state(
+    session: Session, policy: pol.Policy, event: Event, now: dt.datetime
+) -> IngestResult:
+    """Apply the event to state; `replanned` says whether its messages are to be planned."""
     before = _loan_before(session, event)
     outcome = APPLY[event.type](session, event, now)
     if outcome != "applied" and outcome.startswith("ignored"):
@@ -165,7 +280,6 @@ def _apply(session: Session, policy: pol.Policy, event: Event, now: dt.datetime)
     if before is not None and pol.ages_alike(policy, before[1], _bare_state(before[0])):
         # the report only restates what aging already implies: the plan stands as it is
         return IngestResult("accepted", event.id, outcome)
-    follow_up(session, policy, event, now)
     return IngestResult("accepted", event.id, outcome, replanned=True)
 
 
@@ -174,7 +288,7 @@ def _loan_before(session: Session, event: Event) -> tuple[m.Loan, LoanState] | N
     if event.type != "loan.updated" or event.loan_id is None:
         return None
     # locked as `apply_loan` locks it, so what is read here is what is then updated
-    row = session.get(m.Loan, event.loan_id, with_for_update=lock_for_update(session))
+    row = row_for_update(session, m.Loan, event.loan_id)
     return None if row is None else (row, _bare_state(row))
 
 
@@ -216,9 +330,9 @@ def follow_up(session: Session, policy: pol.Policy, event: Event, now: dt.dateti
         loan_ids.extend(planning.loans_of(session, borrower_id))
     if event.type == "borrower.upserted" and borrower_id is not None:
         loan_ids.extend(planning.loans_of(session, borrower_id))
-    planning.replan_loans(session, policy, loan_ids, now)
-    if borrower_id is not None and event.type in ("contact.restricted", "borrower.upserted"):
-        planning.regate_borrower(session, policy, borrower_id, now)
+    regate = borrower_id is not None and event.type in ("contact.restricted", "borrower.upserted")
+    work = planning.PlanWork(tuple(sorted(set(loan_ids))), borrower_id if regate else None)
+    planning.plan_batch(session, policy, [work], now)
     data: Any = event.data
     if (
         isinstance(data, ContactRestricted)
