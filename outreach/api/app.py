@@ -23,7 +23,7 @@ from outreach.service.dispatch import verify_unsubscribe_token
 from outreach.service.events import EventError, parse_event
 from outreach.service.export import csv_rows
 from outreach.service.inbound import handle_sms_reply, handle_unsubscribe, record_status
-from outreach.service.ingest import ingest
+from outreach.service.intake import Intake
 from outreach.service.messages import as_record, record
 from outreach.store.db import ping, transaction
 from outreach.store.migrate import is_current
@@ -141,6 +141,9 @@ def create_app(services: Services) -> FastAPI:
     # -- the loan system's webhook -------------------------------------------------------------
 
     webhook_secret = settings.webhook_secret.reveal().encode() if settings.webhook_secret else None
+    # events arriving together are stored and applied together (group commit)
+    intake = Intake(runtime.sessions, services.policy, services.dispatcher.now)
+    app.state.intake = intake
 
     @app.post(
         "/v1/events",
@@ -178,7 +181,7 @@ def create_app(services: Services) -> FastAPI:
         except EventError as error:
             return JSONResponse({"detail": str(error), "field": error.field}, status_code=422)
         try:
-            result = await run_in_threadpool(store_event, event)
+            result = await intake.submit(event)
         except StoreUnavailable as error:
             log.warning("event %s not stored: %s", event.id, error)
             return JSONResponse(
@@ -186,10 +189,6 @@ def create_app(services: Services) -> FastAPI:
             )
         status_code = 202 if result.status == "accepted" else 200
         return JSONResponse({"status": result.status, "id": result.id}, status_code=status_code)
-
-    def store_event(event: Any) -> Any:
-        with transaction(runtime.sessions) as session:
-            return ingest(session, services.policy, event, services.dispatcher.now())
 
     # -- the ops API ---------------------------------------------------------------------------
 
