@@ -65,6 +65,7 @@ class LiveService:
     senders: dict[Channel, RecordingSender]
     clock: Clock
     broker: Any
+    app: Any = None  # the ASGI app served (its state: the intake, the services)
     client: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -143,9 +144,8 @@ def start_live_service(
     clock.start()
     from outreach.api.app import create_app
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
-    )
+    app = create_app(services)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -153,7 +153,7 @@ def start_live_service(
         if time.monotonic() > deadline:
             raise AssertionError("the web server did not start")
         time.sleep(0.05)
-    live = LiveService(f"http://127.0.0.1:{port}", services, senders, clock, broker)
+    live = LiveService(f"http://127.0.0.1:{port}", services, senders, clock, broker, app)
     try:
         yield live
     finally:

@@ -1,0 +1,280 @@
+"""Webhook events posted together, through HTTP against a running app on PostgreSQL and
+Redis: a web process stores and applies the events that arrive while its previous
+transaction commits in one transaction (group commit); each request still gets its own
+answer, and the SPEC §4 contract holds for every event of a batch."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import Engine, create_engine, select, text
+
+from outreach.service import state
+from outreach.service.events import Event
+from outreach.store import models as m
+from tests.conftest import POSTGRES_URL, REDIS_URL, truncate_all
+from tests.factories import borrower_upserted, loan_updated, payment_received, zone_at_local_hour
+from tests.live import LiveService, sign, start_live_service
+
+
+@pytest.fixture
+def live(postgres_engine: Engine, redis_client: redis.Redis) -> Iterator[LiveService]:
+    truncate_all(postgres_engine)
+    url = postgres_engine.url.render_as_string(hide_password=False)
+    yield from start_live_service(url, REDIS_URL)
+    truncate_all(postgres_engine)
+
+
+def post(live: LiveService, event: dict[str, Any]) -> httpx.Response:
+    """One request on a connection of its own, as concurrent senders make them."""
+    body = json.dumps(event).encode()
+    with httpx.Client(base_url=live.base_url, timeout=60) as client:
+        return client.post(
+            "/v1/events",
+            content=body,
+            headers={"Content-Type": "application/json", "X-Outreach-Signature": sign(body)},
+        )
+
+
+def post_together(live: LiveService, events: list[dict[str, Any]]) -> list[httpx.Response]:
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(lambda event: post(live, event), events))
+
+
+def stored_ids(engine: Engine) -> set[str]:
+    with engine.connect() as connection:
+        return set(connection.execute(select(m.ReceivedEvent.id)).scalars())
+
+
+def plan_of(live: LiveService, loan_id: str) -> list[tuple[str, str, str, str]]:
+    return sorted(
+        (item["purpose"], item["template"], item["channel"], item["status"])
+        for item in live.messages(loan_id=loan_id, limit=500)
+    )
+
+
+class HeldBatch:
+    """Holds the web process's intake inside one event's apply step, so the events posted
+    meanwhile wait for the next batch together; `release` lets everything go on."""
+
+    def __init__(self, live: LiveService, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.live = live
+        self.release_event = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=32)
+        real = state.APPLY["payment.received"]
+        self.hold_id = "pay-hold"
+
+        def apply(session: Any, event: Event, now: Any) -> str:
+            if event.data.payment_id == self.hold_id:
+                assert self.release_event.wait(60), "the held batch was never released"
+            return real(session, event, now)
+
+        monkeypatch.setitem(state.APPLY, "payment.received", apply)
+        holder = payment_received("l-hold", amount="1.00", amount_due_after="0")
+        holder["data"]["payment_id"] = self.hold_id
+        self.holder = self.pool.submit(post, live, holder)
+        live.wait_for(lambda: self.intake._draining and not self.intake._waiting)
+
+    @property
+    def intake(self) -> Any:
+        return self.live.app.state.intake
+
+    def post_waiting(self, events: list[dict[str, Any]]) -> list[Future[httpx.Response]]:
+        """Post the events one after another, each once the one before waits; returns when
+        all of them wait, together and in this order, for the next batch."""
+        futures = []
+        for count, event in enumerate(events, start=1):
+            futures.append(self.pool.submit(post, self.live, event))
+            self.live.wait_for(lambda count=count: len(self.intake._waiting) == count, timeout=30)
+        return futures
+
+    def release(self) -> None:
+        self.release_event.set()
+        assert self.holder.result(timeout=60).status_code == 202
+        self.pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def held(live: LiveService, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], HeldBatch]]:
+    made: list[HeldBatch] = []
+
+    def make() -> HeldBatch:
+        made.append(HeldBatch(live, monkeypatch))
+        return made[-1]
+
+    yield make
+    for batch in made:
+        batch.release_event.set()
+        batch.pool.shutdown(wait=True)
+
+
+def test_many_events_posted_together_are_all_accepted_and_applied(live: LiveService) -> None:
+    zone = zone_at_local_hour(3)
+    # one loan alone first: what each of the others must end up with
+    assert post(live, borrower_upserted("b-ref", timezone=zone)).status_code == 202
+    assert post(live, loan_updated("l-ref", "b-ref", days_past_due=3)).status_code == 202
+    reference = plan_of(live, "l-ref")
+    assert reference
+
+    count = 40
+    borrowers = [borrower_upserted(f"b-many-{i}", timezone=zone) for i in range(count)]
+    loans = [loan_updated(f"l-many-{i}", f"b-many-{i}", days_past_due=3) for i in range(count)]
+    for responses, events in (
+        (post_together(live, borrowers), borrowers),
+        (post_together(live, loans), loans),
+    ):
+        assert [r.status_code for r in responses] == [202] * count
+        assert [r.json() for r in responses] == [
+            {"status": "accepted", "id": event["id"]} for event in events
+        ]
+    for i in range(count):
+        assert plan_of(live, f"l-many-{i}") == reference, i
+    timeline = live.get("/v1/borrowers/b-many-7/timeline").json()
+    outcomes = [item["outcome"] for item in timeline["items"] if item["kind"] == "event"]
+    assert outcomes == ["applied", "applied"]
+
+
+def test_events_waiting_together_are_applied_in_one_batch_in_order(
+    live: LiveService, held: Callable[[], HeldBatch]
+) -> None:
+    zone = zone_at_local_hour(3)
+    batch = held()
+    newer = loan_updated("l-order", "b-order", days_past_due=20)
+    older = loan_updated("l-order", "b-order", days_past_due=2)
+    older["occurred_at"] = "2020-01-01T00:00:00Z"
+    waiting = batch.post_waiting(
+        [
+            borrower_upserted("b-order", timezone=zone),
+            loan_updated("l-order-2", "b-order", days_past_due=1),
+            newer,
+            older,
+        ]
+    )
+    batch.release()
+    assert [f.result().status_code for f in waiting] == [202] * 4
+    timeline = live.get("/v1/borrowers/b-order/timeline").json()
+    outcomes = {
+        item["event_id"]: item["outcome"] for item in timeline["items"] if item["kind"] == "event"
+    }
+    assert outcomes[newer["id"]] == "applied"
+    assert outcomes[older["id"]] == "ignored_stale"
+    pending = live.messages(loan_id="l-order", status="scheduled,deferred")
+    assert pending and {item["stage"] for item in pending} == {"negotiation"}
+    assert live.messages(loan_id="l-order-2", status="scheduled,deferred")
+
+
+def test_copies_of_one_event_posted_together_are_accepted_once(
+    live: LiveService, held: Callable[[], HeldBatch]
+) -> None:
+    zone = zone_at_local_hour(3)
+    assert post(live, borrower_upserted("b-copies", timezone=zone)).status_code == 202
+    loan = loan_updated("l-copies", "b-copies", days_past_due=3)
+
+    # copies racing each other over separate connections
+    statuses = sorted(r.status_code for r in post_together(live, [loan] * 12))
+    assert statuses == [200] * 11 + [202]
+    planned = plan_of(live, "l-copies")
+    assert planned
+
+    # copies waiting for the same batch
+    batch = held()
+    again = loan_updated("l-copies", "b-copies", days_past_due=4)
+    waiting = batch.post_waiting([again] * 6)
+    batch.release()
+    answers = [f.result() for f in waiting]
+    assert sorted(a.status_code for a in answers) == [200] * 5 + [202]
+    assert {a.json()["status"] for a in answers if a.status_code == 200} == {"duplicate"}
+    keys = [item["events"][0]["detail"] for item in live.messages(loan_id="l-copies", limit=500)]
+    assert len(keys) == len(set(keys))
+
+
+def test_one_event_that_fails_does_not_fail_the_others_in_its_batch(
+    live: LiveService, postgres_engine: Engine, held: Callable[[], HeldBatch]
+) -> None:
+    zone = zone_at_local_hour(3)
+    assert post(live, borrower_upserted("b-fail", timezone=zone)).status_code == 202
+    assert post(live, loan_updated("l-fail", "b-fail", days_past_due=3)).status_code == 202
+    batch = held()
+    real = state.APPLY["payment.received"]
+
+    def explode(session: Any, event: Event, now: Any) -> str:
+        if event.data.payment_id == "pay-explodes":
+            raise RuntimeError("this event's apply fails")
+        return real(session, event, now)
+
+    state.APPLY["payment.received"] = explode  # restored by the monkeypatch of `held`
+    bad = payment_received("l-fail", amount="250.00", amount_due_after="0")
+    bad["data"]["payment_id"] = "pay-explodes"
+    good = [
+        borrower_upserted("b-fail-2", timezone=zone),
+        loan_updated("l-fail-2", "b-fail-2", days_past_due=3),
+        bad,
+        borrower_upserted("b-fail-3", timezone=zone),
+    ]
+    waiting = batch.post_waiting(good)
+    batch.release()
+    statuses = [f.result().status_code for f in waiting]
+    assert statuses == [202, 202, 500, 202]
+    stored = stored_ids(postgres_engine)
+    assert {good[0]["id"], good[1]["id"], good[3]["id"]} <= stored
+    assert bad["id"] not in stored  # nothing of it half-applied: the sender retries it
+    assert live.messages(loan_id="l-fail-2", status="scheduled,deferred")
+    assert live.messages(loan_id="l-fail", status="scheduled,deferred")
+
+    state.APPLY["payment.received"] = real
+    retried = post(live, bad)
+    assert retried.status_code == 202
+    live.wait_for(
+        lambda: all(
+            item["status"] == "cancelled"
+            for item in live.messages(loan_id="l-fail", purpose="dunning")
+        )
+    )
+
+
+def test_a_store_outage_answers_503_and_loses_nothing_it_accepted(
+    live: LiveService, postgres_engine: Engine
+) -> None:
+    zone = zone_at_local_hour(3)
+    before = [borrower_upserted(f"b-out-{i}", timezone=zone) for i in range(5)]
+    assert [r.status_code for r in post_together(live, before)] == [202] * 5
+
+    database = postgres_engine.url.database
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    during = [loan_updated(f"l-out-{i}", f"b-out-{i}", days_past_due=3) for i in range(5)]
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": database},
+            )
+        outage = post_together(live, during)
+        assert [r.status_code for r in outage] == [503] * 5
+        assert all("retry" in r.json()["detail"] for r in outage)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+    postgres_engine.dispose()  # its connections were ended with the others
+    stored = stored_ids(postgres_engine)
+    assert {event["id"] for event in before} == stored  # every 202 kept, no 503 stored
+    with postgres_engine.connect() as connection:
+        assert connection.execute(select(m.Loan.id)).first() is None  # nothing half-applied
+
+    # the loan system retries: now each is accepted once and applied
+    assert [r.status_code for r in post_together(live, during)] == [202] * 5
+    assert stored_ids(postgres_engine) == {e["id"] for e in before + during}
+    for i in range(5):
+        assert live.messages(loan_id=f"l-out-{i}", status="scheduled,deferred")
