@@ -46,7 +46,7 @@ from outreach.service.events import Event, SmsInbound
 from outreach.service.inbound import handle_sms_reply, record_status
 from outreach.service.ingest import ingest_many
 from outreach.service.messages import as_record, seeded_ids
-from outreach.service.planning import loans_of, replan_loan
+from outreach.service.planning import PlanWork, loans_of, plan_batch
 from outreach.settings import Settings
 from outreach.sim.inputs import EventBook
 from outreach.store import models as m
@@ -493,11 +493,13 @@ class Simulator:
                 or ((at := self._replan_at[loan_id]) is not None and at <= now)
             ]
         for index in range(0, len(loan_ids), LOANS_PER_TRANSACTION):
+            chunk = loan_ids[index : index + LOANS_PER_TRANSACTION]
             with transaction(env.sessions) as session:
-                for loan_id in loan_ids[index : index + LOANS_PER_TRANSACTION]:
-                    outcome = replan_loan(session, env.policy, loan_id, now)
-                    self._replan_at[loan_id] = outcome.next_change
-                    self._dirty.discard(loan_id)
+                # as `replan_loan` on each in turn (loans are planned independently)
+                planned = plan_batch(session, env.policy, [PlanWork((id_,)) for id_ in chunk], now)
+            for loan_id in chunk:
+                self._replan_at[loan_id] = planned.loans[loan_id].next_change
+                self._dirty.discard(loan_id)
         self.stats.replans += len(loan_ids)
 
     def _dispatch_due(self) -> None:
