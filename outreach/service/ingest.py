@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,6 +24,7 @@ from outreach.service import planning
 from outreach.service.events import ContactRestricted, Event
 from outreach.service.state import APPLY, HELD_ROWS, load_borrower, row_for_update
 from outreach.store import models as m
+from outreach.store.bulk import insert_returning, update_rows
 
 APPLIED_OUTCOMES = frozenset({"applied"})
 
@@ -90,9 +91,9 @@ def store_in_inbox(session: Session, events: Sequence[Event], now: dt.datetime) 
         for event in sorted(events, key=lambda event: event.id)
     ]
     statement = _inbox_insert(session.get_bind().dialect.name)
-    if len(rows) == 1:
-        return set(session.execute(statement, rows[0]).scalars())
-    return set(session.execute(statement, rows).scalars())
+    return insert_returning(
+        session, _INBOX, rows, statement=statement, conflict="id", returning="id"
+    )
 
 
 def ingest(session: Session, policy: pol.Policy, event: Event, now: dt.datetime) -> IngestResult:
@@ -140,15 +141,16 @@ def ingest_many(
             detail = (
                 _ignored_detail(result.outcome) if result.outcome.startswith("ignored") else None
             )
-            outcomes.append(
-                {"event_id": event.id, "new_outcome": result.outcome, "new_detail": detail}
-            )
+            outcomes.append({"id": event.id, "outcome": result.outcome, "detail": detail})
         group.plan(session, policy, now)
     finally:
         session.info.pop(HELD_ROWS, None)
-    if outcomes:
-        session.execute(_INBOX_OUTCOMES, outcomes)
+    update_rows(session, _INBOX, "id", outcomes, statement=_INBOX_OUTCOMES, params=_outcome_params)
     return results
+
+
+def _outcome_params(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"event_id": row["id"], "new_outcome": row["outcome"], "new_detail": row["detail"]}
 
 
 def lock_state_rows(session: Session, events: Sequence[Event]) -> dict[tuple[type[Any], str], Any]:

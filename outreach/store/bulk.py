@@ -1,10 +1,10 @@
-"""Many rows into one table in one statement.
+"""Many rows into (or onto) one table in one statement.
 
-On PostgreSQL the rows go in as one array per column (`INSERT … SELECT … FROM unnest(…)`): one
-short statement, the same text whatever the number of rows, where an executemany costs a
-round of the driver's work per row and a multi-row VALUES a statement the driver must parse
-anew for every batch size. Rows are inserted in the order given (so serial ids follow it).
-Elsewhere (SQLite) it is the driver's executemany.
+On PostgreSQL the rows go in as one array per column (`… FROM unnest(…)`): one short
+statement, the same text whatever the number of rows, where an executemany costs a round of
+the driver's work per row and a multi-row VALUES a statement the driver must parse anew for
+every batch size. Rows are inserted in the order given (so serial ids follow it). Elsewhere
+(SQLite), and for a single row, it is the given statement, executed once or executemany.
 """
 
 from __future__ import annotations
@@ -15,32 +15,77 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Dialect, Table, text
 from sqlalchemy.orm import Session
 
-_STATEMENTS: dict[tuple[str, tuple[str, ...], str | None], tuple[Any, list[Any]]] = {}
+_STATEMENTS: dict[tuple[str, ...], tuple[Any, list[Any]]] = {}
+
+
+def _arrays(table: Table, columns: Sequence[str], dialect: Dialect) -> tuple[str, list[Any]]:
+    """`CAST(:c AS type[])` for each column, and each column's bind processor."""
+    arrays = ", ".join(
+        f"CAST(:{name} AS {table.c[name].type.compile(dialect=dialect)}[])" for name in columns
+    )
+    processors = [
+        table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
+    ]
+    return arrays, processors
 
 
 def _unnest_insert(
-    table: Table, columns: tuple[str, ...], conflict: str | None, dialect: Dialect
+    table: Table,
+    columns: tuple[str, ...],
+    conflict: str | None,
+    returning: str | None,
+    dialect: Dialect,
 ) -> tuple[Any, list[Any]]:
-    """The statement and each column's bind processor, built once per shape."""
-    key = (table.name, columns, conflict)
+    """The statement and each column's bind processor, built once per shape; every name in
+    it is one of the table's own columns (`table.c[name]` refuses any other)."""
+    key = ("insert", table.name, *columns, f"conflict={conflict}", f"returning={returning}")
     found = _STATEMENTS.get(key)
     if found is None:
-        arrays = ", ".join(
-            f"CAST(:{name} AS {table.c[name].type.compile(dialect=dialect)}[])" for name in columns
-        )
+        arrays, processors = _arrays(table, columns, dialect)
         names = ", ".join(columns)
-        # every name is one of the table's own columns (table.c[name] above refuses others)
         sql = (
             f"INSERT INTO {table.name} ({names}) SELECT {names} FROM unnest({arrays}) "  # noqa: S608
             f"WITH ORDINALITY AS rows ({names}, position) ORDER BY position"
         )
         if conflict is not None:
-            sql += f" ON CONFLICT ({conflict}) DO NOTHING"
-        processors = [
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
-        ]
+            sql += f" ON CONFLICT ({table.c[conflict].name}) DO NOTHING"
+        if returning is not None:
+            sql += f" RETURNING {table.c[returning].name}"
         found = _STATEMENTS[key] = (text(sql), processors)
     return found
+
+
+def _unnest_update(table: Table, key: str, columns: tuple[str, ...], dialect: Dialect) -> Any:
+    cache_key = ("update", table.name, key, *columns)
+    found = _STATEMENTS.get(cache_key)
+    if found is None:
+        arrays, processors = _arrays(table, (key, *columns), dialect)
+        names = ", ".join((key, *columns))
+        assignments = ", ".join(f"{table.c[name].name} = rows.{name}" for name in columns)
+        sql = (
+            f"UPDATE {table.name} SET {assignments} FROM unnest({arrays}) "  # noqa: S608
+            f"AS rows ({names}) WHERE {table.name}.{table.c[key].name} = rows.{key}"
+        )
+        found = _STATEMENTS[cache_key] = (text(sql), processors)
+    return found
+
+
+def _params(
+    columns: Sequence[str], processors: list[Any], rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    params: dict[str, list[Any]] = {}
+    for name, process in zip(columns, processors, strict=True):
+        values = [row[name] for row in rows]
+        params[name] = [_processed(process, value) for value in values] if process else values
+    return params
+
+
+def _processed(process: Callable[[Any], Any], value: Any) -> Any:
+    return None if value is None else process(value)
+
+
+def _one_by_one(session: Session, statement: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
+    return session.execute(statement, rows[0] if len(rows) == 1 else list(rows))
 
 
 def insert_rows(
@@ -53,25 +98,59 @@ def insert_rows(
 ) -> int:
     """Insert the rows (each with the same keys); returns how many were inserted.
 
-    `statement` is the executemany form (an insert of `table`, with `conflict`'s ON CONFLICT
-    DO NOTHING when given); `conflict` names the unique column whose duplicates are skipped.
+    `statement` is the executemany form (an insert of `table`, with ON CONFLICT (`conflict`)
+    DO NOTHING when `conflict` is given, whose duplicates are then skipped).
     """
     if not rows:
         return 0
     dialect = session.get_bind().dialect
     if dialect.name != "postgresql" or len(rows) == 1:
         single = statement if statement is not None else table.insert()
-        result = session.execute(single, rows[0] if len(rows) == 1 else list(rows))
-        return cast(CursorResult[Any], result).rowcount
+        return cast(CursorResult[Any], _one_by_one(session, single, rows)).rowcount
     columns = tuple(rows[0])
-    sql, processors = _unnest_insert(table, columns, conflict, dialect)
-    params: dict[str, list[Any]] = {}
-    for name, process in zip(columns, processors, strict=True):
-        values = [row[name] for row in rows]
-        params[name] = [_processed(process, value) for value in values] if process else values
-    result = session.connection().execute(sql, params)
+    sql, processors = _unnest_insert(table, columns, conflict, None, dialect)
+    result = session.connection().execute(sql, _params(columns, processors, rows))
     return cast(CursorResult[Any], result).rowcount
 
 
-def _processed(process: Callable[[Any], Any], value: Any) -> Any:
-    return None if value is None else process(value)
+def insert_returning(
+    session: Session,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    statement: Any,
+    conflict: str,
+    returning: str,
+) -> set[Any]:
+    """Insert the rows, skipping those whose `conflict` column exists; returns the
+    `returning` column of those inserted. `statement` is the executemany form."""
+    if not rows:
+        return set()
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql" or len(rows) == 1:
+        return set(_one_by_one(session, statement, rows).scalars())
+    columns = tuple(rows[0])
+    sql, processors = _unnest_insert(table, columns, conflict, returning, dialect)
+    return set(session.connection().execute(sql, _params(columns, processors, rows)).scalars())
+
+
+def update_rows(
+    session: Session,
+    table: Table,
+    key: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    statement: Any,
+    params: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+) -> None:
+    """Set each row's columns on the table's row whose `key` column equals the row's `key`.
+    `statement` with `params(row)` for each row is the executemany form."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql" or len(rows) == 1:
+        _one_by_one(session, statement, [params(row) for row in rows])
+        return
+    columns = tuple(name for name in rows[0] if name != key)
+    sql, processors = _unnest_update(table, key, columns, dialect)
+    session.connection().execute(sql, _params((key, *columns), processors, rows))
