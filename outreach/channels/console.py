@@ -12,6 +12,10 @@ from outreach.domain import Channel
 
 
 class ConsoleSender:
+    # no status callback can arrive before its acceptance is recorded, so a batch's
+    # acceptances may be recorded together (see Dispatcher.dispatch_many)
+    reports_status_by_callback = False
+
     def __init__(self, channel: Channel, stream: TextIO | None = None) -> None:
         self.channel = channel
         self._stream = stream

@@ -48,6 +48,10 @@ def _utc_now() -> dt.datetime:
 class SmtpSender:
     """The Sender for Channel.EMAIL through the relay in SMTP_HOST / SMTP_PORT."""
 
+    # no status callback can arrive before its acceptance is recorded, so a batch's
+    # acceptances may be recorded together (see Dispatcher.dispatch_many)
+    reports_status_by_callback = False
+
     channel = Channel.EMAIL
 
     def __init__(

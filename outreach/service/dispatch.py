@@ -11,11 +11,13 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import quote
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session, lazyload, sessionmaker
 
 from outreach import policy as pol
@@ -34,6 +36,7 @@ from outreach.domain import (
     Decision,
     DecisionKind,
     LoanState,
+    PlannedMessage,
     Purpose,
     Reason,
     Status,
@@ -42,15 +45,16 @@ from outreach.errors import RenderError, TransientError
 from outreach.render import Renderer
 from outreach.service.context import render_context
 from outreach.service.messages import record
-from outreach.service.planning import planned_from_row, withhold
+from outreach.service.planning import cease_confirmations_sent, planned_from_row, withhold
 from outreach.service.state import (
     borrower_state,
-    load_borrower,
-    load_loan,
+    load_borrowers,
+    load_loans,
     mark_invalid,
     set_opt_out,
 )
 from outreach.store import models as m
+from outreach.store.bulk import insert_rows
 from outreach.store.db import transaction
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,9 @@ CHECK_RETRY_DELAY = dt.timedelta(minutes=1)
 STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
 DUE_STATUSES = (Status.SCHEDULED.value, Status.DEFERRED.value)
+# a batch's final gate stands for this long; after it (a paced provider), each message left is
+# gated again on its own, so "checked at the moment of sending" stays true
+BATCH_GATE_FRESH_FOR = 10.0  # seconds
 
 
 def unsubscribe_token(secret: bytes, channel: Channel, recipient: str) -> str:
@@ -96,6 +103,50 @@ _BY_ID = (
     .options(lazyload(m.Message.events))
 )
 _LOCK_QUERIES = {False: _BY_ID, True: _BY_ID.with_for_update()}
+_MESSAGES = cast(Table, m.Message.__table__)
+_EVENTS = cast(Table, m.MessageEvent.__table__)
+_NOW = bindparam("now", type_=_MESSAGES.c.updated_at.type)
+_CONTENT = ("locale", "recipient", "template_version", "body", "segments", "encoding")
+_MARK_SENDING = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("message_id"), _MESSAGES.c.status == Status.QUEUED.value)
+    .values(
+        {
+            **{name: bindparam(name) for name in (*_CONTENT, "subject", "text", "html")},
+            "status": Status.SENDING.value,
+            "reason": None,
+            "updated_at": _NOW,
+            "attempts": _MESSAGES.c.attempts + 1,
+        }
+    )
+    .returning(_MESSAGES.c.attempts)
+)
+_IS_SENDING = _MESSAGES.c.status == Status.SENDING.value
+# as `record_accepted`: the provider id and first hand-over always; the status only from
+# `sending` (a callback may already have moved it on)
+_RECORD_ACCEPTED = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("message_id"))
+    .values(
+        provider_id=bindparam("provider_id"),
+        sent_at=func.coalesce(_MESSAGES.c.sent_at, _NOW),
+        status=case((_IS_SENDING, Status.SENT.value), else_=_MESSAGES.c.status),
+        reason=case((_IS_SENDING, "accepted"), else_=_MESSAGES.c.reason),
+        updated_at=case((_IS_SENDING, _NOW), else_=_MESSAGES.c.updated_at),
+    )
+)
+
+
+def _step(
+    message_id: str, at: dt.datetime, status: Status, reason: str | None, detail: str | None
+) -> dict[str, object]:
+    return {
+        "message_id": message_id,
+        "at": at,
+        "status": status.value,
+        "reason": reason,
+        "detail": detail,
+    }
 
 
 def claim_due(session: Session, now: dt.datetime, limit: int = 500) -> list[str]:
@@ -129,6 +180,14 @@ def stale_queued(session: Session, now: dt.datetime, limit: int = 500) -> list[s
     )
 
 
+@dataclass(frozen=True)
+class _Composed:
+    """A rendered message: the columns it fills on its row, and what goes to the provider."""
+
+    columns: dict[str, object]
+    outgoing: Outgoing
+
+
 @dataclass
 class Dispatcher:
     sessions: sessionmaker[Session]
@@ -154,17 +213,93 @@ class Dispatcher:
 
     def dispatch(self, message_id: str) -> str:
         """Take one message as far as it may go now; returns what happened, for logs."""
-        prepared = self._gate(message_id)
-        if isinstance(prepared, str):
-            return prepared
+        return self.dispatch_many([message_id])[message_id]
+
+    def dispatch_many(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """Take many messages as far as each may go now; returns each one's outcome.
+
+        Each message goes through the steps `dispatch` takes, in the same order and with the
+        same guarantees, but the batch is gated in one transaction on state read together,
+        each message is marked `sending` by one short statement just before its provider
+        call, and acceptances of providers without status callbacks are recorded together.
+        """
+        outcomes: dict[str, str] = {}
+        gated_at = time.monotonic()
+        prepared = self._gate_many(message_ids, outcomes)
+        accepted: list[tuple[str, Receipt, dt.datetime]] = []
+        try:
+            for message_id, ready in prepared:
+                if time.monotonic() - gated_at > BATCH_GATE_FRESH_FOR:
+                    self._record_accepted_many(accepted)
+                    # its gate went stale (a paced provider): gated again on its own
+                    outcomes[message_id] = self.dispatch_many([message_id])[message_id]
+                    continue
+                outcomes[message_id] = self._dispatch_gated(message_id, ready, accepted)
+        finally:
+            self._record_accepted_many(accepted)
+        return outcomes
+
+    def _gate_many(
+        self, message_ids: Sequence[str], outcomes: dict[str, str]
+    ) -> list[tuple[str, Dispatcher._Prepared]]:
+        now = self.now()
+        prepared: list[tuple[str, Dispatcher._Prepared]] = []
+        with transaction(self.sessions) as session:
+            postgres = session.get_bind().dialect.name == "postgresql"
+            query = (
+                select(m.Message)
+                .where(m.Message.id.in_(sorted(set(message_ids))))
+                .order_by(m.Message.id)  # the same lock order in every worker
+                .options(lazyload(m.Message.events))
+            )
+            rows = {
+                row.id: row
+                for row in session.scalars(query.with_for_update() if postgres else query)
+            }
+            borrowers = load_borrowers(session, {row.borrower_id for row in rows.values()})
+            loans = load_loans(session, {row.loan_id for row in rows.values() if row.loan_id})
+            for message_id in dict.fromkeys(message_ids):
+                row = rows.get(message_id)
+                if row is None:
+                    outcomes[message_id] = "missing"
+                    continue
+                gated = self._gate_row(
+                    session,
+                    row,
+                    now,
+                    borrowers.get(row.borrower_id),
+                    loans.get(row.loan_id) if row.loan_id else None,
+                )
+                if isinstance(gated, str):
+                    outcomes[message_id] = gated
+                else:
+                    prepared.append((message_id, gated))
+        return prepared
+
+    def _dispatch_gated(
+        self,
+        message_id: str,
+        prepared: Dispatcher._Prepared,
+        accepted: list[tuple[str, Receipt, dt.datetime]],
+    ) -> str:
         if prepared.capped:
             outcome = self._reserve(message_id, prepared)
             if outcome is not None:
                 return outcome
-        outgoing = self._render_and_mark_sending(message_id, prepared)
-        if isinstance(outgoing, str):
-            return outgoing
-        return self._send(message_id, outgoing, capped=prepared.capped)
+        now = self.now()
+        composed = self._compose(message_id, prepared, now)
+        if not isinstance(composed, _Composed):
+            # rare (no address left, a template that does not render): the row-locking path
+            outgoing = self._render_and_mark_sending(message_id, prepared)
+            if isinstance(outgoing, str):
+                return outgoing
+            return self._send(message_id, outgoing, capped=prepared.capped)
+        marked = self._mark_sending(message_id, composed, now)
+        if marked is not None:
+            if prepared.capped:
+                self._release(prepared.borrower_id, message_id)
+            return marked
+        return self._send(message_id, composed.outgoing, capped=prepared.capped, accepted=accepted)
 
     @dataclass(frozen=True)
     class _Prepared:
@@ -177,58 +312,30 @@ class Dispatcher:
         purpose: Purpose
         borrower: BorrowerState
         loan: LoanState | None
+        planned: PlannedMessage
 
-    def _gate(self, message_id: str) -> str | Dispatcher._Prepared:
-        now = self.now()
-        with transaction(self.sessions) as session:
-            row = self._lock(session, message_id)
-            if row is None:
-                return "missing"
-            if row.status not in (Status.QUEUED.value, *DUE_STATUSES):
-                return f"skipped:{row.status}"
-            if row.send_at > now:
-                # released early (or redelivered after a deferral): the clock brings it back
-                if row.status == Status.QUEUED.value:
-                    record(row, Status.SCHEDULED, Reason.PLANNED.value, now, "not due yet")
-                return "not_due"
-            decision, borrower, loan = self._final_gate(session, row, now)
-            if decision.kind is DecisionKind.SUPPRESS:
-                withhold(row, decision, now)
-                return f"withheld:{decision.reason.value}"
-            if decision.kind is DecisionKind.WAIT and decision.until is not None:
-                self._defer(row, decision, now)
-                return f"deferred:{decision.reason.value}"
-            capped = pol.counts_against_caps(Purpose(row.purpose))
-            if row.status != Status.QUEUED.value:
-                record(row, Status.QUEUED, Reason.DUE.value, now)
-            if capped:
-                # durable before Redis is touched, so a cap rebuild counts this in-flight slot
-                row.cap_reserved_at = now
-            assert borrower is not None  # a decision to send was taken on it
-            return Dispatcher._Prepared(
-                capped=capped,
-                borrower_id=row.borrower_id,
-                channel=Channel(row.channel),
-                purpose=Purpose(row.purpose),
-                borrower=borrower,
-                loan=loan,
-            )
-
-    def _final_gate(
-        self, session: Session, row: m.Message, now: dt.datetime
-    ) -> tuple[Decision, BorrowerState | None, LoanState | None]:
-        borrower = load_borrower(session, row.borrower_id)
+    def _gate_row(
+        self,
+        session: Session,
+        row: m.Message,
+        now: dt.datetime,
+        borrower: BorrowerState | None,
+        loan: LoanState | None,
+    ) -> str | Dispatcher._Prepared:
+        """The final gate on a locked row, with the latest borrower and loan state."""
+        if row.status not in (Status.QUEUED.value, *DUE_STATUSES):
+            return f"skipped:{row.status}"
+        if row.send_at > now:
+            # released early (or redelivered after a deferral): the clock brings it back
+            if row.status == Status.QUEUED.value:
+                record(row, Status.SCHEDULED, Reason.PLANNED.value, now, "not due yet")
+            return "not_due"
         if borrower is None:
-            return Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown"), None, None
-        loan = None
-        if row.loan_id is not None:
-            loan = load_loan(session, row.loan_id)
-            if loan is None:
-                return Decision.suppress(Reason.LOAN_CLOSED, detail="loan unknown"), None, None
-        from outreach.service.planning import cease_confirmations_sent
-
-        return (
-            pol.gate(
+            decision = Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown")
+        elif row.loan_id is not None and loan is None:
+            decision = Decision.suppress(Reason.LOAN_CLOSED, detail="loan unknown")
+        else:
+            decision = pol.gate(
                 self.policy,
                 borrower,
                 loan,
@@ -237,9 +344,28 @@ class Dispatcher:
                 cease_confirmations_sent=cease_confirmations_sent(session, borrower.id)
                 if row.purpose == Purpose.CEASE_CONFIRMATION.value
                 else 0,
-            ),
-            borrower,
-            loan,
+            )
+        if decision.kind is DecisionKind.SUPPRESS:
+            withhold(row, decision, now)
+            return f"withheld:{decision.reason.value}"
+        if decision.kind is DecisionKind.WAIT and decision.until is not None:
+            self._defer(row, decision, now)
+            return f"deferred:{decision.reason.value}"
+        capped = pol.counts_against_caps(Purpose(row.purpose))
+        if row.status != Status.QUEUED.value:
+            record(row, Status.QUEUED, Reason.DUE.value, now)
+        if capped:
+            # durable before Redis is touched, so a cap rebuild counts this in-flight slot
+            row.cap_reserved_at = now
+        assert borrower is not None  # a decision to send was taken on it
+        return Dispatcher._Prepared(
+            capped=capped,
+            borrower_id=row.borrower_id,
+            channel=Channel(row.channel),
+            purpose=Purpose(row.purpose),
+            borrower=borrower,
+            loan=loan,
+            planned=planned_from_row(row),
         )
 
     def _defer(self, row: m.Message, decision: Decision, now: dt.datetime) -> None:
@@ -303,82 +429,107 @@ class Dispatcher:
             # an unreleased slot only over-counts until its window passes: the safe direction
             log.warning("could not release cap slot of %s", message_id)
 
+    def _compose(
+        self, message_id: str, prepared: Dispatcher._Prepared, now: dt.datetime
+    ) -> _Composed | tuple[Decision | None, str]:
+        """The message's text for its recipient, rendered from the state the gate decided on;
+        or why it cannot go: (a decision to withhold it, or None with a render error)."""
+        borrower, loan, channel = prepared.borrower, prepared.loan, prepared.channel
+        recipient = borrower.recipient(channel)
+        if recipient is None:
+            return Decision.suppress(Reason.NO_ADDRESS), "withheld:no_address"
+        locale = self.policy.locale_for(borrower.locale)
+        zones = pol.candidate_zones(self.policy, borrower)
+        unsubscribe_url = None
+        if channel is Channel.EMAIL:
+            token = unsubscribe_token(self.link_secret, channel, recipient)
+            unsubscribe_url = f"{self.public_url}/v1/unsubscribe/{token}"
+        context = render_context(
+            borrower=borrower,
+            loan=loan,
+            message=prepared.planned,
+            locale=locale,
+            lender=self.policy.sender_for(locale),
+            timezone=zones[0].key if zones else self.policy.default_zone.key,
+            days_past_due=pol.days_past_due_at(self.policy, loan, now) if loan else None,
+            unsubscribe_url=unsubscribe_url,
+        )
+        try:
+            rendered = self.renderer.render(prepared.planned.template, channel, locale, context)
+        except RenderError as error:
+            return None, str(error)
+        headers = {}
+        if unsubscribe_url is not None:
+            headers = {
+                "List-Unsubscribe": f"<{unsubscribe_url}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            }
+        sms = channel is Channel.SMS
+        return _Composed(
+            columns={
+                "locale": locale,
+                "recipient": recipient,
+                "template_version": rendered.version,
+                "body": rendered.body if sms else None,
+                "segments": rendered.segments if sms else None,
+                "encoding": rendered.encoding if sms else None,
+                "subject": None if sms else rendered.subject,
+                "text": None if sms else rendered.text,
+                "html": None if sms else rendered.html,
+            },
+            outgoing=Outgoing(
+                message_id=message_id,
+                channel=channel,
+                to=recipient,
+                body=rendered.body if sms else None,
+                subject=None if sms else rendered.subject,
+                text=None if sms else rendered.text,
+                html=None if sms else rendered.html,
+                segments=(rendered.segments or 1) if sms else 1,
+                headers=headers,
+                deliver_by=pol.window_closes_at(self.policy, borrower, now),
+            ),
+        )
+
     def _render_and_mark_sending(
         self, message_id: str, prepared: Dispatcher._Prepared
     ) -> Outgoing | str:
         now = self.now()
         capped = prepared.capped
+        composed = self._compose(message_id, prepared, now)
         with transaction(self.sessions) as session:
             row = self._lock(session, message_id)
             if row is None or row.status != Status.QUEUED.value:
                 if row is not None and capped:
                     self._release(row.borrower_id, row.id)
                 return f"skipped:{row.status if row else 'missing'}"
-            borrower, loan = prepared.borrower, prepared.loan
-            channel = Channel(row.channel)
-            recipient = borrower.recipient(channel)
-            if recipient is None:
-                withhold(row, Decision.suppress(Reason.NO_ADDRESS), now)
+            if not isinstance(composed, _Composed):
+                decision, outcome = composed
+                if decision is not None:
+                    withhold(row, decision, now)
+                else:
+                    record(row, Status.FAILED, "render_error", now, outcome)
+                    outcome = "failed:render_error"
                 if capped:
                     self._release(row.borrower_id, row.id)
-                return "withheld:no_address"
-            locale = self.policy.locale_for(borrower.locale)
-            zones = pol.candidate_zones(self.policy, borrower)
-            unsubscribe_url = None
-            if channel is Channel.EMAIL:
-                token = unsubscribe_token(self.link_secret, channel, recipient)
-                unsubscribe_url = f"{self.public_url}/v1/unsubscribe/{token}"
-            planned = planned_from_row(row)
-            context = render_context(
-                borrower=borrower,
-                loan=loan,
-                message=planned,
-                locale=locale,
-                lender=self.policy.sender_for(locale),
-                timezone=zones[0].key if zones else self.policy.default_zone.key,
-                days_past_due=pol.days_past_due_at(self.policy, loan, now) if loan else None,
-                unsubscribe_url=unsubscribe_url,
-            )
-            try:
-                rendered = self.renderer.render(row.template, channel, locale, context)
-            except RenderError as error:
-                record(row, Status.FAILED, "render_error", now, str(error))
-                if capped:
-                    self._release(row.borrower_id, row.id)
-                return "failed:render_error"
-            row.locale = locale
-            row.recipient = recipient
-            row.template_version = rendered.version
-            if channel is Channel.SMS:
-                row.body = rendered.body
-                row.segments = rendered.segments
-                row.encoding = rendered.encoding
-            else:
-                row.subject = rendered.subject
-                row.text = rendered.text
-                row.html = rendered.html
+                return outcome
+            for column, value in composed.columns.items():
+                setattr(row, column, value)
             row.attempts += 1
             record(row, Status.SENDING, None, now, f"attempt={row.attempts}")
-            headers = {}
-            if unsubscribe_url is not None:
-                headers = {
-                    "List-Unsubscribe": f"<{unsubscribe_url}>",
-                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-                }
-            return Outgoing(
-                message_id=row.id,
-                channel=channel,
-                to=recipient,
-                body=row.body,
-                subject=row.subject,
-                text=row.text,
-                html=row.html,
-                segments=row.segments or 1,
-                headers=headers,
-                deliver_by=pol.window_closes_at(self.policy, borrower, now),
-            )
+            return composed.outgoing
 
-    def _send(self, message_id: str, outgoing: Outgoing, *, capped: bool) -> str:
+    def _send(
+        self,
+        message_id: str,
+        outgoing: Outgoing,
+        *,
+        capped: bool,
+        accepted: list[tuple[str, Receipt, dt.datetime]] | None = None,
+    ) -> str:
+        """Hand the message to its provider and record the answer; an acceptance is added
+        to `accepted` (recorded with others later) when the provider sends no status
+        callbacks that could arrive before it is recorded."""
         sender = self.senders[outgoing.channel]
         try:
             receipt = sender.send(outgoing)
@@ -391,7 +542,10 @@ class Dispatcher:
             # the provider may have it: leave `sending` for the reconciler, never resend
             log.warning("outcome unknown for %s: %s", message_id, unknown)
             return "unknown"
-        self.record_accepted(message_id, receipt, self.now())
+        if accepted is not None and not getattr(sender, "reports_status_by_callback", True):
+            accepted.append((message_id, receipt, self.now()))
+        else:
+            self.record_accepted(message_id, receipt, self.now())
         return "sent"
 
     def record_accepted(
@@ -405,6 +559,64 @@ class Dispatcher:
             row.sent_at = row.sent_at or now
             if row.status == Status.SENDING.value:
                 record(row, Status.SENT, reason, now, f"provider_id={receipt.provider_id}")
+
+    def _mark_sending(self, message_id: str, composed: _Composed, now: dt.datetime) -> str | None:
+        """One statement moves the row from `queued` to `sending` with its text, committed
+        before the provider is called; returns an outcome when the row is no longer queued
+        (a payment or an opt-out got to it after the gate)."""
+        with transaction(self.sessions) as session:
+            attempts = session.execute(
+                _MARK_SENDING, {"message_id": message_id, "now": now, **composed.columns}
+            ).scalar()
+            if attempts is None:
+                status = session.scalar(select(m.Message.status).where(m.Message.id == message_id))
+                return f"skipped:{status or 'missing'}"
+            insert_rows(
+                session,
+                _EVENTS,
+                [_step(message_id, now, Status.SENDING, None, f"attempt={attempts}")],
+            )
+        return None
+
+    def _record_accepted_many(self, accepted: list[tuple[str, Receipt, dt.datetime]]) -> None:
+        """`record_accepted` for many messages in one transaction; empties the list."""
+        if not accepted:
+            return
+        batch = list(accepted)
+        accepted.clear()
+        with transaction(self.sessions) as session:
+            statuses = dict(
+                session.execute(
+                    select(m.Message.id, m.Message.status)
+                    .where(m.Message.id.in_([message_id for message_id, _, _ in batch]))
+                    .with_for_update()
+                ).all()
+            )
+            found = [item for item in batch if item[0] in statuses]
+            if not found:
+                return
+            session.execute(
+                _RECORD_ACCEPTED,
+                [
+                    {"message_id": message_id, "provider_id": receipt.provider_id, "now": at}
+                    for message_id, receipt, at in found
+                ],
+            )
+            insert_rows(
+                session,
+                _EVENTS,
+                [
+                    _step(
+                        message_id,
+                        at,
+                        Status.SENT,
+                        "accepted",
+                        f"provider_id={receipt.provider_id}",
+                    )
+                    for message_id, receipt, at in found
+                    if statuses[message_id] == Status.SENDING.value
+                ],
+            )
 
     def _record_rejection(
         self, message_id: str, rejected: ProviderRejected, *, capped: bool

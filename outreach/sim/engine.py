@@ -515,9 +515,9 @@ class Simulator:
             ]
             for message_id in ids:
                 claims[message_id] += 1
+            outcomes = env.dispatcher.dispatch_many(fresh)
             for message_id in fresh:
-                outcome = env.dispatcher.dispatch(message_id)
-                kind = outcome.partition(":")[0]
+                kind = outcomes[message_id].partition(":")[0]
                 self.stats.dispatches[kind] += 1
                 if kind in ("failed", "deferred", "retry"):
                     # a rejection may opt the borrower out or mark the number dead; a deferral

@@ -250,3 +250,60 @@ def test_export_and_filters(live: LiveService) -> None:
         "/v1/templates/preview",
     ):
         assert path in spec["paths"], path
+
+
+@pytest.fixture
+def live_without_worker(
+    postgres_engine: Engine, redis_client: redis.Redis
+) -> Iterator[LiveService]:
+    truncate_all(postgres_engine)
+    url = postgres_engine.url.render_as_string(hide_password=False)
+    yield from start_live_service(url, REDIS_URL, run_worker=False)
+    truncate_all(postgres_engine)
+
+
+@pytest.mark.parametrize("batched_acceptances", [False, True])
+def test_a_released_batch_is_sent_once_each_and_a_payment_after_release_still_stops_one(
+    live_without_worker: LiveService, batched_acceptances: bool
+) -> None:
+    live = live_without_worker
+    sender = live.senders["sms"]
+    # a provider without status callbacks may have a batch's acceptances recorded together
+    sender.reports_status_by_callback = not batched_acceptances  # type: ignore[attr-defined]
+    zone = zone_at_local_hour(14)
+    for number in range(6):
+        live.post_event(borrower_upserted(f"b-batch{number}", timezone=zone))
+        live.post_event(loan_updated(f"l-batch{number}", f"b-batch{number}", days_past_due=1))
+    queued = live.wait_for(
+        lambda: (found := live.messages(status="queued")) and len(found) == 6 and found
+    )
+    ids = [message["id"] for message in queued]
+    paid_id = next(m["id"] for m in queued if m["loan_id"] == "l-batch0")
+    # the payment lands after the clock released the message, before a worker takes it
+    live.post_event(payment_received("l-batch0", amount="250.00", amount_due_after="0"))
+
+    outcomes = live.services.dispatcher.dispatch_many(ids)
+
+    assert outcomes[paid_id] == "skipped:cancelled"
+    assert sorted(i for i, outcome in outcomes.items() if outcome == "sent") == sorted(
+        i for i in ids if i != paid_id
+    )
+    assert sorted(call.message_id for call in sender.calls) == sorted(
+        i for i in ids if i != paid_id
+    )
+    # redelivered by the broker: nothing is sent again
+    again = live.services.dispatcher.dispatch_many(ids)
+    assert set(again.values()) == {"skipped:sent", "skipped:cancelled"}
+    assert len(sender.calls) == 5
+    for message_id in ids:
+        message = live.get(f"/v1/messages/{message_id}").json()
+        statuses = [event["status"] for event in message["events"]]
+        if message_id == paid_id:
+            assert message["status"] == "cancelled" and "sending" not in statuses
+            continue
+        assert message["status"] == "sent"
+        assert message["provider_id"] == f"rec-{message_id}"
+        assert message["sent_at"] is not None
+        assert statuses[-3:] == ["queued", "sending", "sent"]
+        assert statuses.count("sending") == 1
+        assert message["body"] and message["to"]
