@@ -1,7 +1,9 @@
-"""dramatiq: the Redis broker and the one actor, which only loads by id and dispatches.
+"""dramatiq: the Redis broker and the actor, which only loads by id and dispatches.
 
 The broker carries message ids, never content; the database says what is due. dramatiq
-delivers at least once, so the actor is safe to run twice (see service.dispatch).
+delivers at least once, so the actor is safe to run twice (see service.dispatch). A broker
+message carries a few ids, dispatched together (`Dispatcher.dispatch_many`): one gate
+transaction for the batch instead of one each.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 
 QUEUE = "outreach-messages"
 ACTOR = "send_message"
+BATCH_ACTOR = "send_messages"
+# ids per broker message: enough to share a gate transaction, few enough that a release of
+# hundreds of due messages still spreads over every worker thread
+IDS_PER_BROKER_MESSAGE = 20
 NAMESPACE = "outreach"
 
 _services: Any = None
@@ -52,40 +58,42 @@ def build_broker(redis_url: str) -> RedisBroker:
     return broker
 
 
-def send_message(message_id: str) -> None:
+def send_messages(message_ids: list[str]) -> None:
     if _services is None:
         raise RuntimeError("worker services are not configured")
     try:
-        outcome = _services.dispatcher.dispatch(message_id)
+        outcomes = _services.dispatcher.dispatch_many(message_ids)
     except TransientError as error:
-        log.warning("dispatch of %s will be retried: %s", message_id, error)
+        # redelivered whole: the messages already past `queued` are skipped the second time
+        log.warning("dispatch of %s will be retried: %s", ", ".join(message_ids), error)
         raise
-    log.debug("dispatched %s: %s", message_id, outcome)
+    log.debug("dispatched %s", outcomes)
 
 
-def declare(broker: RedisBroker, services: Any) -> dramatiq.Actor[[str], None]:
+def send_message(message_id: str) -> None:
+    """One id: broker messages enqueued by an earlier version are still honoured."""
+    send_messages([message_id])
+
+
+def declare(broker: RedisBroker, services: Any) -> None:
     global _services
     _services = services
-    if ACTOR in broker.actors:
-        actor: dramatiq.Actor[[str], None] = broker.get_actor(ACTOR)
-        return actor
-    return dramatiq.Actor(
-        send_message,
-        broker=broker,
-        actor_name=ACTOR,
-        queue_name=QUEUE,
-        priority=0,
-        options={},
-    )
+    actors: dict[str, Any] = {ACTOR: send_message, BATCH_ACTOR: send_messages}
+    for name, function in actors.items():
+        if name not in broker.actors:
+            dramatiq.Actor(
+                function, broker=broker, actor_name=name, queue_name=QUEUE, priority=0, options={}
+            )
 
 
 def enqueue(broker: RedisBroker, message_ids: Sequence[str]) -> None:
-    for message_id in message_ids:
+    ids = list(message_ids)
+    for start in range(0, len(ids), IDS_PER_BROKER_MESSAGE):
         broker.enqueue(
             dramatiq.Message(
                 queue_name=QUEUE,
-                actor_name=ACTOR,
-                args=(message_id,),
+                actor_name=BATCH_ACTOR,
+                args=(ids[start : start + IDS_PER_BROKER_MESSAGE],),
                 kwargs={},
                 options={},
             )
