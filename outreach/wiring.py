@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
@@ -46,23 +46,31 @@ def cap_history(
     """The message log as the caps' source of truth when Redis has lost them."""
     capped = [p.value for p in Purpose if pol.counts_against_caps(p)]
 
+    # built once: a rebuild runs for each borrower Redis has no caps for
+    query = select(
+        m.Message.id, m.Message.channel, m.Message.cap_reserved_at, m.Message.sent_at
+    ).where(
+        m.Message.borrower_id == bindparam("borrower_id"),
+        m.Message.purpose.in_(capped),
+        or_(
+            m.Message.status.in_(CAP_HOLDING_STATUSES),
+            # outcome unknown after a crash: it may have gone, so it counts
+            (m.Message.status == Status.FAILED.value)
+            & (m.Message.reason == Reason.RECONCILED.value),
+        ),
+        or_(
+            m.Message.cap_reserved_at >= bindparam("since"),
+            m.Message.sent_at >= bindparam("since"),
+        ),
+    )
+
     def history(borrower_id: str, since: dt.datetime) -> list[tuple[str, Channel, dt.datetime]]:
         with sessions() as session:
-            rows = session.execute(
-                select(
-                    m.Message.id, m.Message.channel, m.Message.cap_reserved_at, m.Message.sent_at
-                ).where(
-                    m.Message.borrower_id == borrower_id,
-                    m.Message.purpose.in_(capped),
-                    or_(
-                        m.Message.status.in_(CAP_HOLDING_STATUSES),
-                        # outcome unknown after a crash: it may have gone, so it counts
-                        (m.Message.status == Status.FAILED.value)
-                        & (m.Message.reason == Reason.RECONCILED.value),
-                    ),
-                    or_(m.Message.cap_reserved_at >= since, m.Message.sent_at >= since),
-                )
-            ).all()
+            rows = (
+                session.connection()
+                .execute(query, {"borrower_id": borrower_id, "since": since})
+                .all()
+            )
         entries: list[tuple[str, Channel, dt.datetime]] = []
         for message_id, channel, reserved_at, sent_at in rows:
             at = reserved_at or sent_at
