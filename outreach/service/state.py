@@ -475,7 +475,7 @@ def load_loan(session: Session, loan_id: str) -> LoanState | None:
 
 
 def loan_state(session: Session, row: m.Loan | Row[Any]) -> LoanState:
-    return _compose_loan(
+    return compose_loan(
         row,
         _rows(session, _PAYMENTS_QUERY, loan_id=row.id),
         _rows(session, _PROMISES_QUERY, loan_id=row.id, flush=False),
@@ -484,7 +484,7 @@ def loan_state(session: Session, row: m.Loan | Row[Any]) -> LoanState:
     )
 
 
-def _compose_loan(
+def compose_loan(
     row: Any,
     payments: Iterable[Any],
     promises: Iterable[Any],
@@ -583,7 +583,7 @@ def load_loans(session: Session, loan_ids: Iterable[str]) -> dict[str, LoanState
     plans = _grouped(_rows_in(session, _PLANS, "loan_id", ids, "loan_id", "created_at"), "loan_id")
     visits = _grouped(_rows_in(session, _VISITS, "loan_id", ids, "loan_id", "visit_at"), "loan_id")
     return {
-        row.id: _compose_loan(
+        row.id: compose_loan(
             row,
             payments.get(row.id, ()),
             promises.get(row.id, ()),
