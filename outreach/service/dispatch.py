@@ -229,15 +229,24 @@ class Dispatcher:
         accepted: list[tuple[str, Receipt, dt.datetime]] = []
         try:
             for message_id, ready in prepared:
-                if time.monotonic() - gated_at > BATCH_GATE_FRESH_FOR:
+                if not self._gate_holds(ready, gated_at):
                     self._record_accepted_many(accepted)
-                    # its gate went stale (a paced provider): gated again on its own
                     outcomes[message_id] = self.dispatch_many([message_id])[message_id]
                     continue
                 outcomes[message_id] = self._dispatch_gated(message_id, ready, accepted)
         finally:
             self._record_accepted_many(accepted)
         return outcomes
+
+    def _gate_holds(self, prepared: Dispatcher._Prepared, gated_at: float) -> bool:
+        """Whether the batch's gate still stands for this message: not older than
+        BATCH_GATE_FRESH_FOR (a paced provider), and the allowed window it decided in not
+        closed since. Otherwise the message is gated again on its own, so quiet hours and the
+        latest state hold at the moment of sending."""
+        if time.monotonic() - gated_at > BATCH_GATE_FRESH_FOR:
+            return False
+        closes = prepared.window_closes_at
+        return closes is None or self.now() < closes
 
     def _gate_many(
         self, message_ids: Sequence[str], outcomes: dict[str, str]
@@ -289,11 +298,7 @@ class Dispatcher:
         now = self.now()
         composed = self._compose(message_id, prepared, now)
         if not isinstance(composed, _Composed):
-            # rare (no address left, a template that does not render): the row-locking path
-            outgoing = self._render_and_mark_sending(message_id, prepared)
-            if isinstance(outgoing, str):
-                return outgoing
-            return self._send(message_id, outgoing, capped=prepared.capped)
+            return self._withhold_uncomposable(message_id, prepared, *composed)
         marked = self._mark_sending(message_id, composed, now)
         if marked is not None:
             if prepared.capped:
@@ -313,6 +318,8 @@ class Dispatcher:
         borrower: BorrowerState
         loan: LoanState | None
         planned: PlannedMessage
+        # the end of the allowed stretch the gate decided in (None: exempt from quiet hours)
+        window_closes_at: dt.datetime | None
 
     def _gate_row(
         self,
@@ -366,6 +373,7 @@ class Dispatcher:
             borrower=borrower,
             loan=loan,
             planned=planned_from_row(row),
+            window_closes_at=pol.window_closes_at(self.policy, borrower, now),
         )
 
     def _defer(self, row: m.Message, decision: Decision, now: dt.datetime) -> None:
@@ -487,37 +495,29 @@ class Dispatcher:
                 html=None if sms else rendered.html,
                 segments=(rendered.segments or 1) if sms else 1,
                 headers=headers,
-                deliver_by=pol.window_closes_at(self.policy, borrower, now),
+                deliver_by=prepared.window_closes_at,
             ),
         )
 
-    def _render_and_mark_sending(
-        self, message_id: str, prepared: Dispatcher._Prepared
-    ) -> Outgoing | str:
+    def _withhold_uncomposable(
+        self, message_id: str, prepared: Dispatcher._Prepared, decision: Decision | None, why: str
+    ) -> str:
+        """A message that cannot be composed: withheld (no address left) or failed (its
+        template does not render), if still `queued`; its cap slot given back either way."""
         now = self.now()
-        capped = prepared.capped
-        composed = self._compose(message_id, prepared, now)
         with transaction(self.sessions) as session:
             row = self._lock(session, message_id)
             if row is None or row.status != Status.QUEUED.value:
-                if row is not None and capped:
-                    self._release(row.borrower_id, row.id)
-                return f"skipped:{row.status if row else 'missing'}"
-            if not isinstance(composed, _Composed):
-                decision, outcome = composed
-                if decision is not None:
-                    withhold(row, decision, now)
-                else:
-                    record(row, Status.FAILED, "render_error", now, outcome)
-                    outcome = "failed:render_error"
-                if capped:
-                    self._release(row.borrower_id, row.id)
-                return outcome
-            for column, value in composed.columns.items():
-                setattr(row, column, value)
-            row.attempts += 1
-            record(row, Status.SENDING, None, now, f"attempt={row.attempts}")
-            return composed.outgoing
+                outcome = f"skipped:{row.status if row else 'missing'}"
+            elif decision is not None:
+                withhold(row, decision, now)
+                outcome = why
+            else:
+                record(row, Status.FAILED, "render_error", now, why)
+                outcome = "failed:render_error"
+        if prepared.capped:
+            self._release(prepared.borrower_id, message_id)
+        return outcome
 
     def _send(
         self,
