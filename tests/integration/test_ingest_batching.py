@@ -13,23 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import Engine, create_engine, select, text
 
 from outreach.service import state
 from outreach.service.events import Event
 from outreach.store import models as m
-from tests.conftest import POSTGRES_URL, REDIS_URL, truncate_all
+from tests.conftest import POSTGRES_URL
 from tests.factories import borrower_upserted, loan_updated, payment_received, zone_at_local_hour
-from tests.live import LiveService, sign, start_live_service
-
-
-@pytest.fixture
-def live(postgres_engine: Engine, redis_client: redis.Redis) -> Iterator[LiveService]:
-    truncate_all(postgres_engine)
-    url = postgres_engine.url.render_as_string(hide_password=False)
-    yield from start_live_service(url, REDIS_URL)
-    truncate_all(postgres_engine)
+from tests.live import LiveService, sign
 
 
 def post(live: LiveService, event: dict[str, Any]) -> httpx.Response:

@@ -13,22 +13,14 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from tests.conftest import REDIS_URL, truncate_all
 from tests.factories import (
     borrower_upserted,
     loan_updated,
     payment_received,
     zone_at_local_hour,
 )
-from tests.live import VIEWER_TOKEN, LiveService, sign, start_live_service
-
-
-@pytest.fixture
-def live(postgres_engine: Engine, redis_client: redis.Redis) -> Iterator[LiveService]:
-    truncate_all(postgres_engine)
-    url = postgres_engine.url.render_as_string(hide_password=False)
-    yield from start_live_service(url, REDIS_URL)
-    truncate_all(postgres_engine)
+from tests.integration.conftest import serve
+from tests.live import VIEWER_TOKEN, LiveService, sign
 
 
 def only_message(live: LiveService, **filters: Any) -> dict[str, Any]:
@@ -256,10 +248,7 @@ def test_export_and_filters(live: LiveService) -> None:
 def live_without_worker(
     postgres_engine: Engine, redis_client: redis.Redis
 ) -> Iterator[LiveService]:
-    truncate_all(postgres_engine)
-    url = postgres_engine.url.render_as_string(hide_password=False)
-    yield from start_live_service(url, REDIS_URL, run_worker=False)
-    truncate_all(postgres_engine)
+    yield from serve(postgres_engine, run_worker=False)
 
 
 @pytest.mark.parametrize("batched_acceptances", [False, True])

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from tests.conftest import REDIS_URL, truncate_all
 from tests.factories import borrower_upserted, loan_updated, zone_at_local_hour
+from tests.integration.conftest import serve
 from tests.live import LiveService, start_live_service
 from tests.support import free_port
 from tests.twilio_emulator import TwilioEmulator, segments_of
@@ -60,7 +61,6 @@ def live(
     emulator: TwilioEmulator,
     smtp_inbox: tuple[Inbox, int],
 ) -> Iterator[LiveService]:
-    truncate_all(postgres_engine)
     env = {
         **twilio_env(emulator),
         "OUTREACH_EMAIL_PROVIDER": "smtp",
@@ -69,9 +69,7 @@ def live(
         "EMAIL_FROM": "Harbor Lending <care@harborlending.example>",
         "OUTREACH_SMS_RATE": "50",
     }
-    url = postgres_engine.url.render_as_string(hide_password=False)
-    yield from start_live_service(url, REDIS_URL, env=env, real_senders=True)
-    truncate_all(postgres_engine)
+    yield from serve(postgres_engine, env=env, real_senders=True)
 
 
 def daytime_borrower(live: LiveService, borrower_id: str, phone: str, **kwargs: Any) -> None:

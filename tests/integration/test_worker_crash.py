@@ -13,9 +13,10 @@ import redis
 from sqlalchemy import Engine
 
 from outreach.worker import enqueue
-from tests.conftest import REDIS_URL, REPO_ROOT, truncate_all
+from tests.conftest import REDIS_URL, REPO_ROOT
 from tests.factories import borrower_upserted, loan_updated, zone_at_local_hour
-from tests.live import WEBHOOK_SECRET, LiveService, start_live_service
+from tests.integration.conftest import serve
+from tests.live import WEBHOOK_SECRET, LiveService
 from tests.support import OUTREACH, clean_env
 from tests.twilio_emulator import TwilioEmulator
 from tests.twilio_fixtures import twilio_env
@@ -33,12 +34,7 @@ def emulator() -> Iterator[TwilioEmulator]:
 def live_without_worker(
     postgres_engine: Engine, redis_client: redis.Redis, emulator: TwilioEmulator
 ) -> Iterator[LiveService]:
-    truncate_all(postgres_engine)
-    url = postgres_engine.url.render_as_string(hide_password=False)
-    yield from start_live_service(
-        url, REDIS_URL, env=twilio_env(emulator), real_senders=True, run_worker=False
-    )
-    truncate_all(postgres_engine)
+    yield from serve(postgres_engine, env=twilio_env(emulator), real_senders=True, run_worker=False)
 
 
 def start_worker_process(live: LiveService, emulator: TwilioEmulator) -> subprocess.Popen[bytes]:
