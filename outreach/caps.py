@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -30,11 +31,32 @@ from outreach.errors import CapUnavailable
 from outreach.policy import Policy, contact_rules, counts_against_caps
 from outreach.policy.model import CapRule
 
-__all__ = ["CapReserver", "CapUnavailable", "History", "HistoryEntry"]
+__all__ = [
+    "CapRequest",
+    "CapReserver",
+    "CapUnavailable",
+    "History",
+    "HistoryEntry",
+    "HistoryOfMany",
+]
 
 # (message id, channel, when it reserved) for each message holding a reservation
 HistoryEntry = tuple[str, Channel | str, dt.datetime]
 History = Callable[[str, dt.datetime], Iterable[HistoryEntry]]
+# the same for many borrowers at once: borrower id -> entries (a borrower with none may be left out)
+HistoryOfMany = Callable[[Sequence[str], dt.datetime], Mapping[str, Iterable[HistoryEntry]]]
+
+
+@dataclass(frozen=True)
+class CapRequest:
+    """One message asking for its cap slots (the arguments of `CapReserver.reserve`)."""
+
+    borrower_id: str
+    channel: Channel
+    message_id: str
+    purpose: Purpose
+    borrower: BorrowerState | None = None
+
 
 DEFAULT_PREFIX = "outreach:caps:"
 # Reservation times from the log come from worker clocks, not Redis's; rebuilt entries are
@@ -136,12 +158,14 @@ class CapReserver:
         policy: Policy,
         *,
         history: History,
+        history_of_many: HistoryOfMany | None = None,
         prefix: str = DEFAULT_PREFIX,
         clock_skew: dt.timedelta = DEFAULT_CLOCK_SKEW,
     ) -> None:
         self.redis = redis_client
         self.policy = policy
         self.history = history
+        self.history_of_many = history_of_many
         self.prefix = prefix
         self.clock_skew = clock_skew
         self._script = redis_client.register_script(_RESERVE)
@@ -171,34 +195,85 @@ class CapReserver:
         `now_ms` replaces the Redis clock (the simulator's virtual one).
         Raises `CapUnavailable` when Redis or the message log cannot be read.
         """
-        if not counts_against_caps(purpose):
-            return Decision.send(Reason.DUE, cap="exempt")
-        if borrower is not None:
-            rules = contact_rules(self.policy, borrower).caps
-        else:
-            rules = self._strictest
-        longest = max(rule.window for rule in rules)
-        args: list[Any] = [
-            "" if now_ms is None else int(now_ms),
-            Channel(channel).value,
-            message_id,
-            _ms(longest + _KEY_MARGIN),
-            _rule_spec(rules),
-        ]
-        key = self.key(borrower_id)
+        request = CapRequest(borrower_id, Channel(channel), message_id, purpose, borrower)
+        return self.reserve_many([request], now_ms=now_ms)[0]
+
+    def reserve_many(
+        self, requests: Sequence[CapRequest], *, now_ms: int | None = None
+    ) -> list[Decision]:
+        """`reserve` for each request, in order, as if one after the other, in one Redis
+        round trip (two more when borrowers' sets must be rebuilt from the log, whose
+        history is then read for all of them in one query when `history_of_many` is given).
+
+        Redis runs a pipeline's scripts in order, so a later request of the same borrower
+        counts the slots an earlier one took. Raises `CapUnavailable` as `reserve` does; then
+        none of the requests may be taken as reserved (some may hold slots, which only
+        over-counts until their window passes, as the message log records them as held).
+        """
+        decisions: list[Decision | None] = [None] * len(requests)
+        calls: list[tuple[int, str, list[Any], dt.timedelta]] = []
+        for index, request in enumerate(requests):
+            if not counts_against_caps(request.purpose):
+                decisions[index] = Decision.send(Reason.DUE, cap="exempt")
+                continue
+            if request.borrower is not None:
+                rules = contact_rules(self.policy, request.borrower).caps
+            else:
+                rules = self._strictest
+            longest = max(rule.window for rule in rules)
+            args: list[Any] = [
+                "" if now_ms is None else int(now_ms),
+                request.channel.value,
+                request.message_id,
+                _ms(longest + _KEY_MARGIN),
+                _rule_spec(rules),
+            ]
+            calls.append((index, self.key(request.borrower_id), args, longest))
+        if not calls:
+            return cast(list[Decision], decisions)
         try:
-            result = self._script(keys=[key], args=[*args, "noseed"])
-            if int(result[0]) == 0:
-                since_ms = int(result[1]) - _ms(longest) - _ms(self.clock_skew)
-                seed = self._seed(borrower_id, _from_ms(since_ms))
-                result = self._script(keys=[key], args=[*args, "seed", *seed])
+            results = self._run([(key, [*args, "noseed"]) for _, key, args, _ in calls])
+            unloaded = [
+                (call, result)
+                for call, result in zip(calls, results, strict=True)
+                if int(result[0]) == 0
+            ]
+            if unloaded:
+                seeds = self._seeds(
+                    [requests[index].borrower_id for (index, _, _, _), _ in unloaded],
+                    min(
+                        _from_ms(int(result[1]) - _ms(longest) - _ms(self.clock_skew))
+                        for (_, _, _, longest), result in unloaded
+                    ),
+                )
+                again = self._run(
+                    [
+                        (key, [*args, "seed", *seeds.get(requests[index].borrower_id, ())])
+                        for (index, key, args, _), _ in unloaded
+                    ]
+                )
+                rebuilt = {
+                    call[0]: result for (call, _), result in zip(unloaded, again, strict=True)
+                }
+                results = [
+                    rebuilt.get(call[0], result)
+                    for call, result in zip(calls, results, strict=True)
+                ]
         except redis.RedisError as error:
             raise CapUnavailable(f"frequency caps unavailable: {error}") from error
-        outcome, at_ms = int(result[0]), int(result[1])
-        if outcome == 1:
-            return Decision.send(Reason.DUE, cap="reserved", reserved_at_ms=str(at_ms))
-        rule = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
-        return Decision.wait(Reason.FREQUENCY_CAP, _from_ms(int(result[3])), rule=rule)
+        for (index, _, _, _), result in zip(calls, results, strict=True):
+            decisions[index] = _decision(result)
+        return cast(list[Decision], decisions)
+
+    def _run(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """The reservation script once per (key, args), in order, in one round trip."""
+        if len(calls) == 1:
+            key, args = calls[0]
+            return [self._script(keys=[key], args=args)]
+        pipe = self.redis.pipeline(transaction=False)
+        for key, args in calls:
+            self._script(keys=[key], args=args, client=pipe)
+        return list(pipe.execute())
 
     def release(self, borrower_id: str, message_id: str) -> None:
         """Give a message's slots back (after a definite provider rejection)."""
@@ -224,16 +299,35 @@ class CapReserver:
             result.append((message_id, Channel(channel), _from_ms(int(score))))
         return result
 
-    def _seed(self, borrower_id: str, since: dt.datetime) -> list[Any]:
-        seed: list[Any] = []
+    def _seeds(self, borrower_ids: Sequence[str], since: dt.datetime) -> dict[str, list[Any]]:
+        """The script's seed arguments for each borrower, from the message log."""
+        wanted = list(dict.fromkeys(borrower_ids))
         skew = _ms(self.clock_skew)
+        seeds: dict[str, list[Any]] = {}
         try:
-            for message_id, channel, at in self.history(borrower_id, since):
-                seed.extend((_ms_of(at) + skew, f"{Channel(channel).value}:{message_id}"))
+            if self.history_of_many is not None and len(wanted) > 1:
+                found = self.history_of_many(wanted, since)
+                histories = {borrower_id: found.get(borrower_id, ()) for borrower_id in wanted}
+            else:
+                histories = {
+                    borrower_id: self.history(borrower_id, since) for borrower_id in wanted
+                }
+            for borrower_id, entries in histories.items():
+                seed = seeds[borrower_id] = []
+                for message_id, channel, at in entries:
+                    seed.extend((_ms_of(at) + skew, f"{Channel(channel).value}:{message_id}"))
         except Exception as error:
             # without the log (or with one that cannot be read), the caps cannot be known
             raise CapUnavailable(f"message log unavailable for cap rebuild: {error}") from error
-        return seed
+        return seeds
+
+
+def _decision(result: Any) -> Decision:
+    outcome, at_ms = int(result[0]), int(result[1])
+    if outcome == 1:
+        return Decision.send(Reason.DUE, cap="reserved", reserved_at_ms=str(at_ms))
+    rule = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
+    return Decision.wait(Reason.FREQUENCY_CAP, _from_ms(int(result[3])), rule=rule)
 
 
 @functools.lru_cache(maxsize=64)

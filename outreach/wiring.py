@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
-from outreach.caps import CapReserver
+from outreach.caps import CapReserver, HistoryEntry
 from outreach.channels.base import Sender
 from outreach.channels.console import ConsoleSender
 from outreach.channels.rate_limit import SegmentRateLimiter
@@ -40,17 +41,16 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def cap_history(
-    sessions: sessionmaker[Session],
-) -> Callable[[str, dt.datetime], list[tuple[str, Channel, dt.datetime]]]:
-    """The message log as the caps' source of truth when Redis has lost them."""
+def _cap_history_query(borrowers: Any) -> Any:
     capped = [p.value for p in Purpose if pol.counts_against_caps(p)]
-
-    # built once: a rebuild runs for each borrower Redis has no caps for
-    query = select(
-        m.Message.id, m.Message.channel, m.Message.cap_reserved_at, m.Message.sent_at
+    return select(
+        m.Message.borrower_id,
+        m.Message.id,
+        m.Message.channel,
+        m.Message.cap_reserved_at,
+        m.Message.sent_at,
     ).where(
-        m.Message.borrower_id == bindparam("borrower_id"),
+        borrowers,
         m.Message.purpose.in_(capped),
         or_(
             m.Message.status.in_(CAP_HOLDING_STATUSES),
@@ -64,21 +64,60 @@ def cap_history(
         ),
     )
 
-    def history(borrower_id: str, since: dt.datetime) -> list[tuple[str, Channel, dt.datetime]]:
+
+def _history_entries(rows: Any) -> dict[str, list[HistoryEntry]]:
+    entries: dict[str, list[HistoryEntry]] = {}
+    for borrower_id, message_id, channel, reserved_at, sent_at in rows:
+        at = reserved_at or sent_at
+        if at is not None:
+            entries.setdefault(borrower_id, []).append((message_id, Channel(channel), at))
+    return entries
+
+
+def cap_history(
+    sessions: sessionmaker[Session],
+) -> Callable[[str, dt.datetime], list[HistoryEntry]]:
+    """The message log as the caps' source of truth when Redis has lost them."""
+    # built once: a rebuild runs for each borrower Redis has no caps for
+    query = _cap_history_query(m.Message.borrower_id == bindparam("borrower_id"))
+
+    def history(borrower_id: str, since: dt.datetime) -> list[HistoryEntry]:
         with sessions() as session:
-            rows = (
-                session.connection()
-                .execute(query, {"borrower_id": borrower_id, "since": since})
-                .all()
-            )
-        entries: list[tuple[str, Channel, dt.datetime]] = []
-        for message_id, channel, reserved_at, sent_at in rows:
-            at = reserved_at or sent_at
-            if at is not None:
-                entries.append((message_id, Channel(channel), at))
-        return entries
+            rows = session.connection().execute(query, {"borrower_id": borrower_id, "since": since})
+            return _history_entries(rows).get(borrower_id, [])
 
     return history
+
+
+def cap_history_of_many(
+    sessions: sessionmaker[Session],
+) -> Callable[[Sequence[str], dt.datetime], dict[str, list[HistoryEntry]]]:
+    """`cap_history` for many borrowers in one query (a batch's rebuilds)."""
+    query = _cap_history_query(m.Message.borrower_id.in_(bindparam("borrower_ids", expanding=True)))
+
+    def history(borrower_ids: Sequence[str], since: dt.datetime) -> dict[str, list[HistoryEntry]]:
+        found: dict[str, list[HistoryEntry]] = {}
+        with sessions() as session:
+            for index in range(0, len(borrower_ids), 500):
+                chunk = list(borrower_ids[index : index + 500])
+                rows = session.connection().execute(query, {"borrower_ids": chunk, "since": since})
+                found.update(_history_entries(rows))
+        return found
+
+    return history
+
+
+def cap_reserver(
+    client: Redis, policy: pol.Policy, sessions: sessionmaker[Session], **options: Any
+) -> CapReserver:
+    """Caps on `client` whose rebuilds read the message log of `sessions`."""
+    return CapReserver(
+        client,
+        policy,
+        history=cap_history(sessions),
+        history_of_many=cap_history_of_many(sessions),
+        **options,
+    )
 
 
 def link_secret(settings: Settings) -> bytes:
@@ -127,7 +166,7 @@ class Services:
         settings = runtime.settings
         policy = pol.load_policy(settings.policy_path)
         renderer = Renderer(settings.templates_dir)
-        caps = CapReserver(runtime.redis.client, policy, history=cap_history(runtime.sessions))
+        caps = cap_reserver(runtime.redis.client, policy, runtime.sessions)
         dispatcher = Dispatcher(
             sessions=runtime.sessions,
             policy=policy,

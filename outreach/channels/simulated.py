@@ -44,6 +44,9 @@ class SimulatedSender:
     # no status callback can arrive before its acceptance is recorded, so a batch's
     # acceptances may be recorded together (see Dispatcher.dispatch_many)
     reports_status_by_callback = False
+    # answers in memory without waiting for anything, so a batch may be marked `sending`
+    # together before the first is handed over (see Dispatcher.dispatch_many)
+    hands_over_at_once = True
 
     def __init__(self, channel: Channel, clock: Callable[[], dt.datetime]) -> None:
         self.channel = channel

@@ -21,7 +21,7 @@ from sqlalchemy import Table, bindparam, case, func, select, update
 from sqlalchemy.orm import Session, lazyload, sessionmaker
 
 from outreach import policy as pol
-from outreach.caps import CapReserver
+from outreach.caps import CapRequest, CapReserver
 from outreach.channels.base import (
     OutcomeUnknown,
     Outgoing,
@@ -54,7 +54,7 @@ from outreach.service.state import (
     set_opt_out,
 )
 from outreach.store import models as m
-from outreach.store.bulk import insert_rows
+from outreach.store.bulk import insert_rows, update_rows
 from outreach.store.db import transaction
 
 log = logging.getLogger(__name__)
@@ -107,19 +107,21 @@ _MESSAGES = cast(Table, m.Message.__table__)
 _EVENTS = cast(Table, m.MessageEvent.__table__)
 _NOW = bindparam("now", type_=_MESSAGES.c.updated_at.type)
 _CONTENT = ("locale", "recipient", "template_version", "body", "segments", "encoding")
+# the columns a message gets when it is marked `sending`: its text, and the move itself
+_SENDING_COLUMNS = (
+    *_CONTENT,
+    "subject",
+    "text",
+    "html",
+    "status",
+    "reason",
+    "updated_at",
+    "attempts",
+)
 _MARK_SENDING = (
     update(_MESSAGES)
-    .where(_MESSAGES.c.id == bindparam("message_id"), _MESSAGES.c.status == Status.QUEUED.value)
-    .values(
-        {
-            **{name: bindparam(name) for name in (*_CONTENT, "subject", "text", "html")},
-            "status": Status.SENDING.value,
-            "reason": None,
-            "updated_at": _NOW,
-            "attempts": _MESSAGES.c.attempts + 1,
-        }
-    )
-    .returning(_MESSAGES.c.attempts)
+    .where(_MESSAGES.c.id == bindparam("message_id"))
+    .values({name: bindparam(name) for name in _SENDING_COLUMNS})
 )
 _IS_SENDING = _MESSAGES.c.status == Status.SENDING.value
 # as `record_accepted`: the provider id and first hand-over always; the status only from
@@ -135,6 +137,10 @@ _RECORD_ACCEPTED = (
         updated_at=case((_IS_SENDING, _NOW), else_=_MESSAGES.c.updated_at),
     )
 )
+
+
+def _sending_params(row: Mapping[str, object]) -> dict[str, object]:
+    return {"message_id": row["id"], **{name: row[name] for name in _SENDING_COLUMNS}}
 
 
 def _step(
@@ -220,23 +226,47 @@ class Dispatcher:
 
         Each message goes through the steps `dispatch` takes, in the same order and with the
         same guarantees, but the batch is gated in one transaction on state read together,
-        each message is marked `sending` by one short statement just before its provider
-        call, and acceptances of providers without status callbacks are recorded together.
+        and acceptances of providers without status callbacks are recorded together.
+        Messages for a provider that hands over at once (`hands_over_at_once`) also have
+        their cap slots reserved in one Redis round trip and are marked `sending` in one
+        transaction before the first of them is handed over; any other provider (one that
+        paces sends or answers over the network) gets one message at a time, marked
+        `sending` just before its own call, so a payment or an opt-out arriving while
+        earlier ones were sent still stops it.
         """
         outcomes: dict[str, str] = {}
         gated_at = time.monotonic()
         prepared = self._gate_many(message_ids, outcomes)
         accepted: list[tuple[str, Receipt, dt.datetime]] = []
         try:
-            for message_id, ready in prepared:
-                if not self._gate_holds(ready, gated_at):
+            for group in self._hand_over_groups(prepared):
+                ready: list[tuple[str, Dispatcher._Prepared]] = []
+                for message_id, item in group:
+                    if self._gate_holds(item, gated_at):
+                        ready.append((message_id, item))
+                        continue
                     self._record_accepted_many(accepted)
                     outcomes[message_id] = self.dispatch_many([message_id])[message_id]
-                    continue
-                outcomes[message_id] = self._dispatch_gated(message_id, ready, accepted)
+                self._dispatch_group(ready, accepted, outcomes)
         finally:
             self._record_accepted_many(accepted)
         return outcomes
+
+    def _hand_over_groups(
+        self, prepared: list[tuple[str, Dispatcher._Prepared]]
+    ) -> list[list[tuple[str, Dispatcher._Prepared]]]:
+        """The batch in order, in runs handed over together: consecutive messages whose
+        providers hand over at once form one run, every other message is a run of its own."""
+        groups: list[list[tuple[str, Dispatcher._Prepared]]] = []
+        together = False
+        for item in prepared:
+            at_once = getattr(self.senders[item[1].channel], "hands_over_at_once", False)
+            if at_once and together:
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+            together = at_once
+        return groups
 
     def _gate_holds(self, prepared: Dispatcher._Prepared, gated_at: float) -> bool:
         """Whether the batch's gate still stands for this message: not older than
@@ -285,26 +315,35 @@ class Dispatcher:
                     prepared.append((message_id, gated))
         return prepared
 
-    def _dispatch_gated(
+    def _dispatch_group(
         self,
-        message_id: str,
-        prepared: Dispatcher._Prepared,
+        group: list[tuple[str, Dispatcher._Prepared]],
         accepted: list[tuple[str, Receipt, dt.datetime]],
-    ) -> str:
-        if prepared.capped:
-            outcome = self._reserve(message_id, prepared)
-            if outcome is not None:
-                return outcome
+        outcomes: dict[str, str],
+    ) -> None:
+        """Reserve, compose, mark `sending` and hand over a run of gated messages."""
+        if not group:
+            return
+        held = self._reserve_group(group, outcomes)
         now = self.now()
-        composed = self._compose(message_id, prepared, now)
-        if not isinstance(composed, _Composed):
-            return self._withhold_uncomposable(message_id, prepared, *composed)
-        marked = self._mark_sending(message_id, composed, now)
-        if marked is not None:
-            if prepared.capped:
-                self._release(prepared.borrower_id, message_id)
-            return marked
-        return self._send(message_id, composed.outgoing, capped=prepared.capped, accepted=accepted)
+        ready: list[tuple[str, Dispatcher._Prepared, _Composed]] = []
+        for message_id, prepared in held:
+            composed = self._compose(message_id, prepared, now)
+            if isinstance(composed, _Composed):
+                ready.append((message_id, prepared, composed))
+            else:
+                outcomes[message_id] = self._withhold_uncomposable(message_id, prepared, *composed)
+        not_marked = self._mark_sending_many(ready, now)
+        for message_id, prepared, composed in ready:
+            refused = not_marked.get(message_id)
+            if refused is not None:
+                if prepared.capped:
+                    self._release(prepared.borrower_id, message_id)
+                outcomes[message_id] = refused
+                continue
+            outcomes[message_id] = self._send(
+                message_id, composed.outgoing, capped=prepared.capped, accepted=accepted
+            )
 
     @dataclass(frozen=True)
     class _Prepared:
@@ -386,48 +425,71 @@ class Dispatcher:
         postgres = session.get_bind().dialect.name == "postgresql"
         return session.scalar(_LOCK_QUERIES[postgres], {"message_id": message_id})
 
-    def _reserve(self, message_id: str, prepared: Dispatcher._Prepared) -> str | None:
-        """Take the cap slots; returns an outcome when the message cannot go now."""
-        try:
-            decision = self.caps.reserve(
+    def _reserve_group(
+        self, group: list[tuple[str, Dispatcher._Prepared]], outcomes: dict[str, str]
+    ) -> list[tuple[str, Dispatcher._Prepared]]:
+        """Take the cap slots of the group's capped messages in one go; returns the messages
+        that may go on. One refused waits for its slot (or the morning after it); when the
+        caps cannot be checked, every capped message waits (fail closed)."""
+        capped = [(message_id, prepared) for message_id, prepared in group if prepared.capped]
+        if not capped:
+            return group
+        requests = [
+            CapRequest(
                 prepared.borrower_id,
                 prepared.channel,
                 message_id,
                 prepared.purpose,
-                now_ms=self._now_ms(),
-                borrower=prepared.borrower,
+                prepared.borrower,
             )
+            for message_id, prepared in capped
+        ]
+        try:
+            decisions = self.caps.reserve_many(requests, now_ms=self._now_ms())
         except TransientError as error:
-            # fail closed: a cap that cannot be checked means the message waits
             now = self.now()
             with transaction(self.sessions) as session:
-                waiting = self._lock(session, message_id)
-                if waiting is not None and waiting.status == Status.QUEUED.value:
-                    self._defer(
-                        waiting,
-                        Decision.wait(
-                            Reason.CHECK_UNAVAILABLE, now + CHECK_RETRY_DELAY, check="caps"
-                        ),
-                        now,
-                    )
-            log.warning("caps unavailable for %s: %s", message_id, error)
-            return "deferred:check_unavailable"
-        if decision.may_send:
-            return None
-        now = self.now()
-        with transaction(self.sessions) as session:
-            locked = self._lock(session, message_id)
-            if locked is None or locked.status != Status.QUEUED.value:
-                return f"skipped:{locked.status if locked else 'missing'}"
-            row = locked
-            until = decision.until or now + CHECK_RETRY_DELAY
-            borrower = borrower_state(session, session.get_one(m.Borrower, row.borrower_id))
-            window = pol.next_allowed_instant(self.policy, borrower, until)
-            if window.kind is DecisionKind.SUPPRESS:
-                withhold(row, window, now)
-                return f"withheld:{window.reason.value}"
-            later = window.until or until
-            self._defer(row, Decision.wait(Reason.FREQUENCY_CAP, later, **decision.detail), now)
+                for message_id, _ in capped:
+                    waiting = self._lock(session, message_id)
+                    if waiting is not None and waiting.status == Status.QUEUED.value:
+                        self._defer(
+                            waiting,
+                            Decision.wait(
+                                Reason.CHECK_UNAVAILABLE, now + CHECK_RETRY_DELAY, check="caps"
+                            ),
+                            now,
+                        )
+                    outcomes[message_id] = "deferred:check_unavailable"
+            log.warning("caps unavailable for %d messages: %s", len(capped), error)
+            return [item for item in group if not item[1].capped]
+        refused = {
+            message_id: decision
+            for (message_id, _), decision in zip(capped, decisions, strict=True)
+            if not decision.may_send
+        }
+        if refused:
+            now = self.now()
+            with transaction(self.sessions) as session:
+                for message_id, decision in refused.items():
+                    outcomes[message_id] = self._wait_for_cap(session, message_id, decision, now)
+        return [item for item in group if item[0] not in refused]
+
+    def _wait_for_cap(
+        self, session: Session, message_id: str, decision: Decision, now: dt.datetime
+    ) -> str:
+        """A message refused by a cap waits until the slot frees, inside the next allowed
+        window; or is withheld when no window comes."""
+        row = self._lock(session, message_id)
+        if row is None or row.status != Status.QUEUED.value:
+            return f"skipped:{row.status if row else 'missing'}"
+        until = decision.until or now + CHECK_RETRY_DELAY
+        borrower = borrower_state(session, session.get_one(m.Borrower, row.borrower_id))
+        window = pol.next_allowed_instant(self.policy, borrower, until)
+        if window.kind is DecisionKind.SUPPRESS:
+            withhold(row, window, now)
+            return f"withheld:{window.reason.value}"
+        later = window.until or until
+        self._defer(row, Decision.wait(Reason.FREQUENCY_CAP, later, **decision.detail), now)
         return "deferred:frequency_cap"
 
     def _release(self, borrower_id: str, message_id: str) -> None:
@@ -560,23 +622,47 @@ class Dispatcher:
             if row.status == Status.SENDING.value:
                 record(row, Status.SENT, reason, now, f"provider_id={receipt.provider_id}")
 
-    def _mark_sending(self, message_id: str, composed: _Composed, now: dt.datetime) -> str | None:
-        """One statement moves the row from `queued` to `sending` with its text, committed
-        before the provider is called; returns an outcome when the row is no longer queued
-        (a payment or an opt-out got to it after the gate)."""
+    def _mark_sending_many(
+        self, ready: list[tuple[str, Dispatcher._Prepared, _Composed]], now: dt.datetime
+    ) -> dict[str, str]:
+        """Move the messages from `queued` to `sending` with their text, committed before
+        any provider is called; returns an outcome for each that is no longer queued (a
+        payment or an opt-out got to it after the gate)."""
+        if not ready:
+            return {}
+        ids = [message_id for message_id, _, _ in ready]
         with transaction(self.sessions) as session:
-            attempts = session.execute(
-                _MARK_SENDING, {"message_id": message_id, "now": now, **composed.columns}
-            ).scalar()
-            if attempts is None:
-                status = session.scalar(select(m.Message.status).where(m.Message.id == message_id))
-                return f"skipped:{status or 'missing'}"
-            insert_rows(
-                session,
-                _EVENTS,
-                [_step(message_id, now, Status.SENDING, None, f"attempt={attempts}")],
+            query = select(_MESSAGES.c.id, _MESSAGES.c.status, _MESSAGES.c.attempts).where(
+                _MESSAGES.c.id.in_(ids)
             )
-        return None
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update()
+            found = {row.id: row for row in session.execute(query)}
+            refused: dict[str, str] = {}
+            rows: list[dict[str, object]] = []
+            steps: list[dict[str, object]] = []
+            for message_id, _, composed in ready:
+                current = found.get(message_id)
+                if current is None or current.status != Status.QUEUED.value:
+                    refused[message_id] = f"skipped:{current.status if current else 'missing'}"
+                    continue
+                attempts = current.attempts + 1
+                rows.append(
+                    {
+                        "id": message_id,
+                        **composed.columns,
+                        "status": Status.SENDING.value,
+                        "reason": None,
+                        "updated_at": now,
+                        "attempts": attempts,
+                    }
+                )
+                steps.append(_step(message_id, now, Status.SENDING, None, f"attempt={attempts}"))
+            update_rows(
+                session, _MESSAGES, "id", rows, statement=_MARK_SENDING, params=_sending_params
+            )
+            insert_rows(session, _EVENTS, steps)
+        return refused
 
     def _record_accepted_many(self, accepted: list[tuple[str, Receipt, dt.datetime]]) -> None:
         """`record_accepted` for many messages in one transaction; empties the list."""

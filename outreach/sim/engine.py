@@ -35,7 +35,6 @@ from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
-from outreach.caps import CapReserver
 from outreach.channels.base import Sender
 from outreach.channels.simulated import SimulatedSender
 from outreach.domain import Channel
@@ -43,7 +42,7 @@ from outreach.errors import OutreachError
 from outreach.render import Renderer
 from outreach.service.dispatch import DUE_STATUSES, Dispatcher, claim_due
 from outreach.service.events import Event, SmsInbound
-from outreach.service.inbound import handle_sms_reply, record_status
+from outreach.service.inbound import StatusReport, handle_sms_reply, record_statuses
 from outreach.service.ingest import ingest_many
 from outreach.service.messages import as_record, seeded_ids
 from outreach.service.planning import PlanWork, loans_of, plan_batch
@@ -52,7 +51,7 @@ from outreach.sim.inputs import EventBook
 from outreach.store import models as m
 from outreach.store.db import make_session_factory, transaction
 from outreach.store.migrate import upgrade
-from outreach.wiring import cap_history, link_secret
+from outreach.wiring import cap_reserver, link_secret
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +223,7 @@ def environment(
             client = embedded.client
         clock = VirtualClock(start)
         senders = {channel: SimulatedSender(channel, clock) for channel in Channel}
-        caps = CapReserver(client, policy, history=cap_history(sessions), prefix=prefix)
+        caps = cap_reserver(client, policy, sessions, prefix=prefix)
         plain_senders: dict[Channel, Sender] = dict(senders)
         dispatcher = Dispatcher(
             sessions=sessions,
@@ -455,23 +454,27 @@ class Simulator:
         if not due:
             return
         with transaction(self.env.sessions) as session:
-            for provider_id, status, error_code in due:
-                record_status(
-                    session,
-                    provider="simulated",
-                    provider_id=provider_id,
-                    status=status,
-                    error_code=error_code,
-                    now=self.now,
-                )
-                self.stats.outcomes[status] += 1
-                if error_code:
-                    # an opt-out or a dead number changes what the borrower may receive
-                    borrower_id = session.scalar(
-                        select(m.Message.borrower_id).where(m.Message.provider_id == provider_id)
-                    )
-                    if borrower_id is not None:
-                        self._dirty.update(loans_of(session, borrower_id))
+            record_statuses(
+                session,
+                provider="simulated",
+                reports=[StatusReport(*outcome) for outcome in due],
+                now=self.now,
+            )
+            failed = [provider_id for provider_id, _, error_code in due if error_code]
+            # an opt-out or a dead number changes what the borrower may receive
+            borrowers = (
+                session.scalars(
+                    select(m.Message.borrower_id)
+                    .where(m.Message.provider_id.in_(failed))
+                    .distinct()
+                ).all()
+                if failed
+                else []
+            )
+            for borrower_id in borrowers:
+                self._dirty.update(loans_of(session, borrower_id))
+        for _, status, _ in due:
+            self.stats.outcomes[status] += 1
 
     def _replan_open_loans(self) -> None:
         env = self.env
