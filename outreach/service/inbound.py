@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,6 +25,7 @@ from outreach.service.state import (
     set_opt_out,
 )
 from outreach.store import models as m
+from outreach.store.bulk import insert_returning
 
 OPT_OUT = "opt_out"
 OPT_IN = "opt_in"
@@ -305,20 +307,14 @@ OPT_OUT_CODES = frozenset({"21610"})
 
 
 _CALLBACK_INSERTS: dict[str, Any] = {}
-# a message by its provider id, built once; its timeline is read only if a step is added
-_BY_PROVIDER = (
-    select(m.Message)
-    .where(m.Message.provider_id == bindparam("provider_id"))
-    .options(lazyload(m.Message.events))
-)
-_BY_PROVIDER_ID = {False: _BY_PROVIDER, True: _BY_PROVIDER.with_for_update()}
+_CALLBACKS = cast(Table, m.ProviderCallback.__table__)
 
 
 def _callback_insert(dialect: str) -> Any:
     statement = _CALLBACK_INSERTS.get(dialect)
     if statement is None:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        table = cast(Table, m.ProviderCallback.__table__)
+        table = _CALLBACKS
         statement = (
             insert(table)
             .values(
@@ -333,6 +329,15 @@ def _callback_insert(dialect: str) -> Any:
     return statement
 
 
+@dataclass(frozen=True)
+class StatusReport:
+    """One delivery status a provider reported for a message it accepted."""
+
+    provider_id: str
+    status: str
+    error_code: str | None = None
+
+
 def record_status(
     session: Session,
     *,
@@ -343,16 +348,56 @@ def record_status(
     now: dt.datetime,
 ) -> str:
     """Apply one delivery status callback; duplicates and late ones change nothing."""
+    report = StatusReport(provider_id, status, error_code)
+    return record_statuses(session, provider=provider, reports=[report], now=now)[0]
+
+
+def record_statuses(
+    session: Session, *, provider: str, reports: Sequence[StatusReport], now: dt.datetime
+) -> list[str]:
+    """Apply delivery status reports in order, each as `record_status` applies one (a
+    duplicate or a late one changes nothing); their messages are read together."""
     dialect = session.get_bind().dialect.name
-    callback_key = f"{provider}:{provider_id}:{status}:{error_code or ''}"
-    fresh = session.execute(
-        _callback_insert(dialect), {"id": callback_key, "provider": provider, "received_at": now}
-    ).scalar()
-    if fresh is None:
-        return "duplicate"
-    message = session.scalar(_BY_PROVIDER_ID[dialect == "postgresql"], {"provider_id": provider_id})
-    if message is None:
-        return "unknown_message"
+    keys = [
+        f"{provider}:{report.provider_id}:{report.status}:{report.error_code or ''}"
+        for report in reports
+    ]
+    fresh = insert_returning(
+        session,
+        _CALLBACKS,
+        [{"id": key, "provider": provider, "received_at": now} for key in dict.fromkeys(keys)],
+        statement=_callback_insert(dialect),
+        conflict="id",
+        returning="id",
+    )
+    provider_ids = sorted({report.provider_id for report in reports})
+    query = (
+        select(m.Message)
+        .where(m.Message.provider_id.in_(provider_ids))
+        .options(lazyload(m.Message.events))
+        .order_by(m.Message.id)
+    )
+    if dialect == "postgresql":
+        query = query.with_for_update()
+    messages = {row.provider_id: row for row in session.scalars(query)} if fresh else {}
+    outcomes: list[str] = []
+    for key, report in zip(keys, reports, strict=True):
+        if key not in fresh:
+            outcomes.append("duplicate")
+            continue
+        fresh.discard(key)  # a second copy in the same batch is a duplicate
+        message = messages.get(report.provider_id)
+        if message is None:
+            outcomes.append("unknown_message")
+            continue
+        outcomes.append(_apply_status(session, message, report, now))
+    return outcomes
+
+
+def _apply_status(
+    session: Session, message: m.Message, report: StatusReport, now: dt.datetime
+) -> str:
+    status, error_code = report.status, report.error_code
     new_status = TWILIO_STATUSES.get(status)
     if new_status is None or not may_move(Status(message.status), new_status):
         return "ignored"
