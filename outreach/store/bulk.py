@@ -3,8 +3,10 @@
 On PostgreSQL the rows go in as one array per column (`… FROM unnest(…)`): one short
 statement, the same text whatever the number of rows, where an executemany costs a round of
 the driver's work per row and a multi-row VALUES a statement the driver must parse anew for
-every batch size. Rows are inserted in the order given (so serial ids follow it). Elsewhere
-(SQLite), and for a single row, it is the given statement, executed once or executemany.
+every batch size. On SQLite the rows go to the driver's executemany of one prepared
+statement, each value converted by its column's type once, without SQLAlchemy's per-row
+work (which costs several times the insert itself). Rows are inserted in the order given
+(so serial ids follow it). A single row on PostgreSQL takes the given statement.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Dialect, Table, text
+from sqlalchemy import CursorResult, Dialect, Table, select, text
 from sqlalchemy.orm import Session
 
 _STATEMENTS: dict[tuple[str, ...], tuple[Any, list[Any]]] = {}
@@ -84,6 +86,46 @@ def _processed(process: Callable[[Any], Any], value: Any) -> Any:
     return None if value is None else process(value)
 
 
+def _driver_statement(
+    table: Table, kind: str, columns: tuple[str, ...], extra: str, dialect: Dialect
+) -> tuple[str, list[Any]]:
+    """SQL for the driver's executemany with positional parameters, and each parameter's
+    bind processor; built once per shape. Every name in it is one of the table's own
+    columns (`table.c[name]` refuses any other)."""
+    key = ("driver", kind, table.name, *columns, extra)
+    found = _STATEMENTS.get(key)
+    if found is None:
+        names = [table.c[name].name for name in columns]
+        if kind == "insert":
+            marks = ", ".join("?" for _ in names)
+            sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})"  # noqa: S608
+            if extra:
+                sql += f" ON CONFLICT ({table.c[extra].name}) DO NOTHING"
+        else:
+            assignments = ", ".join(f"{name} = ?" for name in names)
+            sql = f"UPDATE {table.name} SET {assignments} WHERE {table.c[extra].name} = ?"  # noqa: S608
+        ordered = (*columns, extra) if kind == "update" else columns
+        processors = [
+            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in ordered
+        ]
+        found = _STATEMENTS[key] = (sql, processors)
+    return cast(tuple[str, list[Any]], found)
+
+
+def _driver_many(
+    session: Session, sql: str, processors: list[Any], rows: list[tuple[Any, ...]]
+) -> int:
+    converted = [
+        tuple(
+            value if process is None or value is None else process(value)
+            for process, value in zip(processors, row, strict=True)
+        )
+        for row in rows
+    ]
+    result = session.connection().exec_driver_sql(sql, converted)
+    return cast(CursorResult[Any], result).rowcount
+
+
 def _one_by_one(session: Session, statement: Any, rows: Sequence[Mapping[str, Any]]) -> Any:
     return session.execute(statement, rows[0] if len(rows) == 1 else list(rows))
 
@@ -104,10 +146,15 @@ def insert_rows(
     if not rows:
         return 0
     dialect = session.get_bind().dialect
-    if dialect.name != "postgresql" or len(rows) == 1:
+    columns = tuple(rows[0])
+    if dialect.name == "sqlite":
+        sql, processors = _driver_statement(table, "insert", columns, conflict or "", dialect)
+        return _driver_many(
+            session, sql, processors, [tuple(row[name] for name in columns) for row in rows]
+        )
+    if len(rows) == 1:
         single = statement if statement is not None else table.insert()
         return cast(CursorResult[Any], _one_by_one(session, single, rows)).rowcount
-    columns = tuple(rows[0])
     sql, processors = _unnest_insert(table, columns, conflict, None, dialect)
     result = session.connection().execute(sql, _params(columns, processors, rows))
     return cast(CursorResult[Any], result).rowcount
@@ -127,6 +174,17 @@ def insert_returning(
     if not rows:
         return set()
     dialect = session.get_bind().dialect
+    if dialect.name == "sqlite" and returning == conflict:
+        # the one writer holds the database from BEGIN: what is not there now is inserted
+        wanted = list(dict.fromkeys(row[conflict] for row in rows))
+        column = table.c[conflict]
+        present: set[Any] = set()
+        for index in range(0, len(wanted), 500):
+            query = select(column).where(column.in_(wanted[index : index + 500]))
+            present.update(session.connection().execute(query).scalars())
+        fresh = [row for row in rows if row[conflict] not in present]
+        insert_rows(session, table, fresh, conflict=conflict)
+        return {row[conflict] for row in fresh}
     if dialect.name != "postgresql" or len(rows) == 1:
         return set(_one_by_one(session, statement, rows).scalars())
     columns = tuple(rows[0])
@@ -148,9 +206,15 @@ def update_rows(
     if not rows:
         return
     dialect = session.get_bind().dialect
-    if dialect.name != "postgresql" or len(rows) == 1:
+    columns = tuple(name for name in rows[0] if name != key)
+    if dialect.name == "sqlite":
+        sql, processors = _driver_statement(table, "update", columns, key, dialect)
+        _driver_many(
+            session, sql, processors, [(*(row[name] for name in columns), row[key]) for row in rows]
+        )
+        return
+    if len(rows) == 1:
         _one_by_one(session, statement, [params(row) for row in rows])
         return
-    columns = tuple(name for name in rows[0] if name != key)
     sql, processors = _unnest_update(table, key, columns, dialect)
     session.connection().execute(sql, _params((key, *columns), processors, rows))
