@@ -21,11 +21,22 @@ from outreach.domain import (
 )
 from outreach.service import planning
 from outreach.service.events import ContactRestricted, Event
-from outreach.service.state import APPLY, HELD_ROWS, compose_loan, load_borrower, row_for_update
+from outreach.service.state import (
+    APPLY,
+    HELD_ROWS,
+    LoanRecord,
+    compose_loan,
+    hold_loans,
+    load_borrower,
+    loan_for_update,
+    release_loans,
+    write_loans,
+)
 from outreach.store import models as m
 from outreach.store.bulk import insert_returning, update_rows
 
 APPLIED_OUTCOMES = frozenset({"applied"})
+PROVISIONAL_OUTCOME = "applied"
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,9 @@ def store_in_inbox(session: Session, events: Sequence[Event], now: dt.datetime) 
             "body": event.raw,
             "borrower_id": event.borrower_id,
             "loan_id": event.loan_id,
-            "outcome": "received",
+            # what applying it usually ends in; `ingest_many` records any other outcome in
+            # the same transaction, so the row never says this unless it is so
+            "outcome": PROVISIONAL_OUTCOME,
         }
         # in id order, so two transactions inserting the same ids wait for each other in turn
         for event in sorted(events, key=lambda event: event.id)
@@ -117,7 +130,7 @@ def ingest_many(
         unique.setdefault(event.id, event)
     accepted = store_in_inbox(session, list(unique.values()), now)
     fresh = [event for event in unique.values() if event.id in accepted]
-    held = lock_state_rows(session, fresh)
+    lock_state_rows(session, fresh)
     group = _PlanGroup(_pending_loans_of(session, fresh))
     results: list[IngestResult] = []
     outcomes: list[dict[str, Any]] = []
@@ -127,7 +140,7 @@ def ingest_many(
                 results.append(IngestResult("duplicate", event.id))
                 continue
             accepted.discard(event.id)  # a second copy in the same batch is a duplicate
-            keys = group.keys_of(event, held)
+            keys = group.keys_of(session, event)
             if keys is None or not group.admits(keys):
                 group.plan(session, policy, now)
             if keys is None:
@@ -140,10 +153,13 @@ def ingest_many(
             detail = (
                 _ignored_detail(result.outcome) if result.outcome.startswith("ignored") else None
             )
-            outcomes.append({"id": event.id, "outcome": result.outcome, "detail": detail})
+            if result.outcome != PROVISIONAL_OUTCOME or detail is not None:
+                outcomes.append({"id": event.id, "outcome": result.outcome, "detail": detail})
         group.plan(session, policy, now)
+        write_loans(session)
     finally:
         session.info.pop(HELD_ROWS, None)
+        release_loans(session)
     update_rows(session, _INBOX, "id", outcomes, statement=_INBOX_OUTCOMES, params=_outcome_params)
     return results
 
@@ -154,24 +170,25 @@ def _outcome_params(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def lock_state_rows(session: Session, events: Sequence[Event]) -> dict[tuple[type[Any], str], Any]:
     """Read the loans and borrowers these events update in one query each (FOR UPDATE on
-    PostgreSQL) and hold them for the transaction (`state.row_for_update`), so applying the
-    events finds them at hand, or knows they do not exist yet; returns what is held."""
-    loan_ids = sorted({e.loan_id for e in events if e.loan_id is not None and e.type in _LOAN_ROWS})
+    PostgreSQL) and hold them for the transaction (`state.hold_loans`, and
+    `state.row_for_update` for borrowers), so applying the events finds them at hand, or
+    knows they do not exist yet; returns the borrowers held."""
+    hold_loans(
+        session, {e.loan_id for e in events if e.loan_id is not None and e.type in _LOAN_ROWS}
+    )
     borrower_ids = sorted(
         {e.borrower_id for e in events if e.type == "borrower.upserted" and e.borrower_id}
     )
     postgres = session.get_bind().dialect.name == "postgresql"
     held: dict[tuple[type[Any], str], Any] = session.info.setdefault(HELD_ROWS, {})
-    for model in (m.Loan, m.Borrower):
-        ids = loan_ids if model is m.Loan else borrower_ids
-        for index in range(0, len(ids), 500):
-            chunk = ids[index : index + 500]
-            query = select(model).where(model.id.in_(chunk))
-            if postgres:
-                query = query.with_for_update()
-            found: dict[str, Any] = {cast(Any, row).id: row for row in session.scalars(query)}
-            for key in chunk:
-                held[(model, key)] = found.get(key)
+    for index in range(0, len(borrower_ids), 500):
+        chunk = borrower_ids[index : index + 500]
+        query = select(m.Borrower).where(m.Borrower.id.in_(chunk))
+        if postgres:
+            query = query.with_for_update()
+        found = {row.id: row for row in session.scalars(query)}
+        for key in chunk:
+            held[(m.Borrower, key)] = found.get(key)
     return held
 
 
@@ -217,9 +234,7 @@ class _PlanGroup:
         # key above names: upserted borrowers plan one by one from then on
         self.loan_moved = False
 
-    def keys_of(
-        self, event: Event, held: dict[tuple[type[Any], str], Any]
-    ) -> set[tuple[str, str]] | None:
+    def keys_of(self, session: Session, event: Event) -> set[tuple[str, str]] | None:
         """What the event touches, or None when it must be planned on its own."""
         if event.type == "borrower.upserted" and event.borrower_id and not self.loan_moved:
             loans = self.pending_loans.get(event.borrower_id, ())
@@ -227,7 +242,7 @@ class _PlanGroup:
         if event.type not in _LOAN_ROWS or event.loan_id is None:
             return None
         keys = {("loan", event.loan_id)}
-        row = held.get((m.Loan, event.loan_id))
+        row = loan_for_update(session, event.loan_id)
         if row is not None:
             keys.add(("borrower", row.borrower_id))
         if event.type == "loan.updated" and event.borrower_id is not None:
@@ -284,16 +299,16 @@ def _apply_state(
     return IngestResult("accepted", event.id, outcome, replanned=True)
 
 
-def _loan_before(session: Session, event: Event) -> tuple[m.Loan, LoanState] | None:
+def _loan_before(session: Session, event: Event) -> tuple[LoanRecord, LoanState] | None:
     """A loan's row and its state before a `loan.updated` is applied to it."""
     if event.type != "loan.updated" or event.loan_id is None:
         return None
-    # locked as `apply_loan` locks it, so what is read here is what is then updated
-    row = row_for_update(session, m.Loan, event.loan_id)
+    # held as `apply_loan` holds it, so what is read here is what is then updated
+    row = loan_for_update(session, event.loan_id)
     return None if row is None else (row, _bare_state(row))
 
 
-def _bare_state(row: m.Loan) -> LoanState:
+def _bare_state(row: LoanRecord) -> LoanState:
     """What planning reads of the loan row itself (its promises, plans… are not needed)."""
     return compose_loan(row, (), (), (), ())
 
@@ -313,7 +328,7 @@ def follow_up(session: Session, policy: pol.Policy, event: Event, now: dt.dateti
     if event.loan_id is not None:
         loan_ids.append(event.loan_id)
         if borrower_id is None:
-            loan = session.get(m.Loan, event.loan_id)
+            loan = loan_for_update(session, event.loan_id)
             borrower_id = loan.borrower_id if loan is not None else None
     elif borrower_id is not None:
         loan_ids.extend(planning.loans_of(session, borrower_id))

@@ -31,7 +31,7 @@ from outreach.domain import (
     Status,
 )
 from outreach.service.messages import detail_text, new_id, record
-from outreach.service.state import load_borrowers, load_loans
+from outreach.service.state import flush_state, load_borrowers, load_loans
 from outreach.store import models as m
 from outreach.store.bulk import insert_rows
 
@@ -546,6 +546,7 @@ def regate_borrower(
 
 
 def loans_of(session: Session, borrower_id: str) -> list[str]:
+    flush_state(session)
     return list(
         session.scalars(
             select(m.Loan.id).where(m.Loan.borrower_id == borrower_id).order_by(m.Loan.id)
@@ -557,6 +558,7 @@ def loans_of_many(session: Session, borrower_ids: Sequence[str]) -> dict[str, li
     """`loans_of` for many borrowers, in one query per 500."""
     found: dict[str, list[str]] = {}
     ids = sorted(set(borrower_ids))
+    flush_state(session)
     for index in range(0, len(ids), _IN_CHUNK):
         query = (
             select(m.Loan.borrower_id, m.Loan.id)

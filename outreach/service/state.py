@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, Table, bindparam, select
+from sqlalchemy import Row, Select, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from outreach.domain import (
@@ -26,6 +26,20 @@ from outreach.domain import (
 )
 from outreach.service import events as ev
 from outreach.store import models as m
+from outreach.store.bulk import insert_rows, update_rows
+
+_LOANS = cast(Table, m.Loan.__table__)
+LOAN_COLUMNS = tuple(column.name for column in _LOANS.columns)
+_LOAN_UPDATE = (
+    update(_LOANS)
+    .where(_LOANS.c.id == bindparam("loan_key"))
+    .values({name: bindparam(name) for name in LOAN_COLUMNS if name != "id"})
+)
+_IN_CHUNK = 500
+
+
+def _loan_params(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"loan_key": row["id"], **{name: row[name] for name in LOAN_COLUMNS if name != "id"}}
 
 
 def normalize_recipient(channel: Channel | str, recipient: str) -> str:
@@ -64,6 +78,112 @@ def _hold(session: Session, model: type[Any], key: str, row: Any) -> None:
         held[(model, key)] = row
 
 
+# session.info key: {loan id: LoanRecord or None} of loans this transaction holds for update
+HELD_LOANS = "outreach.held_loans"
+
+
+class LoanRecord:
+    """A loan row this transaction holds for update, as plain values.
+
+    Events change it in memory; `write_loans` writes every changed one back in one statement
+    (one for new loans, one for the rest), before anything reads loans from the database
+    again (`flush_state`). The ORM would do the same with several times the work per row,
+    which the loan system's nightly report of every loan makes the bulk of ingesting.
+    """
+
+    __slots__ = (*LOAN_COLUMNS, "_written")
+
+    id: str
+    borrower_id: str
+    product: str
+    currency: str
+    amount_due: Decimal
+    balance: Decimal
+    days_past_due: int
+    due_date: dt.date
+    account_number: str
+    closed_reason: str | None
+    state_as_of: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    def __init__(self, values: Mapping[Any, Any], *, stored: bool) -> None:
+        for name in LOAN_COLUMNS:
+            setattr(self, name, values.get(name))
+        # the values the database has, or None for a loan not inserted yet
+        self._written: tuple[Any, ...] | None = self.values() if stored else None
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in LOAN_COLUMNS)
+
+    def as_row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in LOAN_COLUMNS}
+
+
+def _held_loans(session: Session) -> dict[str, LoanRecord | None]:
+    held: dict[str, LoanRecord | None] = session.info.setdefault(HELD_LOANS, {})
+    return held
+
+
+def hold_loans(session: Session, loan_ids: Iterable[str]) -> dict[str, LoanRecord | None]:
+    """Read these loans for update (FOR UPDATE on PostgreSQL) in one query per 500, unless
+    this transaction holds them already; returns every loan it holds (None: no such loan)."""
+    held = _held_loans(session)
+    wanted = sorted({loan_id for loan_id in loan_ids if loan_id not in held})
+    if not wanted:
+        return held
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for index in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[index : index + _IN_CHUNK]
+        query = select(_LOANS).where(_LOANS.c.id.in_(chunk))
+        if postgres:
+            query = query.with_for_update()
+        found = {row.id: row for row in session.connection().execute(query)}
+        for loan_id in chunk:
+            row = found.get(loan_id)
+            held[loan_id] = None if row is None else LoanRecord(row._mapping, stored=True)
+    return held
+
+
+def loan_for_update(session: Session, loan_id: str) -> LoanRecord | None:
+    """The loan about to be updated, held by this transaction (see `hold_loans`)."""
+    return hold_loans(session, (loan_id,))[loan_id]
+
+
+def write_loans(session: Session) -> None:
+    """Write the held loans that changed since they were read or last written."""
+    held = session.info.get(HELD_LOANS)
+    if not held:
+        return
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for record in held.values():
+        if record is None:
+            continue
+        values = record.values()
+        if record._written is None:
+            inserts.append(record.as_row())
+        elif values != record._written:
+            updates.append(record.as_row())
+        else:
+            continue
+        record._written = values
+    insert_rows(session, _LOANS, inserts)
+    update_rows(session, _LOANS, "id", updates, statement=_LOAN_UPDATE, params=_loan_params)
+
+
+def release_loans(session: Session) -> None:
+    """Forget the held loans (at the end of the work that held them, after `write_loans`)."""
+    session.info.pop(HELD_LOANS, None)
+
+
+def flush_state(session: Session) -> None:
+    """Everything this transaction changed, in the database: what the ORM holds and the
+    held loans; run before reading state back with a query."""
+    session.flush()
+    write_loans(session)
+
+
 def apply_borrower(session: Session, event: ev.Event, now: dt.datetime) -> str:
     """Upsert a borrower; an update older than the one applied is recorded and ignored."""
     data: ev.BorrowerIn = event.data.borrower
@@ -97,15 +217,15 @@ def apply_borrower(session: Session, event: ev.Event, now: dt.datetime) -> str:
 
 def apply_loan(session: Session, event: ev.Event, now: dt.datetime) -> str:
     data: ev.LoanIn = event.data.loan
-    row = row_for_update(session, m.Loan, data.id)
+    row = loan_for_update(session, data.id)
     if row is not None and row.state_as_of > event.occurred_at:
         return "ignored_stale"
     if row is not None and row.closed_reason is not None:
         return "ignored_closed"
     if row is None:
-        row = m.Loan(id=data.id, created_at=now)
-        session.add(row)
-        _hold(session, m.Loan, data.id, row)
+        row = _held_loans(session)[data.id] = LoanRecord(
+            {"id": data.id, "created_at": now}, stored=False
+        )
     row.borrower_id = data.borrower_id
     row.product = data.product
     row.currency = data.currency
@@ -131,7 +251,7 @@ def apply_payment(session: Session, event: ev.Event, now: dt.datetime) -> str:
                 amount_due_after=data.amount_due_after,
             )
         )
-    loan = row_for_update(session, m.Loan, data.loan_id)
+    loan = loan_for_update(session, data.loan_id)
     if loan is None:
         return "recorded_unknown_loan"
     if loan.state_as_of > event.occurred_at:
@@ -230,7 +350,7 @@ def apply_restriction(session: Session, event: ev.Event, now: dt.datetime) -> st
 
 def apply_closure(session: Session, event: ev.Event, now: dt.datetime) -> str:
     data: ev.LoanClosed = event.data
-    loan = row_for_update(session, m.Loan, data.loan_id)
+    loan = loan_for_update(session, data.loan_id)
     if loan is None:
         return "recorded_unknown_loan"
     loan.closed_reason = data.reason.value
@@ -333,7 +453,6 @@ _INVALID = _table(m.InvalidRecipient)
 _RESTRICTIONS = _table(m.ContactRestriction)
 _BORROWERS = _table(m.Borrower)
 _PHONES = _table(m.BorrowerPhone)
-_LOANS = _table(m.Loan)
 _PAYMENTS = _table(m.Payment)
 _PROMISES = _table(m.PromiseToPay)
 _PLANS = _table(m.PaymentPlan)
@@ -381,7 +500,7 @@ def _rows(
     """Rows of a prebuilt query, after the session's pending changes (as autoflush would;
     `flush=False` right after a query that flushed)."""
     if flush:
-        session.flush()
+        flush_state(session)
     return session.connection().execute(query, params).all()
 
 
@@ -474,7 +593,7 @@ def load_loan(session: Session, loan_id: str) -> LoanState | None:
     return loan_state(session, rows[0]) if rows else None
 
 
-def loan_state(session: Session, row: m.Loan | Row[Any]) -> LoanState:
+def loan_state(session: Session, row: Row[Any]) -> LoanState:
     return compose_loan(
         row,
         _rows(session, _PAYMENTS_QUERY, loan_id=row.id),
@@ -515,8 +634,6 @@ def compose_loan(
 
 # --- reading many at once: the same states, a fixed number of queries for a whole batch -------
 
-_IN_CHUNK = 500
-
 
 def _rows_in(
     session: Session, table: Table, column: str, keys: Sequence[str], *order_by: str
@@ -542,7 +659,7 @@ def load_borrowers(session: Session, borrower_ids: Iterable[str]) -> dict[str, B
     ids = sorted(set(borrower_ids))
     if not ids:
         return {}
-    session.flush()
+    flush_state(session)
     rows = _rows_in(session, _BORROWERS, "id", ids)
     phones = _grouped(
         _rows_in(session, _PHONES, "borrower_id", ids, "borrower_id", "position"), "borrower_id"
@@ -572,7 +689,7 @@ def load_loans(session: Session, loan_ids: Iterable[str]) -> dict[str, LoanState
     ids = sorted(set(loan_ids))
     if not ids:
         return {}
-    session.flush()
+    flush_state(session)
     rows = _rows_in(session, _LOANS, "id", ids)
     payments = _grouped(
         _rows_in(session, _PAYMENTS, "loan_id", ids, "loan_id", "paid_at"), "loan_id"
