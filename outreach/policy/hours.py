@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 from outreach.domain import BorrowerState, Decision, InconvenientWindow, Reason
+from outreach.policy.memo import per_borrower
 from outreach.policy.model import CAP_RULE_NAMES, CapRule, ContactRules, DailyWindow, Policy
 from outreach.policy.zones import borrower_countries, candidate_zones, jurisdiction_codes
 
@@ -29,6 +30,7 @@ _SECOND = dt.timedelta(seconds=1)
 Interval = tuple[dt.datetime, dt.datetime]
 
 
+@per_borrower
 def contact_rules(policy: Policy, borrower: BorrowerState) -> ContactRules:
     """The window, caps and holidays for this borrower, jurisdiction overrides applied.
 

@@ -18,6 +18,7 @@ from phonenumbers import PhoneNumberType
 from phonenumbers import timezone as phone_timezone
 
 from outreach.domain import Address, BorrowerState
+from outreach.policy.memo import per_borrower
 from outreach.policy.model import Policy
 
 # A phone number mapping to more zones than this tells nothing about where its holder is.
@@ -333,7 +334,8 @@ def _zone(name: str) -> ZoneInfo | None:
         return None
 
 
-def candidate_zones(policy: Policy, borrower: BorrowerState) -> list[ZoneInfo]:
+@per_borrower
+def candidate_zones(policy: Policy, borrower: BorrowerState) -> tuple[ZoneInfo, ...]:
     """Every zone the borrower may be in, most explicit first; the policy default if none."""
     names: list[str] = []
     if borrower.timezone:
@@ -342,10 +344,11 @@ def candidate_zones(policy: Policy, borrower: BorrowerState) -> list[ZoneInfo]:
         names.extend(address_zones(borrower.address))
     for phone in borrower.phones:
         names.extend(phone_zones(phone))
-    zones = [zone for zone in (_zone(name) for name in _unique(names)) if zone is not None]
-    return zones or [policy.default_zone]
+    zones = tuple(zone for zone in (_zone(name) for name in _unique(names)) if zone is not None)
+    return zones or (policy.default_zone,)
 
 
+@per_borrower
 def borrower_countries(policy: Policy, borrower: BorrowerState) -> tuple[str, ...]:
     """Every country the borrower may be in (for holidays); the policy default if none."""
     countries: list[str] = []
