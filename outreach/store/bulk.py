@@ -3,7 +3,9 @@
 On PostgreSQL the rows go in as one array per column (`… FROM unnest(…)`): one short
 statement, the same text whatever the number of rows, where an executemany costs a round of
 the driver's work per row and a multi-row VALUES a statement the driver must parse anew for
-every batch size. On SQLite the rows go to the driver's executemany of one prepared
+every batch size. The arrays go to psycopg directly, in its binary format: as text, every
+element of every array would be searched and escaped by a regular expression, which costs
+more than the insert. On SQLite the rows go to the driver's executemany of one prepared
 statement, each value converted by its column's type once, without SQLAlchemy's per-row
 work (which costs several times the insert itself). Rows are inserted in the order given
 (so serial ids follow it). A single row on PostgreSQL takes the given statement.
@@ -14,16 +16,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Dialect, Table, select, text
+from sqlalchemy import CursorResult, Dialect, Table, select
 from sqlalchemy.orm import Session
 
 _STATEMENTS: dict[tuple[str, ...], tuple[Any, list[Any]]] = {}
 
 
 def _arrays(table: Table, columns: Sequence[str], dialect: Dialect) -> tuple[str, list[Any]]:
-    """`CAST(:c AS type[])` for each column, and each column's bind processor."""
+    """`CAST(%(c)b AS type[])` for each column (psycopg's binary placeholders), and each column's
+    bind processor."""
     arrays = ", ".join(
-        f"CAST(:{name} AS {table.c[name].type.compile(dialect=dialect)}[])" for name in columns
+        f"CAST(%({name})b AS {table.c[name].type.compile(dialect=dialect)}[])" for name in columns
     )
     processors = [
         table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
@@ -53,7 +56,7 @@ def _unnest_insert(
             sql += f" ON CONFLICT ({table.c[conflict].name}) DO NOTHING"
         if returning is not None:
             sql += f" RETURNING {table.c[returning].name}"
-        found = _STATEMENTS[key] = (text(sql), processors)
+        found = _STATEMENTS[key] = (sql, processors)
     return found
 
 
@@ -68,8 +71,17 @@ def _unnest_update(table: Table, key: str, columns: tuple[str, ...], dialect: Di
             f"UPDATE {table.name} SET {assignments} FROM unnest({arrays}) "  # noqa: S608
             f"AS rows ({names}) WHERE {table.name}.{table.c[key].name} = rows.{key}"
         )
-        found = _STATEMENTS[cache_key] = (text(sql), processors)
+        found = _STATEMENTS[cache_key] = (sql, processors)
     return found
+
+
+def _binary(session: Session, sql: str, params: dict[str, list[Any]]) -> Any:
+    """Run `sql` with psycopg in the session's transaction, parameters in binary; returns
+    the driver's cursor."""
+    connection: Any = session.connection().connection.dbapi_connection
+    cursor = connection.cursor()
+    cursor.execute(sql, params, binary=True)
+    return cursor
 
 
 def _params(
@@ -156,8 +168,8 @@ def insert_rows(
         single = statement if statement is not None else table.insert()
         return cast(CursorResult[Any], _one_by_one(session, single, rows)).rowcount
     sql, processors = _unnest_insert(table, columns, conflict, None, dialect)
-    result = session.connection().execute(sql, _params(columns, processors, rows))
-    return cast(CursorResult[Any], result).rowcount
+    cursor = _binary(session, sql, _params(columns, processors, rows))
+    return int(cursor.rowcount)
 
 
 def insert_returning(
@@ -189,7 +201,8 @@ def insert_returning(
         return set(_one_by_one(session, statement, rows).scalars())
     columns = tuple(rows[0])
     sql, processors = _unnest_insert(table, columns, conflict, returning, dialect)
-    return set(session.connection().execute(sql, _params(columns, processors, rows)).scalars())
+    cursor = _binary(session, sql, _params(columns, processors, rows))
+    return {row[0] for row in cursor.fetchall()}
 
 
 def update_rows(
@@ -217,4 +230,4 @@ def update_rows(
         _one_by_one(session, statement, [params(row) for row in rows])
         return
     sql, processors = _unnest_update(table, key, columns, dialect)
-    session.connection().execute(sql, _params((key, *columns), processors, rows))
+    _binary(session, sql, _params((key, *columns), processors, rows))
