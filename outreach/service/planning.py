@@ -77,6 +77,8 @@ class NewMessage:
     created_at: dt.datetime
     updated_at: dt.datetime
     steps: list[dict[str, Any]] = field(default_factory=list)
+    # the instant the final gate was asked about it on planning (`plan_message`), if it was
+    gated_for: dt.datetime | None = None
 
     def record(
         self,
@@ -203,7 +205,7 @@ def plan_message(
     time) is recorded as the deferral it is.
     """
     message = NewMessage(
-        id=new_id("msg_", now),
+        id=new_id("msg_", now, name=planned.key),
         idempotency_key=planned.key,
         purpose=planned.purpose.value,
         borrower_id=planned.borrower_id,
@@ -231,16 +233,23 @@ def plan_message(
         return message
     if timing is not None and timing.kind is DecisionKind.WAIT:
         message.record(Status.DEFERRED, timing.reason.value, now, timing.detail_text())
+    message.gated_for = max(now, planned.send_at)
     decision = pol.gate(
         policy,
         borrower,
         loan,
         planned,
-        max(now, planned.send_at),
+        message.gated_for,
         cease_confirmations_sent=cease_confirmations_sent,
     )
     apply_planning_decision(message, decision, now)
     return message
+
+
+def _just_gated(row: Planned, now: dt.datetime) -> bool:
+    """A message planned in this batch whose gate was asked about the very instant a re-gate
+    would ask about, on the same state: asking again decides the same."""
+    return isinstance(row, NewMessage) and row.gated_for == max(now, row.send_at)
 
 
 def insert_new(session: Session, messages: Sequence[NewMessage]) -> set[str]:
@@ -450,8 +459,8 @@ def plan_batch(
             *new_of_borrower.get(borrower_id, []),
         ]
         for row in sorted(rows, key=lambda row: row.id):
-            if row.status not in PENDING:
-                continue  # withheld by the re-plan before
+            if row.status not in PENDING or _just_gated(row, now):
+                continue  # withheld by the re-plan before, or gated on this state just now
             loan = loans.get(row.loan_id) if row.loan_id is not None else None
             withheld += regate(session, policy, regated_borrower, loan, row, now)
         result.withheld[borrower_id] = withheld
@@ -501,7 +510,8 @@ def _replan(
             withhold(row, decision, now)
             outcome.cancelled += 1
             continue
-        outcome.suppressed += regate(session, policy, borrower, loan, row, now)
+        if not _just_gated(row, now):
+            outcome.suppressed += regate(session, policy, borrower, loan, row, now)
     outcome.next_change = pol.next_plan_change(policy, borrower, loan, now)
     return fresh
 
