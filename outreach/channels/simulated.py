@@ -1,13 +1,14 @@
 """The simulator's provider (SPEC §10): accepts everything on a virtual clock, reports later.
 
 Every SMS and email is delivered `DELIVERY_DELAY` after it is sent, except Twilio's magic test
-numbers, which behave as they do on Twilio's test credentials. Ids come from a counter, so the
-same inputs give the same ids and a simulation can be compared run to run.
+numbers, which behave as they do on Twilio's test credentials. Ids are derived from the message
+ids, so the same inputs give the same ids and a simulation can be compared run to run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import heapq
 import itertools
 import threading
@@ -52,7 +53,6 @@ class SimulatedSender:
         self.channel = channel
         self._clock = clock
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._order = itertools.count()  # ties in the heap resolve in sending order
         # (due at, order, provider id, status, error code)
         self._pending: list[tuple[dt.datetime, int, str, str, str | None]] = []
@@ -65,7 +65,7 @@ class SimulatedSender:
             raise ProviderRejected(code, detail, effect)
         now = self._clock()
         with self._lock:
-            provider_id = self._new_id()
+            provider_id = self._new_id(outgoing.message_id)
             error_code = MAGIC_UNDELIVERED.get(outgoing.to) if self.channel is Channel.SMS else None
             status = "undelivered" if error_code else "delivered"
             heapq.heappush(
@@ -96,8 +96,10 @@ class SimulatedSender:
         with self._lock:
             return self._receipts.get(outgoing.message_id)
 
-    def _new_id(self) -> str:
-        number = next(self._ids)
+    def _new_id(self, message_id: str) -> str:
+        # derived from the message (handed over once), so the same run gives the same ids
+        # however its borrowers are split between processes
+        digest = hashlib.blake2b(message_id.encode(), digest_size=16).hexdigest()
         if self.channel is Channel.SMS:
-            return f"SM{number:032x}"  # shaped like a Twilio message sid
-        return f"<sim-{number:08d}@outreach.simulated>"  # shaped like a Message-ID
+            return f"SM{digest}"  # shaped like a Twilio message sid
+        return f"<sim-{digest[:20]}@outreach.simulated>"  # shaped like a Message-ID

@@ -158,17 +158,27 @@ def _step(
 def claim_due(session: Session, now: dt.datetime, limit: int = 500) -> list[str]:
     """Move due rows to `queued` and return their ids (SKIP LOCKED on PostgreSQL)."""
     query = (
-        select(m.Message)
-        .where(m.Message.status.in_(DUE_STATUSES), m.Message.send_at <= now)
-        .order_by(m.Message.send_at)
+        select(_MESSAGES.c.id)
+        .where(_MESSAGES.c.status.in_(DUE_STATUSES), _MESSAGES.c.send_at <= now)
+        # ties in id order: which of them a batch takes never depends on storage order
+        .order_by(_MESSAGES.c.send_at, _MESSAGES.c.id)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    rows = session.scalars(query).all()
-    for row in rows:
-        record(row, Status.QUEUED, Reason.DUE.value, now)
-    return [row.id for row in rows]
+    ids = list(session.connection().execute(query).scalars())
+    if ids:
+        session.connection().execute(
+            update(_MESSAGES)
+            .where(_MESSAGES.c.id.in_(ids))
+            .values(status=Status.QUEUED.value, reason=Reason.DUE.value, updated_at=now)
+        )
+        insert_rows(
+            session,
+            _EVENTS,
+            [_step(message_id, now, Status.QUEUED, Reason.DUE.value, None) for message_id in ids],
+        )
+    return ids
 
 
 def stale_queued(session: Session, now: dt.datetime, limit: int = 500) -> list[str]:

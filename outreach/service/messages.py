@@ -3,51 +3,59 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
-import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import inspect
+from sqlalchemy import Row, Table, inspect, select
+from sqlalchemy.orm import Session
 
 from outreach.domain import DELIVERY_RANK, Status
 from outreach.store import models as m
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# the random part of new identifiers; replaced only by `seeded_ids` (the simulator's --seed)
-_seeded: random.Random | None = None
+# the simulator's --seed while `seeded_ids` is active: the random part of new identifiers is
+# then derived from it and what the identifier names
+_seed: int | None = None
 
 
-def _random_bits() -> int:
-    if _seeded is not None:
-        return _seeded.getrandbits(80)
+def _random_bits(name: str | None) -> int:
+    if _seed is not None:
+        if name is None:
+            raise RuntimeError("a seeded identifier needs the name of what it identifies")
+        digest = hashlib.blake2b(f"{_seed}:{name}".encode(), digest_size=10).digest()
+        return int.from_bytes(digest, "big")
     return int.from_bytes(os.urandom(10), "big")
 
 
 @contextmanager
 def seeded_ids(seed: int) -> Iterator[None]:
-    """Reproducible identifiers while active: the same seed and inputs give the same ids.
+    """Reproducible identifiers while active: each one's random part is derived from the seed
+    and the name of what it identifies (a message's idempotency key), so the same seed and
+    inputs give the same ids whatever order, or process, creates them.
 
     For the simulator only; it is process-wide, so never use it in a serving process.
     """
-    global _seeded
-    previous = _seeded
-    _seeded = random.Random(seed)
+    global _seed
+    previous = _seed
+    _seed = seed
     try:
         yield
     finally:
-        _seeded = previous
+        _seed = previous
 
 
-def new_id(prefix: str, at: dt.datetime | None = None) -> str:
+def new_id(prefix: str, at: dt.datetime | None = None, *, name: str | None = None) -> str:
     """A sortable identifier: 48 bits of milliseconds then 80 random bits, Crockford base32.
 
-    Newer messages sort after older ones, which keeps cursor pages stable.
+    Newer messages sort after older ones, which keeps cursor pages stable. `name` is what
+    the identifier names, unique among its kind (see `seeded_ids`).
     """
     millis = int(at.timestamp() * 1000) if at is not None else time.time_ns() // 1_000_000
-    value = (millis << 80) | _random_bits()
+    value = (millis << 80) | _random_bits(name)
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
@@ -98,8 +106,14 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def as_record(message: m.Message, *, with_events: bool = True) -> dict[str, Any]:
-    """The message as the API and MESSAGES.jsonl show it (SPEC §6, §10)."""
+def as_record(
+    message: m.Message | Row[Any],
+    *,
+    with_events: bool = True,
+    events: Iterable[m.MessageEvent | Row[Any]] | None = None,
+) -> dict[str, Any]:
+    """The message as the API and MESSAGES.jsonl show it (SPEC §6, §10); its timeline is
+    `events` when given (read together for many messages), else the row's own."""
     document: dict[str, Any] = {
         "id": message.id,
         "purpose": message.purpose,
@@ -128,8 +142,29 @@ def as_record(message: m.Message, *, with_events: bool = True) -> dict[str, Any]
         "created_at": iso(message.created_at),
     }
     if with_events:
+        steps = events if events is not None else cast(m.Message, message).events
         document["events"] = [
             {"at": iso(e.at), "status": e.status, "reason": e.reason, "detail": e.detail}
-            for e in message.events
+            for e in steps
         ]
     return document
+
+
+_MESSAGES = cast(Table, m.Message.__table__)
+_STEPS = cast(Table, m.MessageEvent.__table__)
+
+
+def records_of(session: Session, rows: Sequence[Row[Any]]) -> list[dict[str, Any]]:
+    """`as_record` for rows of the messages table read with Core, their timelines read in
+    one query per 500 messages."""
+    ids = [row.id for row in rows]
+    steps: dict[str, list[Row[Any]]] = {message_id: [] for message_id in ids}
+    for index in range(0, len(ids), 500):
+        query = (
+            select(_STEPS)
+            .where(_STEPS.c.message_id.in_(ids[index : index + 500]))
+            .order_by(_STEPS.c.id)
+        )
+        for step in session.connection().execute(query):
+            steps[step.message_id].append(step)
+    return [as_record(row, events=steps[row.id]) for row in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
@@ -108,16 +109,23 @@ def test_email_is_always_delivered_even_to_magic_numbers(clock: VirtualClock) ->
 
     receipt = sender.send(mail("+15005550001"))
 
-    assert receipt.provider_id == "<sim-00000001@outreach.simulated>"
+    assert re.fullmatch(r"<sim-[0-9a-f]{20}@outreach\.simulated>", receipt.provider_id)
     assert sender.due_outcomes(T0 + DELIVERY_DELAY) == [(receipt.provider_id, "delivered", None)]
 
 
-def test_ids_are_reproducible_run_to_run(clock: VirtualClock) -> None:
-    def run() -> list[str]:
+def test_ids_are_reproducible_run_to_run_and_named_after_their_message(
+    clock: VirtualClock,
+) -> None:
+    def run(order: list[int]) -> dict[str, str]:
         sender = SimulatedSender(Channel.SMS, VirtualClock(T0))
-        return [sender.send(sms(f"+86138001380{i:02d}", f"m{i}")).provider_id for i in range(3)]
+        return {
+            f"m{i}": sender.send(sms(f"+86138001380{i:02d}", f"m{i}")).provider_id for i in order
+        }
 
-    assert run() == run() == [f"SM{n:032x}" for n in (1, 2, 3)]
+    first = run([0, 1, 2])
+    assert first == run([0, 1, 2]) == run([2, 0, 1])  # whatever else was sent before
+    assert len(set(first.values())) == 3
+    assert all(re.fullmatch(r"SM[0-9a-f]{32}", sid) for sid in first.values())
 
 
 def test_find_sent_returns_what_was_accepted(clock: VirtualClock) -> None:
