@@ -459,24 +459,32 @@ def simulate(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Same seed and input, same message ids.")
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            min=1,
+            help="Processes to split a large book between (default: one per CPU); "
+            "the output is the same.",
+        ),
+    ] = None,
 ) -> None:
     """Run the real pipeline on a virtual clock over EVENTS.jsonl."""
-    from outreach.sim import EventBook
-    from outreach.sim import simulate as run_simulation
     from outreach.sim.report import summary_line
+    from outreach.sim.shards import simulate_file
 
     settings = settings_or_exit()
     with errors_as_one_line():
-        book = EventBook.from_file(events)
-        result = run_simulation(
+        result = simulate_file(
             settings,
-            book,
+            events,
             start=start,
             days=days,
             out=out,
             policy_path=policy,
             seed=seed,
             progress=sys.stderr.isatty(),
+            jobs=jobs,
         )
     typer.echo(summary_line(result.stats, out))
 

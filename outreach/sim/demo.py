@@ -10,9 +10,8 @@ from pathlib import Path
 from outreach import policy as pol
 from outreach.settings import Settings
 from outreach.sim.book import DEMO_START, generate_book
-from outreach.sim.engine import simulate
-from outreach.sim.inputs import EventBook
 from outreach.sim.report import check_lines, message_tables, reason_tables
+from outreach.sim.shards import simulate_file
 from outreach.sim_checks import read_jsonl, run_checks
 
 
@@ -38,10 +37,9 @@ def run_demo(
         with events_path.open("w", encoding="utf-8") as handle:
             for event in events:
                 handle.write(json.dumps(event, ensure_ascii=False) + "\n")
-        book = EventBook.from_file(events_path)
-        result = simulate(
+        result = simulate_file(
             settings,
-            book,
+            events_path,
             start=DEMO_START,
             days=days,
             out=messages_path,

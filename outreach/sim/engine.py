@@ -19,8 +19,10 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -44,7 +46,7 @@ from outreach.service.dispatch import DUE_STATUSES, Dispatcher, claim_due
 from outreach.service.events import Event, SmsInbound
 from outreach.service.inbound import StatusReport, handle_sms_reply, record_statuses
 from outreach.service.ingest import ingest_many
-from outreach.service.messages import as_record, seeded_ids
+from outreach.service.messages import records_of, seeded_ids
 from outreach.service.planning import PlanWork, loans_of, plan_batch
 from outreach.settings import Settings
 from outreach.sim.inputs import EventBook
@@ -93,6 +95,9 @@ class SimulationStats:
     messages: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     wall_seconds: float = 0.0
+    # the processes the run took, and the sum of each one's peak resident memory
+    processes: int = 1
+    peak_memory_bytes: int = 0
 
     @property
     def events_applied(self) -> int:
@@ -534,31 +539,43 @@ class Simulator:
 
     # -- output -----------------------------------------------------------------------------
 
-    def write_messages(self, out: IO[str]) -> int:
-        """Every message as a MESSAGES.jsonl line (SPEC §10), in the order they were created."""
+    def write_messages(self, out: IO[str], *, keyed: bool = False) -> int:
+        """Every message as a MESSAGES.jsonl line (SPEC §10), in the order they were created;
+        `keyed` puts that order's key before each line (`<key>\t\t<line>`), for merging
+        the output of several processes."""
         written = 0
         last: tuple[dt.datetime, str] | None = None
         statuses: Counter[str] = Counter()
+        table = m.Message.__table__
         while True:
             with self.env.sessions() as session:
-                query = select(m.Message).order_by(m.Message.created_at, m.Message.id)
+                query = select(table).order_by(table.c.created_at, table.c.id)
                 if last is not None:
                     query = query.where(
-                        (m.Message.created_at > last[0])
-                        | ((m.Message.created_at == last[0]) & (m.Message.id > last[1]))
+                        (table.c.created_at > last[0])
+                        | ((table.c.created_at == last[0]) & (table.c.id > last[1]))
                     )
-                rows = session.scalars(query.limit(500)).all()
+                rows = session.connection().execute(query.limit(2000)).all()
                 if not rows:
                     break
-                for row in rows:
-                    out.write(json.dumps(as_record(row), ensure_ascii=False))
+                for row, record in zip(rows, records_of(session, rows), strict=True):
+                    if keyed:
+                        out.write(f"{_micros(row.created_at):020d} {row.id}\t\t")
+                    out.write(json.dumps(record, ensure_ascii=False))
                     out.write("\n")
-                    statuses[row.status] += 1
+                    statuses[record["status"]] += 1
                 written += len(rows)
                 last = (rows[-1].created_at, rows[-1].id)
         self.stats.messages = written
         self.stats.statuses = statuses
         return written
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass
@@ -580,6 +597,7 @@ def simulate(
     workdir: Path | None = None,
     replan_every_loan: bool = False,
     on_environment: Callable[[SimulationEnvironment], None] | None = None,
+    keyed_output: bool = False,
 ) -> SimulationResult:
     """Run `book` from `start` for `days` and write MESSAGES.jsonl to `out`."""
     if start.tzinfo is None or start.utcoffset() is None:
@@ -596,8 +614,15 @@ def simulate(
         stats = simulator.run(book)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as handle:
-            simulator.write_messages(handle)
+            simulator.write_messages(handle, keyed=keyed_output)
+    stats.peak_memory_bytes = peak_memory()
     return SimulationResult(stats, out)
+
+
+def peak_memory() -> int:
+    """This process's peak resident memory in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 __all__ = [

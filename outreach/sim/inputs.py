@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,9 +70,17 @@ class EventBook:
         return len(self.entries)
 
     @classmethod
-    def from_lines(cls, lines: Iterable[str], source: str = "EVENTS.jsonl") -> EventBook:
+    def from_lines(
+        cls,
+        lines: Iterable[str],
+        source: str = "EVENTS.jsonl",
+        keep: Callable[[int], bool] | None = None,
+    ) -> EventBook:
+        """The book of these lines; with `keep`, of the lines whose number it accepts."""
         book = cls(source)
         for number, raw in enumerate(lines, start=1):
+            if keep is not None and not keep(number):
+                continue
             text = raw.strip()
             if not text:
                 continue
@@ -85,10 +93,10 @@ class EventBook:
         return book
 
     @classmethod
-    def from_file(cls, path: Path) -> EventBook:
+    def from_file(cls, path: Path, keep: Callable[[int], bool] | None = None) -> EventBook:
         try:
             with path.open(encoding="utf-8") as handle:
-                return cls.from_lines(handle, source=str(path))
+                return cls.from_lines(handle, source=str(path), keep=keep)
         except UnicodeDecodeError as error:
             raise SimulationInputError(str(path), 0, f"not UTF-8 text ({error.reason})") from None
         except OSError as error:
