@@ -107,22 +107,6 @@ _MESSAGES = cast(Table, m.Message.__table__)
 _EVENTS = cast(Table, m.MessageEvent.__table__)
 _NOW = bindparam("now", type_=_MESSAGES.c.updated_at.type)
 _CONTENT = ("locale", "recipient", "template_version", "body", "segments", "encoding")
-# the columns a message gets when it is marked `sending`: its text, and the move itself
-_SENDING_COLUMNS = (
-    *_CONTENT,
-    "subject",
-    "text",
-    "html",
-    "status",
-    "reason",
-    "updated_at",
-    "attempts",
-)
-_MARK_SENDING = (
-    update(_MESSAGES)
-    .where(_MESSAGES.c.id == bindparam("message_id"))
-    .values({name: bindparam(name) for name in _SENDING_COLUMNS})
-)
 _IS_SENDING = _MESSAGES.c.status == Status.SENDING.value
 # as `record_accepted`: the provider id and first hand-over always; the status only from
 # `sending` (a callback may already have moved it on)
@@ -137,10 +121,6 @@ _RECORD_ACCEPTED = (
         updated_at=case((_IS_SENDING, _NOW), else_=_MESSAGES.c.updated_at),
     )
 )
-
-
-def _sending_params(row: Mapping[str, object]) -> dict[str, object]:
-    return {"message_id": row["id"], **{name: row[name] for name in _SENDING_COLUMNS}}
 
 
 def _step(
@@ -668,9 +648,7 @@ class Dispatcher:
                     }
                 )
                 steps.append(_step(message_id, now, Status.SENDING, None, f"attempt={attempts}"))
-            update_rows(
-                session, _MESSAGES, "id", rows, statement=_MARK_SENDING, params=_sending_params
-            )
+            update_rows(session, _MESSAGES, "id", rows)
             insert_rows(session, _EVENTS, steps)
         return refused
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -60,11 +60,6 @@ _INBOX_COLUMNS = (
 )
 _INBOX = cast(Table, m.ReceivedEvent.__table__)
 _INBOX_INSERTS: dict[str, Any] = {}
-_INBOX_OUTCOMES = (
-    update(_INBOX)
-    .where(_INBOX.c.id == bindparam("event_id"))
-    .values(outcome=bindparam("new_outcome"), detail=bindparam("new_detail"))
-)
 
 
 def _inbox_insert(dialect: str) -> Any:
@@ -160,12 +155,8 @@ def ingest_many(
     finally:
         session.info.pop(HELD_ROWS, None)
         release_loans(session)
-    update_rows(session, _INBOX, "id", outcomes, statement=_INBOX_OUTCOMES, params=_outcome_params)
+    update_rows(session, _INBOX, "id", outcomes)
     return results
-
-
-def _outcome_params(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"event_id": row["id"], "new_outcome": row["outcome"], "new_detail": row["detail"]}
 
 
 def lock_state_rows(session: Session, events: Sequence[Event]) -> dict[tuple[type[Any], str], Any]:

@@ -323,35 +323,45 @@ _MESSAGES = cast(Table, m.Message.__table__)
 _IN_CHUNK = 500
 
 
+_PENDING_OF: dict[tuple[str, bool], Any] = {}
+
+
 def _pending_of(
     session: Session, column: str, ids: Sequence[str], lock: bool
 ) -> dict[str, list[m.Message]]:
     """Pending rows of many loans (or borrowers) in one query per 500, grouped by that id;
     locked on PostgreSQL as `pending_rows` locks them."""
     found: dict[str, list[m.Message]] = {}
-    by = getattr(m.Message, column)
-    for index in range(0, len(ids), _IN_CHUNK):
+    query = _PENDING_OF.get((column, lock))
+    if query is None:
+        by = getattr(m.Message, column)
         query = (
             select(m.Message)
-            .where(m.Message.status.in_(PENDING), by.in_(ids[index : index + _IN_CHUNK]))
+            .where(m.Message.status.in_(PENDING), by.in_(bindparam("ids", expanding=True)))
             .options(lazyload(m.Message.events))
             .order_by(m.Message.id)
         )
         if lock:
             query = query.with_for_update()
-        for row in session.scalars(query):
+        _PENDING_OF[(column, lock)] = query
+    for index in range(0, len(ids), _IN_CHUNK):
+        chunk = list(ids[index : index + _IN_CHUNK])
+        for row in session.scalars(query, {"ids": chunk}):
             found.setdefault(getattr(row, column), []).append(row)
     return found
+
+
+_KEYS_OF_LOANS = select(_MESSAGES.c.loan_id, _MESSAGES.c.idempotency_key).where(
+    _MESSAGES.c.loan_id.in_(bindparam("ids", expanding=True))
+)
 
 
 def _keys_of_loans(session: Session, loan_ids: Sequence[str]) -> dict[str, set[str]]:
     """The keys of every message of these loans, whatever became of them."""
     keys: dict[str, set[str]] = {}
     for index in range(0, len(loan_ids), _IN_CHUNK):
-        query = select(_MESSAGES.c.loan_id, _MESSAGES.c.idempotency_key).where(
-            _MESSAGES.c.loan_id.in_(loan_ids[index : index + _IN_CHUNK])
-        )
-        for loan_id, key in session.connection().execute(query):
+        chunk = list(loan_ids[index : index + _IN_CHUNK])
+        for loan_id, key in session.connection().execute(_KEYS_OF_LOANS, {"ids": chunk}):
             keys.setdefault(loan_id, set()).add(key)
     return keys
 

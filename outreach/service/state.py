@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, Table, bindparam, select, update
+from sqlalchemy import Row, Select, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from outreach.domain import (
@@ -30,16 +30,11 @@ from outreach.store.bulk import insert_rows, update_rows
 
 _LOANS = cast(Table, m.Loan.__table__)
 LOAN_COLUMNS = tuple(column.name for column in _LOANS.columns)
-_LOAN_UPDATE = (
-    update(_LOANS)
-    .where(_LOANS.c.id == bindparam("loan_key"))
-    .values({name: bindparam(name) for name in LOAN_COLUMNS if name != "id"})
-)
 _IN_CHUNK = 500
 
 
-def _loan_params(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {"loan_key": row["id"], **{name: row[name] for name in LOAN_COLUMNS if name != "id"}}
+_LOANS_BY_ID = select(_LOANS).where(_LOANS.c.id.in_(bindparam("keys", expanding=True)))
+_LOANS_FOR_UPDATE = {False: _LOANS_BY_ID, True: _LOANS_BY_ID.with_for_update()}
 
 
 def normalize_recipient(channel: Channel | str, recipient: str) -> str:
@@ -107,17 +102,20 @@ class LoanRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
 
-    def __init__(self, values: Mapping[Any, Any], *, stored: bool) -> None:
-        for name in LOAN_COLUMNS:
-            setattr(self, name, values.get(name))
+    def __init__(self, values: Sequence[Any], *, stored: bool) -> None:
+        """From the row's values in LOAN_COLUMNS order."""
+        for name, value in zip(LOAN_COLUMNS, values, strict=True):
+            setattr(self, name, value)
         # the values the database has, or None for a loan not inserted yet
-        self._written: tuple[Any, ...] | None = self.values() if stored else None
+        self._written: tuple[Any, ...] | None = tuple(values) if stored else None
+
+    @classmethod
+    def new(cls, loan_id: str) -> LoanRecord:
+        """A loan not in the database yet."""
+        return cls([loan_id if name == "id" else None for name in LOAN_COLUMNS], stored=False)
 
     def values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in LOAN_COLUMNS)
-
-    def as_row(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in LOAN_COLUMNS}
+        return tuple([getattr(self, name) for name in LOAN_COLUMNS])
 
 
 def _held_loans(session: Session) -> dict[str, LoanRecord | None]:
@@ -132,44 +130,55 @@ def hold_loans(session: Session, loan_ids: Iterable[str]) -> dict[str, LoanRecor
     wanted = sorted({loan_id for loan_id in loan_ids if loan_id not in held})
     if not wanted:
         return held
-    postgres = session.get_bind().dialect.name == "postgresql"
+    query = _LOANS_FOR_UPDATE[session.get_bind().dialect.name == "postgresql"]
     for index in range(0, len(wanted), _IN_CHUNK):
         chunk = wanted[index : index + _IN_CHUNK]
-        query = select(_LOANS).where(_LOANS.c.id.in_(chunk))
-        if postgres:
-            query = query.with_for_update()
-        found = {row.id: row for row in session.connection().execute(query)}
+        found = {row.id: row for row in session.connection().execute(query, {"keys": chunk})}
         for loan_id in chunk:
             row = found.get(loan_id)
-            held[loan_id] = None if row is None else LoanRecord(row._mapping, stored=True)
+            held[loan_id] = None if row is None else LoanRecord(row, stored=True)
     return held
 
 
 def loan_for_update(session: Session, loan_id: str) -> LoanRecord | None:
     """The loan about to be updated, held by this transaction (see `hold_loans`)."""
+    held = _held_loans(session)
+    if loan_id in held:
+        return held[loan_id]
     return hold_loans(session, (loan_id,))[loan_id]
 
 
 def write_loans(session: Session) -> None:
-    """Write the held loans that changed since they were read or last written."""
+    """Write the held loans that changed since they were read or last written: new ones in
+    one statement, the others in one per set of columns changed (a nightly report changes
+    the same few columns of every loan)."""
     held = session.info.get(HELD_LOANS)
     if not held:
         return
     inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
+    updates: dict[tuple[int, ...], list[dict[str, Any]]] = {}
     for record in held.values():
         if record is None:
             continue
         values = record.values()
-        if record._written is None:
-            inserts.append(record.as_row())
-        elif values != record._written:
-            updates.append(record.as_row())
+        written = record._written
+        if written is None:
+            inserts.append(dict(zip(LOAN_COLUMNS, values, strict=True)))
+        elif values != written:
+            changed = tuple(
+                index
+                for index, (now, then) in enumerate(zip(values, written, strict=True))
+                if now != then
+            )
+            row = {"id": record.id}
+            row.update((LOAN_COLUMNS[index], values[index]) for index in changed)
+            updates.setdefault(changed, []).append(row)
         else:
             continue
         record._written = values
     insert_rows(session, _LOANS, inserts)
-    update_rows(session, _LOANS, "id", updates, statement=_LOAN_UPDATE, params=_loan_params)
+    for rows in updates.values():
+        update_rows(session, _LOANS, "id", rows)
 
 
 def release_loans(session: Session) -> None:
@@ -223,9 +232,8 @@ def apply_loan(session: Session, event: ev.Event, now: dt.datetime) -> str:
     if row is not None and row.closed_reason is not None:
         return "ignored_closed"
     if row is None:
-        row = _held_loans(session)[data.id] = LoanRecord(
-            {"id": data.id, "created_at": now}, stored=False
-        )
+        row = _held_loans(session)[data.id] = LoanRecord.new(data.id)
+        row.created_at = now
     row.borrower_id = data.borrower_id
     row.product = data.product
     row.currency = data.currency
@@ -635,15 +643,24 @@ def compose_loan(
 # --- reading many at once: the same states, a fixed number of queries for a whole batch -------
 
 
+_ROWS_IN: dict[tuple[str, str, tuple[str, ...]], Select[Any]] = {}
+
+
 def _rows_in(
     session: Session, table: Table, column: str, keys: Sequence[str], *order_by: str
 ) -> list[Row[Any]]:
-    rows: list[Row[Any]] = []
-    for index in range(0, len(keys), _IN_CHUNK):
-        query = select(table).where(table.c[column].in_(keys[index : index + _IN_CHUNK]))
+    """Rows whose `column` is one of `keys`, in one query per 500 (built once per shape)."""
+    shape = (table.name, column, order_by)
+    query = _ROWS_IN.get(shape)
+    if query is None:
+        query = select(table).where(table.c[column].in_(bindparam("keys", expanding=True)))
         if order_by:
             query = query.order_by(*(table.c[name] for name in order_by))
-        rows.extend(session.connection().execute(query).all())
+        _ROWS_IN[shape] = query
+    rows: list[Row[Any]] = []
+    for index in range(0, len(keys), _IN_CHUNK):
+        chunk = list(keys[index : index + _IN_CHUNK])
+        rows.extend(session.connection().execute(query, {"keys": chunk}).all())
     return rows
 
 

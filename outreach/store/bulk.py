@@ -210,12 +210,9 @@ def update_rows(
     table: Table,
     key: str,
     rows: Sequence[Mapping[str, Any]],
-    *,
-    statement: Any,
-    params: Callable[[Mapping[str, Any]], Mapping[str, Any]],
 ) -> None:
-    """Set each row's columns on the table's row whose `key` column equals the row's `key`.
-    `statement` with `params(row)` for each row is the executemany form."""
+    """Set each row's columns on the table's row whose `key` column equals the row's `key`
+    (every row with the same columns)."""
     if not rows:
         return
     dialect = session.get_bind().dialect
@@ -225,9 +222,6 @@ def update_rows(
         _driver_many(
             session, sql, processors, [(*(row[name] for name in columns), row[key]) for row in rows]
         )
-        return
-    if len(rows) == 1:
-        _one_by_one(session, statement, [params(row) for row in rows])
         return
     sql, processors = _unnest_update(table, key, columns, dialect)
     _binary(session, sql, _params((key, *columns), processors, rows))
