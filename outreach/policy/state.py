@@ -7,6 +7,7 @@ midnight there, from the instant (`as_of`) its `days_past_due` was reported.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 
 from outreach.domain import (
@@ -26,9 +27,16 @@ DEFAULT_CADENCE = "default"
 
 def local_day(policy: Policy, moment: dt.datetime) -> dt.date:
     """The calendar day of `moment` in the policy's day-boundary zone."""
+    return _day_in(moment, policy.day_boundary_zone)
+
+
+@functools.lru_cache(maxsize=8192)
+def _day_in(moment: dt.datetime, zone: dt.tzinfo) -> dt.date:
+    # planning asks for the day of the same few instants (now, the starts of the days ahead,
+    # a loan's report) many times over
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("datetimes given to the policy must be timezone-aware")
-    return moment.astimezone(policy.day_boundary_zone).date()
+    return moment.astimezone(zone).date()
 
 
 def start_of_day(policy: Policy, day: dt.date) -> dt.datetime:
