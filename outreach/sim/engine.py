@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import json
 import logging
 import resource
@@ -605,7 +606,11 @@ def simulate(
     start = start.astimezone(dt.UTC)
     end = start + dt.timedelta(days=days)
     ids = seeded_ids(seed) if seed is not None else contextlib.nullcontext()
-    with ids, environment(settings, start, policy_path=policy_path, workdir=workdir) as env:
+    with (
+        ids,
+        environment(settings, start, policy_path=policy_path, workdir=workdir) as env,
+        _long_lived_heap(),
+    ):
         if on_environment is not None:
             on_environment(env)
         simulator = Simulator(
@@ -617,6 +622,26 @@ def simulate(
             simulator.write_messages(handle, keyed=keyed_output)
     stats.peak_memory_bytes = peak_memory()
     return SimulationResult(stats, out)
+
+
+@contextlib.contextmanager
+def _long_lived_heap() -> Iterator[None]:
+    """Garbage collection for a run that holds a large heap for its whole length.
+
+    What exists when the run starts (the book, the templates, the modules) lives as long as
+    it does, and each full collection would walk all of it again; and the run makes and drops
+    objects by the million, so collecting young objects every 700 allocations is mostly
+    wasted. A tenth of a simulation's time went to collections without this.
+    """
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def peak_memory() -> int:
