@@ -12,6 +12,7 @@ import hashlib
 import heapq
 import itertools
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from outreach.channels.base import Outgoing, ProviderRejected, Receipt
 from outreach.domain import Channel
 
 DELIVERY_DELAY = dt.timedelta(seconds=5)
+# how many of the latest sends a sender keeps (`SimulatedSender.sent`)
+RECENT_SENDS = 1000
 
 # Refused at once, as Twilio refuses them at create: (code, detail, effect on the recipient).
 MAGIC_REJECTIONS: dict[str, tuple[str, str, str]] = {
@@ -57,7 +60,8 @@ class SimulatedSender:
         # (due at, order, provider id, status, error code)
         self._pending: list[tuple[dt.datetime, int, str, str, str | None]] = []
         self._receipts: dict[str, Receipt] = {}
-        self.sent: list[SimulatedSend] = []
+        # the latest sends, for reports and tests (all of them would grow without bound)
+        self.sent: deque[SimulatedSend] = deque(maxlen=RECENT_SENDS)
 
     def send(self, outgoing: Outgoing) -> Receipt:
         if self.channel is Channel.SMS and outgoing.to in MAGIC_REJECTIONS:

@@ -112,7 +112,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=MEMORY")
     cursor.execute("PRAGMA synchronous=OFF")
     cursor.execute("PRAGMA temp_store=MEMORY")
-    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.execute("PRAGMA cache_size=-16384")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -341,7 +341,7 @@ class Simulator:
     def run(self, book: EventBook) -> SimulationStats:
         started = time.perf_counter()
         cursor = book.cursor()
-        with Progress(self.start, self.end, self.progress) as bar:
+        with contextlib.closing(cursor), Progress(self.start, self.end, self.progress) as bar:
             self._advance(self.start)
             while True:
                 self._apply_events(cursor.due(self.now))

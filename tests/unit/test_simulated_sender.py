@@ -8,7 +8,7 @@ import re
 import pytest
 
 from outreach.channels.base import Outgoing, ProviderRejected
-from outreach.channels.simulated import DELIVERY_DELAY, SimulatedSender
+from outreach.channels.simulated import DELIVERY_DELAY, RECENT_SENDS, SimulatedSender
 from outreach.domain import Channel
 
 T0 = dt.datetime(2025, 3, 3, 1, 0, tzinfo=dt.UTC)
@@ -72,7 +72,7 @@ def test_magic_numbers_are_refused(
         sender.send(sms(number))
 
     assert (raised.value.code, raised.value.effect) == (code, effect)
-    assert sender.sent == [] and sender.next_outcome_at() is None
+    assert list(sender.sent) == [] and sender.next_outcome_at() is None
 
 
 def test_magic_undeliverable_number_is_accepted_then_undelivered(clock: VirtualClock) -> None:
@@ -134,3 +134,15 @@ def test_find_sent_returns_what_was_accepted(clock: VirtualClock) -> None:
 
     assert sender.find_sent(sms("+8613800138000", "m1"), T0) == receipt
     assert sender.find_sent(sms("+8613800138000", "m2"), T0) is None
+
+
+def test_only_the_latest_sends_are_kept(clock: VirtualClock) -> None:
+    sender = SimulatedSender(Channel.SMS, clock)
+    for index in range(RECENT_SENDS + 5):
+        sender.send(sms("+8613800138000", f"m{index}"))
+
+    assert len(sender.sent) == RECENT_SENDS
+    assert sender.sent[-1].outgoing.message_id == f"m{RECENT_SENDS + 4}"
+    # every send is still answered for, and found again after a crash
+    assert len(sender.due_outcomes(T0 + DELIVERY_DELAY)) == RECENT_SENDS + 5
+    assert sender.find_sent(sms("+8613800138000", "m0"), T0) is not None
