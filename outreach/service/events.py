@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import zoneinfo
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
@@ -225,6 +226,7 @@ DATA_MODELS: dict[str, type[BaseModel]] = {
     "loan.closed": LoanClosed,
 }
 SIMULATION_ONLY_MODELS: dict[str, type[BaseModel]] = {"sms.inbound": SmsInbound}
+_SIMULATION_MODELS = {**DATA_MODELS, **SIMULATION_ONLY_MODELS}
 EventType = Literal[
     "borrower.upserted",
     "loan.updated",
@@ -244,30 +246,32 @@ class Envelope(Strict):
     data: dict[str, Any]
 
 
-class Event(BaseModel):
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated event: the envelope, its data model, and the document as received."""
 
     id: str
     type: str
     occurred_at: dt.datetime
     data: Any
     raw: dict[str, Any]
+    # the loan and borrower the event is about, where it names them
+    loan_id: str | None = field(init=False)
+    borrower_id: str | None = field(init=False)
 
-    @property
-    def loan_id(self) -> str | None:
+    def __post_init__(self) -> None:
         data = self.data
+        loan_id: str | None
+        borrower_id: str | None
         if isinstance(data, LoanUpdated):
-            return data.loan.id
-        return getattr(data, "loan_id", None)
-
-    @property
-    def borrower_id(self) -> str | None:
-        data = self.data
-        if isinstance(data, BorrowerUpserted):
-            return data.borrower.id
-        if isinstance(data, LoanUpdated):
-            return data.loan.borrower_id
-        return getattr(data, "borrower_id", None)
+            loan_id, borrower_id = data.loan.id, data.loan.borrower_id
+        elif isinstance(data, BorrowerUpserted):
+            loan_id, borrower_id = None, data.borrower.id
+        else:
+            loan_id = getattr(data, "loan_id", None)
+            borrower_id = getattr(data, "borrower_id", None)
+        object.__setattr__(self, "loan_id", loan_id)
+        object.__setattr__(self, "borrower_id", borrower_id)
 
 
 def _first_problem(error: ValidationError, prefix: str) -> EventError:
@@ -299,9 +303,7 @@ def parse_event(raw: bytes | str | dict[str, Any], *, allow_simulation: bool = F
         envelope = Envelope.model_validate(document)
     except ValidationError as error:
         raise _first_problem(error, "") from None
-    models = dict(DATA_MODELS)
-    if allow_simulation:
-        models.update(SIMULATION_ONLY_MODELS)
+    models = _SIMULATION_MODELS if allow_simulation else DATA_MODELS
     model = models.get(envelope.type)
     if model is None:
         known = ", ".join(sorted(models))

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from outreach import policy as pol
 from outreach.domain import (
     Channel,
+    ClosedReason,
     LoanState,
     PlannedMessage,
     Purpose,
@@ -25,7 +26,6 @@ from outreach.service.state import (
     APPLY,
     HELD_ROWS,
     LoanRecord,
-    compose_loan,
     hold_loans,
     load_borrower,
     loan_for_update,
@@ -301,7 +301,19 @@ def _loan_before(session: Session, event: Event) -> tuple[LoanRecord, LoanState]
 
 def _bare_state(row: LoanRecord) -> LoanState:
     """What planning reads of the loan row itself (its promises, plans… are not needed)."""
-    return compose_loan(row, (), (), (), ())
+    return LoanState(
+        id=row.id,
+        borrower_id=row.borrower_id,
+        product=row.product,
+        currency=row.currency,
+        amount_due=row.amount_due,
+        balance=row.balance,
+        days_past_due=row.days_past_due,
+        due_date=row.due_date,
+        account_number=row.account_number,
+        as_of=row.state_as_of,
+        closed_reason=ClosedReason(row.closed_reason) if row.closed_reason else None,
+    )
 
 
 def _ignored_detail(outcome: str) -> str:

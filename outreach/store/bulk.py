@@ -13,11 +13,14 @@ work (which costs several times the insert itself). Rows are inserted in the ord
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Dialect, Table, select
 from sqlalchemy.orm import Session
+
+from outreach.store.types import Amount, UTCDateTime
 
 _STATEMENTS: dict[tuple[str, ...], tuple[Any, list[Any]]] = {}
 
@@ -117,11 +120,19 @@ def _driver_statement(
             assignments = ", ".join(f"{name} = ?" for name in names)
             sql = f"UPDATE {table.name} SET {assignments} WHERE {table.c[extra].name} = ?"  # noqa: S608
         ordered = (*columns, extra) if kind == "update" else columns
-        processors = [
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in ordered
-        ]
+        processors = [_remembering(table, name, dialect) for name in ordered]
         found = _STATEMENTS[key] = (sql, processors)
     return cast(tuple[str, list[Any]], found)
+
+
+def _remembering(table: Table, name: str, dialect: Dialect) -> Any:
+    """The column's bind processor; for instants and amounts, one that remembers its last
+    few thousand answers (a batch writes the same instant, `now`, on every row)."""
+    column_type = table.c[name].type
+    process = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if process is not None and isinstance(column_type, UTCDateTime | Amount):
+        return functools.lru_cache(maxsize=4096)(process)
+    return process
 
 
 def _driver_many(

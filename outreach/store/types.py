@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from decimal import Decimal
 from typing import Any
 
@@ -60,8 +61,14 @@ class Amount(TypeDecorator[Decimal]):
         if value is None:
             return None
         if dialect.name == "sqlite":
-            return _without_trailing_zeros(Decimal(int(value)) / AMOUNT_SCALE)
+            return _unscaled(int(value))
         return _without_trailing_zeros(Decimal(value))
+
+
+@functools.lru_cache(maxsize=16384)
+def _unscaled(value: int) -> Decimal:
+    # the same amounts are read back again and again (a loan's amount due, each night)
+    return _without_trailing_zeros(Decimal(value) / AMOUNT_SCALE)
 
 
 def _without_trailing_zeros(value: Decimal) -> Decimal:
