@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import cast
 from urllib.parse import quote
 
-from sqlalchemy import Table, bindparam, case, func, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session, lazyload, sessionmaker
 
 from outreach import policy as pol
@@ -45,7 +45,16 @@ from outreach.errors import RenderError, TransientError
 from outreach.render import Renderer
 from outreach.service.context import render_context
 from outreach.service.messages import record
-from outreach.service.planning import cease_confirmations_sent, planned_from_row, withhold
+from outreach.service.planning import (
+    HELD_QUERY,
+    MessageRow,
+    Planned,
+    cease_confirmations_sent,
+    planned_from_row,
+    record_move,
+    withhold,
+    write_rows,
+)
 from outreach.service.state import (
     borrower_state,
     load_borrowers,
@@ -103,24 +112,17 @@ _BY_ID = (
     .options(lazyload(m.Message.events))
 )
 _LOCK_QUERIES = {False: _BY_ID, True: _BY_ID.with_for_update()}
+# a batch's messages for the final gate, as plain rows; locked in id order on PostgreSQL
+_GATE_QUERY = HELD_QUERY.where(
+    m.Message.__table__.c.id.in_(bindparam("ids", expanding=True))
+).order_by(m.Message.__table__.c.id)
+_GATE_QUERIES = {False: _GATE_QUERY, True: _GATE_QUERY.with_for_update()}
 _MESSAGES = cast(Table, m.Message.__table__)
 _EVENTS = cast(Table, m.MessageEvent.__table__)
-_NOW = bindparam("now", type_=_MESSAGES.c.updated_at.type)
-_CONTENT = ("locale", "recipient", "template_version", "body", "segments", "encoding")
-_IS_SENDING = _MESSAGES.c.status == Status.SENDING.value
-# as `record_accepted`: the provider id and first hand-over always; the status only from
-# `sending` (a callback may already have moved it on)
-_RECORD_ACCEPTED = (
-    update(_MESSAGES)
-    .where(_MESSAGES.c.id == bindparam("message_id"))
-    .values(
-        provider_id=bindparam("provider_id"),
-        sent_at=func.coalesce(_MESSAGES.c.sent_at, _NOW),
-        status=case((_IS_SENDING, Status.SENT.value), else_=_MESSAGES.c.status),
-        reason=case((_IS_SENDING, "accepted"), else_=_MESSAGES.c.reason),
-        updated_at=case((_IS_SENDING, _NOW), else_=_MESSAGES.c.updated_at),
-    )
+_ACCEPTANCE_QUERY = select(_MESSAGES.c.id, _MESSAGES.c.status, _MESSAGES.c.sent_at).where(
+    _MESSAGES.c.id.in_(bindparam("ids", expanding=True))
 )
+_ACCEPTANCE_QUERIES = {False: _ACCEPTANCE_QUERY, True: _ACCEPTANCE_QUERY.with_for_update()}
 
 
 def _step(
@@ -275,15 +277,11 @@ class Dispatcher:
         prepared: list[tuple[str, Dispatcher._Prepared]] = []
         with transaction(self.sessions) as session:
             postgres = session.get_bind().dialect.name == "postgresql"
-            query = (
-                select(m.Message)
-                .where(m.Message.id.in_(sorted(set(message_ids))))
-                .order_by(m.Message.id)  # the same lock order in every worker
-                .options(lazyload(m.Message.events))
-            )
             rows = {
-                row.id: row
-                for row in session.scalars(query.with_for_update() if postgres else query)
+                row.id: MessageRow.from_db(row)
+                for row in session.connection().execute(
+                    _GATE_QUERIES[postgres], {"ids": sorted(set(message_ids))}
+                )
             }
             borrowers = load_borrowers(session, {row.borrower_id for row in rows.values()})
             loans = load_loans(session, {row.loan_id for row in rows.values() if row.loan_id})
@@ -303,6 +301,7 @@ class Dispatcher:
                     outcomes[message_id] = gated
                 else:
                     prepared.append((message_id, gated))
+            write_rows(session, rows.values())
         return prepared
 
     def _dispatch_group(
@@ -353,7 +352,7 @@ class Dispatcher:
     def _gate_row(
         self,
         session: Session,
-        row: m.Message,
+        row: MessageRow,
         now: dt.datetime,
         borrower: BorrowerState | None,
         loan: LoanState | None,
@@ -364,7 +363,7 @@ class Dispatcher:
         if row.send_at > now:
             # released early (or redelivered after a deferral): the clock brings it back
             if row.status == Status.QUEUED.value:
-                record(row, Status.SCHEDULED, Reason.PLANNED.value, now, "not due yet")
+                row.record(Status.SCHEDULED, Reason.PLANNED.value, now, "not due yet")
             return "not_due"
         if borrower is None:
             decision = Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown")
@@ -389,7 +388,7 @@ class Dispatcher:
             return f"deferred:{decision.reason.value}"
         capped = pol.counts_against_caps(Purpose(row.purpose))
         if row.status != Status.QUEUED.value:
-            record(row, Status.QUEUED, Reason.DUE.value, now)
+            row.record(Status.QUEUED, Reason.DUE.value, now)
         if capped:
             # durable before Redis is touched, so a cap rebuild counts this in-flight slot
             row.cap_reserved_at = now
@@ -405,11 +404,11 @@ class Dispatcher:
             window_closes_at=pol.window_closes_at(self.policy, borrower, now),
         )
 
-    def _defer(self, row: m.Message, decision: Decision, now: dt.datetime) -> None:
+    def _defer(self, row: Planned, decision: Decision, now: dt.datetime) -> None:
         assert decision.until is not None
         row.send_at = decision.until
         row.cap_reserved_at = None
-        record(row, Status.DEFERRED, decision.reason.value, now, decision.detail_text())
+        record_move(row, Status.DEFERRED, decision.reason.value, now, decision.detail_text())
 
     def _lock(self, session: Session, message_id: str) -> m.Message | None:
         postgres = session.get_bind().dialect.name == "postgresql"
@@ -659,38 +658,43 @@ class Dispatcher:
         batch = list(accepted)
         accepted.clear()
         with transaction(self.sessions) as session:
-            statuses = dict(
-                session.execute(
-                    select(m.Message.id, m.Message.status)
-                    .where(m.Message.id.in_([message_id for message_id, _, _ in batch]))
-                    .with_for_update()
-                ).all()
-            )
-            found = [item for item in batch if item[0] in statuses]
-            if not found:
-                return
-            session.execute(
-                _RECORD_ACCEPTED,
-                [
-                    {"message_id": message_id, "provider_id": receipt.provider_id, "now": at}
-                    for message_id, receipt, at in found
-                ],
-            )
-            insert_rows(
-                session,
-                _EVENTS,
-                [
-                    _step(
-                        message_id,
-                        at,
-                        Status.SENT,
-                        "accepted",
-                        f"provider_id={receipt.provider_id}",
+            postgres = session.get_bind().dialect.name == "postgresql"
+            current = {
+                row.id: row
+                for row in session.connection().execute(
+                    _ACCEPTANCE_QUERIES[postgres],
+                    {"ids": sorted({message_id for message_id, _, _ in batch})},
+                )
+            }
+            # as `record_accepted`: the provider id and first hand-over always; the status
+            # only from `sending` (a callback may already have moved it on)
+            updates: dict[bool, list[dict[str, object]]] = {True: [], False: []}
+            steps: list[dict[str, object]] = []
+            for message_id, receipt, at in batch:
+                row = current.get(message_id)
+                if row is None:
+                    continue
+                sending = row.status == Status.SENDING.value
+                update: dict[str, object] = {
+                    "id": message_id,
+                    "provider_id": receipt.provider_id,
+                    "sent_at": row.sent_at or at,
+                }
+                if sending:
+                    update.update(status=Status.SENT.value, reason="accepted", updated_at=at)
+                    steps.append(
+                        _step(
+                            message_id,
+                            at,
+                            Status.SENT,
+                            "accepted",
+                            f"provider_id={receipt.provider_id}",
+                        )
                     )
-                    for message_id, receipt, at in found
-                    if statuses[message_id] == Status.SENDING.value
-                ],
-            )
+                updates[sending].append(update)
+            for rows in updates.values():
+                update_rows(session, _MESSAGES, "id", rows)
+            insert_rows(session, _EVENTS, steps)
 
     def _record_rejection(
         self, message_id: str, rejected: ProviderRejected, *, capped: bool

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session
 
 from outreach import policy as pol
 from outreach.domain import Channel, PlannedMessage, Purpose, Reason, Status
@@ -308,6 +308,7 @@ OPT_OUT_CODES = frozenset({"21610"})
 
 _CALLBACK_INSERTS: dict[str, Any] = {}
 _CALLBACKS = cast(Table, m.ProviderCallback.__table__)
+_MESSAGES = cast(Table, m.Message.__table__)
 
 
 def _callback_insert(dialect: str) -> Any:
@@ -370,16 +371,12 @@ def record_statuses(
         conflict="id",
         returning="id",
     )
-    provider_ids = sorted({report.provider_id for report in reports})
-    query = (
-        select(m.Message)
-        .where(m.Message.provider_id.in_(provider_ids))
-        .options(lazyload(m.Message.events))
-        .order_by(m.Message.id)
-    )
-    if dialect == "postgresql":
-        query = query.with_for_update()
-    messages = {row.provider_id: row for row in session.scalars(query)} if fresh else {}
+    messages: dict[str, planning.MessageRow] = {}
+    if fresh:
+        provider_ids = sorted({report.provider_id for report in reports})
+        query = _BY_PROVIDER_IDS[dialect == "postgresql"]
+        for row in session.connection().execute(query, {"ids": provider_ids}):
+            messages[row.provider_id] = planning.MessageRow.from_db(row[:-1])
     outcomes: list[str] = []
     for key, report in zip(keys, reports, strict=True):
         if key not in fresh:
@@ -391,11 +388,20 @@ def record_statuses(
             outcomes.append("unknown_message")
             continue
         outcomes.append(_apply_status(session, message, report, now))
+    planning.write_rows(session, messages.values())
     return outcomes
 
 
+_BY_PROVIDER_ID_QUERY = (
+    planning.HELD_QUERY.add_columns(_MESSAGES.c.provider_id)
+    .where(_MESSAGES.c.provider_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_MESSAGES.c.id)
+)
+_BY_PROVIDER_IDS = {False: _BY_PROVIDER_ID_QUERY, True: _BY_PROVIDER_ID_QUERY.with_for_update()}
+
+
 def _apply_status(
-    session: Session, message: m.Message, report: StatusReport, now: dt.datetime
+    session: Session, message: planning.MessageRow, report: StatusReport, now: dt.datetime
 ) -> str:
     status, error_code = report.status, report.error_code
     new_status = TWILIO_STATUSES.get(status)
@@ -403,7 +409,7 @@ def _apply_status(
         return "ignored"
     detail = f"provider_status={status}" + (f" code={error_code}" if error_code else "")
     reason = "provider_error" if error_code else "provider_status"
-    record(message, new_status, reason, now, detail)
+    message.record(new_status, reason, now, detail)
     if error_code and message.recipient:
         channel = Channel(message.channel)
         if error_code in OPT_OUT_CODES:

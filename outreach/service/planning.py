@@ -33,7 +33,7 @@ from outreach.domain import (
 from outreach.service.messages import detail_text, new_id, record
 from outreach.service.state import flush_state, load_borrowers, load_loans
 from outreach.store import models as m
-from outreach.store.bulk import insert_rows
+from outreach.store.bulk import insert_rows, update_rows
 
 # A loan that no longer needs collecting is `cancelled`; a message withheld by a rule about the
 # borrower is `suppressed`.
@@ -54,9 +54,14 @@ class PlanOutcome:
 
 
 @dataclass(eq=False)
-class NewMessage:
-    """A message planned but not inserted yet: planning records its steps here, and a batch
-    inserts its messages, then their timelines, one statement each (`insert_new`)."""
+class MessageRow:
+    """A message as plain values, held by the transaction that plans or gates it.
+
+    Planning and the final gate record its moves here (`record`); a batch then writes them
+    together: new messages and their timelines one statement each (`insert_new`), messages
+    read from the database by the columns that changed and their new steps (`write_rows`).
+    The ORM would do the same with several times the work per row.
+    """
 
     id: str
     idempotency_key: str
@@ -76,9 +81,19 @@ class NewMessage:
     refs: dict[str, str]
     created_at: dt.datetime
     updated_at: dt.datetime
+    cap_reserved_at: dt.datetime | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     # the instant the final gate was asked about it on planning (`plan_message`), if it was
     gated_for: dt.datetime | None = None
+    # the values of the columns that change as the database has them; None: not inserted
+    stored: tuple[Any, ...] | None = None
+
+    @classmethod
+    def from_db(cls, row: Any) -> MessageRow:
+        """From a row of `HELD_QUERY`'s columns."""
+        held = cls(*row)
+        held.stored = held.changing()
+        return held
 
     def record(
         self,
@@ -101,13 +116,74 @@ class NewMessage:
             }
         )
 
+    def changing(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, name) for name in CHANGING_COLUMNS])
+
     def row(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in _MESSAGE_COLUMNS if name in _NEW_FIELDS}
         values.update(attempts=0, needs_human=False)
         return values
 
 
-Planned = m.Message | NewMessage
+# what planning and the final gate read of a message (MessageRow's fields, in order) …
+HELD_COLUMNS = (
+    "id",
+    "idempotency_key",
+    "purpose",
+    "borrower_id",
+    "loan_id",
+    "campaign_id",
+    "stage",
+    "channel",
+    "template",
+    "locale",
+    "recipient",
+    "send_at",
+    "status",
+    "reason",
+    "fallback_from",
+    "refs",
+    "created_at",
+    "updated_at",
+    "cap_reserved_at",
+)
+# … and what they may change
+CHANGING_COLUMNS = ("send_at", "status", "reason", "updated_at", "cap_reserved_at")
+_HELD = cast(Table, m.Message.__table__)
+HELD_QUERY = select(*(_HELD.c[name] for name in HELD_COLUMNS))
+
+
+def write_rows(session: Session, rows: Iterable[MessageRow]) -> None:
+    """Write what changed on messages read from the database, and their new steps: one
+    statement per set of columns changed, one for the steps."""
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    steps: list[dict[str, Any]] = []
+    for row in rows:
+        if row.stored is None:
+            continue  # not inserted yet: `insert_new` writes it
+        values = row.changing()
+        if values != row.stored:
+            changed = tuple(
+                name
+                for name, now, then in zip(CHANGING_COLUMNS, values, row.stored, strict=True)
+                if now != then
+            )
+            update = {"id": row.id}
+            update.update((name, getattr(row, name)) for name in changed)
+            updates.setdefault(changed, []).append(update)
+            row.stored = values
+        steps.extend(row.steps)
+        row.steps = []
+    for group in updates.values():
+        update_rows(session, _HELD, "id", group)
+    insert_rows(session, _STEPS, steps)
+
+
+# planned messages not inserted yet are held the same way
+NewMessage = MessageRow
+
+
+Planned = m.Message | MessageRow
 
 
 def planned_from_row(row: Planned) -> PlannedMessage:
@@ -126,14 +202,14 @@ def planned_from_row(row: Planned) -> PlannedMessage:
     )
 
 
-def _record(
+def record_move(
     row: Planned,
     status: Status,
     reason: str | None,
     at: dt.datetime,
     detail: dict[str, object] | str | None = None,
 ) -> None:
-    if isinstance(row, NewMessage):
+    if isinstance(row, MessageRow):
         row.record(status, reason, at, detail)
     else:
         record(row, status, reason, at, detail)
@@ -249,7 +325,11 @@ def plan_message(
 def _just_gated(row: Planned, now: dt.datetime) -> bool:
     """A message planned in this batch whose gate was asked about the very instant a re-gate
     would ask about, on the same state: asking again decides the same."""
-    return isinstance(row, NewMessage) and row.gated_for == max(now, row.send_at)
+    return (
+        isinstance(row, MessageRow)
+        and row.stored is None
+        and row.gated_for == max(now, row.send_at)
+    )
 
 
 def insert_new(session: Session, messages: Sequence[NewMessage]) -> set[str]:
@@ -310,12 +390,12 @@ def apply_planning_decision(row: Planned, decision: Decision, now: dt.datetime) 
         and decision.until > row.send_at
     ):
         row.send_at = decision.until
-        _record(row, Status.DEFERRED, decision.reason.value, now, decision.detail_text())
+        record_move(row, Status.DEFERRED, decision.reason.value, now, decision.detail_text())
 
 
 def withhold(row: Planned, decision: Decision, now: dt.datetime) -> None:
     status = Status.CANCELLED if decision.reason in CANCEL_REASONS else Status.SUPPRESSED
-    _record(row, status, decision.reason.value, now, decision.detail_text() or None)
+    record_move(row, status, decision.reason.value, now, decision.detail_text() or None)
 
 
 _MESSAGES = cast(Table, m.Message.__table__)
@@ -327,27 +407,27 @@ _PENDING_OF: dict[tuple[str, bool], Any] = {}
 
 
 def _pending_of(
-    session: Session, column: str, ids: Sequence[str], lock: bool
-) -> dict[str, list[m.Message]]:
+    session: Session, column: str, ids: Sequence[str], lock: bool, held: dict[str, MessageRow]
+) -> dict[str, list[MessageRow]]:
     """Pending rows of many loans (or borrowers) in one query per 500, grouped by that id;
-    locked on PostgreSQL as `pending_rows` locks them."""
-    found: dict[str, list[m.Message]] = {}
+    locked on PostgreSQL. A message `held` already is that same object (one message read
+    for its loan and for its borrower is changed in one place)."""
+    found: dict[str, list[MessageRow]] = {}
     query = _PENDING_OF.get((column, lock))
     if query is None:
-        by = getattr(m.Message, column)
-        query = (
-            select(m.Message)
-            .where(m.Message.status.in_(PENDING), by.in_(bindparam("ids", expanding=True)))
-            .options(lazyload(m.Message.events))
-            .order_by(m.Message.id)
-        )
+        query = HELD_QUERY.where(
+            _HELD.c.status.in_(PENDING), _HELD.c[column].in_(bindparam("ids", expanding=True))
+        ).order_by(_HELD.c.id)
         if lock:
             query = query.with_for_update()
         _PENDING_OF[(column, lock)] = query
     for index in range(0, len(ids), _IN_CHUNK):
         chunk = list(ids[index : index + _IN_CHUNK])
-        for row in session.scalars(query, {"ids": chunk}):
-            found.setdefault(getattr(row, column), []).append(row)
+        for row in session.connection().execute(query, {"ids": chunk}):
+            message = held.get(row.id)
+            if message is None:
+                message = held[row.id] = MessageRow.from_db(row)
+            found.setdefault(getattr(message, column), []).append(message)
     return found
 
 
@@ -419,8 +499,9 @@ def plan_batch(
     lock = session.get_bind().dialect.name == "postgresql"
     loans = load_loans(session, loan_ids)
     existing = _keys_of_loans(session, loan_ids)
-    pending_of_loan = _pending_of(session, "loan_id", loan_ids, lock)
-    pending_of_borrower = _pending_of(session, "borrower_id", regated, lock)
+    held: dict[str, MessageRow] = {}
+    pending_of_loan = _pending_of(session, "loan_id", loan_ids, lock, held)
+    pending_of_borrower = _pending_of(session, "borrower_id", regated, lock, held)
     # loans of a re-gated borrower's messages that are not re-planned here
     others = {
         row.loan_id
@@ -474,6 +555,7 @@ def plan_batch(
             loan = loans.get(row.loan_id) if row.loan_id is not None else None
             withheld += regate(session, policy, regated_borrower, loan, row, now)
         result.withheld[borrower_id] = withheld
+    write_rows(session, held.values())
     inserted = insert_new(session, [message for message, _ in created])
     for message, outcome in created:
         if message.id not in inserted:
@@ -491,7 +573,7 @@ def _replan(
     borrower: BorrowerState,
     loan: LoanState,
     existing: set[str],
-    pending: Sequence[m.Message],
+    pending: Sequence[MessageRow],
     taken: set[str],
     outcome: PlanOutcome,
     now: dt.datetime,
