@@ -112,9 +112,7 @@ def next_plan_change(
         candidates.extend(_follow_up_changes(policy, loan))
         candidates.extend(visit.visit_at for visit in loan.visits if visit.visit_at > now)
         signature = _cadence_signature(dunning_view(policy, borrower, loan, now))
-        day = today
-        for _ in range(PLAN_LOOKAHEAD_DAYS):
-            day += _DAY
+        for day in _days_that_may_change(policy, borrower, loan, today):
             start = _start_of_day(policy, day)
             if _may_block_whole_day(policy, borrower, day):
                 candidates.append(start)
@@ -124,9 +122,75 @@ def next_plan_change(
                 candidates.append(start)
                 break
         else:
-            candidates.append(_start_of_day(policy, day))
+            candidates.append(_start_of_day(policy, today + dt.timedelta(days=PLAN_LOOKAHEAD_DAYS)))
     later = [moment for moment in candidates if moment > now]
     return min(later) if later else None
+
+
+def _days_that_may_change(
+    policy: Policy, borrower: BorrowerState, loan: LoanState, today: dt.date
+) -> list[dt.date]:
+    """The days after `today`, up to the lookahead, on which the cadence signature or the
+    contact calendar may change, in order; between two of them neither can.
+
+    `dunning_view` reads the day only through the days past due (which cross a step's day or
+    a stage's bounds on known days), the pauses of promises and plans (which start, end and
+    turn on missed instalments on known days), and `_may_block_whole_day` through holidays
+    (and any day at all for declared inconvenient times). Days around each of these are
+    included; a day more than needed costs only a look.
+    """
+    last = today + dt.timedelta(days=PLAN_LOOKAHEAD_DAYS)
+    days: set[dt.date] = set()
+    if borrower.inconvenient_windows:
+        days.add(today + _DAY)
+    for holiday in contact_rules(policy, borrower).holidays:
+        days.update(holiday + dt.timedelta(days=shift) for shift in (-1, 0, 1))
+    reported = local_day(policy, loan.as_of)
+    days.update(
+        reported + dt.timedelta(days=value - loan.days_past_due)
+        for value in _days_past_due_that_matter(policy)
+    )
+    for moment in _pause_dates(policy, loan):
+        days.update(moment + dt.timedelta(days=shift) for shift in (-1, 0, 1, 2))
+    return sorted(day for day in days if today < day <= last)
+
+
+_THRESHOLDS: dict[int, tuple[Policy, frozenset[int]]] = {}
+
+
+def _days_past_due_that_matter(policy: Policy) -> frozenset[int]:
+    """Every step's days past due (tag cadences too) and every stage's bounds."""
+    found = _THRESHOLDS.get(id(policy))
+    if found is not None and found[0] is policy:
+        return found[1]
+    values: set[int] = set()
+    for stage in policy.stages:
+        values.add(stage.first_day)
+        if stage.last_day is not None:
+            values.add(stage.last_day + 1)
+        for steps in (stage.steps, *stage.tag_steps.values()):
+            values.update(step.days_past_due for step in steps)
+    thresholds = frozenset(values)
+    _THRESHOLDS[id(policy)] = (policy, thresholds)
+    return thresholds
+
+
+def _pause_dates(policy: Policy, loan: LoanState) -> list[dt.date]:
+    """The days around which a promise's or a plan's pause may start, end or turn."""
+    dates: list[dt.date] = []
+    follow_up = dt.timedelta(days=policy.event(Purpose.BROKEN_PROMISE).days)
+    for promise in loan.promises:
+        dates += [
+            local_day(policy, promise.created_at),
+            promise.promised_date,
+            promise.promised_date + follow_up,
+        ]
+    grace = dt.timedelta(days=policy.pauses.instalment_grace_days)
+    for plan in loan.plans:
+        dates.append(local_day(policy, plan.created_at))
+        for instalment in plan.instalments:
+            dates += [instalment.due_date, instalment.due_date + grace]
+    return dates
 
 
 def _cadence_signature(view: DunningView) -> tuple[object, ...]:

@@ -25,9 +25,10 @@ from outreach.domain import (
     Payment,
     PaymentPlan,
     Promise,
+    Purpose,
 )
-from outreach.policy import ages_alike, next_plan_change, plan
-from outreach.policy.state import start_of_day
+from outreach.policy import ages_alike, next_plan_change, plan, planning
+from outreach.policy.state import dunning_view, local_day, start_of_day
 from tests.unit.policy_fixtures import (
     SHANGHAI,
     borrower,
@@ -187,3 +188,94 @@ def test_the_plan_stands_until_the_change_it_names(
         promises = (Promise("P", Decimal("100"), promised, now, kept=promise_kept),)
     state = loan(now, days_past_due=days_past_due, promises=promises)
     assert_stable_until_the_change(who, state, now)
+
+
+def next_change_day_by_day(
+    borrower_state: BorrowerState, loan_state: LoanState, now: dt.datetime
+) -> dt.datetime | None:
+    """`next_plan_change` as first written: every day of the lookahead looked at in turn."""
+    policy = default_policy()
+    candidates: list[dt.datetime] = []
+    rule = policy.event(Purpose.PAYMENT_CONFIRMATION)
+    for payment in loan_state.payments:
+        if rule.max_age is not None and payment.paid_at + rule.max_age >= now:
+            candidates.append(payment.paid_at + rule.max_age + dt.timedelta(seconds=1))
+    today = local_day(policy, now)
+    if not loan_state.is_closed and not loan_state.is_current:
+        candidates.extend(planning._follow_up_changes(policy, loan_state))
+        candidates.extend(v.visit_at for v in loan_state.visits if v.visit_at > now)
+        signature = planning._cadence_signature(
+            dunning_view(policy, borrower_state, loan_state, now)
+        )
+        day = today
+        for _ in range(planning.PLAN_LOOKAHEAD_DAYS):
+            day += dt.timedelta(days=1)
+            start = planning._start_of_day(policy, day)
+            if planning._may_block_whole_day(policy, borrower_state, day):
+                candidates.append(start)
+                break
+            view = dunning_view(policy, borrower_state, loan_state, start)
+            if planning._cadence_signature(view) != signature:
+                candidates.append(start)
+                break
+        else:
+            candidates.append(planning._start_of_day(policy, day))
+    later = [moment for moment in candidates if moment > now]
+    return min(later) if later else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    days_past_due=st.integers(min_value=-4, max_value=130),
+    hour=st.integers(min_value=0, max_value=23),
+    day=st.integers(min_value=0, max_value=364),
+    us=st.booleans(),
+    hardship=st.booleans(),
+    windowed=st.booleans(),
+    promise_in=st.one_of(st.none(), st.integers(min_value=-12, max_value=12)),
+    promise_kept=st.booleans(),
+    plan_dues=st.lists(st.integers(min_value=-20, max_value=40), max_size=4),
+    plan_paid=st.integers(min_value=0, max_value=4),
+    second_plan_in=st.one_of(st.none(), st.integers(min_value=-10, max_value=3)),
+)
+def test_looking_only_at_days_that_may_change_finds_what_every_day_finds(
+    days_past_due: int,
+    hour: int,
+    day: int,
+    us: bool,
+    hardship: bool,
+    windowed: bool,
+    promise_in: int | None,
+    promise_kept: bool,
+    plan_dues: list[int],
+    plan_paid: int,
+    second_plan_in: int | None,
+) -> None:
+    now = shanghai(2026, 1, 5, hour) + dt.timedelta(days=day)
+    today = now.astimezone(SHANGHAI).date()
+    who = us_borrower(id="B1") if us else borrower()
+    if hardship:
+        who = dataclasses.replace(who, tags=frozenset({"hardship"}))
+    if windowed:
+        who = dataclasses.replace(
+            who, inconvenient_windows=(InconvenientWindow(dt.time(12), dt.time(14)),)
+        )
+    promises: tuple[Promise, ...] = ()
+    if promise_in is not None:
+        promised = today + dt.timedelta(days=promise_in)
+        made = now - dt.timedelta(days=max(0, -promise_in) + 1)
+        promises = (Promise("P", Decimal("100"), promised, made, kept=promise_kept),)
+    plans: tuple[PaymentPlan, ...] = ()
+    if plan_dues:
+        instalments = tuple(
+            Instalment(today + dt.timedelta(days=due), Decimal("50"), paid=index < plan_paid)
+            for index, due in enumerate(sorted(plan_dues))
+        )
+        plans = (PaymentPlan("PL1", instalments, now - dt.timedelta(days=25)),)
+        if second_plan_in is not None:
+            again = now + dt.timedelta(days=second_plan_in)
+            plans += (PaymentPlan("PL2", instalments[:1], again),)
+    state = loan(now, days_past_due=days_past_due, promises=promises, plans=plans)
+
+    expected = next_change_day_by_day(who, state, now)
+    assert next_plan_change(default_policy(), who, state, now) == expected
