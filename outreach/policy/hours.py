@@ -69,14 +69,28 @@ def next_allowed_instant(policy: Policy, borrower: BorrowerState, at: dt.datetim
     within the policy's search horizon (7 days by default).
     """
     rules = contact_rules(policy, borrower)
-    return earliest_allowed(
+    return _earliest_allowed_remembered(
         candidate_zones(policy, borrower),
         rules.contact_window,
         rules.holidays,
-        borrower.inconvenient_windows,
+        tuple(borrower.inconvenient_windows),
         at,
         policy.search_horizon,
     )
+
+
+@functools.lru_cache(maxsize=16384)
+def _earliest_allowed_remembered(
+    zones: tuple[ZoneInfo, ...],
+    window: DailyWindow,
+    holidays: frozenset[dt.date],
+    inconvenient: tuple[InconvenientWindow, ...],
+    at: dt.datetime,
+    horizon: dt.timedelta,
+) -> Decision:
+    # planning asks about the same instants (a step's hour on its day) for every borrower in
+    # the same zones under the same rules, every time the loan is planned again
+    return earliest_allowed(zones, window, holidays, inconvenient, at, horizon)
 
 
 # `when_allowed` reads better at call sites that plan rather than gate.

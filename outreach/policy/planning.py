@@ -9,7 +9,9 @@ so a step is never sent twice on two channels.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -143,23 +145,33 @@ def _days_that_may_change(
     days: set[dt.date] = set()
     if borrower.inconvenient_windows:
         days.add(today + _DAY)
-    for holiday in contact_rules(policy, borrower).holidays:
+    holidays = _in_order(contact_rules(policy, borrower).holidays)
+    for holiday in holidays[
+        bisect.bisect_left(holidays, today) : bisect.bisect_right(holidays, last + _DAY)
+    ]:
         days.update(holiday + dt.timedelta(days=shift) for shift in (-1, 0, 1))
     reported = local_day(policy, loan.as_of)
-    days.update(
-        reported + dt.timedelta(days=value - loan.days_past_due)
-        for value in _days_past_due_that_matter(policy)
-    )
+    # the days past due on the days ahead: those of a step or a stage bound matter
+    offset = loan.days_past_due - reported.toordinal()
+    thresholds = _days_past_due_that_matter(policy)
+    low = bisect.bisect_right(thresholds, today.toordinal() + offset)
+    high = bisect.bisect_right(thresholds, last.toordinal() + offset)
+    days.update(dt.date.fromordinal(value - offset) for value in thresholds[low:high])
     for moment in _pause_dates(policy, loan):
         days.update(moment + dt.timedelta(days=shift) for shift in (-1, 0, 1, 2))
     return sorted(day for day in days if today < day <= last)
 
 
-_THRESHOLDS: dict[int, tuple[Policy, frozenset[int]]] = {}
+@functools.lru_cache(maxsize=64)
+def _in_order(holidays: frozenset[dt.date]) -> tuple[dt.date, ...]:
+    return tuple(sorted(holidays))
 
 
-def _days_past_due_that_matter(policy: Policy) -> frozenset[int]:
-    """Every step's days past due (tag cadences too) and every stage's bounds."""
+_THRESHOLDS: dict[int, tuple[Policy, tuple[int, ...]]] = {}
+
+
+def _days_past_due_that_matter(policy: Policy) -> tuple[int, ...]:
+    """Every step's days past due (tag cadences too) and every stage's bounds, in order."""
     found = _THRESHOLDS.get(id(policy))
     if found is not None and found[0] is policy:
         return found[1]
@@ -170,7 +182,7 @@ def _days_past_due_that_matter(policy: Policy) -> frozenset[int]:
             values.add(stage.last_day + 1)
         for steps in (stage.steps, *stage.tag_steps.values()):
             values.update(step.days_past_due for step in steps)
-    thresholds = frozenset(values)
+    thresholds = tuple(sorted(values))
     _THRESHOLDS[id(policy)] = (policy, thresholds)
     return thresholds
 
