@@ -25,7 +25,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -52,7 +51,7 @@ from outreach.sim.inputs import EventBook, SimulationInputError
 SHARD_MIN_EVENTS = 20_000
 # At most this many processes, whatever the machine has.
 MAX_JOBS = 8
-_UNROUTED = -1
+_UNROUTED = 255  # a blank line: no process reads it
 
 
 def default_jobs() -> int:
@@ -131,7 +130,7 @@ class ShardPlan:
 
     jobs: int
     # by line number - 1: the process, or _UNROUTED for a blank line
-    shard_of_line: list[int]
+    shard_of_line: bytes
     events: list[int] = field(default_factory=list)
 
 
@@ -177,7 +176,7 @@ def plan_shards(path: Path, jobs: int) -> ShardPlan | None:
         load[shard] += count
     return ShardPlan(
         jobs,
-        [_UNROUTED if root is None else shard_of_root[root] for root in root_of_line],
+        bytes(_UNROUTED if root is None else shard_of_root[root] for root in root_of_line),
         load,
     )
 
@@ -186,7 +185,7 @@ def plan_shards(path: Path, jobs: int) -> ShardPlan | None:
 class _ShardSpec:
     index: int
     path: Path
-    shard_of_line: list[int]
+    shard_of_line: bytes
     settings: Settings
     start: dt.datetime
     days: float
@@ -229,9 +228,22 @@ def _run_shard(spec: _ShardSpec, connection: Connection) -> None:
 
 
 def _context() -> Any:
-    # fork: the children start with everything imported; elsewhere a fresh interpreter each
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return multiprocessing.get_context(method)
+    """Processes forked from a server that has imported the simulator and nothing else: they
+    start at once, without a copy of what the parent read to plan the split (each would count
+    it again in its memory). A fresh interpreter each where there is no fork server."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["outreach.sim.engine", "outreach.sim.inputs"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _start_server(context: Any) -> None:
+    """Start the fork server now, so it imports while the parent plans the split."""
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def simulate_file(
@@ -251,7 +263,11 @@ def simulate_file(
     when the book is large enough to gain from it; the same output either way."""
     if start.tzinfo is None or start.utcoffset() is None:
         raise ValueError("the start of a simulation must carry a UTC offset")
-    plan = plan_shards(path, default_jobs() if jobs is None else jobs)
+    jobs = default_jobs() if jobs is None else jobs
+    context = _context()
+    if jobs > 1:
+        _start_server(context)
+    plan = plan_shards(path, jobs)
     if plan is not None:
         # a policy that does not load fails here, once, as it does in one process
         pol.load_policy(policy_path or settings.policy_path)
@@ -288,7 +304,7 @@ def simulate_file(
             )
             for index in range(plan.jobs)
         ]
-        stats, peaks = _run_all(specs, progress)
+        stats, peaks = _run_all(context, specs, progress)
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as handle:
             _merge(parts, handle)
@@ -301,8 +317,9 @@ def simulate_file(
     return SimulationResult(total, out)
 
 
-def _run_all(specs: list[_ShardSpec], progress: bool) -> tuple[list[SimulationStats], list[int]]:
-    context = _context()
+def _run_all(
+    context: Any, specs: list[_ShardSpec], progress: bool
+) -> tuple[list[SimulationStats], list[int]]:
     workers: list[tuple[Any, Connection]] = []
     try:
         for spec in specs:
