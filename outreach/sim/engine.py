@@ -261,12 +261,21 @@ def environment(
 class Progress:
     """A progress bar over virtual time on a terminal; silent otherwise."""
 
-    def __init__(self, start: dt.datetime, end: dt.datetime, enabled: bool) -> None:
+    def __init__(
+        self,
+        start: dt.datetime,
+        end: dt.datetime,
+        enabled: bool,
+        report: Callable[[float, int], None] | None = None,
+    ) -> None:
         self._start = start
         self._total = (end - start).total_seconds()
         self._bar: Any = None
         self._task: Any = None
         self._last = 0.0
+        # told (virtual seconds done, messages dispatched) now and then: a process simulating
+        # part of a book tells the one that shows the bar
+        self._report = report
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -289,15 +298,18 @@ class Progress:
             self._bar.__exit__(*exc)
 
     def update(self, now: dt.datetime, messages: int) -> None:
-        if self._bar is None:
+        if self._bar is None and self._report is None:
             return
         tick = time.monotonic()
         if tick - self._last < 0.1:
             return
         self._last = tick
         done = min((now - self._start).total_seconds(), self._total)
-        day = f"day {int(done // 86400) + 1}, {messages} dispatched"
-        self._bar.update(self._task, completed=done, day=day)
+        if self._report is not None:
+            self._report(done, messages)
+        if self._bar is not None:
+            day = f"day {int(done // 86400) + 1}, {messages} dispatched"
+            self._bar.update(self._task, completed=done, day=day)
 
 
 class Simulator:
@@ -311,11 +323,13 @@ class Simulator:
         *,
         progress: bool = False,
         replan_every_loan: bool = False,
+        report: Callable[[float, int], None] | None = None,
     ) -> None:
         self.env = env
         self.start = start
         self.end = end
         self.progress = progress
+        self.report = report
         self.stats = SimulationStats()
         self._next_replan = self._day_boundary_after(start)
         # The clock re-plans every open loan at every day boundary. A re-plan before the
@@ -341,7 +355,10 @@ class Simulator:
     def run(self, book: EventBook) -> SimulationStats:
         started = time.perf_counter()
         cursor = book.cursor()
-        with contextlib.closing(cursor), Progress(self.start, self.end, self.progress) as bar:
+        with (
+            contextlib.closing(cursor),
+            Progress(self.start, self.end, self.progress, self.report) as bar,
+        ):
             self._advance(self.start)
             while True:
                 self._apply_events(cursor.due(self.now))
@@ -591,6 +608,7 @@ def simulate(
     replan_every_loan: bool = False,
     on_environment: Callable[[SimulationEnvironment], None] | None = None,
     keyed_output: bool = False,
+    report: Callable[[float, int], None] | None = None,
 ) -> SimulationResult:
     """Run `book` from `start` for `days` and write MESSAGES.jsonl to `out`."""
     if start.tzinfo is None or start.utcoffset() is None:
@@ -606,7 +624,12 @@ def simulate(
         if on_environment is not None:
             on_environment(env)
         simulator = Simulator(
-            env, start, end, progress=progress, replan_every_loan=replan_every_loan
+            env,
+            start,
+            end,
+            progress=progress,
+            replan_every_loan=replan_every_loan,
+            report=report,
         )
         stats = simulator.run(book)
         out.parent.mkdir(parents=True, exist_ok=True)

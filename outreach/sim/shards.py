@@ -195,7 +195,7 @@ class _ShardSpec:
     workdir: Path | None
 
 
-def _run_shard(spec: _ShardSpec, connection: Connection) -> None:
+def _run_shard(spec: _ShardSpec, connection: Connection, shared: Any) -> None:
     """A process's part: check its lines, wait for every process's check, simulate, write."""
     try:
         try:
@@ -208,6 +208,11 @@ def _run_shard(spec: _ShardSpec, connection: Connection) -> None:
         connection.send(("valid",))
         if connection.recv() != "go":
             return
+
+        def report(done: float, messages: int) -> None:
+            shared[2 * spec.index] = done
+            shared[2 * spec.index + 1] = messages
+
         result = simulate(
             spec.settings,
             book,
@@ -218,6 +223,7 @@ def _run_shard(spec: _ShardSpec, connection: Connection) -> None:
             seed=spec.seed,
             workdir=spec.workdir,
             keyed_output=True,
+            report=report,
         )
         connection.send(("done", result.stats, peak_memory()))
     except BaseException as error:  # reported to the parent, which raises it
@@ -321,10 +327,12 @@ def _run_all(
     context: Any, specs: list[_ShardSpec], progress: bool
 ) -> tuple[list[SimulationStats], list[int]]:
     workers: list[tuple[Any, Connection]] = []
+    # each process's (virtual seconds done, messages dispatched), for the progress bar
+    shared = context.Array("d", 2 * len(specs), lock=False)
     try:
         for spec in specs:
             mine, theirs = context.Pipe()
-            process = context.Process(target=_run_shard, args=(spec, theirs), daemon=True)
+            process = context.Process(target=_run_shard, args=(spec, theirs, shared), daemon=True)
             process.start()
             theirs.close()
             workers.append((process, mine))
@@ -337,7 +345,14 @@ def _run_all(
             _, line, source, problem = min(invalid, key=lambda check: check[1])
             raise SimulationInputError(source, line, problem)
         _raise_errors(checks)
-        with _spinner(progress):
+        total = specs[0].days * 86400
+        with _Bar(progress, total) as bar:
+            for _, connection in workers:
+                while not connection.poll(0.2):
+                    bar.show(
+                        min(shared[2 * index] for index in range(len(specs))),
+                        int(sum(shared[2 * index + 1] for index in range(len(specs)))),
+                    )
             results = [_receive(process, connection) for process, connection in workers]
         _raise_errors(results)
         return [result[1] for result in results], [result[2] for result in results]
@@ -365,19 +380,37 @@ def _raise_errors(messages: list[tuple[Any, ...]]) -> None:
             raise SimulationError(message[1])
 
 
-@contextlib.contextmanager
-def _spinner(enabled: bool) -> Iterator[None]:
-    """A sign of life on a terminal while the processes run (each one's progress is its own)."""
-    if not enabled:
-        yield
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+class _Bar:
+    """The progress of the slowest process over virtual time, on a terminal; else silent."""
 
-    with Progress(
-        SpinnerColumn(), TextColumn("simulating"), TimeElapsedColumn(), transient=True
-    ) as bar:
-        bar.add_task("simulate", total=None)
-        yield
+    def __init__(self, enabled: bool, total: float) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("simulating"),
+                BarColumn(),
+                TextColumn("{task.fields[day]}"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._task = self._bar.add_task("simulate", total=total, day="")
+
+    def __enter__(self) -> _Bar:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def show(self, done: float, messages: int) -> None:
+        if self._bar is not None:
+            day = f"day {int(done // 86400) + 1}, {messages} dispatched"
+            self._bar.update(self._task, completed=done, day=day)
 
 
 def _keyed_lines(path: Path) -> Iterator[tuple[str, str]]:
