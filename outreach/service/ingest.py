@@ -24,13 +24,14 @@ from outreach.service import planning
 from outreach.service.events import ContactRestricted, Event
 from outreach.service.state import (
     APPLY,
-    HELD_ROWS,
+    BorrowerRecord,
     LoanRecord,
+    flush_state,
+    hold,
     hold_loans,
     load_borrower,
     loan_for_update,
-    release_loans,
-    write_loans,
+    release_held,
 )
 from outreach.store import models as m
 from outreach.store.bulk import insert_returning, update_rows
@@ -151,36 +152,25 @@ def ingest_many(
             if result.outcome != PROVISIONAL_OUTCOME or detail is not None:
                 outcomes.append({"id": event.id, "outcome": result.outcome, "detail": detail})
         group.plan(session, policy, now)
-        write_loans(session)
+        flush_state(session)
     finally:
-        session.info.pop(HELD_ROWS, None)
-        release_loans(session)
+        release_held(session)
     update_rows(session, _INBOX, "id", outcomes)
     return results
 
 
-def lock_state_rows(session: Session, events: Sequence[Event]) -> dict[tuple[type[Any], str], Any]:
+def lock_state_rows(session: Session, events: Sequence[Event]) -> None:
     """Read the loans and borrowers these events update in one query each (FOR UPDATE on
-    PostgreSQL) and hold them for the transaction (`state.hold_loans`, and
-    `state.row_for_update` for borrowers), so applying the events finds them at hand, or
-    knows they do not exist yet; returns the borrowers held."""
+    PostgreSQL) and hold them for the transaction (`state.hold`), so applying the events
+    finds them at hand, or knows they do not exist yet."""
     hold_loans(
         session, {e.loan_id for e in events if e.loan_id is not None and e.type in _LOAN_ROWS}
     )
-    borrower_ids = sorted(
-        {e.borrower_id for e in events if e.type == "borrower.upserted" and e.borrower_id}
+    hold(
+        session,
+        BorrowerRecord,
+        {e.borrower_id for e in events if e.type == "borrower.upserted" and e.borrower_id},
     )
-    postgres = session.get_bind().dialect.name == "postgresql"
-    held: dict[tuple[type[Any], str], Any] = session.info.setdefault(HELD_ROWS, {})
-    for index in range(0, len(borrower_ids), 500):
-        chunk = borrower_ids[index : index + 500]
-        query = select(m.Borrower).where(m.Borrower.id.in_(chunk))
-        if postgres:
-            query = query.with_for_update()
-        found = {row.id: row for row in session.scalars(query)}
-        for key in chunk:
-            held[(m.Borrower, key)] = found.get(key)
-    return held
 
 
 # events whose apply step reads and updates the loan row

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, ClassVar, Self, TypeVar, cast
 
-from sqlalchemy import Row, Select, Table, bindparam, select
+from sqlalchemy import Row, Select, Table, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from outreach.domain import (
@@ -30,11 +30,10 @@ from outreach.store.bulk import insert_rows, update_rows
 
 _LOANS = cast(Table, m.Loan.__table__)
 LOAN_COLUMNS = tuple(column.name for column in _LOANS.columns)
+_BORROWER_TABLE = cast(Table, m.Borrower.__table__)
+BORROWER_COLUMNS = tuple(column.name for column in _BORROWER_TABLE.columns)
+_PHONE_TABLE = cast(Table, m.BorrowerPhone.__table__)
 _IN_CHUNK = 500
-
-
-_LOANS_BY_ID = select(_LOANS).where(_LOANS.c.id.in_(bindparam("keys", expanding=True)))
-_LOANS_FOR_UPDATE = {False: _LOANS_BY_ID, True: _LOANS_BY_ID.with_for_update()}
 
 
 def normalize_recipient(channel: Channel | str, recipient: str) -> str:
@@ -44,49 +43,43 @@ def normalize_recipient(channel: Channel | str, recipient: str) -> str:
 # --- applying events -------------------------------------------------------------------------
 
 
-def lock_for_update(session: Session) -> bool | None:
-    """`with_for_update` for a row about to be updated: a row lock on PostgreSQL; nothing on
-    SQLite, whose writers hold the database lock from BEGIN (and where asking would force
-    another read of a row the session already holds)."""
-    return True if session.get_bind().dialect.name == "postgresql" else None
+class HeldRecord:
+    """A row this transaction holds for update, as plain values.
 
-
-# session.info key: {(model, id): row or None} of rows this transaction has read for update
-# (`ingest` reads a batch's loans and borrowers together), so applying each event finds its
-# row at hand instead of reading and locking it again
-HELD_ROWS = "outreach.held_rows"
-
-
-def row_for_update(session: Session, model: type[Any], key: str) -> Any:
-    """The row about to be updated, locked (see `lock_for_update`): the one this transaction
-    already holds when it read it for update, else read (and locked) now."""
-    held: dict[tuple[type[Any], str], Any] | None = session.info.get(HELD_ROWS)
-    if held is not None and (model, key) in held:
-        return held[(model, key)]
-    return session.get(model, key, with_for_update=lock_for_update(session))
-
-
-def _hold(session: Session, model: type[Any], key: str, row: Any) -> None:
-    """A row this transaction just created is held by it too."""
-    held = session.info.get(HELD_ROWS)
-    if held is not None:
-        held[(model, key)] = row
-
-
-# session.info key: {loan id: LoanRecord or None} of loans this transaction holds for update
-HELD_LOANS = "outreach.held_loans"
-
-
-class LoanRecord:
-    """A loan row this transaction holds for update, as plain values.
-
-    Events change it in memory; `write_loans` writes every changed one back in one statement
-    (one for new loans, one for the rest), before anything reads loans from the database
+    Events change it in memory; `write_held` writes the changed ones back (new rows in one
+    statement, the others in one per set of columns changed) before anything reads the table
     again (`flush_state`). The ORM would do the same with several times the work per row,
     which the loan system's nightly report of every loan makes the bulk of ingesting.
     """
 
-    __slots__ = (*LOAN_COLUMNS, "_written")
+    TABLE: ClassVar[Table]
+    COLUMNS: ClassVar[tuple[str, ...]]
+    # session.info key of the records of this kind a transaction holds: {id: record or None}
+    HELD: ClassVar[str]
+
+    __slots__ = ("_written",)
+
+    def __init__(self, values: Sequence[Any], *, stored: bool) -> None:
+        """From the row's values in COLUMNS order."""
+        for name, value in zip(self.COLUMNS, values, strict=True):
+            setattr(self, name, value)
+        # the values the database has, or None for a row not inserted yet
+        self._written: tuple[Any, ...] | None = tuple(values) if stored else None
+
+    @classmethod
+    def new(cls, key: str) -> Self:
+        """A row not in the database yet."""
+        return cls([key if name == "id" else None for name in cls.COLUMNS], stored=False)
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple([getattr(self, name) for name in self.COLUMNS])
+
+
+class LoanRecord(HeldRecord):
+    TABLE = _LOANS
+    COLUMNS = LOAN_COLUMNS
+    HELD = "outreach.held_loans"
+    __slots__ = LOAN_COLUMNS
 
     id: str
     borrower_id: str
@@ -102,107 +95,180 @@ class LoanRecord:
     created_at: dt.datetime
     updated_at: dt.datetime
 
+
+class BorrowerRecord(HeldRecord):
+    """A borrower, with its phone numbers in order (written back when they change)."""
+
+    TABLE = _BORROWER_TABLE
+    COLUMNS = BORROWER_COLUMNS
+    HELD = "outreach.held_borrowers"
+    __slots__ = (*BORROWER_COLUMNS, "phones", "_phones_written")
+
+    id: str
+    name: str
+    locale: str
+    email: str | None
+    timezone: str | None
+    address_country: str | None
+    address_region: str | None
+    address_city: str | None
+    address_postal_code: str | None
+    consent_sms: bool
+    consent_email: bool
+    tags: list[str]
+    state_as_of: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
     def __init__(self, values: Sequence[Any], *, stored: bool) -> None:
-        """From the row's values in LOAN_COLUMNS order."""
-        for name, value in zip(LOAN_COLUMNS, values, strict=True):
-            setattr(self, name, value)
-        # the values the database has, or None for a loan not inserted yet
-        self._written: tuple[Any, ...] | None = tuple(values) if stored else None
-
-    @classmethod
-    def new(cls, loan_id: str) -> LoanRecord:
-        """A loan not in the database yet."""
-        return cls([loan_id if name == "id" else None for name in LOAN_COLUMNS], stored=False)
-
-    def values(self) -> tuple[Any, ...]:
-        return tuple([getattr(self, name) for name in LOAN_COLUMNS])
+        super().__init__(values, stored=stored)
+        # set by `hold` for a stored borrower: its numbers as the database has them
+        self.phones: tuple[str, ...] = ()
+        self._phones_written: tuple[str, ...] | None = () if stored else None
 
 
-def _held_loans(session: Session) -> dict[str, LoanRecord | None]:
-    held: dict[str, LoanRecord | None] = session.info.setdefault(HELD_LOANS, {})
+_BY_ID: dict[tuple[str, bool], Select[Any]] = {}
+_PHONES_OF = (
+    select(_PHONE_TABLE.c.borrower_id, _PHONE_TABLE.c.phone)
+    .where(_PHONE_TABLE.c.borrower_id.in_(bindparam("keys", expanding=True)))
+    .order_by(_PHONE_TABLE.c.borrower_id, _PHONE_TABLE.c.position)
+)
+
+
+def _held(session: Session, kind: type[Held]) -> dict[str, Held | None]:
+    held: dict[str, Held | None] = session.info.setdefault(kind.HELD, {})
     return held
+
+
+def hold(session: Session, kind: type[Held], keys: Iterable[str]) -> dict[str, Held | None]:
+    """Read these rows for update (FOR UPDATE on PostgreSQL) in one query per 500, unless
+    this transaction holds them already; returns every row of the kind it holds (None: no
+    such row)."""
+    held = _held(session, kind)
+    wanted = sorted({key for key in keys if key not in held})
+    if not wanted:
+        return held
+    postgres = session.get_bind().dialect.name == "postgresql"
+    query = _BY_ID.get((kind.TABLE.name, postgres))
+    if query is None:
+        query = select(kind.TABLE).where(kind.TABLE.c.id.in_(bindparam("keys", expanding=True)))
+        query = _BY_ID[(kind.TABLE.name, postgres)] = query.with_for_update() if postgres else query
+    connection = session.connection()
+    for index in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[index : index + _IN_CHUNK]
+        found = {row.id: row for row in connection.execute(query, {"keys": chunk})}
+        phones: dict[str, list[str]] = {}
+        if kind is BorrowerRecord and found:
+            for borrower_id, phone in connection.execute(_PHONES_OF, {"keys": list(found)}):
+                phones.setdefault(borrower_id, []).append(phone)
+        for key in chunk:
+            row = found.get(key)
+            record = None if row is None else kind(row, stored=True)
+            if isinstance(record, BorrowerRecord):
+                record.phones = record._phones_written = tuple(phones.get(key, ()))
+            held[key] = record
+    return held
+
+
+def for_update(session: Session, kind: type[Held], key: str) -> Held | None:
+    """The row about to be updated, held by this transaction (see `hold`)."""
+    held = _held(session, kind)
+    if key in held:
+        return held[key]
+    return hold(session, kind, (key,))[key]
 
 
 def hold_loans(session: Session, loan_ids: Iterable[str]) -> dict[str, LoanRecord | None]:
-    """Read these loans for update (FOR UPDATE on PostgreSQL) in one query per 500, unless
-    this transaction holds them already; returns every loan it holds (None: no such loan)."""
-    held = _held_loans(session)
-    wanted = sorted({loan_id for loan_id in loan_ids if loan_id not in held})
-    if not wanted:
-        return held
-    query = _LOANS_FOR_UPDATE[session.get_bind().dialect.name == "postgresql"]
-    for index in range(0, len(wanted), _IN_CHUNK):
-        chunk = wanted[index : index + _IN_CHUNK]
-        found = {row.id: row for row in session.connection().execute(query, {"keys": chunk})}
-        for loan_id in chunk:
-            row = found.get(loan_id)
-            held[loan_id] = None if row is None else LoanRecord(row, stored=True)
-    return held
+    return hold(session, LoanRecord, loan_ids)
 
 
 def loan_for_update(session: Session, loan_id: str) -> LoanRecord | None:
-    """The loan about to be updated, held by this transaction (see `hold_loans`)."""
-    held = _held_loans(session)
-    if loan_id in held:
-        return held[loan_id]
-    return hold_loans(session, (loan_id,))[loan_id]
+    return for_update(session, LoanRecord, loan_id)
 
 
-def write_loans(session: Session) -> None:
-    """Write the held loans that changed since they were read or last written: new ones in
-    one statement, the others in one per set of columns changed (a nightly report changes
-    the same few columns of every loan)."""
-    held = session.info.get(HELD_LOANS)
+def write_held(session: Session, kind: type[HeldRecord]) -> None:
+    """Write the held rows of this kind that changed since they were read or last written:
+    new ones in one statement, the others in one per set of columns changed (a nightly
+    report changes the same few columns of every loan); then changed phone lists."""
+    held = session.info.get(kind.HELD)
     if not held:
         return
+    columns = kind.COLUMNS
     inserts: list[dict[str, Any]] = []
     updates: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    phones_changed: list[BorrowerRecord] = []
     for record in held.values():
         if record is None:
             continue
+        if isinstance(record, BorrowerRecord) and record.phones != record._phones_written:
+            phones_changed.append(record)
         values = record.values()
         written = record._written
         if written is None:
-            inserts.append(dict(zip(LOAN_COLUMNS, values, strict=True)))
+            inserts.append(dict(zip(columns, values, strict=True)))
         elif values != written:
-            changed = tuple(
-                index
-                for index, (now, then) in enumerate(zip(values, written, strict=True))
-                if now != then
-            )
+            pairs = enumerate(zip(values, written, strict=True))
+            changed = tuple(index for index, (now, then) in pairs if now != then)
             row = {"id": record.id}
-            row.update((LOAN_COLUMNS[index], values[index]) for index in changed)
+            row.update((columns[index], values[index]) for index in changed)
             updates.setdefault(changed, []).append(row)
         else:
             continue
         record._written = values
-    insert_rows(session, _LOANS, inserts)
+    insert_rows(session, kind.TABLE, inserts)
     for rows in updates.values():
-        update_rows(session, _LOANS, "id", rows)
+        update_rows(session, kind.TABLE, "id", rows)
+    if phones_changed:
+        _write_phones(session, phones_changed)
 
 
-def release_loans(session: Session) -> None:
-    """Forget the held loans (at the end of the work that held them, after `write_loans`)."""
-    session.info.pop(HELD_LOANS, None)
+def _write_phones(session: Session, borrowers: list[BorrowerRecord]) -> None:
+    stored = [b.id for b in borrowers if b._phones_written]
+    for index in range(0, len(stored), _IN_CHUNK):
+        session.connection().execute(
+            delete(_PHONE_TABLE).where(
+                _PHONE_TABLE.c.borrower_id.in_(stored[index : index + _IN_CHUNK])
+            )
+        )
+    insert_rows(
+        session,
+        _PHONE_TABLE,
+        [
+            {"borrower_id": b.id, "position": position, "phone": phone}
+            for b in borrowers
+            for position, phone in enumerate(b.phones)
+        ],
+    )
+    for borrower in borrowers:
+        borrower._phones_written = borrower.phones
+
+
+def release_held(session: Session) -> None:
+    """Forget the held rows (at the end of the work that held them, after `flush_state`)."""
+    for kind in (LoanRecord, BorrowerRecord):
+        session.info.pop(kind.HELD, None)
 
 
 def flush_state(session: Session) -> None:
     """Everything this transaction changed, in the database: what the ORM holds and the
-    held loans; run before reading state back with a query."""
+    held rows; run before reading state back with a query."""
     session.flush()
-    write_loans(session)
+    write_held(session, BorrowerRecord)
+    write_held(session, LoanRecord)
+
+
+Held = TypeVar("Held", bound=HeldRecord)
 
 
 def apply_borrower(session: Session, event: ev.Event, now: dt.datetime) -> str:
     """Upsert a borrower; an update older than the one applied is recorded and ignored."""
     data: ev.BorrowerIn = event.data.borrower
-    row = row_for_update(session, m.Borrower, data.id)
+    row = for_update(session, BorrowerRecord, data.id)
     if row is not None and row.state_as_of > event.occurred_at:
         return "ignored_stale"
     if row is None:
-        row = m.Borrower(id=data.id, created_at=now)
-        session.add(row)
-        _hold(session, m.Borrower, data.id, row)
+        row = _held(session, BorrowerRecord)[data.id] = BorrowerRecord.new(data.id)
+        row.created_at = now
     row.name = data.name
     row.locale = data.locale
     row.email = data.email
@@ -217,10 +283,7 @@ def apply_borrower(session: Session, event: ev.Event, now: dt.datetime) -> str:
     row.tags = sorted(set(data.tags))
     row.state_as_of = event.occurred_at
     row.updated_at = now
-    row.phones = [
-        m.BorrowerPhone(borrower_id=data.id, position=index, phone=phone)
-        for index, phone in enumerate(dict.fromkeys(data.phones))
-    ]
+    row.phones = tuple(dict.fromkeys(data.phones))
     return "applied"
 
 
@@ -232,7 +295,7 @@ def apply_loan(session: Session, event: ev.Event, now: dt.datetime) -> str:
     if row is not None and row.closed_reason is not None:
         return "ignored_closed"
     if row is None:
-        row = _held_loans(session)[data.id] = LoanRecord.new(data.id)
+        row = _held(session, LoanRecord)[data.id] = LoanRecord.new(data.id)
         row.created_at = now
     row.borrower_id = data.borrower_id
     row.product = data.product

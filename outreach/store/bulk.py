@@ -53,7 +53,8 @@ def _unnest_insert(
         names = ", ".join(columns)
         sql = (
             f"INSERT INTO {table.name} ({names}) SELECT {names} FROM unnest({arrays}) "  # noqa: S608
-            f"WITH ORDINALITY AS rows ({names}, position) ORDER BY position"
+            # the ordinality's name is no column's (a table may have a `position`)
+            f"WITH ORDINALITY AS rows ({names}, ordinality_) ORDER BY ordinality_"
         )
         if conflict is not None:
             sql += f" ON CONFLICT ({table.c[conflict].name}) DO NOTHING"
