@@ -290,40 +290,35 @@ def address_zones(address: Address) -> tuple[str, ...]:
     return country_zones(country)
 
 
-@functools.lru_cache(maxsize=8192)
 def phone_zones(number: str) -> tuple[str, ...]:
     """The zones of a geographic number; () for one that says nothing about location."""
+    return _phone_facts(number)[0]
+
+
+def phone_country(number: str) -> str | None:
+    """The country of a number tied to a place (mobile included); None for toll-free etc."""
+    return _phone_facts(number)[1]
+
+
+@functools.lru_cache(maxsize=16384)
+def _phone_facts(number: str) -> tuple[tuple[str, ...], str | None]:
+    """(zones, country) of a number, from one parse (libphonenumber is slow to ask)."""
     try:
         parsed = phonenumbers.parse(number, None)
     except phonenumbers.NumberParseException:
-        return ()
+        return (), None
     if not phonenumbers.is_valid_number(parsed):
-        return ()
+        return (), None
     if phonenumbers.number_type(parsed) in _NON_GEOGRAPHIC_TYPES:
-        return ()
+        return (), None
     zones = tuple(
         zone
         for zone in phone_timezone.time_zones_for_number(parsed)
         if zone != phone_timezone.UNKNOWN_TIMEZONE
     )
-    if len(zones) > MAX_PHONE_ZONES:
-        return ()
-    return zones
-
-
-@functools.lru_cache(maxsize=8192)
-def phone_country(number: str) -> str | None:
-    """The country of a number tied to a place (mobile included); None for toll-free etc."""
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(parsed):
-        return None
-    if phonenumbers.number_type(parsed) in _NON_GEOGRAPHIC_TYPES:
-        return None
     region: str | None = phonenumbers.region_code_for_number(parsed)
-    return region if region and region != "001" else None
+    country = region if region and region != "001" else None
+    return (zones if len(zones) <= MAX_PHONE_ZONES else ()), country
 
 
 @functools.lru_cache(maxsize=1024)

@@ -26,6 +26,7 @@ GSM7_BASIC: Final = frozenset(
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
 GSM7_EXTENSION: Final = frozenset("\f^{}\\[~]|€")
+_GSM7_ANY: Final = GSM7_BASIC | GSM7_EXTENSION
 
 GSM7_SINGLE: Final = 160
 GSM7_PART: Final = 153
@@ -34,7 +35,7 @@ UCS2_PART: Final = 67
 
 
 def is_gsm7(text: str) -> bool:
-    return all(char in GSM7_BASIC or char in GSM7_EXTENSION for char in text)
+    return _GSM7_ANY.issuperset(text)
 
 
 def non_gsm7_characters(text: str) -> list[str]:
@@ -58,8 +59,18 @@ def sms_encoding_and_segments(text: str) -> tuple[Encoding, int]:
     An empty text has nothing to send and takes 0 parts.
     """
     encoding: Encoding = GSM7 if is_gsm7(text) else UCS2
-    units = _units(text, encoding)
     single, part = (GSM7_SINGLE, GSM7_PART) if encoding == GSM7 else (UCS2_SINGLE, UCS2_PART)
+    if encoding == GSM7:
+        wide = sum(text.count(char) for char in GSM7_EXTENSION)
+    else:
+        wide = len(text.encode("utf-16-le")) // 2 - len(text)  # surrogate pairs
+    if not wide:
+        # every character one unit: nothing to keep whole across a boundary
+        total = len(text)
+        if total == 0:
+            return encoding, 0
+        return encoding, 1 if total <= single else -(-total // part)
+    units = _units(text, encoding)
     total = sum(units)
     if total == 0:
         return encoding, 0

@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outreach.render.segments import non_gsm7_characters, sms_encoding_and_segments
+from outreach.render.segments import (
+    GSM7_BASIC,
+    GSM7_EXTENSION,
+    non_gsm7_characters,
+    sms_encoding_and_segments,
+)
 
 
 @pytest.mark.parametrize(
@@ -103,3 +108,35 @@ def test_parts_are_at_least_what_division_says(text: str) -> None:
         assert parts == 1
     else:
         assert parts >= math.ceil(units / each)
+
+
+def packed_parts(text: str) -> tuple[str, int]:
+    """Parts as a carrier packs them, unit by unit (pairs never split), for any text."""
+    gsm = all(c in GSM7_BASIC or c in GSM7_EXTENSION for c in text)
+    if gsm:
+        widths = [2 if c in GSM7_EXTENSION else 1 for c in text]
+        single, each = 160, 153
+    else:
+        widths = [2 if ord(c) > 0xFFFF else 1 for c in text]
+        single, each = 70, 67
+    total = sum(widths)
+    if total == 0:
+        return ("GSM-7" if gsm else "UCS-2"), 0
+    if total <= single:
+        return ("GSM-7" if gsm else "UCS-2"), 1
+    parts, used = 1, 0
+    for width in widths:
+        if used + width > each:
+            parts, used = parts + 1, 0
+        used += width
+    return ("GSM-7" if gsm else "UCS-2"), parts
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from([*sorted(GSM7_BASIC | GSM7_EXTENSION), "中", "é", "😀", "ü"]),
+        max_size=700,
+    )
+)
+def test_counting_agrees_with_packing_unit_by_unit(text: str) -> None:
+    assert sms_encoding_and_segments(text) == packed_parts(text)
