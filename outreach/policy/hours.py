@@ -128,14 +128,28 @@ def window_closes_at(
     A provider should not deliver after this instant (SMS validity, a queued email).
     """
     rules = contact_rules(policy, borrower)
-    zones = candidate_zones(policy, borrower)
-    inconvenient = borrower.inconvenient_windows
-    if blocking_reason(zones, rules.contact_window, rules.holidays, inconvenient, now):
+    return _window_end(
+        candidate_zones(policy, borrower),
+        rules.contact_window,
+        rules.holidays,
+        tuple(borrower.inconvenient_windows),
+        now,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _window_end(
+    zones: tuple[ZoneInfo, ...],
+    window: DailyWindow,
+    holidays: frozenset[dt.date],
+    inconvenient: tuple[InconvenientWindow, ...],
+    now: dt.datetime,
+) -> dt.datetime | None:
+    # a batch of messages is sent at one instant to borrowers in the same few zones
+    if blocking_reason(zones, window, holidays, inconvenient, now):
         return None
     start = _naive_utc(now)
-    allowed = _allowed_everywhere(
-        zones, rules.contact_window, rules.holidays, inconvenient, start, 2 * _DAY
-    )
+    allowed = _allowed_everywhere(zones, window, holidays, inconvenient, start, 2 * _DAY)
     if not allowed or allowed[0][0] != start:
         return None
     return allowed[0][1].replace(tzinfo=dt.UTC)
