@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import functools
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -88,7 +89,13 @@ PLAN_LOOKAHEAD_DAYS = 31
 
 
 def next_plan_change(
-    policy: Policy, borrower: BorrowerState, loan: LoanState, now: dt.datetime
+    policy: Policy,
+    borrower: BorrowerState,
+    loan: LoanState,
+    now: dt.datetime,
+    *,
+    planned: Collection[str] | None = None,
+    pending: Mapping[str, dt.datetime] | None = None,
 ) -> dt.datetime | None:
     """The first instant after `now` at which `plan` may want other messages than it wants at
     `now`, if neither the loan nor the borrower changes meanwhile; None if it never will.
@@ -101,6 +108,13 @@ def next_plan_change(
     follow-ups, and how long a payment stays confirmable. Days on which the borrower cannot
     be contacted at all (holidays, declared inconvenient times) may push a step past its
     successor's day at any point, so they are checked day by day.
+
+    Given what exists of the loan's messages — `planned`, the keys of all of them, and
+    `pending`, the send instants of those still waiting — a day on which the cadence moves on
+    counts only if planning then would create a message (a key not planned yet) or withdraw
+    one still waiting then (a pending key no longer wanted; one due before that day is sent,
+    or deferred, by then, and a deferral has the loan re-planned anyway). A step's day that
+    only turns a step planned ahead into a due one changes nothing.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("`now` must be timezone-aware")
@@ -119,10 +133,18 @@ def next_plan_change(
             if _may_block_whole_day(policy, borrower, day):
                 candidates.append(start)
                 break
-            view = dunning_view(policy, borrower, loan, start)
-            if _cadence_signature(view) != signature:
+            moved = _cadence_signature(dunning_view(policy, borrower, loan, start))
+            if moved == signature:
+                continue
+            if planned is None or pending is None:
                 candidates.append(start)
                 break
+            wanted = {item.message.key for item in plan_items(policy, borrower, loan, start)}
+            withdrawn = any(at >= start and key not in wanted for key, at in pending.items())
+            if withdrawn or not wanted.issubset(planned):
+                candidates.append(start)
+                break
+            signature = moved
         else:
             candidates.append(_start_of_day(policy, today + dt.timedelta(days=PLAN_LOOKAHEAD_DAYS)))
     later = [moment for moment in candidates if moment > now]

@@ -49,7 +49,8 @@ class PlanOutcome:
     cancelled: int = 0
     suppressed: int = 0
     # when re-planning may next change something, the state staying as it is (see
-    # `policy.next_plan_change`); None: never, or not known
+    # `policy.next_plan_change`; asked for with `plan_batch(next_changes=True)`); None:
+    # never, or not asked
     next_change: dt.datetime | None = None
 
 
@@ -480,7 +481,12 @@ class BatchOutcome:
 
 
 def plan_batch(
-    session: Session, policy: pol.Policy, work: Sequence[PlanWork], now: dt.datetime
+    session: Session,
+    policy: pol.Policy,
+    work: Sequence[PlanWork],
+    now: dt.datetime,
+    *,
+    next_changes: bool = False,
 ) -> BatchOutcome:
     """Plan as doing each item of `work` in turn would, reading every row the batch needs in
     a fixed number of queries and inserting its new messages in one statement.
@@ -535,6 +541,7 @@ def plan_batch(
                 taken,
                 outcome,
                 now,
+                next_changes,
             ):
                 created.append((message, outcome))
                 new_of_borrower.setdefault(message.borrower_id, []).append(message)
@@ -577,6 +584,7 @@ def _replan(
     taken: set[str],
     outcome: PlanOutcome,
     now: dt.datetime,
+    next_change: bool,
 ) -> list[NewMessage]:
     """One loan's messages brought in line with the policy and the latest state; returns the
     new ones (inserted by the caller)."""
@@ -604,7 +612,19 @@ def _replan(
             continue
         if not _just_gated(row, now):
             outcome.suppressed += regate(session, policy, borrower, loan, row, now)
-    outcome.next_change = pol.next_plan_change(policy, borrower, loan, now)
+    if next_change:
+        outcome.next_change = pol.next_plan_change(
+            policy,
+            borrower,
+            loan,
+            now,
+            planned=existing | {message.idempotency_key for message in fresh},
+            pending={
+                row.idempotency_key: row.send_at
+                for row in rows
+                if row.status in PENDING and row.purpose in LOAN_PURPOSES
+            },
+        )
     return fresh
 
 

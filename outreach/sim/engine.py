@@ -522,7 +522,13 @@ class Simulator:
             chunk = loan_ids[index : index + LOANS_PER_TRANSACTION]
             with transaction(env.sessions) as session:
                 # as `replan_loan` on each in turn (loans are planned independently)
-                planned = plan_batch(session, env.policy, [PlanWork((id_,)) for id_ in chunk], now)
+                planned = plan_batch(
+                    session,
+                    env.policy,
+                    [PlanWork((id_,)) for id_ in chunk],
+                    now,
+                    next_changes=True,
+                )
             for loan_id in chunk:
                 self._replan_at[loan_id] = planned.loans[loan_id].next_change
                 self._dirty.discard(loan_id)

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 from outreach import policy as pol
 from outreach.service.events import parse_event
 from outreach.service.ingest import ingest, ingest_many
-from outreach.service.planning import replan_loan
+from outreach.service.planning import PlanWork, plan_batch
 from outreach.store import models as m
 from outreach.store.db import make_session_factory, transaction
 from tests.factories import borrower_upserted, loan_updated, payment_received
@@ -79,7 +79,10 @@ def test_a_restated_report_leaves_the_plan_as_a_replan_would(engine: Engine) -> 
     assert not apply(engine, report(1, later), later).replanned
     before = messages(engine)
     with transaction(make_session_factory(engine)) as session:
-        outcome = replan_loan(session, policy(), "L1", later)
+        # as the simulator's daily re-plan asks, with when planning may next change
+        outcome = plan_batch(
+            session, policy(), [PlanWork(("L1",))], later, next_changes=True
+        ).loans["L1"]
     assert (outcome.created, outcome.cancelled, outcome.suppressed) == (0, 0, 0)
     assert messages(engine) == before
     assert outcome.next_change is not None and outcome.next_change > later

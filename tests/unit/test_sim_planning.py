@@ -279,3 +279,56 @@ def test_looking_only_at_days_that_may_change_finds_what_every_day_finds(
 
     expected = next_change_day_by_day(who, state, now)
     assert next_plan_change(default_policy(), who, state, now) == expected
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    days_past_due=st.integers(min_value=-4, max_value=120),
+    hour=st.integers(min_value=0, max_value=23),
+    day=st.integers(min_value=0, max_value=300),
+    us=st.booleans(),
+    promise_in=st.one_of(st.none(), st.integers(min_value=1, max_value=10)),
+)
+def test_knowing_what_is_planned_skips_only_days_that_would_neither_create_nor_withdraw(
+    days_past_due: int, hour: int, day: int, us: bool, promise_in: int | None
+) -> None:
+    policy = default_policy()
+    now = shanghai(2026, 1, 5, hour) + dt.timedelta(days=day)
+    who = us_borrower(id="B1") if us else borrower()
+    promises: tuple[Promise, ...] = ()
+    if promise_in is not None:
+        promised = now.astimezone(SHANGHAI).date() + dt.timedelta(days=promise_in)
+        promises = (Promise("P", Decimal("100"), promised, now),)
+    state = loan(now, days_past_due=days_past_due, promises=promises)
+    # what the loan's first planning left: every message it wanted, all still waiting
+    wanted_now = plan(policy, who, state, now)
+    planned = {message.key for message in wanted_now}
+    pending = {message.key: message.send_at for message in wanted_now}
+
+    informed = next_plan_change(policy, who, state, now, planned=planned, pending=pending)
+    blind = next_plan_change(policy, who, state, now)
+    assert blind is not None and informed is not None
+    assert informed >= blind
+    day_ = now.astimezone(SHANGHAI).date() + dt.timedelta(days=1)
+    while (boundary := start_of_day(policy, day_)) < informed:
+        wanted = keys(who, state, boundary)
+        assert wanted <= planned, boundary  # nothing to create
+        still_waiting = {key for key, at in pending.items() if at >= boundary}
+        assert still_waiting <= wanted, boundary  # nothing to withdraw
+        day_ += dt.timedelta(days=1)
+
+
+def test_a_step_planned_ahead_is_no_change_when_its_day_comes() -> None:
+    policy = default_policy()
+    state = loan(NOW, days_past_due=2)
+    wanted = plan(policy, borrower(), state, NOW)
+    planned = {message.key for message in wanted}
+    pending = {message.key: message.send_at for message in wanted}
+    # the early stage's steps (days 5, 9, 12) are planned ahead; the next message to create
+    # is the first of the stage after it, on day 16
+    assert next_plan_change(policy, borrower(), state, NOW) == start_of_day(
+        policy, dt.date(2026, 3, 13)
+    )
+    informed = next_plan_change(policy, borrower(), state, NOW, planned=planned, pending=pending)
+    assert informed == start_of_day(policy, dt.date(2026, 3, 24))
+    assert not keys(borrower(), state, informed) <= planned
