@@ -64,6 +64,40 @@ def raw_postgres_rate(database_url: str, seconds: float = 2.0) -> float:
     return count / seconds
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of these processes so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    found = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+class CpuSplit:
+    """Where a phase's CPU went: the web processes, PostgreSQL, this load generator."""
+
+    def __init__(self, web: list[int]) -> None:
+        self.web = web
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        own = os.times()
+        return cpu_seconds(self.web), cpu_seconds(postgres_pids()), own.user + own.system
+
+    def per_event_ms(self, events: int) -> str:
+        spent = [(b - a) / events * 1000 for a, b in zip(self.start, self._now(), strict=True)]
+        return "web {:.2f}, PostgreSQL {:.2f}, load generator {:.2f}".format(*spent)
+
+
 def signed(body: bytes) -> str:
     timestamp = str(int(time.time()))
     digest = hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
@@ -200,8 +234,13 @@ def main() -> None:
             for i in range(loans)
         ]
         urls = [f"http://127.0.0.1:{port}/v1/events" for port in ports]
+        web_pids = [process.pid for process in processes]
+        split = CpuSplit(web_pids)
         elapsed_b, accepted_b = asyncio.run(post_all(urls, borrowers, args.concurrency))
+        borrower_cpu = split.per_event_ms(len(borrowers))
+        split = CpuSplit(web_pids)
         elapsed_l, accepted_l = asyncio.run(post_all(urls, updates, args.concurrency))
+        loan_cpu = split.per_event_ms(len(updates))
         accepted = accepted_b + accepted_l
         events_rate = accepted / (elapsed_b + elapsed_l)
         stop(processes)
@@ -285,6 +324,8 @@ def main() -> None:
         f"events accepted/s ({args.web} web, {args.concurrency} in flight): {events_rate:8.0f}"
         f"   ({accepted} events; ratio to raw PG inserts {events_rate / postgres_rate:.3f})"
     )
+    print(f"  borrower.upserted {accepted_b / elapsed_b:6.0f}/s; CPU ms per event: {borrower_cpu}")
+    print(f"  loan.updated      {accepted_l / elapsed_l:6.0f}/s; CPU ms per event: {loan_cpu}")
     print(
         f"messages dispatched/s ({args.workers}x{args.threads} workers):   {dispatch_rate:8.0f}"
         f"   ({sent} of {due} due; ratio to raw PG inserts {dispatch_rate / postgres_rate:.3f})"

@@ -1,26 +1,25 @@
 """The ASGI application: webhooks, the ops API and operations endpoints."""
 
-import hashlib
-import hmac
 import html
 import logging
-import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.routing import Route
 
 from outreach import __version__
+from outreach.api.webhook import OPENAPI_PATH, EventReceiver
 from outreach.domain import Channel, Reason, Status
 from outreach.errors import RenderError, StoreUnavailable
 from outreach.render import preview as render_preview
 from outreach.service import log as message_log
 from outreach.service.dispatch import verify_unsubscribe_token
-from outreach.service.events import EventError, parse_event
 from outreach.service.export import csv_rows
 from outreach.service.inbound import handle_sms_reply, handle_unsubscribe, record_status
 from outreach.service.intake import Intake
@@ -31,10 +30,6 @@ from outreach.store.models import Message
 from outreach.wiring import Services, link_secret
 
 log = logging.getLogger(__name__)
-
-MAX_EVENT_BYTES = 1024 * 1024
-SIGNATURE_TOLERANCE_SECONDS = 300
-SIGNATURE_HEADER = "X-Outreach-Signature"
 
 bearer = HTTPBearer(
     auto_error=False, description="An ops token: `token:role` in OUTREACH_OPS_TOKENS"
@@ -59,25 +54,6 @@ class PreviewRequest(BaseModel):
     channel: Channel
     locale: str
     context: dict[str, Any] | None = None
-
-
-def signature_valid(secret: bytes, header: str | None, body: bytes, now: float) -> bool:
-    if not header:
-        return False
-    timestamp: str | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t":
-            timestamp = value
-        elif key == "v1":
-            candidates.append(value)
-    if timestamp is None or not timestamp.isdigit() or not candidates:
-        return False
-    if abs(now - int(timestamp)) > SIGNATURE_TOLERANCE_SECONDS:
-        return False
-    expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
 
 
 def create_app(services: Services) -> FastAPI:
@@ -145,50 +121,9 @@ def create_app(services: Services) -> FastAPI:
     intake = Intake(runtime.sessions, services.policy, services.dispatcher.now)
     app.state.intake = intake
 
-    @app.post(
-        "/v1/events",
-        tags=["webhooks"],
-        summary="Receive a loan-system event (signed)",
-        status_code=202,
-        response_model=Accepted,
-        responses={
-            200: {"model": Accepted, "description": "already accepted (duplicate)"},
-            401: {"model": Problem},
-            413: {"model": Problem},
-            422: {"model": Problem},
-            503: {"model": Problem},
-        },
-    )
-    async def receive_event(request: Request) -> JSONResponse:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
-            return JSONResponse({"detail": "body larger than 1 MiB"}, status_code=413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > MAX_EVENT_BYTES:
-                return JSONResponse({"detail": "body larger than 1 MiB"}, status_code=413)
-        raw = bytes(body)
-        if webhook_secret is None or not signature_valid(
-            webhook_secret, request.headers.get(SIGNATURE_HEADER), raw, time.time()
-        ):
-            return JSONResponse(
-                {"detail": f"{SIGNATURE_HEADER} is missing, wrong or outside the 300 s window"},
-                status_code=401,
-            )
-        try:
-            event = parse_event(raw)
-        except EventError as error:
-            return JSONResponse({"detail": str(error), "field": error.field}, status_code=422)
-        try:
-            result = await intake.submit(event)
-        except StoreUnavailable as error:
-            log.warning("event %s not stored: %s", event.id, error)
-            return JSONResponse(
-                {"detail": "the event could not be stored; retry later"}, status_code=503
-            )
-        status_code = 202 if result.status == "accepted" else 200
-        return JSONResponse({"status": result.status, "id": result.id}, status_code=status_code)
+    receiver = EventReceiver(webhook_secret, intake)
+    # ahead of every framework route (see `webhook`)
+    app.router.routes.insert(0, Route("/v1/events", receiver, methods=["POST"]))
 
     # -- the ops API ---------------------------------------------------------------------------
 
@@ -415,6 +350,19 @@ def create_app(services: Services) -> FastAPI:
             )
         return HTMLResponse(UNSUBSCRIBE_DONE)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schema["paths"] = {"/v1/events": OPENAPI_PATH, **schema["paths"]}
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (Accepted, Problem):
+                components[model.__name__] = model.model_json_schema()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

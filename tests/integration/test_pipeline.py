@@ -159,6 +159,16 @@ def test_webhook_rejections(live: LiveService) -> None:
     big = dict(event)
     big["data"] = {"borrower": dict(event["data"]["borrower"], name="x" * (1024 * 1024))}
     assert live.post_event(big).status_code == 413
+    # streamed in chunks with no declared length, the limit still holds
+    streamed = [b"x" * (256 * 1024)] * 5
+    response = live.client.post(
+        "/v1/events",
+        content=iter(streamed),
+        headers={"X-Outreach-Signature": sign(b"".join(streamed))},
+    )
+    assert response.status_code == 413
+    assert response.json() == {"detail": "body larger than 1 MiB"}
+    assert live.client.get("/v1/events").status_code == 405
     # nothing was stored by any of those
     assert live.get("/v1/borrowers/b-rej/timeline").status_code == 404
 

@@ -1,0 +1,188 @@
+"""POST /v1/events (SPEC §4): the loan system's signed events, as a bare ASGI app.
+
+It is by far the busiest route: the loan system posts every borrower and loan change, and a
+nightly run posts one report per open loan. Served through the framework's request handling
+(dependency solving, response models, exception middleware) it spent about as much CPU per
+event as storing and planning a borrower's event; as a plain ASGI app it reads the body,
+checks the signature, validates and hands the event to the process's `Intake`, nothing else.
+It is mounted ahead of the framework's routes; `OPENAPI_PATH` documents it in /openapi.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from outreach.errors import StoreUnavailable
+from outreach.service.events import EventError, parse_event
+from outreach.service.intake import Intake
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_BYTES = 1024 * 1024
+SIGNATURE_TOLERANCE_SECONDS = 300
+SIGNATURE_HEADER = "X-Outreach-Signature"
+_SIGNATURE_KEY = SIGNATURE_HEADER.lower().encode()
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+Answer = tuple[int, dict[str, str | None]]
+
+_TOO_LARGE: Answer = (413, {"detail": "body larger than 1 MiB"})
+_UNSIGNED: Answer = (
+    401,
+    {"detail": f"{SIGNATURE_HEADER} is missing, wrong or outside the 300 s window"},
+)
+_NOT_STORED: Answer = (503, {"detail": "the event could not be stored; retry later"})
+
+
+def signature_valid(secret: bytes, header: str | None, body: bytes, now: float) -> bool:
+    """`t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`, within the replay window; more
+    than one v1 is allowed while the secret is rotated."""
+    if not header:
+        return False
+    timestamp: str | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            timestamp = value
+        elif key == "v1":
+            candidates.append(value)
+    if timestamp is None or not timestamp.isdigit() or not candidates:
+        return False
+    if abs(now - int(timestamp)) > SIGNATURE_TOLERANCE_SECONDS:
+        return False
+    expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+
+
+class EventReceiver:
+    """The ASGI app of POST /v1/events: 202 accepted, 200 duplicate, 401 unsigned, 413 too
+    large, 422 invalid (naming the field), 503 not stored."""
+
+    def __init__(self, secret: bytes | None, intake: Intake) -> None:
+        self.secret = secret
+        self.intake = intake
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared: int | None = None
+        signature: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+            elif name == _SIGNATURE_KEY:
+                signature = value.decode("latin-1")
+        try:
+            status, payload = await self._answer(declared, signature, receive)
+        except _Disconnected:
+            return  # nothing was stored; no one is left to answer
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _answer(
+        self, declared: int | None, signature: str | None, receive: Receive
+    ) -> Answer:
+        if declared is not None and declared > MAX_EVENT_BYTES:
+            return _TOO_LARGE
+        raw = await _read_body(receive)
+        if raw is None:
+            return _TOO_LARGE
+        if self.secret is None or not signature_valid(self.secret, signature, raw, time.time()):
+            return _UNSIGNED
+        try:
+            event = parse_event(raw)
+        except EventError as error:
+            return 422, {"detail": str(error), "field": error.field}
+        try:
+            result = await self.intake.submit(event)
+        except StoreUnavailable as error:
+            log.warning("event %s not stored: %s", event.id, error)
+            return _NOT_STORED
+        status = 202 if result.status == "accepted" else 200
+        return status, {"status": result.status, "id": result.id}
+
+
+class _Disconnected(Exception):
+    """The client went away before its whole body arrived."""
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, or None once it passes MAX_EVENT_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_EVENT_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+def _accepted(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
+    }
+
+
+OPENAPI_PATH: dict[str, Any] = {
+    "post": {
+        "tags": ["webhooks"],
+        "summary": "Receive a loan-system event (signed)",
+        "operationId": "receive_event_v1_events_post",
+        "parameters": [
+            {
+                "name": SIGNATURE_HEADER,
+                "in": "header",
+                "required": True,
+                "description": 't=<unix seconds>,v1=<hex HMAC-SHA256 of "t." + body>',
+                "schema": {"type": "string"},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "description": "One event: id, type, occurred_at and data (SPEC §4)",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "responses": {
+            "202": _accepted("accepted: stored, applied and planned"),
+            "200": _accepted("already accepted (duplicate)"),
+            "401": _problem("Unauthorized"),
+            "413": _problem("Request Entity Too Large"),
+            "422": _problem("Unprocessable Entity"),
+            "503": _problem("Service Unavailable"),
+        },
+    }
+}
