@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from outreach.errors import StoreUnavailable
 from outreach.service import dispatch as dispatch_service
+from outreach.service.intake import apply_orphaned
 from outreach.service.planning import replan_loan
 from outreach.store import models as m
 from outreach.store.db import transaction
@@ -149,6 +150,18 @@ class Clock:
             dispatch_service.touch_requeued(self.sessions, stale, now)
             self._enqueue(stale)
         self.dispatcher.reconcile_stuck()
+        self.apply_orphaned_events()
+
+    def apply_orphaned_events(self) -> int:
+        """Webhook events stored but not applied: their web process stopped first, or their
+        apply failed (see `intake.apply_orphaned`)."""
+        if not self.is_leader:
+            return 0
+        try:
+            return apply_orphaned(self.sessions, self.services.policy, self.dispatcher.now)
+        except StoreUnavailable as error:
+            log.warning("applying orphaned events skipped: %s", error)
+            return 0
 
     def replan_all(self, force: bool = False) -> int:
         """Re-evaluate every open loan's cadence, so stage changes and new steps appear."""

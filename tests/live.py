@@ -15,12 +15,14 @@ from typing import Any
 
 import httpx
 import uvicorn
+from sqlalchemy import select
 
 from outreach.channels.base import Outgoing, Receipt
 from outreach.clock import Clock
 from outreach.domain import Channel
 from outreach.runtime import Runtime
 from outreach.settings import OpsToken, Secret, load_settings
+from outreach.store.models import ReceivedEvent
 from outreach.wiring import Services
 from outreach.worker import build_broker, enqueue, start_worker
 from tests.support import free_port
@@ -71,9 +73,13 @@ class LiveService:
     def __post_init__(self) -> None:
         self.client = httpx.Client(base_url=self.base_url, timeout=30)
 
-    def post_event(self, event: dict[str, Any], *, signature: str | None = None) -> httpx.Response:
+    def post_event(
+        self, event: dict[str, Any], *, signature: str | None = None, settle: bool = True
+    ) -> httpx.Response:
+        """POST the event; with `settle`, return once an accepted event is applied too (the
+        service applies it moments after its 202)."""
         body = json.dumps(event).encode()
-        return self.client.post(
+        response = self.client.post(
             "/v1/events",
             content=body,
             headers={
@@ -81,6 +87,30 @@ class LiveService:
                 "X-Outreach-Signature": signature if signature is not None else sign(body),
             },
         )
+        if settle and response.status_code == 202:
+            self.wait_applied([response.json()["id"]])
+        return response
+
+    def outcomes(self, event_ids: list[str]) -> dict[str, str]:
+        """The inbox outcome of each of these events that is stored."""
+        table = ReceivedEvent.__table__
+        with self.services.runtime.sessions() as session:
+            rows = session.execute(
+                select(table.c.id, table.c.outcome).where(table.c.id.in_(event_ids))
+            )
+            return {event_id: outcome for event_id, outcome in rows}
+
+    def wait_applied(self, event_ids: list[str], timeout: float = 10) -> dict[str, str]:
+        """Until none of these stored events is pending; their outcomes."""
+        if not event_ids:
+            return {}
+
+        def settled() -> dict[str, str] | None:
+            found = self.outcomes(event_ids)
+            return None if "pending" in found.values() else found
+
+        outcomes: dict[str, str] = self.wait_for(settled, timeout=timeout, interval=0.01)
+        return outcomes
 
     def get(self, path: str, token: str = ADMIN_TOKEN, **params: Any) -> httpx.Response:
         return self.client.get(path, params=params, headers={"Authorization": f"Bearer {token}"})

@@ -1,8 +1,10 @@
 """The ASGI application: webhooks, the ops API and operations endpoints."""
 
+import asyncio
+import contextlib
 import html
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -14,7 +16,7 @@ from pydantic import BaseModel, Field
 from starlette.routing import Route
 
 from outreach import __version__
-from outreach.api.webhook import OPENAPI_PATH, EventReceiver
+from outreach.api.webhook import OPENAPI_PATH, EventReceiver, quiet_accepted_events
 from outreach.domain import Channel, Reason, Status
 from outreach.errors import RenderError, StoreUnavailable
 from outreach.render import preview as render_preview
@@ -30,6 +32,9 @@ from outreach.store.models import Message
 from outreach.wiring import Services, link_secret
 
 log = logging.getLogger(__name__)
+
+# how long a stopping web process may spend applying the events it accepted
+SETTLE_SECONDS = 20
 
 bearer = HTTPBearer(
     auto_error=False, description="An ops token: `token:role` in OUTREACH_OPS_TOKENS"
@@ -59,7 +64,16 @@ class PreviewRequest(BaseModel):
 def create_app(services: Services) -> FastAPI:
     runtime = services.runtime
     settings = runtime.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # what was accepted is applied before the process goes (or else by the clock, later)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(app.state.intake.settle(), timeout=SETTLE_SECONDS)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="outreach",
         version=__version__,
         summary="Collections outreach: lawful, humane SMS and email for delinquent loans.",
@@ -122,6 +136,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.intake = intake
 
     receiver = EventReceiver(webhook_secret, intake)
+    quiet_accepted_events()
     # ahead of every framework route (see `webhook`)
     app.router.routes.insert(0, Route("/v1/events", receiver, methods=["POST"]))
 

@@ -301,11 +301,21 @@ def phone_country(number: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=16384)
+def parsed_number(text: str) -> phonenumbers.PhoneNumber | None:
+    """libphonenumber's reading of an international number, None when it cannot read one;
+    remembered (treat it as read-only), so the webhook's check of a new number and planning's
+    question about its zones, moments later, cost one parse."""
+    try:
+        return phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+@functools.lru_cache(maxsize=16384)
 def _phone_facts(number: str) -> tuple[tuple[str, ...], str | None]:
     """(zones, country) of a number, from one parse (libphonenumber is slow to ask)."""
-    try:
-        parsed = phonenumbers.parse(number, None)
-    except phonenumbers.NumberParseException:
+    parsed = parsed_number(number)
+    if parsed is None:
         return (), None
     if not phonenumbers.is_valid_number(parsed):
         return (), None

@@ -22,6 +22,7 @@ from pydantic import (
 
 from outreach.domain import ClosedReason, Restriction
 from outreach.errors import PermanentError
+from outreach.policy.zones import parsed_number
 
 
 class EventError(PermanentError):
@@ -52,11 +53,8 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 
 def _e164(value: str) -> str:
-    try:
-        parsed = phonenumbers.parse(value, None)
-    except phonenumbers.NumberParseException:
-        raise ValueError(f"'{value}' is not an E.164 phone number") from None
-    if not value.startswith("+") or not phonenumbers.is_possible_number(parsed):
+    parsed = parsed_number(value)
+    if parsed is None or not value.startswith("+") or not phonenumbers.is_possible_number(parsed):
         raise ValueError(f"'{value}' is not an E.164 phone number")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 

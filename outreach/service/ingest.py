@@ -38,6 +38,8 @@ from outreach.store.bulk import insert_returning, update_rows
 
 APPLIED_OUTCOMES = frozenset({"applied"})
 PROVISIONAL_OUTCOME = "applied"
+# stored and answered 202, not applied yet (the web process applies it moments later)
+PENDING_OUTCOME = "pending"
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,15 @@ def _inbox_insert(dialect: str) -> Any:
     return statement
 
 
-def store_in_inbox(session: Session, events: Sequence[Event], now: dt.datetime) -> set[str]:
-    """Insert each event once; returns the ids that were not already accepted."""
+def store_in_inbox(
+    session: Session,
+    events: Sequence[Event],
+    now: dt.datetime,
+    *,
+    outcome: str = PROVISIONAL_OUTCOME,
+) -> set[str]:
+    """Insert each event once, with `outcome` (PENDING_OUTCOME: stored, to be applied);
+    returns the ids that were not already accepted."""
     if not events:
         return set()
     rows = [
@@ -91,9 +100,9 @@ def store_in_inbox(session: Session, events: Sequence[Event], now: dt.datetime) 
             "body": event.raw,
             "borrower_id": event.borrower_id,
             "loan_id": event.loan_id,
-            # what applying it usually ends in; `ingest_many` records any other outcome in
-            # the same transaction, so the row never says this unless it is so
-            "outcome": PROVISIONAL_OUTCOME,
+            # the default is what applying it usually ends in; `apply_stored` records any
+            # other outcome in the same transaction, so the row never says this unless it is so
+            "outcome": outcome,
         }
         # in id order, so two transactions inserting the same ids wait for each other in turn
         for event in sorted(events, key=lambda event: event.id)
@@ -105,37 +114,54 @@ def store_in_inbox(session: Session, events: Sequence[Event], now: dt.datetime) 
 
 
 def ingest(session: Session, policy: pol.Policy, event: Event, now: dt.datetime) -> IngestResult:
-    """Apply one validated event inside the caller's transaction."""
+    """Store and apply one validated event inside the caller's transaction."""
     return ingest_many(session, policy, [event], now)[0]
 
 
 def ingest_many(
     session: Session, policy: pol.Policy, events: Sequence[Event], now: dt.datetime
 ) -> list[IngestResult]:
-    """Apply validated events in order inside the caller's transaction, each exactly as
-    `ingest` applies one: stored once in the inbox, applied to state, messages planned.
-
-    The inbox takes them in one statement, the loans and borrowers they update are read (and
-    on PostgreSQL locked) together, and their outcomes are recorded together. Loan and
-    borrower updates that touch no loan or borrower another of them touches are planned
-    together (`planning.plan_batch`), which decides exactly what planning each after its own
-    event decides; any other event plans at once, after the group before it is planned.
-    """
+    """Store and apply validated events in order inside the caller's transaction: each
+    stored once in the inbox, applied to state, its messages planned (`apply_stored`)."""
     unique: dict[str, Event] = {}
     for event in events:
         unique.setdefault(event.id, event)
     accepted = store_in_inbox(session, list(unique.values()), now)
-    fresh = [event for event in unique.values() if event.id in accepted]
-    lock_state_rows(session, fresh)
-    group = _PlanGroup(_pending_loans_of(session, fresh))
+    applied = iter(
+        apply_stored(session, policy, [e for e in unique.values() if e.id in accepted], now)
+    )
+    results: list[IngestResult] = []
+    for event in events:
+        if event.id in accepted:
+            accepted.discard(event.id)  # a second copy in the same batch is a duplicate
+            results.append(next(applied))
+        else:
+            results.append(IngestResult("duplicate", event.id))
+    return results
+
+
+def apply_stored(
+    session: Session,
+    policy: pol.Policy,
+    events: Sequence[Event],
+    now: dt.datetime,
+    *,
+    stored_as: str = PROVISIONAL_OUTCOME,
+) -> list[IngestResult]:
+    """Apply events already in the inbox (stored with `stored_as`), in order, inside the
+    caller's transaction, and record each one's outcome on its inbox row.
+
+    The loans and borrowers they update are read (and on PostgreSQL locked) together. Loan
+    and borrower updates that touch no loan or borrower another of them touches are planned
+    together (`planning.plan_batch`), which decides exactly what planning each after its own
+    event decides; any other event plans at once, after the group before it is planned.
+    """
+    lock_state_rows(session, events)
+    group = _PlanGroup(_pending_loans_of(session, events))
     results: list[IngestResult] = []
     outcomes: list[dict[str, Any]] = []
     try:
         for event in events:
-            if event.id not in accepted:
-                results.append(IngestResult("duplicate", event.id))
-                continue
-            accepted.discard(event.id)  # a second copy in the same batch is a duplicate
             keys = group.keys_of(session, event)
             if keys is None or not group.admits(keys):
                 group.plan(session, policy, now)
@@ -149,7 +175,7 @@ def ingest_many(
             detail = (
                 _ignored_detail(result.outcome) if result.outcome.startswith("ignored") else None
             )
-            if result.outcome != PROVISIONAL_OUTCOME or detail is not None:
+            if result.outcome != stored_as or detail is not None:
                 outcomes.append({"id": event.id, "outcome": result.outcome, "detail": detail})
         group.plan(session, policy, now)
         flush_state(session)

@@ -1,17 +1,27 @@
-"""Group commit for webhook events: one transaction for the events a web process receives
-while its previous transaction commits.
+"""Webhook events in a web process: stored at once (group commit), applied moments later in
+larger batches.
 
-A request hands its validated event to the process's `Intake` and waits for that event's own
-result. The intake applies the events waiting (up to `max_batch`, in the order they arrived)
-with `ingest_many` in one transaction on a thread, then answers each request from its event's
-result. So every event is still stored, applied and planned in one transaction before its
-202, as SPEC §4 asks, and a burst costs one commit and a few statements per batch instead of
-per event. When there is no burst a batch holds one event and nothing waits.
+A request hands its validated event to the process's `Intake` and waits only for it to be
+stored: the events waiting (up to `max_batch`, in arrival order) go into the inbox in one
+transaction, marked `pending`, and each request is answered from its own result — 202
+accepted, or 200 duplicate. An accepted event is durable before its answer (SPEC §4).
 
-A batch whose transaction fails for a reason other than the store being unreachable (a
-deadlock with another web process, one event whose apply fails) is retried one event per
-transaction, so one event cannot fail the others; the store unreachable answers 503 for every
-event of the batch, none of which was stored.
+The process then applies its accepted events in arrival order, up to `apply_batch` per
+transaction (`ingest.apply_stored`): state updated, messages planned or cancelled, the
+outcome recorded on the inbox row, all in one transaction. Applying costs most of an event's
+work, and much of that cost is per transaction, not per event: decoupled from the answer, a
+burst is applied in batches as large as the burst, not as large as the number of requests in
+flight. When there is no burst an event is applied a few milliseconds after its 202.
+
+Failures. A store transaction that fails for a reason other than the store being unreachable
+(a deadlock with another web process, one bad row) is retried one event per transaction, so
+one event cannot fail the others; the store unreachable answers 503 for every event of the
+batch, none of which was stored. An apply transaction that fails the same way is retried one
+event per transaction; an event whose apply fails on its own is marked `failed` on its inbox
+row with the error (ops see it on the borrower's timeline). While the store is unreachable,
+applying waits and tries again. Events a process stored but did not apply (it stopped or
+crashed) stay `pending`; every minute the clock applies them, and tries failed ones again
+(`apply_orphaned`).
 """
 
 from __future__ import annotations
@@ -19,24 +29,42 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar, cast
 
-from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
 from outreach.errors import StoreUnavailable
-from outreach.service.events import Event
-from outreach.service.ingest import IngestResult, ingest_many
+from outreach.service.events import Event, EventError, parse_event
+from outreach.service.ingest import (
+    PENDING_OUTCOME,
+    IngestResult,
+    apply_stored,
+    store_in_inbox,
+)
+from outreach.store import models as m
 from outreach.store.db import transaction
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
+APPLY_BATCH = 256
 # a deadlock or serialization failure between two web processes is tried again this often
 CONFLICT_ATTEMPTS = 3
+# while the store is unreachable, applying is tried again after this long (doubling)
+APPLY_RETRY_SECONDS = (0.5, 30.0)
+# a pending event older than this was stored by a process that did not apply it
+ORPHANED_AFTER = dt.timedelta(seconds=30)
+ORPHAN_ROUNDS = 20
+FAILED_OUTCOME = "failed"
 
 Outcome = IngestResult | BaseException
+T = TypeVar("T")
+_INBOX = cast(Table, m.ReceivedEvent.__table__)
 
 
 def is_conflict(error: BaseException) -> bool:
@@ -49,7 +77,8 @@ def is_conflict(error: BaseException) -> bool:
 
 
 class Intake:
-    """The events of one web process, applied in batches (one at a time, in arrival order)."""
+    """The events of one web process: stored in batches as they arrive, then applied in
+    batches, one at a time, in arrival order."""
 
     def __init__(
         self,
@@ -58,21 +87,34 @@ class Intake:
         clock: Callable[[], dt.datetime],
         *,
         max_batch: int = MAX_BATCH,
+        apply_batch: int = APPLY_BATCH,
     ) -> None:
         self.sessions = sessions
         self.policy = policy
         self.clock = clock
         self.max_batch = max_batch
+        self.apply_batch = apply_batch
         self._waiting: list[tuple[Event, asyncio.Future[IngestResult]]] = []
-        self._draining = False
+        self._storing = False
+        self._to_apply: deque[Event] = deque()
+        self._applying: asyncio.Task[None] | None = None
+        # one thread each, so storing never waits behind a long apply (and a plain executor
+        # hands work over more cheaply than the framework's shared thread pool)
+        self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="intake-store")
+        self._apply_thread = ThreadPoolExecutor(1, thread_name_prefix="intake-apply")
+
+    @property
+    def backlog(self) -> int:
+        """Events accepted by this process and not applied yet."""
+        return len(self._to_apply)
 
     async def submit(self, event: Event) -> IngestResult:
-        """Store and apply the event with whatever else is waiting; its own result, or its
-        own error (StoreUnavailable: it was not stored)."""
+        """Store the event with whatever else is waiting; its own result (accepted or
+        duplicate), or its own error (StoreUnavailable: it was not stored)."""
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
         self._waiting.append((event, future))
-        if not self._draining:
-            self._draining = True
+        if not self._storing:
+            self._storing = True
             asyncio.get_running_loop().create_task(self._drain())
         return await future
 
@@ -81,10 +123,17 @@ class Intake:
             while self._waiting:
                 batch = self._waiting[: self.max_batch]
                 del self._waiting[: self.max_batch]
+                events = [event for event, _ in batch]
                 try:
-                    outcomes = await run_in_threadpool(self.store, [e for e, _ in batch])
+                    outcomes = await asyncio.get_running_loop().run_in_executor(
+                        self._store_thread, self.store, events
+                    )
                 except Exception as error:  # every waiter learns of it
                     outcomes = [error] * len(batch)
+                for event, outcome in zip(events, outcomes, strict=True):
+                    if isinstance(outcome, IngestResult) and outcome.status == "accepted":
+                        self._to_apply.append(event)
+                self._start_applying()
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
@@ -93,40 +142,199 @@ class Intake:
                     else:
                         future.set_result(outcome)
         finally:
-            self._draining = False
+            self._storing = False
+
+    def _start_applying(self) -> None:
+        if self._to_apply and (self._applying is None or self._applying.done()):
+            self._applying = asyncio.get_running_loop().create_task(self._apply_all())
+
+    async def _apply_all(self) -> None:
+        pause = APPLY_RETRY_SECONDS[0]
+        while self._to_apply:
+            batch = [self._to_apply.popleft() for _ in range(min(self.apply_batch, self.backlog))]
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._apply_thread, self.apply, batch
+                )
+                pause = APPLY_RETRY_SECONDS[0]
+            except Exception as error:  # the store is unreachable: the events wait
+                log.warning("applying %d events waits %.1f s: %s", len(batch), pause, error)
+                self._to_apply.extendleft(reversed(batch))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, APPLY_RETRY_SECONDS[1])
+
+    async def settle(self) -> None:
+        """Until every event accepted so far is applied (or failed); for an orderly stop."""
+        while self._storing or self._to_apply or (self._applying and not self._applying.done()):
+            await asyncio.sleep(0.01)
+
+    # -- storing ------------------------------------------------------------------------------
 
     def store(self, events: Sequence[Event]) -> list[Outcome]:
-        """Apply the events in one transaction; failing that, each in its own."""
-        try:
-            return list(self._attempt(events))
-        except StoreUnavailable as error:
-            if not is_conflict(error):
-                return [error] * len(events)
-            failure: BaseException = error
-        except Exception as error:  # retried one by one below
-            failure = error
-        if len(events) == 1:
-            return [failure]
-        log.info(
-            "a batch of %d events failed (%s); applying them one by one",
-            len(events),
-            type(failure).__name__,
-        )
-        outcomes: list[Outcome] = []
-        for event in events:
-            try:
-                outcomes.append(self._attempt([event])[0])
-            except Exception as error:  # this event's own answer
-                outcomes.append(error)
-        return outcomes
+        """Store the events in one transaction; failing that, each in its own."""
+        return _one_by_one_on_failure(self._store_once, events)
 
-    def _attempt(self, events: Sequence[Event]) -> list[IngestResult]:
-        """One transaction, tried again after a deadlock or serialization failure."""
-        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+    def _store_once(self, events: Sequence[Event]) -> list[Outcome]:
+        unique = list({event.id: event for event in events}.values())
+        stored = _with_conflict_retries(
+            self.sessions,
+            lambda session: store_in_inbox(session, unique, self.clock(), outcome=PENDING_OUTCOME),
+        )
+        results: list[Outcome] = []
+        for event in events:
+            if event.id in stored:
+                stored.discard(event.id)  # a second copy in the same batch is a duplicate
+                results.append(IngestResult("accepted", event.id, PENDING_OUTCOME))
+            else:
+                results.append(IngestResult("duplicate", event.id))
+        return results
+
+    # -- applying -----------------------------------------------------------------------------
+
+    def apply(self, events: Sequence[Event]) -> None:
+        """Apply stored events (see `apply_events`)."""
+        apply_events(self.sessions, self.policy, events, self.clock)
+
+
+def apply_events(
+    sessions: sessionmaker[Session],
+    policy: pol.Policy,
+    events: Sequence[Event],
+    clock: Callable[[], dt.datetime],
+) -> None:
+    """Apply stored events, those still pending, in one transaction; failing that, each in
+    its own, and an event that fails on its own is marked failed. Raises StoreUnavailable
+    (nothing applied) when the store cannot be reached."""
+
+    def apply_once(batch: Sequence[Event]) -> list[Outcome]:
+        def run(session: Session) -> list[Outcome]:
+            still = pending_of(session, [event.id for event in batch])
+            mine = [event for event in batch if event.id in still]
+            apply_stored(session, policy, mine, clock(), stored_as=PENDING_OUTCOME)
+            return [IngestResult("accepted", event.id) for event in batch]
+
+        return _with_conflict_retries(sessions, run)
+
+    outcomes = _one_by_one_on_failure(apply_once, events)
+    for event, outcome in zip(events, outcomes, strict=True):
+        if isinstance(outcome, StoreUnavailable) and not is_conflict(outcome):
+            raise outcome
+        if isinstance(outcome, BaseException):
+            mark_failed(sessions, event.id, outcome)
+
+
+def _with_conflict_retries(sessions: sessionmaker[Session], work: Callable[[Session], T]) -> T:
+    """`work` in one transaction, tried again after a deadlock or serialization failure."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            with transaction(sessions) as session:
+                return work(session)
+        except StoreUnavailable as error:
+            if not is_conflict(error) or attempt == CONFLICT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _one_by_one_on_failure(
+    attempt: Callable[[Sequence[Event]], list[Outcome]], events: Sequence[Event]
+) -> list[Outcome]:
+    """`attempt` on all the events; when that fails for a reason other than the store being
+    unreachable, on each event alone, so one event's failure stays its own."""
+    try:
+        return attempt(events)
+    except StoreUnavailable as error:
+        if not is_conflict(error):
+            return [error] * len(events)
+        failure: BaseException = error
+    except Exception as error:  # retried one by one below
+        failure = error
+    if len(events) == 1:
+        return [failure]
+    log.info(
+        "a batch of %d events failed (%s); trying them one by one",
+        len(events),
+        type(failure).__name__,
+    )
+    outcomes: list[Outcome] = []
+    for event in events:
+        try:
+            outcomes.append(attempt([event])[0])
+        except Exception as error:  # this event's own outcome
+            outcomes.append(error)
+    return outcomes
+
+
+_UNAPPLIED = (PENDING_OUTCOME, FAILED_OUTCOME)
+_PENDING_OF = (
+    select(_INBOX.c.id)
+    .where(_INBOX.c.id.in_(bindparam("ids", expanding=True)), _INBOX.c.outcome.in_(_UNAPPLIED))
+    .order_by(_INBOX.c.id)
+)
+
+
+def pending_of(session: Session, ids: Sequence[str]) -> set[str]:
+    """Which of these inbox rows are still to be applied (pending, or failed before), locked
+    (on PostgreSQL) until the end of the transaction, so no one else applies them meanwhile."""
+    query = _PENDING_OF
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return set(session.connection().execute(query, {"ids": list(ids)}).scalars())
+
+
+def mark_failed(sessions: sessionmaker[Session], event_id: str, error: BaseException) -> None:
+    log.error("event %s could not be applied", event_id, exc_info=error)
+    detail = f"could not be applied: {type(error).__name__}: {error}"[:500]
+    try:
+        with transaction(sessions) as session:
+            session.execute(
+                update(_INBOX)
+                .where(_INBOX.c.id == event_id, _INBOX.c.outcome.in_(_UNAPPLIED))
+                .values(outcome=FAILED_OUTCOME, detail=detail)
+            )
+    except StoreUnavailable as unreachable:  # it stays pending; the clock tries it again
+        log.warning("event %s stays pending: %s", event_id, unreachable)
+
+
+def apply_orphaned(
+    sessions: sessionmaker[Session],
+    policy: pol.Policy,
+    clock: Callable[[], dt.datetime],
+    *,
+    older_than: dt.timedelta = ORPHANED_AFTER,
+    limit: int = APPLY_BATCH,
+) -> int:
+    """Apply the events stored `older_than` ago and still pending (the web process that stored
+    them stopped before applying them), and try again those whose apply failed (a fix may
+    have been deployed since; until then each try records its error again). Oldest first,
+    `limit` per transaction; returns how many were found (a process applying one of them at
+    the same moment applies it once)."""
+    total = 0
+    # bounded, so rows that stay pending (the store failing meanwhile) wait for the next call
+    for _ in range(ORPHAN_ROUNDS):
+        query = (
+            select(_INBOX.c.id, _INBOX.c.body)
+            .where(
+                or_(
+                    and_(
+                        _INBOX.c.outcome == PENDING_OUTCOME,
+                        _INBOX.c.received_at <= clock() - older_than,
+                    ),
+                    _INBOX.c.outcome == FAILED_OUTCOME,
+                )
+            )
+            .order_by(_INBOX.c.received_at, _INBOX.c.id)
+            .limit(limit)
+        )
+        with sessions() as session:
+            rows = session.connection().execute(query).all()
+        events: list[Event] = []
+        for event_id, body in rows:
             try:
-                with transaction(self.sessions) as session:
-                    return ingest_many(session, self.policy, events, self.clock())
-            except StoreUnavailable as error:
-                if not is_conflict(error) or attempt == CONFLICT_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
+                events.append(parse_event(body))
+            except EventError as error:  # accepted once, so only a changed parser gets here
+                mark_failed(sessions, event_id, error)
+        apply_events(sessions, policy, events, clock)
+        total += len(rows)
+        if len(rows) < limit:
+            break
+    return total

@@ -69,7 +69,9 @@ def test_a_3am_borrower_waits_for_8am_and_a_payment_cancels(live: LiveService) -
     planned_later = live.messages(loan_id="l-night", status="scheduled")
     assert planned_later, "the rest of the stage's cadence is planned ahead"
 
-    paid = live.post_event(payment_received("l-night", amount="250.00", amount_due_after="0"))
+    paid = live.post_event(
+        payment_received("l-night", amount="250.00", amount_due_after="0"), settle=False
+    )
     assert paid.status_code == 202
     accepted_at = time.monotonic()
     live.wait_for(

@@ -19,6 +19,7 @@ import datetime as dt
 import difflib
 import json
 import re
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from outreach.api.app import create_app
 from outreach.channels.simulated import SimulatedSender
@@ -83,6 +85,18 @@ def comparable(messages: list[dict[str, Any]]) -> list[str]:
     return sorted(rows)
 
 
+def wait_applied(sessions: sessionmaker[Session], timeout: float = 10) -> None:
+    """Until no event the app accepted is still pending."""
+    deadline = time.monotonic() + timeout
+    query = select(func.count()).where(m.ReceivedEvent.outcome == "pending")
+    while True:
+        with sessions() as session:
+            if not session.scalar(query):
+                return
+        assert time.monotonic() < deadline, "accepted events were not applied"
+        time.sleep(0.005)
+
+
 def day_boundary_after(moment: dt.datetime, services: Services) -> dt.datetime:
     zone = services.policy.day_boundary_zone
     next_day = moment.astimezone(zone).date() + dt.timedelta(days=1)
@@ -137,6 +151,8 @@ def live_run(engine: Engine, tmp_path: Path, events: list[dict[str, Any]]) -> li
                         },
                     )
                     assert response.status_code == 202, response.text
+                    # applied moments after its 202, at the virtual time then: before it moves
+                    wait_applied(sessions)
                 for sender in senders.values():
                     assert isinstance(sender, SimulatedSender)
                     for provider_id, status, code in sender.due_outcomes(now):

@@ -1,8 +1,9 @@
-"""The web process's group commit, without a database: which failures are retried, and how
-one event's failure stays its own."""
+"""The web process's intake, without a database: which failures are retried, how one event's
+failure stays its own, and that accepted events are applied in the order they arrived."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
@@ -12,7 +13,6 @@ from sqlalchemy.exc import OperationalError
 
 from outreach.errors import StoreUnavailable
 from outreach.service import intake as intake_module
-from outreach.service.ingest import IngestResult
 from outreach.service.intake import Intake, is_conflict
 
 
@@ -44,57 +44,122 @@ class Event:
         self.id = id
 
 
+# an event id -> what the transactions holding it raise, in turn (then they succeed)
+FAILURES: dict[str, list[BaseException]] = {}
+
+
+def fail_for(events: Sequence[Event]) -> None:
+    for event in events:
+        failures = FAILURES.get(event.id)
+        if failures:
+            raise failures.pop(0)
+
+
 @pytest.fixture
-def applied(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """Every transaction the intake runs, as the ids of its events; FAILURES: an event id ->
-    what applying the transactions holding it raise, in turn (then it applies)."""
-    calls: list[list[str]] = []
+def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[list[str]]]:
+    """Every store and apply transaction the intake runs, as the ids of its events, and the
+    events it marks failed."""
+    seen: dict[str, list[list[str]]] = {"stored": [], "applied": [], "failed": []}
 
     @contextlib.contextmanager
     def transaction(_: Any) -> Iterator[None]:
         yield None
 
-    def ingest_many(_: Any, __: Any, events: Sequence[Event], ___: Any) -> list[IngestResult]:
-        calls.append([event.id for event in events])
-        for event in events:
-            failures = FAILURES.get(event.id)
-            if failures:
-                raise failures.pop(0)
-        return [IngestResult("accepted", event.id, "applied") for event in events]
+    def store_in_inbox(_: Any, events: Sequence[Event], __: Any, *, outcome: str) -> set[str]:
+        assert outcome == "pending"
+        seen["stored"].append([event.id for event in events])
+        fail_for(events)
+        return {event.id for event in events}
+
+    def apply_stored(_: Any, __: Any, events: Sequence[Event], ___: Any, **____: Any) -> None:
+        seen["applied"].append([event.id for event in events])
+        fail_for(events)
+
+    def pending_of(_: Any, ids: Sequence[str]) -> set[str]:
+        return set(ids)
+
+    def mark_failed(_: Any, event_id: str, error: BaseException) -> None:
+        seen["failed"].append([event_id, type(error).__name__])
 
     monkeypatch.setattr(intake_module, "transaction", transaction)
-    monkeypatch.setattr(intake_module, "ingest_many", ingest_many)
+    monkeypatch.setattr(intake_module, "store_in_inbox", store_in_inbox)
+    monkeypatch.setattr(intake_module, "apply_stored", apply_stored)
+    monkeypatch.setattr(intake_module, "pending_of", pending_of)
+    monkeypatch.setattr(intake_module, "mark_failed", mark_failed)
     FAILURES.clear()
-    return calls
+    return seen
 
 
-FAILURES: dict[str, list[BaseException]] = {}
+def intake() -> Intake:
+    return Intake(cast(Any, None), cast(Any, None), cast(Any, lambda: None))
 
 
 def store(events: list[str]) -> list[Any]:
-    intake = Intake(cast(Any, None), cast(Any, None), cast(Any, lambda: None))
-    return intake.store([cast(Any, Event(e)) for e in events])
+    return intake().store([cast(Any, Event(e)) for e in events])
 
 
-def test_one_event_that_fails_fails_alone(applied: list[list[str]]) -> None:
-    FAILURES["b"] = [ValueError("b cannot be applied")] * 2
+def apply(events: list[str]) -> None:
+    intake().apply([cast(Any, Event(e)) for e in events])
+
+
+def test_one_event_that_cannot_be_stored_fails_alone(calls: dict[str, list[list[str]]]) -> None:
+    FAILURES["b"] = [ValueError("b cannot be stored")] * 2
     outcomes = store(["a", "b", "c"])
     assert [getattr(o, "status", None) for o in outcomes] == ["accepted", None, "accepted"]
     assert isinstance(outcomes[1], ValueError)
-    assert applied == [["a", "b", "c"], ["a"], ["b"], ["c"]]
+    assert calls["stored"] == [["a", "b", "c"], ["a"], ["b"], ["c"]]
+
+
+def test_a_second_copy_in_one_batch_is_a_duplicate(calls: dict[str, list[list[str]]]) -> None:
+    outcomes = store(["a", "a"])
+    assert [o.status for o in outcomes] == ["accepted", "duplicate"]
+    assert calls["stored"] == [["a"]]
 
 
 def test_an_unreachable_store_fails_every_event_of_the_batch_once(
-    applied: list[list[str]],
+    calls: dict[str, list[list[str]]],
 ) -> None:
     FAILURES["a"] = [unavailable("08006")]
     outcomes = store(["a", "b"])
     assert all(isinstance(o, StoreUnavailable) for o in outcomes)
-    assert applied == [["a", "b"]]
+    assert calls["stored"] == [["a", "b"]]
 
 
-def test_a_deadlock_is_tried_again(applied: list[list[str]]) -> None:
+def test_a_deadlock_is_tried_again(calls: dict[str, list[list[str]]]) -> None:
     FAILURES["a"] = [unavailable("40P01")]
     outcomes = store(["a", "b"])
     assert [o.status for o in outcomes] == ["accepted", "accepted"]
-    assert applied == [["a", "b"], ["a", "b"]]
+    assert calls["stored"] == [["a", "b"], ["a", "b"]]
+
+
+def test_an_event_that_cannot_be_applied_is_marked_failed_alone(
+    calls: dict[str, list[list[str]]],
+) -> None:
+    FAILURES["b"] = [KeyError("b")] * 2
+    apply(["a", "b", "c"])
+    assert calls["applied"] == [["a", "b", "c"], ["a"], ["b"], ["c"]]
+    assert calls["failed"] == [["b", "KeyError"]]
+
+
+def test_applying_while_the_store_is_unreachable_raises_and_marks_nothing(
+    calls: dict[str, list[list[str]]],
+) -> None:
+    FAILURES["a"] = [unavailable("08006")]
+    with pytest.raises(StoreUnavailable):
+        apply(["a", "b"])
+    assert calls["applied"] == [["a", "b"]]
+    assert calls["failed"] == []
+
+
+def test_accepted_events_are_applied_after_their_answer_in_arrival_order(
+    calls: dict[str, list[list[str]]],
+) -> None:
+    async def scenario() -> list[str]:
+        receiving = intake()
+        results = await asyncio.gather(*(receiving.submit(cast(Any, Event(e))) for e in "abc"))
+        await receiving.settle()
+        return [result.status for result in results]
+
+    assert asyncio.run(scenario()) == ["accepted"] * 3
+    assert [event for batch in calls["stored"] for event in batch] == ["a", "b", "c"]
+    assert [event for batch in calls["applied"] for event in batch] == ["a", "b", "c"]
