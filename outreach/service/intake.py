@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
 APPLY_BATCH = 256
+# accepted and not yet applied, per process, beyond which new events wait to be stored (and
+# their senders for an answer): a sender faster than applying is slowed down instead of
+# growing the backlog without bound
+MAX_BACKLOG = 4096
 # a deadlock or serialization failure between two web processes is tried again this often
 CONFLICT_ATTEMPTS = 3
 # while the store is unreachable, applying is tried again after this long (doubling)
@@ -88,12 +92,14 @@ class Intake:
         *,
         max_batch: int = MAX_BATCH,
         apply_batch: int = APPLY_BATCH,
+        max_backlog: int = MAX_BACKLOG,
     ) -> None:
         self.sessions = sessions
         self.policy = policy
         self.clock = clock
         self.max_batch = max_batch
         self.apply_batch = apply_batch
+        self.max_backlog = max_backlog
         self._waiting: list[tuple[Event, asyncio.Future[IngestResult]]] = []
         self._storing = False
         self._to_apply: deque[Event] = deque()
@@ -121,6 +127,8 @@ class Intake:
     async def _drain(self) -> None:
         try:
             while self._waiting:
+                while self.backlog >= self.max_backlog:
+                    await asyncio.sleep(0.005)
                 batch = self._waiting[: self.max_batch]
                 del self._waiting[: self.max_batch]
                 events = [event for event, _ in batch]

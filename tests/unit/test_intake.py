@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -163,3 +164,37 @@ def test_accepted_events_are_applied_after_their_answer_in_arrival_order(
     assert asyncio.run(scenario()) == ["accepted"] * 3
     assert [event for batch in calls["stored"] for event in batch] == ["a", "b", "c"]
     assert [event for batch in calls["applied"] for event in batch] == ["a", "b", "c"]
+
+
+def test_a_sender_faster_than_applying_waits_for_the_backlog_to_shrink(
+    calls: dict[str, list[list[str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real_apply = intake_module.apply_stored
+
+    def slow_apply(*args: Any, **kwargs: Any) -> None:
+        assert release.wait(10)
+        real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(intake_module, "apply_stored", slow_apply)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        receiving = Intake(
+            cast(Any, None), cast(Any, None), cast(Any, lambda: None), max_batch=1, max_backlog=2
+        )
+        first = [asyncio.ensure_future(receiving.submit(cast(Any, Event(e)))) for e in "abc"]
+        await asyncio.sleep(0.2)
+        # "a" is being applied, "b" and "c" fill the backlog: "d" is not stored meanwhile
+        later = asyncio.ensure_future(receiving.submit(cast(Any, Event("d"))))
+        await asyncio.sleep(0.2)
+        stored_before = [event for batch in calls["stored"] for event in batch]
+        answered_before = [f.result().id for f in [*first, later] if f.done() and not f.exception()]
+        release.set()
+        await later
+        await receiving.settle()
+        assert stored_before == ["a", "b", "c"]
+        return answered_before, [event for batch in calls["applied"] for event in batch]
+
+    answered, applied = asyncio.run(scenario())
+    assert answered == ["a", "b", "c"]
+    assert applied == ["a", "b", "c", "d"]
