@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -181,9 +182,21 @@ class ReceivedEvent(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSONType)
     borrower_id: Mapped[str | None] = mapped_column(String(100), index=True)
     loan_id: Mapped[str | None] = mapped_column(String(100), index=True)
-    # applied | ignored_stale | ... with the detail naming why
+    # pending (stored, not applied yet) | applied | ignored_stale | … | failed, with the
+    # detail naming why
     outcome: Mapped[str] = mapped_column(String(40))
     detail: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        # the clock's look for events left pending or failed (`intake.apply_orphaned`)
+        Index(
+            "ix_received_events_unapplied",
+            "received_at",
+            "id",
+            postgresql_where=text("outcome IN ('pending', 'failed')"),
+            sqlite_where=text("outcome IN ('pending', 'failed')"),
+        ),
+    )
 
 
 class Campaign(Base):
