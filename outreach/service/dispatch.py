@@ -137,24 +137,29 @@ def _step(
     }
 
 
+_DUE = (
+    select(_MESSAGES.c.id)
+    .where(_MESSAGES.c.status.in_(DUE_STATUSES), _MESSAGES.c.send_at <= bindparam("now"))
+    # ties in id order: which of them a batch takes never depends on storage order
+    .order_by(_MESSAGES.c.send_at, _MESSAGES.c.id)
+    .limit(bindparam("limit"))
+)
+_DUE_LOCKED = _DUE.with_for_update(skip_locked=True)
+_QUEUE = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status=Status.QUEUED.value, reason=Reason.DUE.value, updated_at=bindparam("now"))
+)
+
+
 def claim_due(session: Session, now: dt.datetime, limit: int = 500) -> list[str]:
     """Move due rows to `queued` and return their ids (SKIP LOCKED on PostgreSQL)."""
-    query = (
-        select(_MESSAGES.c.id)
-        .where(_MESSAGES.c.status.in_(DUE_STATUSES), _MESSAGES.c.send_at <= now)
-        # ties in id order: which of them a batch takes never depends on storage order
-        .order_by(_MESSAGES.c.send_at, _MESSAGES.c.id)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    ids = list(session.connection().execute(query).scalars())
+    # built once: the clock and the simulator claim at every tick
+    query = _DUE_LOCKED if session.get_bind().dialect.name == "postgresql" else _DUE
+    connection = session.connection()
+    ids = list(connection.execute(query, {"now": now, "limit": limit}).scalars())
     if ids:
-        session.connection().execute(
-            update(_MESSAGES)
-            .where(_MESSAGES.c.id.in_(ids))
-            .values(status=Status.QUEUED.value, reason=Reason.DUE.value, updated_at=now)
-        )
+        connection.execute(_QUEUE, {"ids": ids, "now": now})
         insert_rows(
             session,
             _EVENTS,
