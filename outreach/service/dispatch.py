@@ -680,13 +680,13 @@ class Dispatcher:
                 if row is None:
                     continue
                 sending = row.status == Status.SENDING.value
-                update: dict[str, object] = {
+                change: dict[str, object] = {
                     "id": message_id,
                     "provider_id": receipt.provider_id,
                     "sent_at": row.sent_at or at,
                 }
                 if sending:
-                    update.update(status=Status.SENT.value, reason="accepted", updated_at=at)
+                    change.update(status=Status.SENT.value, reason="accepted", updated_at=at)
                     steps.append(
                         _step(
                             message_id,
@@ -696,7 +696,7 @@ class Dispatcher:
                             f"provider_id={receipt.provider_id}",
                         )
                     )
-                updates[sending].append(update)
+                updates[sending].append(change)
             for rows in updates.values():
                 update_rows(session, _MESSAGES, "id", rows)
             insert_rows(session, _EVENTS, steps)

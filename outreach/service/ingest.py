@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from outreach import policy as pol
 from outreach.domain import (
     Channel,
-    ClosedReason,
     LoanState,
     PlannedMessage,
     Purpose,
@@ -26,6 +25,7 @@ from outreach.service.state import (
     APPLY,
     BorrowerRecord,
     LoanRecord,
+    compose_loan,
     flush_state,
     hold,
     hold_loans,
@@ -317,19 +317,7 @@ def _loan_before(session: Session, event: Event) -> tuple[LoanRecord, LoanState]
 
 def _bare_state(row: LoanRecord) -> LoanState:
     """What planning reads of the loan row itself (its promises, plans… are not needed)."""
-    return LoanState(
-        id=row.id,
-        borrower_id=row.borrower_id,
-        product=row.product,
-        currency=row.currency,
-        amount_due=row.amount_due,
-        balance=row.balance,
-        days_past_due=row.days_past_due,
-        due_date=row.due_date,
-        account_number=row.account_number,
-        as_of=row.state_as_of,
-        closed_reason=ClosedReason(row.closed_reason) if row.closed_reason else None,
-    )
+    return compose_loan(row, (), (), (), ())
 
 
 def _ignored_detail(outcome: str) -> str:

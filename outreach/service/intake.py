@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
@@ -317,26 +317,30 @@ def apply_orphaned(
     `limit` per transaction; returns how many were found (a process applying one of them at
     the same moment applies it once)."""
     total = 0
-    # bounded, so rows that stay pending (the store failing meanwhile) wait for the next call
+    unapplied = or_(
+        and_(
+            _INBOX.c.outcome == PENDING_OUTCOME,
+            _INBOX.c.received_at <= clock() - older_than,
+        ),
+        _INBOX.c.outcome == FAILED_OUTCOME,
+    )
+    position = tuple_(_INBOX.c.received_at, _INBOX.c.id)
+    after: tuple[dt.datetime, str] | None = None
+    # each round starts after the last row of the one before, so events that fail again
+    # (they stay `failed`) are not read again ahead of the rest; bounded, so what is left
+    # waits for the next call
     for _ in range(ORPHAN_ROUNDS):
-        query = (
-            select(_INBOX.c.id, _INBOX.c.body)
-            .where(
-                or_(
-                    and_(
-                        _INBOX.c.outcome == PENDING_OUTCOME,
-                        _INBOX.c.received_at <= clock() - older_than,
-                    ),
-                    _INBOX.c.outcome == FAILED_OUTCOME,
-                )
-            )
-            .order_by(_INBOX.c.received_at, _INBOX.c.id)
-            .limit(limit)
-        )
+        query = select(_INBOX.c.id, _INBOX.c.body, _INBOX.c.received_at).where(unapplied)
+        if after is not None:
+            query = query.where(position > after)
+        query = query.order_by(_INBOX.c.received_at, _INBOX.c.id).limit(limit)
         with sessions() as session:
             rows = session.connection().execute(query).all()
+        if not rows:
+            break
+        after = (rows[-1].received_at, rows[-1].id)
         events: list[Event] = []
-        for event_id, body in rows:
+        for event_id, body, _ in rows:
             try:
                 events.append(parse_event(body))
             except EventError as error:  # accepted once, so only a changed parser gets here

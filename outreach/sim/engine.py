@@ -258,24 +258,12 @@ def environment(
         shutil.rmtree(directory, ignore_errors=True)
 
 
-class Progress:
-    """A progress bar over virtual time on a terminal; silent otherwise."""
+class ProgressBar:
+    """A bar over virtual time on a terminal (`enabled`); silent otherwise."""
 
-    def __init__(
-        self,
-        start: dt.datetime,
-        end: dt.datetime,
-        enabled: bool,
-        report: Callable[[float, int], None] | None = None,
-    ) -> None:
-        self._start = start
-        self._total = (end - start).total_seconds()
+    def __init__(self, enabled: bool, total: float) -> None:
         self._bar: Any = None
         self._task: Any = None
-        self._last = 0.0
-        # told (virtual seconds done, messages dispatched) now and then: a process simulating
-        # part of a book tells the one that shows the bar
-        self._report = report
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -286,9 +274,13 @@ class Progress:
                 TimeElapsedColumn(),
                 transient=True,
             )
-            self._task = self._bar.add_task("simulate", total=self._total, day="")
+            self._task = self._bar.add_task("simulate", total=total, day="")
 
-    def __enter__(self) -> Progress:
+    @property
+    def shown(self) -> bool:
+        return self._bar is not None
+
+    def __enter__(self) -> ProgressBar:
         if self._bar is not None:
             self._bar.__enter__()
         return self
@@ -297,8 +289,41 @@ class Progress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
+    def show(self, done: float, messages: int) -> None:
+        """`done` virtual seconds of the run, `messages` dispatched so far."""
+        if self._bar is not None:
+            day = f"day {int(done // 86400) + 1}, {messages} dispatched"
+            self._bar.update(self._task, completed=done, day=day)
+
+
+class Progress:
+    """One run's progress over virtual time: on a `ProgressBar`, and (`report`) told to the
+    process that shows the bar for several."""
+
+    def __init__(
+        self,
+        start: dt.datetime,
+        end: dt.datetime,
+        enabled: bool,
+        report: Callable[[float, int], None] | None = None,
+    ) -> None:
+        self._start = start
+        self._total = (end - start).total_seconds()
+        self._bar = ProgressBar(enabled, self._total)
+        self._last = 0.0
+        # told (virtual seconds done, messages dispatched) now and then: a process simulating
+        # part of a book tells the one that shows the bar
+        self._report = report
+
+    def __enter__(self) -> Progress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
     def update(self, now: dt.datetime, messages: int) -> None:
-        if self._bar is None and self._report is None:
+        if not self._bar.shown and self._report is None:
             return
         tick = time.monotonic()
         if tick - self._last < 0.1:
@@ -307,9 +332,7 @@ class Progress:
         done = min((now - self._start).total_seconds(), self._total)
         if self._report is not None:
             self._report(done, messages)
-        if self._bar is not None:
-            day = f"day {int(done // 86400) + 1}, {messages} dispatched"
-            self._bar.update(self._task, completed=done, day=day)
+        self._bar.show(done, messages)
 
 
 class Simulator:

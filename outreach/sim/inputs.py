@@ -53,6 +53,14 @@ def parse_line(text: str, line: int) -> Event:
     return parse_event(document, allow_simulation=True)
 
 
+def _checked(source: str, text: str, line: int) -> Event:
+    """`parse_line`, a malformed line reported with its place."""
+    try:
+        return parse_line(text, line)
+    except EventError as error:
+        raise SimulationInputError(source, line, str(error)) from None
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     occurred_at: dt.datetime
@@ -90,10 +98,7 @@ class EventBook:
             text = raw.strip()
             if not text:
                 continue
-            try:
-                event = parse_line(text, number)
-            except EventError as error:
-                raise SimulationInputError(source, number, str(error)) from None
+            event = _checked(source, text, number)
             book.entries.append(_Entry(event.occurred_at, number, text))
         book.entries.sort(key=lambda entry: (entry.occurred_at, entry.line))
         return book
@@ -118,10 +123,7 @@ class EventBook:
                         ) from None
                     if not text:
                         continue
-                    try:
-                        event = parse_line(text, number)
-                    except EventError as error:
-                        raise SimulationInputError(source, number, str(error)) from None
+                    event = _checked(source, text, number)
                     book.entries.append(_Entry(event.occurred_at, number, None, start, len(raw)))
         except OSError as error:
             raise SimulationInputError(source, 0, error.strerror or str(error)) from None

@@ -39,6 +39,7 @@ import phonenumbers
 from outreach import policy as pol
 from outreach.settings import Settings
 from outreach.sim.engine import (
+    ProgressBar,
     SimulationError,
     SimulationResult,
     SimulationStats,
@@ -346,7 +347,7 @@ def _run_all(
             raise SimulationInputError(source, line, problem)
         _raise_errors(checks)
         total = specs[0].days * 86400
-        with _Bar(progress, total) as bar:
+        with ProgressBar(progress, total) as bar:
             for _, connection in workers:
                 while not connection.poll(0.2):
                     bar.show(
@@ -378,39 +379,6 @@ def _raise_errors(messages: list[tuple[Any, ...]]) -> None:
     for message in messages:
         if message[0] == "error":
             raise SimulationError(message[1])
-
-
-class _Bar:
-    """The progress of the slowest process over virtual time, on a terminal; else silent."""
-
-    def __init__(self, enabled: bool, total: float) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("simulating"),
-                BarColumn(),
-                TextColumn("{task.fields[day]}"),
-                TimeElapsedColumn(),
-                transient=True,
-            )
-            self._task = self._bar.add_task("simulate", total=total, day="")
-
-    def __enter__(self) -> _Bar:
-        if self._bar is not None:
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-    def show(self, done: float, messages: int) -> None:
-        if self._bar is not None:
-            day = f"day {int(done // 86400) + 1}, {messages} dispatched"
-            self._bar.update(self._task, completed=done, day=day)
 
 
 def _keyed_lines(path: Path) -> Iterator[tuple[str, str]]:

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, select, text
 from outreach.service import state
 from outreach.service.events import Event, parse_event
 from outreach.service.ingest import store_in_inbox
+from outreach.service.intake import apply_orphaned
 from outreach.store import models as m
 from outreach.store.db import transaction
 from tests.conftest import POSTGRES_URL
@@ -315,3 +316,38 @@ def test_events_a_stopped_process_accepted_are_applied_by_the_clock(live: LiveSe
     planned = plan_of(live, "l-orphan")
     live.clock.apply_orphaned_events()
     assert plan_of(live, "l-orphan") == planned
+
+
+def test_events_that_fail_again_do_not_hold_back_the_ones_behind_them(
+    live: LiveService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zone = zone_at_local_hour(3)
+    assert post(live, borrower_upserted("b-behind", timezone=zone)).status_code == 202
+    assert post(live, loan_updated("l-behind", "b-behind", days_past_due=3)).status_code == 202
+    real = state.APPLY["payment.received"]
+
+    def explode(session: Any, event: Event, now: Any) -> str:
+        if event.data.payment_id.startswith("pay-still-failing"):
+            raise RuntimeError("still failing")
+        return real(session, event, now)
+
+    monkeypatch.setitem(state.APPLY, "payment.received", explode)
+    now = live.services.dispatcher.now()
+    failing = []
+    for index in range(3):
+        event = payment_received("l-behind", amount="1.00", amount_due_after="500.00")
+        event["data"]["payment_id"] = f"pay-still-failing-{index}"
+        failing.append(parse_event(event))
+    orphan = parse_event(loan_updated("l-behind-2", "b-behind", days_past_due=3))
+    with transaction(live.services.runtime.sessions) as session:
+        store_in_inbox(session, failing, now - dt.timedelta(minutes=5), outcome="failed")
+        store_in_inbox(session, [orphan], now - dt.timedelta(minutes=2), outcome="pending")
+
+    # one row per round: the failing ones are tried once each, then the one behind them
+    found = apply_orphaned(
+        live.services.runtime.sessions, live.services.policy, live.services.dispatcher.now, limit=1
+    )
+    assert found == 4
+    outcomes = live.outcomes([event.id for event in [*failing, orphan]])
+    assert outcomes == {**{event.id: "failed" for event in failing}, orphan.id: "applied"}
+    assert live.messages(loan_id="l-behind-2", status="scheduled,deferred")
