@@ -11,16 +11,24 @@ measured alone. It splits the book between one process per CPU (`--jobs`); its p
 is the sum of every one of its processes' peaks, as `outreach simulate` reports it (the
 largest single process is printed too). Targets: under 60 s and under 1 GiB on the
 project's 2-core machine.
+
+The book is generated in a process of its own: a process's peak memory survives the exec of a
+child on Linux, so a child started from a bench holding the generated book would report the
+bench's memory as its own. Beside the run the bench measures the machine's raw SQLite
+insert rate and a pure-Python reference (JSON lines of the book parsed per second), before
+and after, and reports the run's rates as ratios to them: this machine's speed drifts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import re
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -30,18 +38,74 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from outreach.sim.book import DEMO_START, generate_book  # noqa: E402
-
 TARGET_SECONDS = 60
 TARGET_BYTES = 1 << 30
+# the simulation's start (outreach.sim.book.DEMO_START), not imported: this process stays small
+START = "2026-09-14T00:00:00+00:00"
 
 
-def write_book(path: Path, loans: int, days: int, seed: int, stories: bool) -> int:
+def write_book(path: Path, loans: int, days: int, seed: int, stories: bool) -> None:
+    from outreach.sim.book import DEMO_START, generate_book
+
+    assert DEMO_START.isoformat() == START
     events = generate_book(loans, days, seed, start=DEMO_START, update_every=1, stories=stories)
     with path.open("w", encoding="utf-8") as handle:
         for event in events:
             handle.write(json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n")
-    return len(events)
+
+
+def write_book_apart(path: Path, loans: int, days: int, seed: int, stories: bool) -> int:
+    """`write_book` in a process of its own; returns the number of events written."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=write_book, args=(path, loans, days, seed, stories)
+    )
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise SystemExit(f"writing the book failed (exit {process.exitcode})")
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def raw_sqlite_rate(directory: Path, seconds: float = 2.0) -> float:
+    """Rows/s inserted into an indexed table of event-sized rows, 2,000 per commit, with
+    the simulation's durability (none): the store the simulation runs on, at its fastest."""
+    path = directory / "raw.db"
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=MEMORY")
+    connection.execute("PRAGMA synchronous=OFF")
+    connection.execute("CREATE TABLE raw (id TEXT PRIMARY KEY, at TEXT, owner TEXT, body TEXT)")
+    connection.execute("CREATE INDEX raw_owner ON raw (owner)")
+    body = "x" * 300
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        rows = [
+            (f"row-{count + index:09d}", "2026-09-14 18:00:00", f"L{index % 5000:05d}", body)
+            for index in range(2000)
+        ]
+        connection.execute("BEGIN")
+        connection.executemany("INSERT INTO raw VALUES (?, ?, ?, ?)", rows)
+        connection.execute("COMMIT")
+        count += len(rows)
+    rate = count / (time.perf_counter() - started)
+    connection.close()
+    path.unlink()
+    return rate
+
+
+def raw_parse_rate(book: Path, seconds: float = 2.0) -> float:
+    """Lines of the book parsed by the standard library's json per second (one process):
+    a reference for what a second of this machine's Python does."""
+    with book.open("rb") as handle:
+        lines = [line for _, line in zip(range(20_000), handle, strict=False)]
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for line in lines:
+            json.loads(line)
+        count += len(lines)
+    return count / (time.perf_counter() - started)
 
 
 def main() -> int:
@@ -59,7 +123,7 @@ def main() -> int:
     events_path = directory / "EVENTS.jsonl"
     messages_path = directory / "MESSAGES.jsonl"
     started = time.perf_counter()
-    count = write_book(events_path, args.loans, args.days, args.seed, args.stories)
+    count = write_book_apart(events_path, args.loans, args.days, args.seed, args.stories)
     print(
         f"book: {args.loans} loans, {args.days} days, {count:,} events "
         f"({events_path.stat().st_size / 1e6:.0f} MB), written in "
@@ -75,7 +139,7 @@ def main() -> int:
         "--events",
         str(events_path),
         "--start",
-        DEMO_START.isoformat(),
+        START,
         "--days",
         str(args.days),
         "--out",
@@ -85,9 +149,11 @@ def main() -> int:
     ]
     if args.jobs is not None:
         command += ["--jobs", str(args.jobs)]
+    sqlite_before, parse_before = raw_sqlite_rate(directory), raw_parse_rate(events_path)
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    sqlite_after, parse_after = raw_sqlite_rate(directory), raw_parse_rate(events_path)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         print(result.stdout + result.stderr, file=sys.stderr)
@@ -116,6 +182,17 @@ def main() -> int:
     print(
         f"peak memory (sum of each simulate process's peak): {peak / 2**20:.0f} MiB; "
         f"the largest single process {largest / 2**20:.0f} MiB"
+    )
+    sqlite_rate = (sqlite_before + sqlite_after) / 2
+    parse_rate = (parse_before + parse_after) / 2
+    print(
+        f"raw SQLite inserts/s (before, after): {sqlite_before:,.0f}, {sqlite_after:,.0f}; "
+        f"raw JSON lines parsed/s: {parse_before:,.0f}, {parse_after:,.0f}"
+    )
+    print(
+        f"ratios: events/s to raw SQLite inserts/s {count / elapsed / sqlite_rate:.4f}; "
+        f"events/s to raw JSON lines/s {count / elapsed / parse_rate:.4f}; "
+        f"wall time x raw JSON lines/s {elapsed * parse_rate / 1e6:.2f} M"
     )
     load = os.getloadavg()
     print(
