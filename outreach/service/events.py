@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import zoneinfo
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
+import orjson
 import phonenumbers
 from pydantic import (
     AfterValidator,
@@ -290,8 +290,8 @@ def parse_event(raw: bytes | str | dict[str, Any], *, allow_simulation: bool = F
     """Parse and validate one event; raise EventError naming the first offending field."""
     if isinstance(raw, bytes | str):
         try:
-            document = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
             raise EventError("body", f"not valid JSON ({error})") from None
     else:
         document = raw

@@ -52,7 +52,7 @@ from outreach.service.planning import PlanWork, loans_of, plan_batch
 from outreach.settings import Settings
 from outreach.sim.inputs import EventBook
 from outreach.store import models as m
-from outreach.store.db import make_session_factory, transaction
+from outreach.store.db import JSON_CODEC, make_session_factory, transaction
 from outreach.store.migrate import upgrade
 from outreach.wiring import cap_reserver, link_secret
 
@@ -124,7 +124,7 @@ def _begin(connection: Any) -> None:
 def simulation_engine(path: Path) -> Engine:
     """A SQLite store for one run: one writer (this process), no fsync, no pre-ping."""
     engine = create_engine(
-        f"sqlite:///{path}", connect_args={"check_same_thread": False}, pool_size=2
+        f"sqlite:///{path}", connect_args={"check_same_thread": False}, pool_size=2, **JSON_CODEC
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _begin)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import orjson
+
 from outreach.errors import PermanentError
 from outreach.service.events import Event, EventError, parse_event
 
@@ -36,8 +38,8 @@ class SimulationInputError(PermanentError):
 
 def _document(text: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as error:
         raise EventError("line", f"not valid JSON ({error.msg} at column {error.colno})") from None
 
 

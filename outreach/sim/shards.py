@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import heapq
-import json
 import multiprocessing
 import os
 import shutil
@@ -34,6 +33,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 import phonenumbers
 
 from outreach import policy as pol
@@ -150,8 +150,8 @@ def plan_shards(path: Path, jobs: int) -> ShardPlan | None:
                     first_name.append(None)
                     continue
                 try:
-                    document = json.loads(text)
-                except json.JSONDecodeError:
+                    document = orjson.loads(text)
+                except orjson.JSONDecodeError:
                     return None
                 names = tuple(joining_names(document)) or ("unrouted",)
                 if names not in joined:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -15,13 +16,27 @@ from sqlalchemy.orm import Session, sessionmaker
 from outreach.errors import StoreUnavailable
 
 
+def json_text(value: Any) -> str:
+    """A JSON column's value as stored: orjson writes it ten times faster than the standard
+    library (the inbox stores every event); keys that are not strings are written as
+    strings, as the standard library writes them."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# how every engine writes and reads JSON columns
+JSON_CODEC: dict[str, Any] = {"json_serializer": json_text, "json_deserializer": orjson.loads}
+
+
 def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_pre_ping=True
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_pre_ping=True,
+            **JSON_CODEC,
         )
         event.listen(engine, "connect", _configure_sqlite)
         # pysqlite's own transaction handling defers BEGIN; take the write lock at BEGIN instead
@@ -29,7 +44,12 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
         event.listen(engine, "begin", _begin_immediate)
         return engine
     return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        **JSON_CODEC,
     )
 
 
