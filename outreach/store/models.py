@@ -176,9 +176,9 @@ class ReceivedEvent(Base):
     __tablename__ = "received_events"
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    type: Mapped[str] = mapped_column(String(60), index=True)
+    type: Mapped[str] = mapped_column(String(60))
     occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     body: Mapped[dict[str, Any]] = mapped_column(JSONType)
     borrower_id: Mapped[str | None] = mapped_column(String(100), index=True)
     loan_id: Mapped[str | None] = mapped_column(String(100), index=True)

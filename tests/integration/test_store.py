@@ -4,12 +4,14 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from outreach.store.migrate import downgrade, is_current, upgrade
-from outreach.store.models import Loan, Message, MessageEvent, ReceivedEvent
+from outreach.store.models import Base, Loan, Message, MessageEvent, ReceivedEvent
 
 NOW = dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.UTC)
 
@@ -142,3 +144,12 @@ def test_a_message_keeps_its_timeline_in_order(engine: Engine) -> None:
             ("scheduled", "planned"),
             ("deferred", "quiet_hours"),
         ]
+
+
+def test_migrations_build_the_schema_the_models_declare(engine: Engine) -> None:
+    # an index a model declares (or one it dropped) and the migrations left out shows here
+    with engine.connect() as connection:
+        differences = compare_metadata(
+            MigrationContext.configure(connection, opts={"compare_type": False}), Base.metadata
+        )
+    assert differences == []
