@@ -164,7 +164,7 @@ def main() -> int:
     with messages_path.open(encoding="utf-8") as handle:
         for line in handle:
             messages += 1
-            if '"sent_at": null' not in line:
+            if '"sent_at":null' not in line and '"sent_at": null' not in line:
                 sent += 1
     # kilobytes on Linux: the largest of the processes it ran (rusage takes the maximum over
     # every descendant waited for, the split's processes included)

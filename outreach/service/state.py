@@ -681,7 +681,13 @@ def compose_loan(
     plans: Iterable[Any],
     visits: Iterable[Any],
 ) -> LoanState:
-    payment_values = tuple(Payment(p.id, p.amount, p.paid_at, p.amount_due_after) for p in payments)
+    # most loans have none of these: an empty one is not walked (a nightly report of every
+    # loan composes each twice)
+    payment_values = (
+        tuple(Payment(p.id, p.amount, p.paid_at, p.amount_due_after) for p in payments)
+        if payments
+        else ()
+    )
     return LoanState(
         id=row.id,
         borrower_id=row.borrower_id,
@@ -694,11 +700,13 @@ def compose_loan(
         account_number=row.account_number,
         as_of=row.state_as_of,
         closed_reason=ClosedReason(row.closed_reason) if row.closed_reason else None,
-        promises=tuple(_promise(p, payment_values) for p in promises),
-        plans=tuple(_plan(p, payment_values) for p in plans),
+        promises=tuple(_promise(p, payment_values) for p in promises) if promises else (),
+        plans=tuple(_plan(p, payment_values) for p in plans) if plans else (),
         visits=tuple(
             FieldVisit(v.id, v.visit_at, v.collector_name, v.collector_id) for v in visits
-        ),
+        )
+        if visits
+        else (),
         payments=payment_values,
     )
 
