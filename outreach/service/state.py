@@ -702,9 +702,7 @@ def compose_loan(
         closed_reason=ClosedReason(row.closed_reason) if row.closed_reason else None,
         promises=tuple(_promise(p, payment_values) for p in promises) if promises else (),
         plans=tuple(_plan(p, payment_values) for p in plans) if plans else (),
-        visits=tuple(
-            FieldVisit(v.id, v.visit_at, v.collector_name, v.collector_id) for v in visits
-        )
+        visits=tuple(FieldVisit(v.id, v.visit_at, v.collector_name, v.collector_id) for v in visits)
         if visits
         else (),
         payments=payment_values,
