@@ -197,6 +197,32 @@ class SimulationEnvironment:
     senders: dict[Channel, SimulatedSender]
 
 
+# the templates compiled by this process, while their files stay as they were (one set)
+_COMPILED: dict[tuple[Path, tuple[tuple[str, int, int], ...]], Renderer] = {}
+
+
+def compiled_renderer(directory: Path) -> Renderer:
+    """The templates under `directory`, compiled once per process for as long as none of
+    their files changes. A split run's processes are forked from a server that compiled the
+    configured templates while the book was being split (`outreach.sim.preload`), so each
+    starts with them compiled instead of spending most of a second on it."""
+    root = directory.resolve()
+    files = tuple(
+        sorted(
+            (path.relative_to(root).as_posix(), status.st_mtime_ns, status.st_size)
+            for path in root.rglob("*")
+            if path.is_file()
+            for status in (path.stat(),)
+        )
+    )
+    key = (root, files)
+    renderer = _COMPILED.get(key)
+    if renderer is None:
+        _COMPILED.clear()
+        renderer = _COMPILED[key] = Renderer(directory)
+    return renderer
+
+
 @contextlib.contextmanager
 def environment(
     settings: Settings,
@@ -207,7 +233,7 @@ def environment(
 ) -> Iterator[SimulationEnvironment]:
     """Build everything a run needs; remove every trace of it afterwards."""
     policy = pol.load_policy(policy_path or settings.policy_path)
-    renderer = Renderer(settings.templates_dir)
+    renderer = compiled_renderer(settings.templates_dir)
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="outreach-sim-", dir=workdir))

@@ -240,7 +240,9 @@ def _context() -> Any:
     it again in its memory). A fresh interpreter each where there is no fork server."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["outreach.sim.engine", "outreach.sim.inputs"])
+        context.set_forkserver_preload(
+            ["outreach.sim.engine", "outreach.sim.inputs", "outreach.sim.preload"]
+        )
         return context
     return multiprocessing.get_context("spawn")
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from outreach.settings import load_settings
 from outreach.sim import shards
+from outreach.sim.engine import compiled_renderer
 from outreach.sim.shards import joining_names, plan_shards
 
 AT = "2026-03-02T00:00:00Z"
@@ -117,3 +120,15 @@ def test_names_of_malformed_events_are_none_rather_than_an_error() -> None:
     assert joining_names({"type": "borrower.upserted", "data": {"borrower": {"id": "A"}}}) == [
         "b:A"
     ]
+
+
+def test_templates_are_compiled_once_until_a_file_changes(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(load_settings({}).templates_dir, templates)
+    first = compiled_renderer(templates)
+    assert compiled_renderer(templates) is first
+    sms = next(templates.glob("*/sms.en-US.j2"))
+    sms.write_text(sms.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    changed = compiled_renderer(templates)
+    assert changed is not first
+    assert compiled_renderer(templates) is changed
