@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import platform
 import re
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -154,7 +153,6 @@ def main() -> int:
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     sqlite_after, parse_after = raw_sqlite_rate(directory), raw_parse_rate(events_path)
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         print(result.stdout + result.stderr, file=sys.stderr)
         return result.returncode
@@ -166,13 +164,18 @@ def main() -> int:
             messages += 1
             if '"sent_at":null' not in line and '"sent_at": null' not in line:
                 sent += 1
-    # kilobytes on Linux: the largest of the processes it ran (rusage takes the maximum over
-    # every descendant waited for, the split's processes included)
-    largest = usage.ru_maxrss * 1024
-    reported = re.search(r"peak memory (\d+) MiB", result.stdout)
-    peak = int(reported.group(1)) * 2**20 if reported else largest
-    # (its CPU time is not shown: the processes it splits the book between are children of
-    # its fork server, not of the command, so the command's rusage does not include them)
+    # as the command reports them: the sum of its processes' peaks, and the largest one (a
+    # run in one process reports only the first). This process's rusage cannot tell: it
+    # counts the process that wrote the book, and the split's processes are children of the
+    # command's fork server. Their CPU time is not shown for the same reason.
+    reported = re.search(
+        r"peak memory (\d+) MiB(?: \(the largest process (\d+) MiB\))?", result.stdout
+    )
+    if reported is None:
+        print("the command reported no peak memory", file=sys.stderr)
+        return 1
+    peak = int(reported.group(1)) * 2**20
+    largest = int(reported.group(2) or reported.group(1)) * 2**20
     print(f"simulate: {elapsed:.1f} s wall")
     print(
         f"messages: {messages:,} in MESSAGES.jsonl, {sent:,} handed to the provider; "

@@ -96,9 +96,11 @@ class SimulationStats:
     messages: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     wall_seconds: float = 0.0
-    # the processes the run took, and the sum of each one's peak resident memory
+    # the processes the run took, the sum of each one's peak resident memory, and the
+    # largest of those peaks
     processes: int = 1
     peak_memory_bytes: int = 0
+    largest_memory_bytes: int = 0
 
     @property
     def events_applied(self) -> int:
@@ -691,7 +693,7 @@ def simulate(
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as handle:
             simulator.write_messages(handle, keyed=keyed_output)
-    stats.peak_memory_bytes = peak_memory()
+    stats.peak_memory_bytes = stats.largest_memory_bytes = peak_memory()
     return SimulationResult(stats, out)
 
 

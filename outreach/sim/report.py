@@ -32,11 +32,15 @@ def summary_line(stats: SimulationStats, out: Path) -> str:
     after = (
         f", {stats.events_after_end} after the end not applied" if stats.events_after_end else ""
     )
-    processes = f" in {stats.processes} processes" if stats.processes > 1 else ""
+    processes = ""
+    largest = ""
+    if stats.processes > 1:
+        processes = f" in {stats.processes} processes"
+        largest = f" (the largest process {stats.largest_memory_bytes / 2**20:.0f} MiB)"
     return (
         f"simulated {stats.events_applied} events{after}: {stats.messages} messages "
         f"({statuses or 'none'}) in {stats.wall_seconds:.1f} s{processes}, peak memory "
-        f"{stats.peak_memory_bytes / 2**20:.0f} MiB; wrote {out}"
+        f"{stats.peak_memory_bytes / 2**20:.0f} MiB{largest}; wrote {out}"
     )
 
 

@@ -323,6 +323,7 @@ def simulate_file(
     total.wall_seconds = time.perf_counter() - started
     total.processes = len(peaks) + 1
     total.peak_memory_bytes = sum(peaks) + peak_memory()
+    total.largest_memory_bytes = max(*peaks, peak_memory())
     return SimulationResult(total, out)
 
 
