@@ -470,7 +470,6 @@ def simulate(
     ] = None,
 ) -> None:
     """Run the real pipeline on a virtual clock over EVENTS.jsonl."""
-    from outreach.sim.report import summary_line
     from outreach.sim.shards import simulate_file
 
     settings = settings_or_exit()
@@ -486,6 +485,9 @@ def simulate(
             progress=sys.stderr.isatty(),
             jobs=jobs,
         )
+    # imported now: it loads the simulator, which a split run's first process does not need
+    from outreach.sim.report import summary_line
+
     typer.echo(summary_line(result.stats, out))
 
 

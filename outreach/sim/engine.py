@@ -19,16 +19,14 @@ import contextlib
 import datetime as dt
 import gc
 import logging
-import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,7 +39,6 @@ from outreach import policy as pol
 from outreach.channels.base import Sender
 from outreach.channels.simulated import SimulatedSender
 from outreach.domain import Channel
-from outreach.errors import OutreachError
 from outreach.render import Renderer
 from outreach.service.dispatch import DUE_STATUSES, Dispatcher, claim_due
 from outreach.service.events import Event, SmsInbound
@@ -51,6 +48,13 @@ from outreach.service.messages import records_of, seeded_ids
 from outreach.service.planning import PlanWork, loans_of, plan_batch
 from outreach.settings import Settings
 from outreach.sim.inputs import EventBook
+from outreach.sim.results import (
+    ProgressBar,
+    SimulationError,
+    SimulationResult,
+    SimulationStats,
+    peak_memory,
+)
 from outreach.store import models as m
 from outreach.store.db import JSON_CODEC, make_session_factory, transaction
 from outreach.store.migrate import upgrade
@@ -68,10 +72,6 @@ _DAY = dt.timedelta(days=1)
 _SECOND = dt.timedelta(seconds=1)
 
 
-class SimulationError(OutreachError):
-    """Raised when the simulation itself cannot go on (not a malformed input line)."""
-
-
 class VirtualClock:
     """The one clock every component of a simulation reads."""
 
@@ -80,31 +80,6 @@ class VirtualClock:
 
     def __call__(self) -> dt.datetime:
         return self.now
-
-
-@dataclass
-class SimulationStats:
-    """What happened, for the summary line and the demo report."""
-
-    events: Counter[str] = field(default_factory=Counter)  # ingest outcome -> count
-    events_after_end: int = 0
-    replies: Counter[str] = field(default_factory=Counter)  # classification -> count
-    outcomes: Counter[str] = field(default_factory=Counter)  # provider status -> count
-    dispatches: Counter[str] = field(default_factory=Counter)  # dispatch outcome -> count
-    replans: int = 0
-    instants: int = 0
-    messages: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-    wall_seconds: float = 0.0
-    # the processes the run took, the sum of each one's peak resident memory, and the
-    # largest of those peaks
-    processes: int = 1
-    peak_memory_bytes: int = 0
-    largest_memory_bytes: int = 0
-
-    @property
-    def events_applied(self) -> int:
-        return sum(self.events.values()) + sum(self.replies.values())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -284,44 +259,6 @@ def environment(
         if engine is not None:
             engine.dispose()
         shutil.rmtree(directory, ignore_errors=True)
-
-
-class ProgressBar:
-    """A bar over virtual time on a terminal (`enabled`); silent otherwise."""
-
-    def __init__(self, enabled: bool, total: float) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("simulating"),
-                BarColumn(),
-                TextColumn("{task.fields[day]}"),
-                TimeElapsedColumn(),
-                transient=True,
-            )
-            self._task = self._bar.add_task("simulate", total=total, day="")
-
-    @property
-    def shown(self) -> bool:
-        return self._bar is not None
-
-    def __enter__(self) -> ProgressBar:
-        if self._bar is not None:
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-    def show(self, done: float, messages: int) -> None:
-        """`done` virtual seconds of the run, `messages` dispatched so far."""
-        if self._bar is not None:
-            day = f"day {int(done // 86400) + 1}, {messages} dispatched"
-            self._bar.update(self._task, completed=done, day=day)
 
 
 class Progress:
@@ -646,12 +583,6 @@ def _micros(moment: dt.datetime) -> int:
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-@dataclass
-class SimulationResult:
-    stats: SimulationStats
-    out: Path
-
-
 def simulate(
     settings: Settings,
     book: EventBook,
@@ -717,19 +648,16 @@ def _long_lived_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-def peak_memory() -> int:
-    """This process's peak resident memory in bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 __all__ = [
+    "ProgressBar",
     "SimulationEnvironment",
     "SimulationError",
     "SimulationResult",
     "SimulationStats",
     "Simulator",
     "VirtualClock",
+    "compiled_renderer",
     "environment",
+    "peak_memory",
     "simulate",
 ]

@@ -19,21 +19,10 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from outreach.errors import PermanentError
 from outreach.service.events import Event, EventError, parse_event
+from outreach.sim.results import SimulationInputError
 
 SMS_INBOUND = "sms.inbound"
-
-
-class SimulationInputError(PermanentError):
-    """Raised when a line of EVENTS.jsonl is malformed; names the line and what is wrong."""
-
-    def __init__(self, source: str, line: int, problem: str) -> None:
-        where = f"{source}, line {line}" if line else source
-        super().__init__(f"{where}: {problem}")
-        self.source = source
-        self.line = line
-        self.problem = problem
 
 
 def _document(text: str) -> Any:

@@ -36,17 +36,19 @@ from typing import IO, Any
 import orjson
 import phonenumbers
 
-from outreach import policy as pol
 from outreach.settings import Settings
-from outreach.sim.engine import (
+from outreach.sim.results import (
     ProgressBar,
     SimulationError,
+    SimulationInputError,
     SimulationResult,
     SimulationStats,
     peak_memory,
-    simulate,
 )
-from outreach.sim.inputs import EventBook, SimulationInputError
+
+# The simulator itself (`outreach.sim.engine`, `outreach.sim.inputs`) and the policy are
+# imported where they are used: the process that splits a book starts the fork server, and
+# plans the split, before it has spent a second loading them.
 
 # A book smaller than this runs in one process: starting others costs more than it saves.
 SHARD_MIN_EVENTS = 20_000
@@ -198,6 +200,9 @@ class _ShardSpec:
 
 def _run_shard(spec: _ShardSpec, connection: Connection, shared: Any) -> None:
     """A process's part: check its lines, wait for every process's check, simulate, write."""
+    from outreach.sim.engine import simulate
+    from outreach.sim.inputs import EventBook
+
     try:
         try:
             book = EventBook.from_file(
@@ -277,6 +282,10 @@ def simulate_file(
     if jobs > 1:
         _start_server(context)
     plan = plan_shards(path, jobs)
+    from outreach import policy as pol
+    from outreach.sim.engine import simulate
+    from outreach.sim.inputs import EventBook
+
     if plan is not None:
         # a policy that does not load fails here, once, as it does in one process
         pol.load_policy(policy_path or settings.policy_path)

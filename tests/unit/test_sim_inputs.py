@@ -11,7 +11,8 @@ import pytest
 
 from outreach.service.events import SmsInbound
 from outreach.sim.book import MAGIC_NUMBERS, generate_book
-from outreach.sim.inputs import EventBook, SimulationInputError
+from outreach.sim.inputs import EventBook
+from outreach.sim.results import SimulationInputError
 
 T0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
 
