@@ -26,6 +26,7 @@ from outreach.runtime import Runtime
 from outreach.service.dispatch import Dispatcher
 from outreach.settings import Settings
 from outreach.store import models as m
+from outreach.store.keysets import keys_in
 
 # statuses of a message that holds, or held, frequency-cap slots
 CAP_HOLDING_STATUSES = (
@@ -93,7 +94,7 @@ def cap_history_of_many(
     sessions: sessionmaker[Session],
 ) -> Callable[[Sequence[str], dt.datetime], dict[str, list[HistoryEntry]]]:
     """`cap_history` for many borrowers in one query (a batch's rebuilds)."""
-    query = _cap_history_query(m.Message.borrower_id.in_(bindparam("borrower_ids", expanding=True)))
+    query = _cap_history_query(keys_in(m.Message.borrower_id, "borrower_ids"))
 
     def history(borrower_ids: Sequence[str], since: dt.datetime) -> dict[str, list[HistoryEntry]]:
         found: dict[str, list[HistoryEntry]] = {}

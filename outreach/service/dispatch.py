@@ -65,6 +65,7 @@ from outreach.service.state import (
 from outreach.store import models as m
 from outreach.store.bulk import insert_rows, update_rows
 from outreach.store.db import transaction
+from outreach.store.keysets import keys_in
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +114,20 @@ _BY_ID = (
 )
 _LOCK_QUERIES = {False: _BY_ID, True: _BY_ID.with_for_update()}
 # a batch's messages for the final gate, as plain rows; locked in id order on PostgreSQL
-_GATE_QUERY = HELD_QUERY.where(
-    m.Message.__table__.c.id.in_(bindparam("ids", expanding=True))
-).order_by(m.Message.__table__.c.id)
+_GATE_QUERY = HELD_QUERY.where(keys_in(m.Message.__table__.c.id, "ids")).order_by(
+    m.Message.__table__.c.id
+)
 _GATE_QUERIES = {False: _GATE_QUERY, True: _GATE_QUERY.with_for_update()}
 _MESSAGES = cast(Table, m.Message.__table__)
 _EVENTS = cast(Table, m.MessageEvent.__table__)
 _ACCEPTANCE_QUERY = select(_MESSAGES.c.id, _MESSAGES.c.status, _MESSAGES.c.sent_at).where(
-    _MESSAGES.c.id.in_(bindparam("ids", expanding=True))
+    keys_in(_MESSAGES.c.id, "ids")
 )
 _ACCEPTANCE_QUERIES = {False: _ACCEPTANCE_QUERY, True: _ACCEPTANCE_QUERY.with_for_update()}
+_SENDING_QUERY = select(_MESSAGES.c.id, _MESSAGES.c.status, _MESSAGES.c.attempts).where(
+    keys_in(_MESSAGES.c.id, "ids")
+)
+_SENDING_QUERIES = {False: _SENDING_QUERY, True: _SENDING_QUERY.with_for_update()}
 
 
 def _step(
@@ -147,7 +152,7 @@ _DUE = (
 _DUE_LOCKED = _DUE.with_for_update(skip_locked=True)
 _QUEUE = (
     update(_MESSAGES)
-    .where(_MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
+    .where(keys_in(_MESSAGES.c.id, "ids"))
     .values(status=Status.QUEUED.value, reason=Reason.DUE.value, updated_at=bindparam("now"))
 )
 
@@ -626,12 +631,11 @@ class Dispatcher:
             return {}
         ids = [message_id for message_id, _, _ in ready]
         with transaction(self.sessions) as session:
-            query = select(_MESSAGES.c.id, _MESSAGES.c.status, _MESSAGES.c.attempts).where(
-                _MESSAGES.c.id.in_(ids)
-            )
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update()
-            found = {row.id: row for row in session.execute(query)}
+            postgres = session.get_bind().dialect.name == "postgresql"
+            found = {
+                row.id: row
+                for row in session.connection().execute(_SENDING_QUERIES[postgres], {"ids": ids})
+            }
             refused: dict[str, str] = {}
             rows: list[dict[str, object]] = []
             steps: list[dict[str, object]] = []

@@ -26,6 +26,7 @@ from outreach.service.state import (
 )
 from outreach.store import models as m
 from outreach.store.bulk import insert_returning
+from outreach.store.keysets import keys_in
 
 OPT_OUT = "opt_out"
 OPT_IN = "opt_in"
@@ -394,7 +395,7 @@ def record_statuses(
 
 _BY_PROVIDER_ID_QUERY = (
     planning.HELD_QUERY.add_columns(_MESSAGES.c.provider_id)
-    .where(_MESSAGES.c.provider_id.in_(bindparam("ids", expanding=True)))
+    .where(keys_in(_MESSAGES.c.provider_id, "ids"))
     .order_by(_MESSAGES.c.id)
 )
 _BY_PROVIDER_IDS = {False: _BY_PROVIDER_ID_QUERY, True: _BY_PROVIDER_ID_QUERY.with_for_update()}

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, tuple_, update
+from sqlalchemy import Table, and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
@@ -48,6 +48,7 @@ from outreach.service.ingest import (
 )
 from outreach.store import models as m
 from outreach.store.db import transaction
+from outreach.store.keysets import keys_in
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def _one_by_one_on_failure(
 _UNAPPLIED = (PENDING_OUTCOME, FAILED_OUTCOME)
 _PENDING_OF = (
     select(_INBOX.c.id)
-    .where(_INBOX.c.id.in_(bindparam("ids", expanding=True)), _INBOX.c.outcome.in_(_UNAPPLIED))
+    .where(keys_in(_INBOX.c.id, "ids"), _INBOX.c.outcome.in_(_UNAPPLIED))
     .order_by(_INBOX.c.id)
 )
 

@@ -34,6 +34,7 @@ from outreach.service.messages import detail_text, new_id, record
 from outreach.service.state import flush_state, load_borrowers, load_loans
 from outreach.store import models as m
 from outreach.store.bulk import insert_rows, update_rows
+from outreach.store.keysets import keys_in
 
 # A loan that no longer needs collecting is `cancelled`; a message withheld by a rule about the
 # borrower is `suppressed`.
@@ -417,7 +418,7 @@ def _pending_of(
     query = _PENDING_OF.get((column, lock))
     if query is None:
         query = HELD_QUERY.where(
-            _HELD.c.status.in_(PENDING), _HELD.c[column].in_(bindparam("ids", expanding=True))
+            _HELD.c.status.in_(PENDING), keys_in(_HELD.c[column], "ids")
         ).order_by(_HELD.c.id)
         if lock:
             query = query.with_for_update()
@@ -433,7 +434,7 @@ def _pending_of(
 
 
 _KEYS_OF_LOANS = select(_MESSAGES.c.loan_id, _MESSAGES.c.idempotency_key).where(
-    _MESSAGES.c.loan_id.in_(bindparam("ids", expanding=True))
+    keys_in(_MESSAGES.c.loan_id, "ids")
 )
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, Self, TypeVar, cast
 
@@ -27,6 +28,7 @@ from outreach.domain import (
 from outreach.service import events as ev
 from outreach.store import models as m
 from outreach.store.bulk import insert_rows, update_rows
+from outreach.store.keysets import keys_in
 
 _LOANS = cast(Table, m.Loan.__table__)
 LOAN_COLUMNS = tuple(column.name for column in _LOANS.columns)
@@ -58,11 +60,21 @@ class HeldRecord:
     HELD: ClassVar[str]
 
     __slots__ = ("_written",)
+    # COLUMNS read and set in one step (a loop of getattr/setattr costs several times as much
+    # per row, and a nightly report holds every loan)
+    _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]
+    _ASSIGN: ClassVar[Callable[[Any, Sequence[Any]], None]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._VALUES = operator.attrgetter(*cls.COLUMNS)
+        cls._ASSIGN = _assigner(cls.COLUMNS)
 
     def __init__(self, values: Sequence[Any], *, stored: bool) -> None:
         """From the row's values in COLUMNS order."""
-        for name, value in zip(self.COLUMNS, values, strict=True):
-            setattr(self, name, value)
+        if len(values) != len(self.COLUMNS):
+            raise ValueError(f"{type(self).__name__} takes {len(self.COLUMNS)} values")
+        type(self)._ASSIGN(self, values)
         # the values the database has, or None for a row not inserted yet
         self._written: tuple[Any, ...] | None = tuple(values) if stored else None
 
@@ -72,7 +84,18 @@ class HeldRecord:
         return cls([key if name == "id" else None for name in cls.COLUMNS], stored=False)
 
     def values(self) -> tuple[Any, ...]:
-        return tuple([getattr(self, name) for name in self.COLUMNS])
+        return type(self)._VALUES(self)
+
+
+def _assigner(columns: Sequence[str]) -> Callable[[Any, Sequence[Any]], None]:
+    """A function setting `columns` on an object from a sequence of values, in one unpacking
+    (the names are a table's own columns, checked as identifiers)."""
+    if not all(name.isidentifier() for name in columns):
+        raise ValueError(f"not attribute names: {columns}")
+    targets = ", ".join(f"record.{name}" for name in columns)
+    namespace: dict[str, Any] = {}
+    exec(f"def assign(record, values):\n    ({targets},) = values\n", namespace)
+    return cast(Callable[[Any, Sequence[Any]], None], namespace["assign"])
 
 
 class LoanRecord(HeldRecord):
@@ -130,7 +153,7 @@ class BorrowerRecord(HeldRecord):
 _BY_ID: dict[tuple[str, bool], Select[Any]] = {}
 _PHONES_OF = (
     select(_PHONE_TABLE.c.borrower_id, _PHONE_TABLE.c.phone)
-    .where(_PHONE_TABLE.c.borrower_id.in_(bindparam("keys", expanding=True)))
+    .where(keys_in(_PHONE_TABLE.c.borrower_id, "keys"))
     .order_by(_PHONE_TABLE.c.borrower_id, _PHONE_TABLE.c.position)
 )
 
@@ -151,7 +174,7 @@ def hold(session: Session, kind: type[Held], keys: Iterable[str]) -> dict[str, H
     postgres = session.get_bind().dialect.name == "postgresql"
     query = _BY_ID.get((kind.TABLE.name, postgres))
     if query is None:
-        query = select(kind.TABLE).where(kind.TABLE.c.id.in_(bindparam("keys", expanding=True)))
+        query = select(kind.TABLE).where(keys_in(kind.TABLE.c.id, "keys"))
         query = _BY_ID[(kind.TABLE.name, postgres)] = query.with_for_update() if postgres else query
     connection = session.connection()
     for index in range(0, len(wanted), _IN_CHUNK):
@@ -538,11 +561,11 @@ _PHONES_QUERY = (
 )
 _LOAN_QUERY = select(_LOANS).where(_LOANS.c.id == bindparam("loan_id"))
 _OPTED_OUT_QUERY = select(_OPT_OUTS.c.channel, _OPT_OUTS.c.recipient).where(
-    _OPT_OUTS.c.recipient.in_(bindparam("recipients", expanding=True)),
+    keys_in(_OPT_OUTS.c.recipient, "recipients"),
     _OPT_OUTS.c.opted_out.is_(True),
 )
 _INVALID_QUERY = select(_INVALID.c.channel, _INVALID.c.recipient).where(
-    _INVALID.c.recipient.in_(bindparam("recipients", expanding=True))
+    keys_in(_INVALID.c.recipient, "recipients")
 )
 _RESTRICTIONS_QUERY = select(_RESTRICTIONS).where(
     _RESTRICTIONS.c.borrower_id == bindparam("borrower_id")
@@ -722,7 +745,7 @@ def _rows_in(
     shape = (table.name, column, order_by)
     query = _ROWS_IN.get(shape)
     if query is None:
-        query = select(table).where(table.c[column].in_(bindparam("keys", expanding=True)))
+        query = select(table).where(keys_in(table.c[column], "keys"))
         if order_by:
             query = query.order_by(*(table.c[name] for name in order_by))
         _ROWS_IN[shape] = query

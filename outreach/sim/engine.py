@@ -70,6 +70,8 @@ CLAIM_BATCH = 500
 MAX_CLAIMS_PER_INSTANT = 3
 _DAY = dt.timedelta(days=1)
 _SECOND = dt.timedelta(seconds=1)
+# the next instant a message falls due (asked at every instant of a run: built once)
+_FIRST_DUE = select(func.min(m.Message.send_at)).where(m.Message.status.in_(DUE_STATUSES))
 
 
 class VirtualClock:
@@ -376,10 +378,8 @@ class Simulator:
             outcome_at = sender.next_outcome_at()
             if outcome_at is not None:
                 candidates.append(outcome_at)
-        with self.env.sessions() as session:
-            due = session.scalar(
-                select(func.min(m.Message.send_at)).where(m.Message.status.in_(DUE_STATUSES))
-            )
+        with self.env.engine.connect() as connection:
+            due = connection.execute(_FIRST_DUE).scalar()
         if due is not None:
             candidates.append(due)
         upcoming = min(candidates)

@@ -17,9 +17,10 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Dialect, Table, select
+from sqlalchemy import CursorResult, Dialect, String, Table, select
 from sqlalchemy.orm import Session
 
+from outreach.store.keysets import keys_in
 from outreach.store.types import Amount, UTCDateTime
 
 _STATEMENTS: dict[tuple[str, ...], tuple[Any, list[Any]]] = {}
@@ -137,16 +138,22 @@ def _remembering(table: Table, name: str, dialect: Dialect) -> Any:
 
 
 def _driver_many(
-    session: Session, sql: str, processors: list[Any], rows: list[tuple[Any, ...]]
+    session: Session,
+    sql: str,
+    processors: list[Any],
+    columns: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
 ) -> int:
-    converted = [
-        tuple(
-            value if process is None or value is None else process(value)
-            for process, value in zip(processors, row, strict=True)
-        )
-        for row in rows
-    ]
-    result = session.connection().exec_driver_sql(sql, converted)
+    """The rows' `columns` (in the statement's order) through the driver's executemany,
+    converted column by column: a comprehension per column costs a fraction of a generator
+    per row."""
+    values: list[list[Any]] = []
+    for name, process in zip(columns, processors, strict=True):
+        column = [row[name] for row in rows]
+        if process is not None:
+            column = [None if value is None else process(value) for value in column]
+        values.append(column)
+    result = session.connection().exec_driver_sql(sql, list(zip(*values, strict=True)))
     return cast(CursorResult[Any], result).rowcount
 
 
@@ -173,9 +180,7 @@ def insert_rows(
     columns = tuple(rows[0])
     if dialect.name == "sqlite":
         sql, processors = _driver_statement(table, "insert", columns, conflict or "", dialect)
-        return _driver_many(
-            session, sql, processors, [tuple(row[name] for name in columns) for row in rows]
-        )
+        return _driver_many(session, sql, processors, columns, rows)
     if len(rows) == 1:
         single = statement if statement is not None else table.insert()
         return cast(CursorResult[Any], _one_by_one(session, single, rows)).rowcount
@@ -203,9 +208,15 @@ def insert_returning(
         wanted = list(dict.fromkeys(row[conflict] for row in rows))
         column = table.c[conflict]
         present: set[Any] = set()
+        text_keys = isinstance(column.type, String)
+        query = select(column).where(keys_in(column, "keys")) if text_keys else None
         for index in range(0, len(wanted), 500):
-            query = select(column).where(column.in_(wanted[index : index + 500]))
-            present.update(session.connection().execute(query).scalars())
+            chunk = wanted[index : index + 500]
+            if query is None:
+                found = session.connection().execute(select(column).where(column.in_(chunk)))
+            else:
+                found = session.connection().execute(query, {"keys": chunk})
+            present.update(found.scalars())
         fresh = [row for row in rows if row[conflict] not in present]
         insert_rows(session, table, fresh, conflict=conflict)
         return {row[conflict] for row in fresh}
@@ -231,9 +242,7 @@ def update_rows(
     columns = tuple(name for name in rows[0] if name != key)
     if dialect.name == "sqlite":
         sql, processors = _driver_statement(table, "update", columns, key, dialect)
-        _driver_many(
-            session, sql, processors, [(*(row[name] for name in columns), row[key]) for row in rows]
-        )
+        _driver_many(session, sql, processors, (*columns, key), rows)
         return
     sql, processors = _unnest_update(table, key, columns, dialect)
     _binary(session, sql, _params((key, *columns), processors, rows))

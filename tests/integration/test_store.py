@@ -10,6 +10,7 @@ from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from outreach.store.keysets import KeyList, keys_in
 from outreach.store.migrate import downgrade, is_current, upgrade
 from outreach.store.models import Base, Loan, Message, MessageEvent, ReceivedEvent
 
@@ -153,3 +154,41 @@ def test_migrations_build_the_schema_the_models_declare(engine: Engine) -> None:
             MigrationContext.configure(connection, opts={"compare_type": False}), Base.metadata
         )
     assert differences == []
+
+
+def test_a_key_list_finds_the_rows_an_in_list_finds(engine: Engine) -> None:
+    """`keys_in` binds a list of ids as one parameter (json_each on SQLite, an IN list on
+    PostgreSQL); it must select exactly what a literal IN list selects, whatever the number
+    of keys, with quotes, non-ASCII and repeated keys."""
+    ids = ["L1", "L2", 'L"3', "L'4", "贷款5", "L6"]
+    with Session(engine) as session:
+        for index, loan_id in enumerate(ids):
+            session.add(
+                Loan(
+                    id=loan_id,
+                    borrower_id="b1",
+                    product="personal",
+                    currency="USD",
+                    amount_due=Decimal("10.00"),
+                    balance=Decimal("100.00"),
+                    days_past_due=index,
+                    due_date=dt.date(2026, 11, 1),
+                    account_number="1234567890",
+                    state_as_of=NOW,
+                    created_at=NOW,
+                    updated_at=NOW,
+                )
+            )
+        session.commit()
+    query = select(Loan.id, Loan.days_past_due).where(keys_in(Loan.id, "ids")).order_by(Loan.id)
+    with engine.connect() as connection:
+        for wanted in ([], ["L1"], ["L2", "missing", 'L"3', "L'4"], ["贷款5", "L6", "L6"], ids):
+            found = connection.execute(query, {"ids": wanted}).all()
+            literal = select(Loan.id, Loan.days_past_due).where(Loan.id.in_(wanted))
+            assert found == connection.execute(literal.order_by(Loan.id)).all()
+            assert {row.id for row in found} == set(wanted) - {"missing"}
+
+
+def test_a_key_list_refuses_keys_that_are_not_text() -> None:
+    with pytest.raises(TypeError, match="text keys only"):
+        KeyList().process_bind_param([1, 2], None)
