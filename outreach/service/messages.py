@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 import time
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from outreach.domain import DELIVERY_RANK, Status
 from outreach.store import models as m
+from outreach.store.keysets import keys_in
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # the simulator's --seed while `seeded_ids` is active: the random part of new identifiers is
@@ -103,6 +105,12 @@ def may_move(current: Status, new: Status) -> bool:
 def iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
+    return _iso(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso(value: dt.datetime) -> str:
+    # a log's instants repeat (every step of a batch is taken at the same one)
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -152,6 +160,7 @@ def as_record(
 
 _MESSAGES = cast(Table, m.Message.__table__)
 _STEPS = cast(Table, m.MessageEvent.__table__)
+_STEPS_OF = select(_STEPS).where(keys_in(_STEPS.c.message_id, "ids")).order_by(_STEPS.c.id)
 
 
 def records_of(session: Session, rows: Sequence[Row[Any]]) -> list[dict[str, Any]]:
@@ -160,11 +169,7 @@ def records_of(session: Session, rows: Sequence[Row[Any]]) -> list[dict[str, Any
     ids = [row.id for row in rows]
     steps: dict[str, list[Row[Any]]] = {message_id: [] for message_id in ids}
     for index in range(0, len(ids), 500):
-        query = (
-            select(_STEPS)
-            .where(_STEPS.c.message_id.in_(ids[index : index + 500]))
-            .order_by(_STEPS.c.id)
-        )
-        for step in session.connection().execute(query):
+        chunk = ids[index : index + 500]
+        for step in session.connection().execute(_STEPS_OF, {"ids": chunk}):
             steps[step.message_id].append(step)
     return [as_record(row, events=steps[row.id]) for row in rows]

@@ -88,6 +88,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # as the store configures SQLite, but nothing needs to survive a crash of the run
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # pages that hold a message row with its rendered email whole: with the default 4 KiB,
+    # each such row spills into overflow pages that every later status change rewrites
+    cursor.execute("PRAGMA page_size=8192")
     cursor.execute("PRAGMA journal_mode=MEMORY")
     cursor.execute("PRAGMA synchronous=OFF")
     cursor.execute("PRAGMA temp_store=MEMORY")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from outreach.service.events import Event, EventError, parse_event
+from outreach.sim.collection import paused_collection
 from outreach.sim.results import SimulationInputError
 
 SMS_INBOUND = "sms.inbound"
@@ -83,14 +85,15 @@ class EventBook:
     ) -> EventBook:
         """The book of these lines; with `keep`, of the lines whose number it accepts."""
         book = cls(source)
-        for number, raw in enumerate(lines, start=1):
-            if keep is not None and not keep(number):
-                continue
-            text = raw.strip()
-            if not text:
-                continue
-            event = _checked(source, text, number)
-            book.entries.append(_Entry(event.occurred_at, number, text))
+        with paused_collection():
+            for number, raw in enumerate(lines, start=1):
+                if keep is not None and not keep(number):
+                    continue
+                text = raw.strip()
+                if not text:
+                    continue
+                event = _checked(source, text, number)
+                book.entries.append(_Entry(event.occurred_at, number, text))
         book.entries.sort(key=lambda entry: (entry.occurred_at, entry.line))
         return book
 
@@ -100,7 +103,7 @@ class EventBook:
         source = str(path)
         book = cls(source, path=path)
         try:
-            with path.open("rb") as handle:
+            with path.open("rb") as handle, paused_collection():
                 offset = 0
                 for number, raw in enumerate(handle, start=1):
                     start, offset = offset, offset + len(raw)
@@ -164,9 +167,10 @@ class EventCursor:
             return entry.text
         if self._file is None:
             assert self._path is not None  # entries without text come from a file
-            self._file = self._path.open("rb")
-        self._file.seek(entry.offset)
-        return self._file.read(entry.length).decode("utf-8").strip()
+            self._file = self._path.open("rb", buffering=0)
+        # one positioned read per line: a seek of a buffered file drops its buffer, and the
+        # read after it fills a whole one again
+        return os.pread(self._file.fileno(), entry.length, entry.offset).decode("utf-8").strip()
 
     def close(self) -> None:
         if self._file is not None:

@@ -37,6 +37,7 @@ import orjson
 import phonenumbers
 
 from outreach.settings import Settings
+from outreach.sim.collection import paused_collection
 from outreach.sim.results import (
     ProgressBar,
     SimulationError,
@@ -141,11 +142,13 @@ def plan_shards(path: Path, jobs: int) -> ShardPlan | None:
     """Split the book's groups between `jobs` processes, largest groups first, each to the
     process with the fewest events so far. None when the book is better run in one process:
     too small, one group, or a line that is not JSON (one process reports it as usual)."""
+    if jobs < 2:
+        return None
     groups = _Groups()
     joined: set[tuple[str, ...]] = set()  # a loan is reported daily: join its names once
     first_name: list[str | None] = []
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8") as handle, paused_collection():
             for raw in handle:
                 text = raw.strip()
                 if not text:
