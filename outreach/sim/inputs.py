@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
@@ -54,8 +54,10 @@ def _checked(source: str, text: str, line: int) -> Event:
         raise SimulationInputError(source, line, str(error)) from None
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
+    """One event's place in the book; entries sort by when they occurred, then by line (a
+    tuple: made and sorted several times faster than an object, for every line of a book)."""
+
     occurred_at: dt.datetime
     line: int
     # the line itself, or None when it is read again from the book's file
@@ -94,7 +96,7 @@ class EventBook:
                     continue
                 event = _checked(source, text, number)
                 book.entries.append(_Entry(event.occurred_at, number, text))
-        book.entries.sort(key=lambda entry: (entry.occurred_at, entry.line))
+        book.entries.sort()  # by (occurred_at, line): a line number is never repeated
         return book
 
     @classmethod
@@ -121,7 +123,7 @@ class EventBook:
                     book.entries.append(_Entry(event.occurred_at, number, None, start, len(raw)))
         except OSError as error:
             raise SimulationInputError(source, 0, error.strerror or str(error)) from None
-        book.entries.sort(key=lambda entry: (entry.occurred_at, entry.line))
+        book.entries.sort()  # by (occurred_at, line): a line number is never repeated
         return book
 
     @classmethod
