@@ -35,10 +35,11 @@ class EventError(PermanentError):
 
 
 def _decimal_string(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    # JSON gives exactly str (or int): checked first, as every event carries amounts
+    if type(value) is not str and (isinstance(value, bool) or not isinstance(value, str | int)):
         raise ValueError('must be a decimal string such as "120.50"')
     try:
-        amount = Decimal(str(value))
+        amount = Decimal(value if type(value) is str else str(value))
     except InvalidOperation:
         raise ValueError(f"'{value}' is not a decimal number") from None
     if not amount.is_finite():
