@@ -190,10 +190,38 @@ class DunningView:
         return min([*later, *ends], default=None)
 
 
+# the views worked out last, by identity of their inputs and the lender's day (see below)
+_VIEWS: dict[
+    tuple[int, int, int, dt.date], tuple[Policy, BorrowerState, LoanState, DunningView]
+] = {}
+_MAX_VIEWS = 4096
+
+
 def dunning_view(
     policy: Policy, borrower: BorrowerState, loan: LoanState, now: dt.datetime
 ) -> DunningView:
+    """The loan's place in its cadence at `now`.
+
+    It depends on `now` only through the lender's day, and re-planning a loan asks for the
+    same day's view several times (the plan, each pending message's gate, the look ahead),
+    so the last few thousand are remembered, held by the identity of the (immutable) policy,
+    borrower and loan states they were worked out from.
+    """
     today = local_day(policy, now)
+    key = (id(policy), id(borrower), id(loan), today)
+    found = _VIEWS.get(key)
+    if found is not None and found[0] is policy and found[1] is borrower and found[2] is loan:
+        return found[3]
+    view = _dunning_view(policy, borrower, loan, now, today)
+    if len(_VIEWS) >= _MAX_VIEWS:
+        _VIEWS.clear()
+    _VIEWS[key] = (policy, borrower, loan, view)
+    return view
+
+
+def _dunning_view(
+    policy: Policy, borrower: BorrowerState, loan: LoanState, now: dt.datetime, today: dt.date
+) -> DunningView:
     days_past_due = effective_days_past_due(policy, loan, now)
     stage = policy.stage_at(days_past_due)
     all_pauses = pauses(policy, loan, today)
