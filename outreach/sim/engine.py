@@ -45,7 +45,7 @@ from outreach.service.events import Event, SmsInbound
 from outreach.service.inbound import StatusReport, handle_sms_reply, record_statuses
 from outreach.service.ingest import ingest_many
 from outreach.service.messages import records_of, seeded_ids
-from outreach.service.planning import PlanWork, loans_of, plan_batch
+from outreach.service.planning import PlanWork, loans_of, loans_of_many, plan_batch
 from outreach.settings import Settings
 from outreach.sim.inputs import EventBook
 from outreach.sim.results import (
@@ -429,10 +429,20 @@ class Simulator:
             raise SimulationError(
                 f"events on line(s) {lines} failed: {type(error).__name__}: {error}"
             ) from error
+        borrowers: list[str] = []
         for (_, applied), result in zip(run, results, strict=True):
             self.stats.events[result.outcome or result.status] += 1
-            if result.replanned:
-                self._mark_dirty(session, applied)
+            if not result.replanned:
+                continue
+            if applied.loan_id is not None:
+                self._dirty.add(applied.loan_id)
+            if applied.borrower_id is not None and applied.type != "loan.updated":
+                borrowers.append(applied.borrower_id)
+        if borrowers:
+            # every loan of a changed borrower, read together: each read on its own writes
+            # back the transaction's state first, every loan held by the run, each time
+            for loan_ids in loans_of_many(session, borrowers).values():
+                self._dirty.update(loan_ids)
 
     def _reply(self, session: Session, line: int, event: Event) -> None:
         assert isinstance(event.data, SmsInbound)
@@ -452,12 +462,6 @@ class Simulator:
         self.stats.replies[outcome.classification] += 1
         if outcome.borrower_id is not None:
             self._dirty.update(loans_of(session, outcome.borrower_id))
-
-    def _mark_dirty(self, session: Session, event: Event) -> None:
-        if event.loan_id is not None:
-            self._dirty.add(event.loan_id)
-        if event.borrower_id is not None and event.type != "loan.updated":
-            self._dirty.update(loans_of(session, event.borrower_id))
 
     def _record_outcomes(self) -> None:
         due = [
