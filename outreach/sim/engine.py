@@ -57,6 +57,7 @@ from outreach.sim.results import (
 )
 from outreach.store import models as m
 from outreach.store.db import JSON_CODEC, make_session_factory, transaction
+from outreach.store.keysets import keys_in
 from outreach.store.migrate import upgrade
 from outreach.wiring import cap_reserver, link_secret
 
@@ -70,6 +71,9 @@ CLAIM_BATCH = 500
 MAX_CLAIMS_PER_INSTANT = 3
 _DAY = dt.timedelta(days=1)
 _SECOND = dt.timedelta(seconds=1)
+_BORROWERS_OF_MESSAGES = (
+    select(m.Message.borrower_id).where(keys_in(m.Message.id, "ids")).distinct()
+)
 # the next instant a message falls due (asked at every instant of a run: built once)
 _FIRST_DUE = select(func.min(m.Message.send_at)).where(m.Message.status.in_(DUE_STATUSES))
 
@@ -543,16 +547,21 @@ class Simulator:
             for message_id in ids:
                 claims[message_id] += 1
             outcomes = env.dispatcher.dispatch_many(fresh)
+            # a rejection may opt the borrower out or mark the number dead; a deferral moves
+            # the message to an instant the next re-plan judges it at
+            unsettled: list[str] = []
             for message_id in fresh:
                 kind = outcomes[message_id].partition(":")[0]
                 self.stats.dispatches[kind] += 1
                 if kind in ("failed", "deferred", "retry"):
-                    # a rejection may opt the borrower out or mark the number dead; a deferral
-                    # moves the message to an instant the next re-plan judges it at
-                    with env.sessions() as session:
-                        row = session.get(m.Message, message_id)
-                        if row is not None:
-                            self._dirty.update(loans_of(session, row.borrower_id))
+                    unsettled.append(message_id)
+            if unsettled:
+                with env.sessions() as session:
+                    borrowers = session.connection().execute(
+                        _BORROWERS_OF_MESSAGES, {"ids": unsettled}
+                    )
+                    for loan_ids in loans_of_many(session, borrowers.scalars().all()).values():
+                        self._dirty.update(loan_ids)
             if not fresh:
                 return
 
