@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import functools
 import hashlib
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from outreach.domain import DELIVERY_RANK, Status
 from outreach.store import models as m
+from outreach.store.bulk import row_tuple
 from outreach.store.keysets import keys_in
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -163,28 +163,21 @@ _MESSAGES = cast(Table, m.Message.__table__)
 _STEPS = cast(Table, m.MessageEvent.__table__)
 _STEPS_OF = select(_STEPS).where(keys_in(_STEPS.c.message_id, "ids")).order_by(_STEPS.c.id)
 
-# the columns of `select(table)` in order, read by name as a Row is
-_MessageValues: Any = collections.namedtuple(  # type: ignore[misc]
-    "_MessageValues", [c.key for c in _MESSAGES.c]
-)
-_StepValues: Any = collections.namedtuple(  # type: ignore[misc]
-    "_StepValues", [c.key for c in _STEPS.c]
-)
-
 
 def records_of(session: Session, rows: Sequence[Row[Any]]) -> list[dict[str, Any]]:
     """`as_record` for rows of the messages table read with Core, their timelines read in
     one query per 500 messages."""
-    # as plain named tuples: a Row's attribute costs several times a tuple's, and a record
-    # reads every column of its message and of each step
-    if rows and tuple(rows[0]._fields) != _MessageValues._fields:
+    # as plain named tuples (`row_tuple`): a record reads every column of its message and
+    # of each of its steps
+    message_row, step_row = row_tuple(_MESSAGES), row_tuple(_STEPS)
+    if rows and tuple(rows[0]._fields) != message_row._fields:
         raise ValueError("records_of reads rows of every column of the messages table")
-    messages: list[Any] = [_MessageValues._make(row) for row in rows]
+    messages: list[Any] = [message_row._make(row) for row in rows]
     steps: dict[str, list[Any]] = {message.id: [] for message in messages}
     ids = list(steps)
     for index in range(0, len(ids), 500):
         chunk = ids[index : index + 500]
         for row in session.connection().execute(_STEPS_OF, {"ids": chunk}):
-            step: Any = _StepValues._make(row)
+            step = step_row._make(row)
             steps[step.message_id].append(step)
     return [as_record(message, events=steps[message.id]) for message in messages]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +27,7 @@ from outreach.domain import (
 )
 from outreach.service import events as ev
 from outreach.store import models as m
-from outreach.store.bulk import insert_rows, update_rows
+from outreach.store.bulk import insert_rows, row_tuple, update_rows
 from outreach.store.keysets import keys_in
 
 _LOANS = cast(Table, m.Loan.__table__)
@@ -739,15 +738,11 @@ def compose_loan(
 _ROWS_IN: dict[tuple[str, str, tuple[str, ...]], Select[Any]] = {}
 
 
-_ROW_TUPLES: dict[str, Any] = {}
-
-
 def _rows_in(
     session: Session, table: Table, column: str, keys: Sequence[str], *order_by: str
 ) -> list[Any]:
     """Rows whose `column` is one of `keys`, in one query per 500 (built once per shape), as
-    named tuples of the table's columns: composing a state reads most of a row's columns by
-    name, which costs several times as much on a Row."""
+    named tuples of the table's columns (`row_tuple`)."""
     shape = (table.name, column, order_by)
     query = _ROWS_IN.get(shape)
     if query is None:
@@ -755,11 +750,7 @@ def _rows_in(
         if order_by:
             query = query.order_by(*(table.c[name] for name in order_by))
         _ROWS_IN[shape] = query
-    values: Any = _ROW_TUPLES.get(table.name)
-    if values is None:
-        values = _ROW_TUPLES[table.name] = collections.namedtuple(
-            f"{table.name}_row", [c.key for c in table.c]
-        )
+    values = row_tuple(table)
     rows: list[Any] = []
     for index in range(0, len(keys), _IN_CHUNK):
         chunk = list(keys[index : index + _IN_CHUNK])

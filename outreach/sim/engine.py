@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -45,7 +45,7 @@ from outreach.service.events import Event, SmsInbound
 from outreach.service.inbound import StatusReport, handle_sms_reply, record_statuses
 from outreach.service.ingest import ingest_many
 from outreach.service.messages import records_of, seeded_ids
-from outreach.service.planning import PlanWork, loans_of, loans_of_many, plan_batch
+from outreach.service.planning import PlanWork, loans_of_many, plan_batch
 from outreach.settings import Settings
 from outreach.sim.inputs import EventBook
 from outreach.sim.results import (
@@ -71,8 +71,12 @@ CLAIM_BATCH = 500
 MAX_CLAIMS_PER_INSTANT = 3
 _DAY = dt.timedelta(days=1)
 _SECOND = dt.timedelta(seconds=1)
+# the borrowers of messages, by message id and by provider id
 _BORROWERS_OF_MESSAGES = (
     select(m.Message.borrower_id).where(keys_in(m.Message.id, "ids")).distinct()
+)
+_BORROWERS_OF_PROVIDER_IDS = (
+    select(m.Message.borrower_id).where(keys_in(m.Message.provider_id, "ids")).distinct()
 )
 # the next instant a message falls due (asked at every instant of a run: built once)
 _FIRST_DUE = select(func.min(m.Message.send_at)).where(m.Message.status.in_(DUE_STATUSES))
@@ -442,11 +446,7 @@ class Simulator:
                 self._dirty.add(applied.loan_id)
             if applied.borrower_id is not None and applied.type != "loan.updated":
                 borrowers.append(applied.borrower_id)
-        if borrowers:
-            # every loan of a changed borrower, read together: each read on its own writes
-            # back the transaction's state first, every loan held by the run, each time
-            for loan_ids in loans_of_many(session, borrowers).values():
-                self._dirty.update(loan_ids)
+        self._mark_borrowers(session, borrowers)
 
     def _reply(self, session: Session, line: int, event: Event) -> None:
         assert isinstance(event.data, SmsInbound)
@@ -465,7 +465,14 @@ class Simulator:
             ) from error
         self.stats.replies[outcome.classification] += 1
         if outcome.borrower_id is not None:
-            self._dirty.update(loans_of(session, outcome.borrower_id))
+            self._mark_borrowers(session, [outcome.borrower_id])
+
+    def _mark_borrowers(self, session: Session, borrower_ids: Sequence[str]) -> None:
+        """Every loan of these borrowers is re-planned at the next day boundary; read in one
+        query (a read per borrower writes back all the state a transaction holds, each time)."""
+        if borrower_ids:
+            for loan_ids in loans_of_many(session, borrower_ids).values():
+                self._dirty.update(loan_ids)
 
     def _record_outcomes(self) -> None:
         due = [
@@ -484,17 +491,11 @@ class Simulator:
             )
             failed = [provider_id for provider_id, _, error_code in due if error_code]
             # an opt-out or a dead number changes what the borrower may receive
-            borrowers = (
-                session.scalars(
-                    select(m.Message.borrower_id)
-                    .where(m.Message.provider_id.in_(failed))
-                    .distinct()
-                ).all()
-                if failed
-                else []
-            )
-            for borrower_id in borrowers:
-                self._dirty.update(loans_of(session, borrower_id))
+            if failed:
+                borrowers = session.connection().execute(
+                    _BORROWERS_OF_PROVIDER_IDS, {"ids": failed}
+                )
+                self._mark_borrowers(session, borrowers.scalars().all())
         for _, status, _ in due:
             self.stats.outcomes[status] += 1
 
@@ -560,8 +561,7 @@ class Simulator:
                     borrowers = session.connection().execute(
                         _BORROWERS_OF_MESSAGES, {"ids": unsettled}
                     )
-                    for loan_ids in loans_of_many(session, borrowers.scalars().all()).values():
-                        self._dirty.update(loan_ids)
+                    self._mark_borrowers(session, borrowers.scalars().all())
             if not fresh:
                 return
 

@@ -13,11 +13,12 @@ work (which costs several times the insert itself). Rows are inserted in the ord
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Dialect, String, Table, select
+from sqlalchemy import CursorResult, Dialect, Table, select
 from sqlalchemy.orm import Session
 
 from outreach.store.keysets import keys_in
@@ -208,15 +209,10 @@ def insert_returning(
         wanted = list(dict.fromkeys(row[conflict] for row in rows))
         column = table.c[conflict]
         present: set[Any] = set()
-        text_keys = isinstance(column.type, String)
-        query = select(column).where(keys_in(column, "keys")) if text_keys else None
+        query = select(column).where(keys_in(column, "keys"))  # text keys: event, callback ids
         for index in range(0, len(wanted), 500):
             chunk = wanted[index : index + 500]
-            if query is None:
-                found = session.connection().execute(select(column).where(column.in_(chunk)))
-            else:
-                found = session.connection().execute(query, {"keys": chunk})
-            present.update(found.scalars())
+            present.update(session.connection().execute(query, {"keys": chunk}).scalars())
         fresh = [row for row in rows if row[conflict] not in present]
         insert_rows(session, table, fresh, conflict=conflict)
         return {row[conflict] for row in fresh}
@@ -226,6 +222,14 @@ def insert_returning(
     sql, processors = _unnest_insert(table, columns, conflict, returning, dialect)
     cursor = _binary(session, sql, _params(columns, processors, rows))
     return {row[0] for row in cursor.fetchall()}
+
+
+@functools.cache
+def row_tuple(table: Table) -> Any:
+    """A named tuple of the table's columns in order, for rows of `select(table)`: read by
+    name, a Row's attribute costs several times a tuple's, and composing a state or a record
+    reads most of a row's columns."""
+    return collections.namedtuple(f"{table.name}_row", [column.key for column in table.c])
 
 
 def update_rows(

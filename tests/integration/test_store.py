@@ -38,6 +38,25 @@ def a_message(key: str, **overrides: object) -> Message:
     return Message(**fields)
 
 
+def a_loan(loan_id: str, **overrides: object) -> Loan:
+    fields: dict[str, object] = {
+        "id": loan_id,
+        "borrower_id": "b1",
+        "product": "personal",
+        "currency": "USD",
+        "amount_due": Decimal("10.00"),
+        "balance": Decimal("100.00"),
+        "days_past_due": 0,
+        "due_date": dt.date(2026, 11, 1),
+        "account_number": "1234567890",
+        "state_as_of": NOW,
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    fields.update(overrides)
+    return Loan(**fields)
+
+
 def test_migrations_round_trip(engine: Engine) -> None:
     assert is_current(engine)
     downgrade(engine, "base")
@@ -54,19 +73,13 @@ def test_amounts_and_instants_come_back_exact_and_aware(engine: Engine) -> None:
     local = dt.datetime(2026, 3, 8, 1, 59, 59, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
     with Session(engine) as session:
         session.add(
-            Loan(
-                id="l1",
-                borrower_id="b1",
-                product="personal",
-                currency="USD",
+            a_loan(
+                "l1",
                 amount_due=Decimal("1234.56"),
                 balance=Decimal("98765.4321"),
                 days_past_due=-3,
                 due_date=dt.date(2026, 3, 11),
-                account_number="1234567890",
                 state_as_of=local,
-                created_at=NOW,
-                updated_at=NOW,
             )
         )
         session.commit()
@@ -163,22 +176,7 @@ def test_a_key_list_finds_the_rows_an_in_list_finds(engine: Engine) -> None:
     ids = ["L1", "L2", 'L"3', "L'4", "贷款5", "L6"]
     with Session(engine) as session:
         for index, loan_id in enumerate(ids):
-            session.add(
-                Loan(
-                    id=loan_id,
-                    borrower_id="b1",
-                    product="personal",
-                    currency="USD",
-                    amount_due=Decimal("10.00"),
-                    balance=Decimal("100.00"),
-                    days_past_due=index,
-                    due_date=dt.date(2026, 11, 1),
-                    account_number="1234567890",
-                    state_as_of=NOW,
-                    created_at=NOW,
-                    updated_at=NOW,
-                )
-            )
+            session.add(a_loan(loan_id, days_past_due=index))
         session.commit()
     query = select(Loan.id, Loan.days_past_due).where(keys_in(Loan.id, "ids")).order_by(Loan.id)
     with engine.connect() as connection:
