@@ -205,12 +205,13 @@ def dunning_view(
     It depends on `now` only through the lender's day, and re-planning a loan asks for the
     same day's view several times (the plan, each pending message's gate, the look ahead),
     so the last few thousand are remembered, held by the identity of the (immutable) policy,
-    borrower and loan states they were worked out from.
+    borrower and loan states they were worked out from. Each entry keeps those states alive,
+    so no other object can take their identity while it is remembered.
     """
     today = local_day(policy, now)
     key = (id(policy), id(borrower), id(loan), today)
     found = _VIEWS.get(key)
-    if found is not None and found[0] is policy and found[1] is borrower and found[2] is loan:
+    if found is not None:
         return found[3]
     view = _dunning_view(policy, borrower, loan, now, today)
     if len(_VIEWS) >= _MAX_VIEWS:
