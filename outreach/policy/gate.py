@@ -68,10 +68,16 @@ def gate(
     message: PlannedMessage,
     now: dt.datetime,
     *,
+    known_at: dt.datetime | None = None,
     cease_confirmations_sent: int = 0,
     optout_confirmations_sent: int = 0,
 ) -> Decision:
     """Send, wait until an instant, or suppress — with the reason — on the latest state.
+
+    `known_at`: when the state was read (default `now`). Asked about a later `now` — a
+    forecast, as planning asks about a message's send time — the gate suppresses only for
+    what time alone decides (a stage the loan will have aged out of, a visit that will have
+    passed); whether an instalment is missed waits for its day, as a payment may yet come.
 
     `cease_confirmations_sent`: cease-contact confirmations already sent (or on their way)
     to this borrower since the request; only the first is allowed. `optout_confirmations_sent`:
@@ -100,7 +106,7 @@ def gate(
         if purpose in _LOAN_PURPOSES:
             return Decision.suppress(Reason.SUPERSEDED, detail="loan state unknown")
     else:
-        about_loan = _check_loan(policy, borrower, loan, message, now)
+        about_loan = _check_loan(policy, borrower, loan, message, now, known_at or now)
         if about_loan is not None:
             return about_loan
 
@@ -139,6 +145,7 @@ def _check_loan(
     loan: LoanState,
     message: PlannedMessage,
     now: dt.datetime,
+    known_at: dt.datetime,
 ) -> Decision | None:
     purpose = message.purpose
     refs = message.refs
@@ -164,7 +171,9 @@ def _check_loan(
     if purpose in (Purpose.PROMISE_REMINDER, Purpose.BROKEN_PROMISE):
         return _check_promise(policy, loan, message, today)
     if purpose is Purpose.INSTALMENT_REMINDER:
-        return _check_instalment(policy, loan, message, today)
+        # a miss is a fact only once its day has passed by what is known
+        known_day = min(today, local_day(policy, known_at))
+        return _check_instalment(policy, loan, message, today, known_day)
     if purpose is Purpose.VISIT_NOTICE:
         visit_id = refs.get("visit_id")
         current = next((v for v in loan.visits if v.id == visit_id), None)
@@ -231,7 +240,7 @@ def _check_promise(
 
 
 def _check_instalment(
-    policy: Policy, loan: LoanState, message: PlannedMessage, today: dt.date
+    policy: Policy, loan: LoanState, message: PlannedMessage, today: dt.date, known_day: dt.date
 ) -> Decision | None:
     plan = latest_plan(loan)
     if plan is None or plan.id != message.refs.get("plan_id"):
@@ -243,8 +252,9 @@ def _check_instalment(
     if all(instalment.paid for instalment in that_day):
         return Decision.suppress(Reason.INSTALMENT_PAID)
     instalment = that_day[0]
-    if missed_instalment(policy, plan, today) is not None:
-        return Decision.suppress(Reason.PLAN_BROKEN)
+    missed = missed_instalment(policy, plan, known_day)
+    if missed is not None:
+        return Decision.suppress(Reason.PLAN_BROKEN, missed=missed.due_date.isoformat())
     if today > instalment.due_date:
         return Decision.suppress(Reason.EXPIRED)
     return None

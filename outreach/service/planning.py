@@ -318,6 +318,7 @@ def plan_message(
         loan,
         planned,
         message.gated_for,
+        known_at=now,
         cease_confirmations_sent=cease_confirmations_sent,
     )
     apply_planning_decision(message, decision, now)
@@ -651,6 +652,7 @@ def regate(
         loan,
         planned_from_row(row),
         max(now, row.send_at),
+        known_at=now,
         cease_confirmations_sent=cease_confirmations_sent(session, borrower.id)
         if row.purpose == Purpose.CEASE_CONFIRMATION.value
         else 0,

@@ -27,6 +27,7 @@ from outreach.domain import (
     Restriction,
 )
 from outreach.policy import counts_against_caps, gate, obeys_quiet_hours, plan, reply_message
+from tests.unit.policy_fixtures import SHANGHAI as SHANGHAI_ZONE
 from tests.unit.policy_fixtures import borrower, default_policy, loan, shanghai
 
 POLICY = default_policy()
@@ -381,3 +382,56 @@ def test_naive_now_is_refused() -> None:
             first_notice(loan(NOW, 1)),
             dt.datetime(2026, 3, 10, 3),
         )
+
+
+def fortnightly_plan(made: dt.datetime, count: int = 4) -> PaymentPlan:
+    first = made.astimezone(SHANGHAI_ZONE).date() + dt.timedelta(days=14)
+    instalments = tuple(
+        Instalment(first + dt.timedelta(days=14 * n), Decimal("300")) for n in range(count)
+    )
+    return PaymentPlan("PL1", instalments, made)
+
+
+def test_a_future_instalment_reminder_is_not_judged_on_payments_still_to_come() -> None:
+    """Planned at 22 days past due, each reminder's send time comes after the earlier
+    instalments' due dates, which nobody has paid yet: that is no miss to judge it by."""
+    made = shanghai(2026, 3, 10, 11)
+    state = loan(made, 22, plans=(fortnightly_plan(made),))
+    reminders = [
+        m for m in plan(POLICY, borrower(), state, made) if m.purpose is Purpose.INSTALMENT_REMINDER
+    ]
+    assert len(reminders) == 4
+    for reminder in reminders:
+        forecast = gate(POLICY, borrower(), state, reminder, reminder.send_at, known_at=made)
+        assert forecast.kind is not DecisionKind.SUPPRESS, (reminder.key, forecast)
+
+
+def test_a_kept_plan_lets_every_reminder_go_and_a_missed_one_stops_the_rest() -> None:
+    made = shanghai(2026, 3, 10, 11)
+    payment_plan = fortnightly_plan(made)
+    state = loan(made, 22, plans=(payment_plan,))
+    reminders = [
+        m for m in plan(POLICY, borrower(), state, made) if m.purpose is Purpose.INSTALMENT_REMINDER
+    ]
+    for index, reminder in enumerate(reminders):
+        # at its send time the borrower has paid every instalment before this one
+        paid = tuple(
+            dataclasses.replace(instalment, paid=n < index)
+            for n, instalment in enumerate(payment_plan.instalments)
+        )
+        kept = loan(made, 22, plans=(dataclasses.replace(payment_plan, instalments=paid),))
+        assert gate(POLICY, borrower(), kept, reminder, reminder.send_at).may_send, reminder.key
+    # the second instalment unpaid the day after its due date: the later reminders stop
+    the_day_after = dt.datetime.combine(
+        payment_plan.instalments[1].due_date + dt.timedelta(days=1), dt.time(9), SHANGHAI_ZONE
+    )
+    first_paid = tuple(
+        dataclasses.replace(instalment, paid=n == 0)
+        for n, instalment in enumerate(payment_plan.instalments)
+    )
+    missed = loan(made, 22, plans=(dataclasses.replace(payment_plan, instalments=first_paid),))
+    for reminder in reminders[2:]:
+        decision = check(
+            reason=Reason.PLAN_BROKEN, state=missed, message=reminder, at=the_day_after
+        )
+        assert decision.detail == {"missed": payment_plan.instalments[1].due_date.isoformat()}
