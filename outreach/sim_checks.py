@@ -14,23 +14,38 @@ planning or gating code that produced it:
   attorney stop everything; an open dispute stops collection messages;
 - no message handed to the provider twice.
 
-From the policy they take only facts: the candidate zones of a borrower (`candidate_zones`,
-as SPEC §5 defines them), the contact window and the caps that apply to the borrower.
+- every borrower the policy should reach by text in the first three days of a delinquency
+  was reached then, or has a message on the record saying why not (liveness: a rule that
+  silently drops messages breaks nothing above).
+
+They are a second opinion, so they derive what they judge by on their own: a borrower's
+candidate zones from the explicit zone, a table of their own of where each zone is, and
+libphonenumber asked directly; the window and caps from the policy's own figures and its
+jurisdictions; what a reply asks for from a keyword and phrase table of their own. From the
+policy they take only figures: windows, caps, the cadence steps and tags.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from phonenumbers import PhoneNumberType
+from phonenumbers import timezone as phone_timezone
 
 from outreach import policy as pol
 from outreach.domain import Address, BorrowerState, Channel, Purpose
+from outreach.policy.model import CapRule, DailyWindow
 
 # SPEC §5: a direct reply goes out at once, even in quiet hours, and counts against no cap;
 # a payment confirmation obeys quiet hours but no cap.
@@ -63,9 +78,178 @@ OPT_OUT_WORDS = frozenset(
     }
 )
 OPT_IN_WORDS = frozenset({"START", "UNSTOP", "YES"})
+# Plain requests to stop, found anywhere in a reply (after NFKC and lower-casing).
+OPT_OUT_PHRASES = (
+    "stop texting",
+    "stop messaging",
+    "stop contacting",
+    "stop sending",
+    "stop calling",
+    "don't text me",
+    "dont text me",
+    "do not text me",
+    "do not contact me",
+    "don't contact me",
+    "never text me",
+    "leave me alone",
+    "remove me",
+    "take me off",
+    "unsubscribe",
+    "opt me out",
+    "no more texts",
+    "no more messages",
+    "退订",
+    "退訂",
+    "取消订阅",
+    "取消訂閱",
+    "不要再发",
+    "不要再發",
+    "别再发",
+    "別再發",
+    "请勿再发",
+    "請勿再發",
+    "停止发送",
+    "停止發送",
+    "不要再联系",
+    "不要再聯繫",
+    "别再联系",
+    "別再聯繫",
+)
+# Where each zone is, written by zone ("zone: country-regions"): a country listed here is in
+# these zones only, a region in the zones that list it; any other country is in every zone
+# the tz database gives it. Postal codes are not looked at: a region spanning two zones must
+# suit both, which is stricter than the service (it may narrow by postal code), never laxer.
+ZONE_PLACES = """
+Asia/Shanghai: CN
+Asia/Taipei: TW
+Asia/Hong_Kong: HK
+Asia/Macau: MO
+Asia/Tokyo: JP
+Asia/Seoul: KR
+Asia/Singapore: SG
+America/New_York: US-CT DC DE FL GA IN KY MA MD ME MI NC NH NJ NY OH PA RI SC TN VA VT WV
+America/Chicago: US-AL AR FL IA IL IN KS KY LA MI MN MO MS ND NE OK SD TN TX WI
+America/Denver: US-AZ CO ID KS MT ND NE NM NV OR SD TX UT WY
+America/Phoenix: US-AZ
+America/Los_Angeles: US-CA ID NV OR WA
+America/Anchorage: US-AK
+America/Adak: US-AK
+Pacific/Honolulu: US-HI
+"""
+# libphonenumber: only a number of these types places its holder (and only with three zones
+# or fewer): toll-free, VoIP, premium and the like say nothing about where anyone is
+PLACED_NUMBER_TYPES = frozenset(
+    {PhoneNumberType.FIXED_LINE, PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE}
+)
 STOPPING = frozenset({"cease_contact", "bankruptcy", "deceased", "attorney"})
 OPT_OUT_PROVIDER_CODES = frozenset({"21610"})
 MAX_EXAMPLES = 20
+
+
+@functools.cache
+def _zone_places() -> tuple[dict[str, list[str]], dict[tuple[str, str], list[str]]]:
+    """ZONE_PLACES read: the zones of each country, and of each (country, region)."""
+    by_country: dict[str, list[str]] = defaultdict(list)
+    by_region: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for line in ZONE_PLACES.strip().splitlines():
+        zone, _, places = line.partition(":")
+        first, *more = places.split()
+        country, _, region = first.partition("-")
+        by_country[country].append(zone)
+        for code in [region, *more] if region else []:
+            by_region[(country, code)].append(zone)
+    return dict(by_country), dict(by_region)
+
+
+@functools.cache
+def _tz_database_zones(country: str) -> tuple[str, ...]:
+    """Every zone the tz database's zone1970.tab places in `country`."""
+    from importlib import resources
+
+    table = resources.files("tzdata").joinpath("zoneinfo", "zone1970.tab").read_text("utf-8")
+    zones = []
+    for line in table.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        codes, _, zone, *_ = line.split("\t")
+        if country in codes.split(","):
+            zones.append(zone)
+    return tuple(zones)
+
+
+def address_zone_names(address: Address) -> list[str]:
+    country = (address.country or "").strip().upper()
+    if not country:
+        return []
+    by_country, by_region = _zone_places()
+    region = (address.region or "").strip().upper().removeprefix(f"{country}-")
+    if (country, region) in by_region:
+        return by_region[(country, region)]
+    if country in by_country:
+        return by_country[country]
+    return list(_tz_database_zones(country))
+
+
+def phone_zone_names(number: str) -> list[str]:
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return []
+    if not phonenumbers.is_valid_number(parsed):
+        return []
+    if phonenumbers.number_type(parsed) not in PLACED_NUMBER_TYPES:
+        return []
+    zones = [z for z in phone_timezone.time_zones_for_number(parsed) if z != "Etc/Unknown"]
+    return zones if len(zones) <= 3 else []
+
+
+def zones_of(policy: pol.Policy, borrower: BorrowerState) -> list[ZoneInfo]:
+    """Every zone the borrower may be in (SPEC §5), derived here and not by the service."""
+    names = [borrower.timezone.strip()] if borrower.timezone else []
+    if borrower.address is not None:
+        names += address_zone_names(borrower.address)
+    for phone in borrower.phones:
+        names += phone_zone_names(phone)
+    zones = []
+    for name in dict.fromkeys(names):
+        try:
+            zones.append(ZoneInfo(name))
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    return zones or [policy.default_zone]
+
+
+def rules_of(policy: pol.Policy, borrower: BorrowerState) -> tuple[DailyWindow, list[CapRule]]:
+    """The window and caps for the borrower: the policy's, then its country's jurisdiction,
+    then its region's, each replacing what it names."""
+    window = policy.contact_window
+    caps = {rule.name: rule for rule in policy.caps}
+    address = borrower.address
+    country = (address.country or "").strip().upper() if address is not None else ""
+    region = (address.region or "").strip().upper() if address is not None else ""
+    codes = [country, f"{country}-{region.removeprefix(country + '-')}"] if country else []
+    for code in codes:
+        override = policy.jurisdictions.get(code)
+        if override is None:
+            continue
+        window = override.contact_window or window
+        for name, limit in override.caps.items():
+            caps[name] = CapRule.named(name, limit)
+    return window, list(caps.values())
+
+
+def reply_kind(body: str) -> str:
+    """`opt_out`, `opt_in` or `other`: what a borrower's reply asks for."""
+    text = unicodedata.normalize("NFKC", body).strip()
+    word = _normalised(text)
+    if word in OPT_OUT_WORDS:
+        return "opt_out"
+    if word in OPT_IN_WORDS:
+        return "opt_in"
+    lowered = text.lower().replace("’", "'")
+    if any(phrase in lowered for phrase in OPT_OUT_PHRASES):
+        return "opt_out"
+    return "other"
 
 
 def parse_time(value: str) -> dt.datetime:
@@ -224,9 +408,9 @@ def check_contact_window(policy: pol.Policy, book: Book, sent: Sequence[Sent]) -
         if borrower is None:
             result.fail(f"{message.describe()}: borrower unknown to the book")
             continue
-        window = pol.contact_rules(policy, borrower).contact_window
+        window, _ = rules_of(policy, borrower)
         result.checked += 1
-        for zone in pol.candidate_zones(policy, borrower):
+        for zone in zones_of(policy, borrower):
             local = message.at.astimezone(zone)
             if not window.start <= local.time().replace(tzinfo=None) < window.end:
                 result.fail(
@@ -247,7 +431,7 @@ def check_caps(policy: pol.Policy, book: Book, sent: Sequence[Sent]) -> CheckRes
         borrower = book.borrower(borrower_id, messages[-1].at)
         if borrower is None:
             continue
-        for rule in pol.contact_rules(policy, borrower).caps:
+        for rule in rules_of(policy, borrower)[1]:
             counted = [m for m in messages if rule.channel is None or m.channel == rule.channel]
             for index, first in enumerate(counted):
                 inside = [m for m in counted[index:] if m.at - first.at < rule.window]
@@ -311,18 +495,12 @@ def _opt_outs(
     book: Book, messages: Sequence[dict[str, Any]]
 ) -> dict[str, list[tuple[dt.datetime, bool]]]:
     """Per phone number, when it opted out (True) or back in (False), in order."""
-    from outreach.service.inbound import OPT_IN, OPT_OUT, classify
-
     changes: dict[str, list[tuple[dt.datetime, bool]]] = defaultdict(list)
     for at, event in book.of_type("sms.inbound"):
         data = event["data"]
-        body = str(data.get("body", ""))
-        word = _normalised(body)
-        kind = classify(body)
-        if word in OPT_OUT_WORDS or kind == OPT_OUT:
-            changes[data["from"]].append((at, True))
-        elif word in OPT_IN_WORDS or kind == OPT_IN:
-            changes[data["from"]].append((at, False))
+        kind = reply_kind(str(data.get("body", "")))
+        if kind != "other":
+            changes[data["from"]].append((at, kind == "opt_out"))
     # the provider saying the number unsubscribed (21610) opts it out as well
     for record in messages:
         if record.get("channel") != Channel.SMS or not record.get("to"):
@@ -420,10 +598,132 @@ def check_sent_once(messages: Sequence[dict[str, Any]]) -> CheckResult:
     return result
 
 
+# SPEC §5/§6: final outcomes that say why a message did not go, and deferrals that can hold
+# one for days (quiet hours alone cannot: every day has allowed hours, or the message is
+# suppressed as no_convenient_time)
+WITHHELD = frozenset({"suppressed", "cancelled", "failed"})
+LONG_DEFERRALS = frozenset({"frequency_cap", "holiday", "inconvenient_time", "event_pending"})
+FIRST_CONTACT_DAYS = 3
+
+
+def _texts_in_first_days(policy: pol.Policy, borrower: BorrowerState) -> bool:
+    """Whether the policy's cadence for this borrower has a text in days 1-3 past due."""
+    for days_past_due in range(1, FIRST_CONTACT_DAYS + 1):
+        stage = policy.stage_at(days_past_due)
+        if stage is None:
+            continue
+        steps = stage.steps
+        for tag in policy.cadence_tags:
+            if tag in borrower.tags and tag in stage.tag_steps:
+                steps = stage.tag_steps[tag]
+                break
+        if any(s.days_past_due == days_past_due and s.channel is Channel.SMS for s in steps):
+            return True
+    return False
+
+
+def _settled_or_paused(book: Book, loan_id: str, due_date: str, until: dt.datetime) -> bool:
+    """Whether, before `until`, the loan was paid, closed, brought current or moved to another
+    due date, or a promise or plan paused its dunning: then no first text is owed."""
+    for at, event in book.events:
+        if at >= until:
+            break
+        data = event.get("data") or {}
+        kind = event.get("type")
+        if kind == "loan.updated":
+            loan = data["loan"]
+            if loan["id"] == loan_id and (
+                loan["due_date"] != due_date
+                or _amount(loan["amount_due"]) <= 0
+                or int(loan["days_past_due"]) <= 0
+            ):
+                return True
+        elif data.get("loan_id") == loan_id:
+            if kind in ("loan.closed", "promise_to_pay.created", "payment_plan.created"):
+                return True
+            if kind == "payment.received" and _amount(data.get("amount_due_after")) <= 0:
+                return True
+    return False
+
+
+def check_first_contact(
+    policy: pol.Policy,
+    book: Book,
+    messages: Sequence[dict[str, Any]],
+    until: dt.datetime | None = None,
+) -> CheckResult:
+    result = CheckResult(
+        "first_contact",
+        "every loan reported by its first day late got a text in days 1-3 (or a reason why "
+        "not on the record), where the cadence has one and the borrower takes texts",
+    )
+    zone = policy.day_boundary_zone
+    end = until or max(
+        (parse_time(step["at"]) for m in messages for step in m.get("events") or ()),
+        default=None,
+    )
+    if end is None:
+        return result
+    texts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in messages:
+        if record.get("purpose") == "dunning" and record.get("channel") == "sms":
+            texts[str(record.get("loan_id"))].append(record)
+    seen: set[tuple[str, str]] = set()
+    for at, event in book.of_type("loan.updated"):
+        loan = event["data"]["loan"]
+        cycle = (loan["id"], loan["due_date"])
+        if cycle in seen or _amount(loan["amount_due"]) <= 0:
+            continue
+        day_one = dt.date.fromisoformat(loan["due_date"]) + dt.timedelta(days=1)
+        opens = dt.datetime.combine(day_one, dt.time(), tzinfo=zone)
+        closes = opens + dt.timedelta(days=FIRST_CONTACT_DAYS)
+        if at >= opens + dt.timedelta(days=1) or closes > end:
+            continue  # first reported after its first day late, or the run ends too soon
+        seen.add(cycle)
+        borrower = book.borrower(loan["borrower_id"], opens + dt.timedelta(days=1))
+        if borrower is None or not borrower.phones or not borrower.consent_sms:
+            continue
+        if not _texts_in_first_days(policy, borrower):
+            continue
+        if _settled_or_paused(book, loan["id"], loan["due_date"], closes):
+            continue
+        result.checked += 1
+        candidates = [
+            m
+            for m in texts.get(loan["id"], ())
+            if m["events"] and parse_time(m["events"][0]["at"]) < closes
+        ]
+        reached = any(
+            m.get("sent_at") and opens <= parse_time(m["sent_at"]) < closes for m in candidates
+        )
+        explained = any(
+            m.get("status") in WITHHELD
+            or any(
+                step.get("status") == "deferred"
+                and step.get("reason") in LONG_DEFERRALS
+                and parse_time(step["at"]) < closes
+                for step in m["events"]
+            )
+            for m in candidates
+        )
+        if not reached and not explained:
+            result.fail(
+                f"loan {loan['id']} (borrower {borrower.id}, late from {day_one}): no text "
+                f"sent by {closes.astimezone(dt.UTC).isoformat()} and none withheld with a "
+                f"reason ({len(candidates)} planned)"
+            )
+    return result
+
+
 def run_checks(
-    policy: pol.Policy, events: Iterable[dict[str, Any]], messages: Sequence[dict[str, Any]]
+    policy: pol.Policy,
+    events: Iterable[dict[str, Any]],
+    messages: Sequence[dict[str, Any]],
+    *,
+    until: dt.datetime | None = None,
 ) -> list[CheckResult]:
-    """Every check, on the input book and the MESSAGES.jsonl records."""
+    """Every check, on the input book and the MESSAGES.jsonl records; `until`, the end of
+    the simulated time (by default, the last step on any message's timeline)."""
     book = Book(events)
     sent = sent_messages(messages)
     return [
@@ -433,4 +733,5 @@ def run_checks(
         check_after_opt_out(book, sent, messages),
         check_after_restriction(book, sent),
         check_sent_once(messages),
+        check_first_contact(policy, book, messages, until),
     ]

@@ -32,13 +32,17 @@ from outreach.policy.model import (
 )
 from outreach.policy.planning import (
     PlanItem,
-    choose_channel,
     next_plan_change,
     plan,
     plan_items,
     reply_message,
 )
-from outreach.policy.state import ages_alike, delinquency_cycle, effective_days_past_due
+from outreach.policy.state import (
+    ages_alike,
+    choose_channel,
+    delinquency_cycle,
+    effective_days_past_due,
+)
 from outreach.policy.zones import borrower_countries, candidate_zones
 
 

@@ -162,7 +162,8 @@ def _check_loan(
         return Decision.suppress(Reason.LOAN_CURRENT)
     today = local_day(policy, now)
     if purpose is Purpose.DUNNING:
-        return _check_dunning(message, dunning_view(policy, borrower, loan, now), policy, loan)
+        view = dunning_view(policy, borrower, loan, now)
+        return _check_dunning(policy, borrower, loan, message, view)
     if purpose is Purpose.CAMPAIGN:
         view = dunning_view(policy, borrower, loan, now)
         if view.pause_today is not None:
@@ -189,7 +190,11 @@ def _check_loan(
 
 
 def _check_dunning(
-    message: PlannedMessage, view: DunningView, policy: Policy, loan: LoanState
+    policy: Policy,
+    borrower: BorrowerState,
+    loan: LoanState,
+    message: PlannedMessage,
+    view: DunningView,
 ) -> Decision | None:
     if view.stage is None or view.stage.name != message.stage:
         return Decision.suppress(
@@ -206,11 +211,11 @@ def _check_dunning(
     for pause in view.pauses:
         if pause.covers(step_day):
             return Decision.suppress(pause.reason, detail="its day was paused")
-    if any(
-        other.days_past_due > step.days_past_due and other.days_past_due <= view.days_past_due
-        for other in view.steps
-    ):
-        return Decision.suppress(Reason.SUPERSEDED, detail="a later step is due")
+    # a step held past its day (quiet hours, caps, a late report) still goes, unless a later
+    # step has come that reaches the borrower on the same channel: never two of a kind
+    replacing = view.replaced_by(borrower, step, message.channel)
+    if replacing is not None:
+        return Decision.suppress(Reason.SUPERSEDED, detail="a later step is due", by=replacing.id)
     if step.days_past_due > view.days_past_due:
         return Decision.wait(Reason.PLANNED, start_of_day(policy, step_day))
     return None

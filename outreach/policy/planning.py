@@ -24,12 +24,13 @@ from outreach.domain import (
     LoanState,
     PlannedMessage,
     Purpose,
+    Reason,
 )
 from outreach.policy.hours import contact_rules, next_allowed_instant
 from outreach.policy.model import EventRule, Policy
 from outreach.policy.state import (
     DunningView,
-    channel_block,
+    choose_channel,
     day_of,
     dunning_view,
     effective_days_past_due,
@@ -277,22 +278,6 @@ def _start_of_day(policy: Policy, day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), tzinfo=policy.day_boundary_zone).astimezone(dt.UTC)
 
 
-def choose_channel(
-    borrower: BorrowerState, preferred: Channel, fallback: bool
-) -> tuple[Channel, Channel | None]:
-    """The channel to use and the one it fell back from (SPEC §5).
-
-    When the borrower cannot receive on `preferred` (no address, no consent, opted out,
-    invalid) but can on the other channel, and the policy allows fallback, use the other.
-    Otherwise keep `preferred`: the gate then records precisely why it does not go.
-    """
-    if channel_block(borrower, preferred) is None:
-        return preferred, None
-    if fallback and channel_block(borrower, preferred.other) is None:
-        return preferred.other, preferred
-    return preferred, None
-
-
 def reply_message(
     policy: Policy,
     borrower: BorrowerState,
@@ -379,14 +364,21 @@ class _Planner:
         refs: dict[str, str],
         *,
         latest: dt.datetime | None = None,
+        too_late: Decision | None = None,
     ) -> None:
-        """Plan one message; with `latest`, drop it if it cannot go before that instant."""
+        """Plan one message. With `latest`, one that cannot go before that instant is still
+        planned, withheld at once with `too_late` (by default: expired): the log shows that
+        the policy wanted it and why it did not go."""
         target = max(target, self.now)
         timing = next_allowed_instant(self.policy, self.borrower, target)
         send_at = timing.until if timing.kind is DecisionKind.WAIT and timing.until else target
         send_at = send_at.astimezone(dt.UTC)
         if latest is not None and send_at >= latest:
-            return
+            timing = too_late or Decision.suppress(
+                Reason.EXPIRED,
+                detail="no allowed hour in time",
+                latest=latest.astimezone(dt.UTC).isoformat(),
+            )
         chosen, fallback_from = choose_channel(self.borrower, channel, fallback)
         message = PlannedMessage(
             key=key,
@@ -412,13 +404,23 @@ class _Planner:
     def dunning(self, view: DunningView) -> None:
         if view.stage is None:
             return
+        last_day = view.stage.last_day
         for step in (*view.due, *view.upcoming):
-            # a step that quiet hours or holidays would push past the day its successor (or
-            # the next stage) takes over is not worth sending
-            stale_from = view.stale_from(step)
+            # a step that quiet hours or holidays push past the day its successor on the same
+            # channel (or the next stage) takes over gives way to it, on the record
+            successor = view.successor(self.borrower, step)
             latest = None
-            if stale_from is not None:
-                latest = self._start_of(day_of(self.policy, self.loan, stale_from))
+            too_late = None
+            if successor is not None:
+                latest = self._start_of(day_of(self.policy, self.loan, successor.days_past_due))
+                too_late = Decision.suppress(
+                    Reason.SUPERSEDED, detail="a later step is due", by=successor.id
+                )
+            elif last_day is not None:
+                latest = self._start_of(day_of(self.policy, self.loan, last_day + 1))
+                too_late = Decision.suppress(
+                    Reason.STAGE_CHANGED, detail="no allowed hour before the stage ends"
+                )
             self.add(
                 key=f"dunning:{self.loan.id}:{view.cycle}:{view.stage.name}:{step.id}",
                 purpose=Purpose.DUNNING,
@@ -434,6 +436,7 @@ class _Planner:
                     "days_past_due": str(step.days_past_due),
                 },
                 latest=latest,
+                too_late=too_late,
             )
 
     # -- event follow-ups -------------------------------------------------------------------

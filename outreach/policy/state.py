@@ -181,13 +181,31 @@ class DunningView:
                 return step
         return None
 
-    def stale_from(self, step: Step) -> int | None:
-        """The days past due from which `step` is stale: a later step's, or past the stage."""
-        later = [s.days_past_due for s in self.steps if s.days_past_due > step.days_past_due]
-        ends = (
-            [] if self.stage is None or self.stage.last_day is None else [self.stage.last_day + 1]
+    def successor(self, borrower: BorrowerState, step: Step) -> Step | None:
+        """The first later step of the cadence that reaches the borrower on the channel `step`
+        reaches them on: from its day on, it says what `step` would have said."""
+        channel = step_channel(borrower, step)
+        return next(
+            (
+                other
+                for other in self.steps
+                if other.days_past_due > step.days_past_due
+                and step_channel(borrower, other) is channel
+            ),
+            None,
         )
-        return min([*later, *ends], default=None)
+
+    def replaced_by(self, borrower: BorrowerState, step: Step, channel: Channel) -> Step | None:
+        """The latest step whose day has come that replaces `step`, sent on `channel`: a later
+        step of the cadence on the same channel. A later step on the other channel does not:
+        the borrower who reads only texts would otherwise lose the text."""
+        replacing = [
+            other
+            for other in self.steps
+            if step.days_past_due < other.days_past_due <= self.days_past_due
+            and step_channel(borrower, other) is channel
+        ]
+        return replacing[-1] if replacing else None
 
 
 # the views worked out last, by identity of their inputs and the lender's day (see below)
@@ -261,6 +279,27 @@ def _dunning_view(
         pause_today=pause_today,
         pauses=tuple(all_pauses),
     )
+
+
+def choose_channel(
+    borrower: BorrowerState, preferred: Channel, fallback: bool
+) -> tuple[Channel, Channel | None]:
+    """The channel to use and the one it fell back from (SPEC §5).
+
+    When the borrower cannot receive on `preferred` (no address, no consent, opted out,
+    invalid) but can on the other channel, and the policy allows fallback, use the other.
+    Otherwise keep `preferred`: the gate then records precisely why it does not go.
+    """
+    if channel_block(borrower, preferred) is None:
+        return preferred, None
+    if fallback and channel_block(borrower, preferred.other) is None:
+        return preferred.other, preferred
+    return preferred, None
+
+
+def step_channel(borrower: BorrowerState, step: Step) -> Channel:
+    """The channel a cadence step reaches this borrower on, after any fallback."""
+    return choose_channel(borrower, step.channel, step.fallback)[0]
 
 
 def recipient_key(borrower: BorrowerState, channel: Channel) -> str | None:

@@ -38,9 +38,10 @@ from outreach.store.keysets import keys_in
 
 # A loan that no longer needs collecting is `cancelled`; a message withheld by a rule about the
 # borrower is `suppressed`.
-CANCEL_REASONS = frozenset(
-    {Reason.LOAN_CLOSED, Reason.LOAN_CURRENT, Reason.SUPERSEDED, Reason.STAGE_CHANGED}
-)
+# Reasons that cancel a message: the loan or its stage moved on, so it is no longer wanted.
+# Any other withholding is a suppression by a rule — `superseded` too: a later step, promise
+# or plan took its place, which the log shows as a rule at work, not a change of plan.
+CANCEL_REASONS = frozenset({Reason.LOAN_CLOSED, Reason.LOAN_CURRENT, Reason.STAGE_CHANGED})
 PENDING = tuple(status.value for status in PENDING_STATUSES)
 
 
@@ -605,7 +606,10 @@ def _replan(
     rows: list[Planned] = [*pending, *(message for message in fresh if message.status in PENDING)]
     for row in sorted(rows, key=lambda row: row.id):
         planned = planned_from_row(row)
-        if row.purpose in LOAN_PURPOSES and row.idempotency_key not in desired_keys:
+        # a cadence step held past its day is no longer planned anew, yet may still go: the
+        # gate decides (it withholds one a later step replaced, or a stage moved past)
+        carried = row.purpose == Purpose.DUNNING.value
+        if row.purpose in LOAN_PURPOSES and row.idempotency_key not in desired_keys and not carried:
             decision = pol.gate(policy, borrower, loan, planned, now)
             if decision.kind is not DecisionKind.SUPPRESS:
                 decision = Decision.suppress(Reason.SUPERSEDED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import tempfile
@@ -48,7 +49,7 @@ def run_demo(
             progress=progress,
         )
         messages = read_jsonl(messages_path)
-        checks = run_checks(policy, events, messages)
+        checks = run_checks(policy, events, messages, until=DEMO_START + dt.timedelta(days=days))
     finally:
         if keep is None:
             shutil.rmtree(directory, ignore_errors=True)

@@ -7,9 +7,14 @@ import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import pytest
+
+from outreach import policy as pol
 from outreach.sim import EventBook, simulate
-from outreach.sim_checks import read_jsonl
+from outreach.sim_checks import parse_time, read_jsonl, run_checks
+from tests.conftest import REPO_ROOT
 from tests.factories import borrower_upserted, envelope, loan_updated, zone_at_local_hour
 from tests.integration.test_simulate import SHANGHAI, T0, Book, iso, sim_settings
 from tests.live import LiveService
@@ -127,3 +132,87 @@ def test_the_live_service_keeps_every_reminder_of_a_plan_it_just_accepted(
     assert withheld == []
     waiting = [m for m in reminders if m["status"] in ("scheduled", "deferred")]
     assert len(waiting) >= 3  # the first may be on its way already
+
+
+FAR_WEST = {
+    "B-la": ("America/Los_Angeles", "+12135550142"),
+    "B-hnl": ("Pacific/Honolulu", "+18085550142"),
+    "B-anc": ("America/Anchorage", "+19075550142"),
+}
+
+
+@pytest.mark.parametrize("start", [dt.date(2026, 1, 12), dt.date(2026, 7, 13)], ids=str)
+def test_far_west_borrowers_reported_late_in_their_evening_get_a_text_within_three_days(
+    tmp_path: Path, start: dt.date
+) -> None:
+    book = Book()
+    for borrower_id, (zone, phone) in FAR_WEST.items():
+        book.borrower(borrower_id, timezone=zone, phones=[phone], locale="en-US")
+        evening = dt.datetime.combine(start, dt.time(21, 30), tzinfo=ZoneInfo(zone))
+        book.loan(f"L-{borrower_id}", borrower_id, dpd=1, at=evening)
+    begin = dt.datetime.combine(start, dt.time(), tzinfo=dt.UTC) - dt.timedelta(days=1)
+    for event in book.events:
+        if event["type"] == "borrower.upserted":
+            event["occurred_at"] = iso(begin)
+    out = tmp_path / "MESSAGES.jsonl"
+    simulate(sim_settings(), EventBook.from_events(book.events), start=begin, days=6, out=out)
+    messages = read_jsonl(out)
+    policy = pol.load_policy(REPO_ROOT / "schedules" / "default.yaml")
+    checks = run_checks(policy, book.events, messages, until=begin + dt.timedelta(days=6))
+    assert all(check.passed for check in checks), [c.violations for c in checks]
+    assert {c.name: c.checked for c in checks}["first_contact"] == len(FAR_WEST)
+    for borrower_id, (zone, _) in FAR_WEST.items():
+        texts = sorted(
+            (
+                m
+                for m in messages
+                if m["borrower_id"] == borrower_id
+                and m["purpose"] == "dunning"
+                and m["channel"] == "sms"
+            ),
+            key=lambda m: m["send_at"],
+        )
+        assert texts, f"{borrower_id}: no dunning text planned"
+        first = texts[0]
+        assert first["template"] == "early_first_notice", first
+        assert first["sent_at"], (borrower_id, first["status"], first["events"])
+        sent = dt.datetime.fromisoformat(first["sent_at"])
+        reported = dt.datetime.combine(start, dt.time(21, 30), tzinfo=ZoneInfo(zone))
+        lender_day_one = reported.astimezone(SHANGHAI).date()
+        assert (sent.astimezone(SHANGHAI).date() - lender_day_one).days <= 2
+        assert 8 <= sent.astimezone(ZoneInfo(zone)).hour < 21
+
+
+def test_a_text_that_finds_no_allowed_day_before_the_next_text_is_suppressed_on_the_record(
+    tmp_path: Path,
+) -> None:
+    """Holidays from the first day late through day 4: the day-1 text could only go on day
+    5, when the day-5 text takes its place. It is on the log, suppressed as superseded by
+    that step; the day-2 email, which no later email replaces, goes after the holidays."""
+    first_day = T0.date() + dt.timedelta(days=1)
+    holidays = "".join(f"    - {first_day + dt.timedelta(days=n)}\n" for n in range(4))
+    text = (REPO_ROOT / "schedules" / "default.yaml").read_text()
+    policy_path = tmp_path / "holidays.yaml"
+    policy_path.write_text(text.replace("  CN:\n", "  CN:\n" + holidays, 1))
+    book = Book()
+    book.borrower("B-hol")
+    book.loan("L-hol", "B-hol", dpd=1, at=dt.datetime.combine(first_day, dt.time(9), SHANGHAI))
+    out = tmp_path / "MESSAGES.jsonl"
+    simulate(
+        sim_settings(),
+        EventBook.from_events(book.events),
+        start=T0,
+        days=8,
+        out=out,
+        policy_path=policy_path,
+    )
+    by_template = {(m["template"], m["channel"]): m for m in read_jsonl(out)}
+    first = by_template[("early_first_notice", "sms")]
+    assert (first["status"], first["reason"]) == ("suppressed", "superseded")
+    assert "by=d5:early_follow_up_1" in first["events"][-1]["detail"]
+    assert first["sent_at"] is None
+    email = by_template[("early_first_notice", "email")]
+    assert email["sent_at"] is not None
+    assert parse_time(email["sent_at"]).astimezone(SHANGHAI).date() == first_day + dt.timedelta(
+        days=4
+    )

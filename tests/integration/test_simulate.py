@@ -551,7 +551,7 @@ def test_outreach_demo_exits_non_zero_when_a_check_fails(
     import outreach.sim.demo as demo_module
     from outreach.sim_checks import CheckResult
 
-    def failing(*_: Any) -> list[CheckResult]:
+    def failing(*_: Any, **__: Any) -> list[CheckResult]:
         broken = CheckResult("contact_window", "sent inside the window", checked=1)
         broken.fail("msg_1 (dunning, sms to +1, borrower B1, sent …): 03:00 in America/New_York")
         return [broken]

@@ -180,7 +180,7 @@ def test_stage_changed_by_ageing_while_the_message_waited() -> None:
 def test_a_later_step_supersedes_a_waiting_one() -> None:
     message = first_notice(loan(NOW, 1))
     decision = check(reason=Reason.SUPERSEDED, message=message, at=NOW + dt.timedelta(days=4))
-    assert decision.detail == {"detail": "a later step is due"}
+    assert decision.detail == {"detail": "a later step is due", "by": "d5:early_follow_up_1"}
 
 
 def test_promise_kept() -> None:

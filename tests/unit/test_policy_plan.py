@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from decimal import Decimal
-from zoneinfo import ZoneInfo
+from typing import Any
+from zoneinfo import ZoneInfo, available_timezones
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from outreach.domain import (
@@ -26,6 +28,7 @@ from outreach.domain import (
     Reason,
 )
 from outreach.policy import (
+    contact_rules,
     days_past_due_at,
     effective_days_past_due,
     gate,
@@ -34,6 +37,7 @@ from outreach.policy import (
     plan_items,
     reply_message,
 )
+from outreach.policy.state import local_day
 from tests.unit.policy_fixtures import (
     SHANGHAI,
     borrower,
@@ -338,11 +342,14 @@ def test_visit_scheduled_too_soon_is_announced_as_soon_as_allowed_with_short_not
     assert notice.timing.reason is Reason.QUIET_HOURS
 
 
-def test_no_notice_for_a_visit_that_comes_before_any_allowed_hour() -> None:
+def test_a_visit_that_comes_before_any_allowed_hour_gets_a_notice_withheld_as_expired() -> None:
     night = shanghai(2026, 3, 10, 23)
     visit = FieldVisit("V1", shanghai(2026, 3, 11, 7), "李明", "C-0042")
-    messages = plan(POLICY, borrower(), loan(night, 50, visits=(visit,)), night)
-    assert by_purpose(messages, Purpose.VISIT_NOTICE) == []
+    items = plan_items(POLICY, borrower(), loan(night, 50, visits=(visit,)), night)
+    [notice] = [i for i in items if i.message.purpose is Purpose.VISIT_NOTICE]
+    # on the record, not dropped: the log shows the notice the policy wanted and why not
+    assert notice.timing.kind is DecisionKind.SUPPRESS
+    assert notice.timing.reason is Reason.EXPIRED
 
 
 def test_a_rescheduled_visit_gets_a_new_notice_key() -> None:
@@ -531,3 +538,81 @@ def test_planning_properties(
         assert decision.may_send or decision.reason is Reason.NO_CONSENT, (message.key, decision)
         if item.timing.kind is DecisionKind.WAIT:
             assert item.timing.until == message.send_at > item.target
+
+
+# -- first contact, wherever the borrower lives (issue 16) ------------------------------------
+
+FAR_WEST = ("America/Los_Angeles", "Pacific/Honolulu", "America/Anchorage")
+SEASONS = {"winter": dt.date(2026, 1, 13), "summer": dt.date(2026, 7, 14)}
+
+
+def first_day_report(zone: ZoneInfo, local_date: dt.date, at: dt.time) -> tuple[Any, LoanState]:
+    reported = dt.datetime.combine(local_date, at, tzinfo=zone)
+    return reported, loan(reported, 1)
+
+
+@pytest.mark.parametrize("season", sorted(SEASONS))
+@pytest.mark.parametrize("zone_name", FAR_WEST)
+def test_a_first_notice_reported_in_the_borrowers_late_evening_still_goes(
+    zone_name: str, season: str
+) -> None:
+    zone = ZoneInfo(zone_name)
+    person = borrower(timezone=zone_name, address=None, phones=("+12135550142",))
+    reported, state = first_day_report(zone, SEASONS[season], dt.time(21, 30))
+    items = plan_items(POLICY, person, state, reported)
+    [first] = [i for i in items if i.message.refs.get("step") == "d1:early_first_notice"]
+    assert first.timing.kind is DecisionKind.WAIT and first.timing.reason is Reason.QUIET_HOURS
+    send_at = first.message.send_at
+    local = send_at.astimezone(zone)
+    assert (local.date(), local.time()) == (SEASONS[season] + dt.timedelta(days=1), dt.time(8))
+    # at its hour the lender's day 2 may have begun (its step is an email): the text still goes
+    decision = gate(POLICY, person, state, first.message, send_at)
+    assert decision.may_send, decision
+    assert effective_days_past_due(POLICY, state, send_at) <= 3
+
+
+def test_a_step_pushed_past_its_same_channel_successor_is_on_the_record_as_superseded() -> None:
+    # holidays from the day-1 step through day 4: the text can only go on day 5, when the
+    # day-5 text takes over
+    document = default_document()
+    start = dt.date(2026, 3, 10)
+    document["holidays"]["CN"] = [start + dt.timedelta(days=n) for n in range(4)]
+    policy = policy_from(document)
+    reported = shanghai(2026, 3, 10, 9)
+    items = plan_items(policy, borrower(), loan(reported, 1), reported)
+    [first] = [i for i in items if i.message.refs.get("step") == "d1:early_first_notice"]
+    assert first.timing.kind is DecisionKind.SUPPRESS
+    assert first.timing.reason is Reason.SUPERSEDED
+    assert first.timing.detail["by"] == "d5:early_follow_up_1"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    zone_name=st.sampled_from(sorted(available_timezones() - {"Factory", "localtime"})),
+    local_date=st.dates(min_value=dt.date(2026, 1, 5), max_value=dt.date(2027, 11, 20)),
+    minute=st.integers(min_value=0, max_value=24 * 60 - 1),
+)
+def test_a_day_one_report_plans_a_text_inside_the_first_three_days_anywhere(
+    zone_name: str, local_date: dt.date, minute: int
+) -> None:
+    """Reported on the loan's first day late at any minute in any zone: a dunning text that
+    the gate lets go at its hour, within the lender's first three days of delinquency (or a
+    holiday or a stage rule on the record)."""
+    zone = ZoneInfo(zone_name)
+    person = borrower(timezone=zone_name, address=None, phones=("+12135550142",))
+    reported = dt.datetime.combine(local_date, dt.time(minute // 60, minute % 60), tzinfo=zone)
+    state = loan(reported, 1)
+    holidays = contact_rules(POLICY, person).holidays
+    first_days = {local_day(POLICY, reported) + dt.timedelta(days=n) for n in range(-1, 4)}
+    assume(not {d + dt.timedelta(days=s) for d in first_days for s in (-1, 0, 1)} & holidays)
+    texts = [
+        item.message
+        for item in plan_items(POLICY, person, state, reported)
+        if item.message.purpose is Purpose.DUNNING
+        and item.message.channel is Channel.SMS
+        and item.timing.kind is not DecisionKind.SUPPRESS
+    ]
+    assert texts, "no text planned"
+    first = min(texts, key=lambda m: m.send_at)
+    assert effective_days_past_due(POLICY, state, first.send_at) <= 3
+    assert gate(POLICY, person, state, first, first.send_at).may_send

@@ -15,9 +15,12 @@ from outreach.sim_checks import (
     check_after_restriction,
     check_caps,
     check_contact_window,
+    check_first_contact,
     check_sent_once,
+    reply_kind,
     run_checks,
     sent_messages,
+    zones_of,
 )
 from tests.conftest import REPO_ROOT
 
@@ -239,5 +242,112 @@ def test_run_checks_names_every_check(policy: pol.Policy) -> None:
         "after_opt_out",
         "after_restriction",
         "sent_once",
+        "first_contact",
     ]
     assert all(r.passed for r in results)
+
+
+def loan_reported(at: dt.datetime, days_past_due: int = 1, loan_id: str = "L1") -> dict[str, Any]:
+    due = at.astimezone(SHANGHAI_ZONE).date() - dt.timedelta(days=days_past_due)
+    return event(
+        "loan.updated",
+        at,
+        loan={
+            "id": loan_id,
+            "borrower_id": "B1",
+            "amount_due": "100.00",
+            "days_past_due": days_past_due,
+            "due_date": due.isoformat(),
+        },
+    )
+
+
+def text(
+    sent: dt.datetime | None, *, status: str = "delivered", step: dict[str, str] | None = None
+) -> dict[str, Any]:
+    record = message(sent)
+    record["status"] = status
+    planned = {"at": iso(REPORTED), "status": "scheduled", "reason": "planned", "detail": None}
+    record["events"] = [planned, *([step] if step else []), *record["events"]]
+    return record
+
+
+# the first day late begins at midnight in Beijing on Mar 3
+REPORTED = dt.datetime(2026, 3, 3, 9, tzinfo=dt.UTC)
+SHANGHAI_ZONE = dt.timezone(dt.timedelta(hours=8))
+UNTIL = T0 + dt.timedelta(days=10)
+
+
+def test_a_loan_reported_on_its_first_day_late_must_get_a_text_within_three_days(
+    policy: pol.Policy,
+) -> None:
+    book = Book([upsert(), loan_reported(REPORTED)])
+    nothing = check_first_contact(policy, book, [], UNTIL)
+    assert nothing.checked == 1 and not nothing.passed
+    assert "no text sent" in nothing.violations[0]
+    in_time = check_first_contact(policy, book, [text(REPORTED + dt.timedelta(hours=2))], UNTIL)
+    assert in_time.passed
+    too_late = check_first_contact(policy, book, [text(REPORTED + dt.timedelta(days=4))], UNTIL)
+    assert not too_late.passed
+    # withheld on the record, or held by a cap: explained
+    opted_out = text(None, status="suppressed")
+    assert check_first_contact(policy, book, [opted_out], UNTIL).passed
+    held = {
+        "at": iso(REPORTED + dt.timedelta(hours=1)),
+        "status": "deferred",
+        "reason": "frequency_cap",
+        "detail": "rule=sms_per_day",
+    }
+    capped = text(REPORTED + dt.timedelta(days=4), step=held)
+    assert check_first_contact(policy, book, [capped], UNTIL).passed
+
+
+def test_first_contact_is_owed_only_where_the_policy_promises_it(policy: pol.Policy) -> None:
+    late_report = Book([upsert(), loan_reported(REPORTED + dt.timedelta(days=2), 3)])
+    assert check_first_contact(policy, late_report, [], UNTIL).checked == 0
+    no_texts = Book([upsert(consent={"sms": False, "email": True}), loan_reported(REPORTED)])
+    assert check_first_contact(policy, no_texts, [], UNTIL).checked == 0
+    hardship = Book([upsert(tags=["hardship"]), loan_reported(REPORTED)])  # email first
+    assert check_first_contact(policy, hardship, [], UNTIL).checked == 0
+    paid = event(
+        "payment.received",
+        REPORTED + dt.timedelta(hours=1),
+        loan_id="L1",
+        amount_due_after="0.00",
+    )
+    assert (
+        check_first_contact(
+            policy, Book([upsert(), loan_reported(REPORTED), paid]), [], UNTIL
+        ).checked
+        == 0
+    )
+    # the run ends before the three days are over: not judged
+    assert (
+        check_first_contact(policy, Book([upsert(), loan_reported(REPORTED)]), [], REPORTED).checked
+        == 0
+    )
+
+
+def test_the_checks_derive_zones_and_replies_themselves(policy: pol.Policy) -> None:
+    book = Book(
+        [
+            upsert(
+                timezone=None,
+                phones=["+19075550142", "+18005550199"],
+                address={"country": "US", "region": "hi"},
+            )
+        ]
+    )
+    borrower = book.borrower("B1", T0)
+    assert borrower is not None
+    names = [zone.key for zone in zones_of(policy, borrower)]
+    # Hawaii by the address, Alaska by the number; the toll-free number places no one
+    assert names == ["Pacific/Honolulu", "America/Adak", "America/Anchorage"]
+    nowhere = Book([upsert(timezone=None, phones=[], address=None)]).borrower("B1", T0)
+    assert nowhere is not None
+    assert [zone.key for zone in zones_of(policy, nowhere)] == ["Asia/Shanghai"]
+    assert reply_kind("Please stop texting me.") == "opt_out"
+    assert reply_kind(" td ") == "opt_out"
+    assert reply_kind("不要再发短信给我") == "opt_out"
+    assert reply_kind("I can't stop worrying about this loan") == "other"
+    assert reply_kind("start") == "opt_in"
