@@ -44,6 +44,7 @@ from outreach.domain import (
 from outreach.errors import RenderError, TransientError
 from outreach.render import Renderer
 from outreach.service.context import render_context
+from outreach.service.intake import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
 from outreach.service.messages import record
 from outreach.service.planning import (
     HELD_QUERY,
@@ -78,6 +79,9 @@ NOT_PROVIDER_ATTEMPTS = frozenset(
 )
 PROVIDER_BACKOFF_CAP = dt.timedelta(minutes=15)
 CHECK_RETRY_DELAY = dt.timedelta(minutes=1)
+# a message held for an event not applied looks again after this long (a dead letter: longer)
+HOLD_DELAY = dt.timedelta(minutes=1)
+DEAD_LETTER_HOLD = dt.timedelta(minutes=15)
 STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
 DUE_STATUSES = (Status.SCHEDULED.value, Status.DEFERRED.value)
@@ -293,8 +297,12 @@ class Dispatcher:
                     _GATE_QUERIES[postgres], {"ids": sorted(set(message_ids))}
                 )
             }
-            borrowers = load_borrowers(session, {row.borrower_id for row in rows.values()})
-            loans = load_loans(session, {row.loan_id for row in rows.values() if row.loan_id})
+            borrower_ids = {row.borrower_id for row in rows.values()}
+            loan_ids = {row.loan_id for row in rows.values() if row.loan_id}
+            borrowers = load_borrowers(session, borrower_ids)
+            loans = load_loans(session, loan_ids)
+            # read in the gate's transaction: when it cannot be read, nothing is gated
+            unapplied = unapplied_about(session, borrower_ids, loan_ids, now)
             for message_id in dict.fromkeys(message_ids):
                 row = rows.get(message_id)
                 if row is None:
@@ -306,6 +314,8 @@ class Dispatcher:
                     now,
                     borrowers.get(row.borrower_id),
                     loans.get(row.loan_id) if row.loan_id else None,
+                    unapplied.get(("borrower", row.borrower_id))
+                    or (unapplied.get(("loan", row.loan_id)) if row.loan_id else None),
                 )
                 if isinstance(gated, str):
                     outcomes[message_id] = gated
@@ -366,8 +376,10 @@ class Dispatcher:
         now: dt.datetime,
         borrower: BorrowerState | None,
         loan: LoanState | None,
+        unapplied: Unapplied | None = None,
     ) -> str | Dispatcher._Prepared:
-        """The final gate on a locked row, with the latest borrower and loan state."""
+        """The final gate on a locked row, with the latest borrower and loan state; held
+        while an accepted event about them is `unapplied` (that state may be stale)."""
         if row.status not in (Status.QUEUED.value, *DUE_STATUSES):
             return f"skipped:{row.status}"
         if row.send_at > now:
@@ -375,6 +387,14 @@ class Dispatcher:
             if row.status == Status.QUEUED.value:
                 row.record(Status.SCHEDULED, Reason.PLANNED.value, now, "not due yet")
             return "not_due"
+        if unapplied is not None:
+            # a dead letter waits for ops: looked at again less often than one being retried
+            delay = DEAD_LETTER_HOLD if unapplied.outcome == DEAD_LETTER_OUTCOME else HOLD_DELAY
+            hold = Decision.wait(
+                Reason.EVENT_PENDING, now + delay, event=unapplied.id, outcome=unapplied.outcome
+            )
+            self._defer(row, hold, now)
+            return f"deferred:{Reason.EVENT_PENDING.value}"
         if borrower is None:
             decision = Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown")
         elif row.loan_id is not None and loan is None:
