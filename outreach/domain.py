@@ -177,6 +177,8 @@ class Reason(StrEnum):
     CAMPAIGN_PAUSED = "campaign_paused"
     CAMPAIGN_CANCELLED = "campaign_cancelled"
     CAMPAIGN_ENDED = "campaign_ended"
+    # the rendered text failed the lint at dispatch (forbidden language, a foreign link, …)
+    CONTENT_REJECTED = "content_rejected"
     # provider outcomes
     PROVIDER_ERROR = "provider_error"
     PROVIDER_RETRY = "provider_retry"

@@ -4,7 +4,7 @@ through the live service (web, clock and worker in this process) on SQLite and o
 An accepted event that fails to apply holds the messages of its borrower and loan (a payment
 or a cease-contact not applied must not let dunning go on); one that keeps failing becomes a
 dead letter ops can read and re-drive; values the store cannot hold are refused with a 422
-naming the field."""
+naming the field; a rendered message that fails the lint is withheld for a person."""
 
 from __future__ import annotations
 
@@ -273,3 +273,28 @@ def test_values_the_store_cannot_hold_are_refused_naming_the_field(service: Live
         assert response.json()["detail"].startswith(field)
     assert live.outcomes([event["id"] for event in refused.values()]) == {}
     assert live.get("/v1/events/dead").json()["total"] == 0
+
+
+def test_a_rendered_message_that_fails_the_lint_is_withheld_for_a_person(
+    service: LiveService,
+) -> None:
+    live = service
+    live.post_event(borrower_upserted("b-probe", timezone=zone_at_local_hour(14)))
+    # a name stored before names were checked at the edge
+    with transaction(live.services.runtime.sessions) as session:
+        session.execute(update(m.Borrower).where(m.Borrower.id == "b-probe").values(name=PROBE))
+    live.post_event(loan_updated("l-probe", "b-probe", days_past_due=1))
+
+    def rejected() -> list[dict[str, Any]]:
+        return live.messages(loan_id="l-probe", reason="content_rejected")
+
+    (withheld,) = live.wait_for(rejected)
+    assert withheld["status"] == "suppressed"
+    step = withheld["events"][-1]
+    assert step["status"] == "suppressed" and step["reason"] == "content_rejected"
+    assert "foreign_link" in step["detail"] and "http://scam.example" in step["detail"]
+    # what it would have said is kept for the person who reviews it
+    assert PROBE in withheld["body"]
+    assert [item["id"] for item in live.messages(needs_human="true")] == [withheld["id"]]
+    assert live.senders["sms"].calls == []
+    assert live.messages(loan_id="l-probe", status="sent,sending,queued") == []
