@@ -145,6 +145,9 @@ class Reason(StrEnum):
     FREQUENCY_CAP = "frequency_cap"
     CHECK_UNAVAILABLE = "check_unavailable"
     RATE_LIMITED = "rate_limited"
+    # an accepted webhook event about the borrower or loan is not applied yet (pending for
+    # more than a few seconds, failed, or a dead letter): the state the gate reads may be stale
+    EVENT_PENDING = "event_pending"
     # suppression
     NO_CONVENIENT_TIME = "no_convenient_time"
     NO_CONSENT = "no_consent"
@@ -174,6 +177,8 @@ class Reason(StrEnum):
     CAMPAIGN_PAUSED = "campaign_paused"
     CAMPAIGN_CANCELLED = "campaign_cancelled"
     CAMPAIGN_ENDED = "campaign_ended"
+    # the rendered text failed the lint at dispatch (forbidden language, a foreign link, …)
+    CONTENT_REJECTED = "content_rejected"
     # provider outcomes
     PROVIDER_ERROR = "provider_error"
     PROVIDER_RETRY = "provider_retry"

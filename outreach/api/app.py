@@ -24,7 +24,7 @@ from outreach.service import log as message_log
 from outreach.service.dispatch import verify_unsubscribe_token
 from outreach.service.export import csv_rows
 from outreach.service.inbound import handle_sms_reply, handle_unsubscribe, record_status
-from outreach.service.intake import Intake
+from outreach.service.intake import Intake, dead_letter_count, dead_letters, redrive
 from outreach.service.messages import as_record, record
 from outreach.store.db import ping, transaction
 from outreach.store.migrate import is_current
@@ -110,9 +110,17 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/ready", tags=["operations"], summary="Readiness: database, Redis and broker")
     def ready() -> JSONResponse:
         checks: dict[str, Any] = {}
+        # events that failed to apply for good: the messages they are about are held until
+        # ops re-drive them. Counted, not a failing check: this process serves as well with
+        # them, and taking every web process out of rotation would stop the events (payments,
+        # restrictions) that let held messages go or stop them for good
+        dead: int | None = None
         try:
             ping(runtime.engine)
             checks["database"] = "ok" if is_current(runtime.engine) else "migrations pending"
+            if checks["database"] == "ok":
+                with runtime.sessions() as session:
+                    dead = dead_letter_count(session)
         except Exception as error:
             checks["database"] = f"unreachable: {type(error).__name__}"
         try:
@@ -124,7 +132,11 @@ def create_app(services: Services) -> FastAPI:
             checks["broker"] = checks["redis"]
         is_ready = all(value == "ok" for value in checks.values())
         return JSONResponse(
-            {"status": "ready" if is_ready else "not ready", "checks": checks},
+            {
+                "status": "ready" if is_ready else "not ready",
+                "checks": checks,
+                "dead_letters": dead,
+            },
             status_code=200 if is_ready else 503,
         )
 
@@ -139,6 +151,31 @@ def create_app(services: Services) -> FastAPI:
     quiet_accepted_events()
     # ahead of every framework route (see `webhook`)
     app.router.routes.insert(0, Route("/v1/events", receiver, methods=["POST"]))
+
+    @app.get(
+        "/v1/events/dead",
+        tags=["webhooks"],
+        summary="Accepted events that failed to apply for good (their messages are held)",
+    )
+    def list_dead_letters(
+        _: Annotated[str, Depends(viewer)],
+        limit: Annotated[int, Query(ge=1, le=500, description="1…500, default 100")] = 100,
+    ) -> dict[str, Any]:
+        with runtime.sessions() as session:
+            return {"items": dead_letters(session, limit), "total": dead_letter_count(session)}
+
+    @app.post(
+        "/v1/events/dead/{event_id}/retry",
+        tags=["webhooks"],
+        summary="Apply a dead letter again, now (admin)",
+        responses={403: {"model": Problem}, 404: {"model": Problem}},
+    )
+    def retry_dead_letter(event_id: str, _: Annotated[str, Depends(admin)]) -> dict[str, Any]:
+        result = redrive(runtime.sessions, services.policy, event_id, services.dispatcher.now)
+        if result is None:
+            raise HTTPException(404, f"no dead letter {event_id}")
+        outcome, detail = result
+        return {"id": event_id, "outcome": outcome, "detail": detail}
 
     # -- the ops API ---------------------------------------------------------------------------
 

@@ -9,11 +9,17 @@ Checks, each finding naming the file (and the line, where one exists):
 - the full account number never appears (only its last four digits);
 - no forbidden language (see `lexicon`), found in the template sources line by line and in the
   rendered text (which catches words assembled by template logic);
+- no link but the lender's own (those in the context: website, payment page, unsubscribe),
+  and no control, bidi or other invisible formatting character, wherever the text came from;
 - an SMS takes no more segments than the policy allows.
+
+The worker lints every message it renders with the same checks (`lint_rendered`) and sends
+only those without errors.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -29,6 +35,7 @@ from outreach.render.lexicon import forbidden_language, sms_opt_out_phrases
 from outreach.render.renderer import PARTS_BY_CHANNEL, Rendered, Renderer, TemplateFailed
 from outreach.render.samples import sample_context
 from outreach.render.segments import non_gsm7_characters
+from outreach.text import LAYOUT, hidden_characters
 
 ERROR: Final = "error"
 WARNING: Final = "warning"
@@ -107,6 +114,28 @@ _TAG: Final = re.compile(r"<[^>]+>")
 _LINK_RUN_ON: Final = re.compile(r"https?://[\x21-\x7e]*[^\x00-\x7f]")
 
 
+# a link: a scheme, or a host written with www.
+_LINK: Final = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s<>\"']*|\bwww\.[^\s<>\"']+", re.IGNORECASE)
+# on the lower-cased markup: a case-blind search costs ten times as much
+_HREF: Final = re.compile(r"""href\s*=\s*["']([^"']*)["']""")
+# where a message may point besides the context's own links
+_HREF_SCHEMES: Final = ("mailto:", "tel:")
+_DIGITS: Final = re.compile(r"\d+")
+
+
+@functools.lru_cache(maxsize=4096)
+def _forbidden_in(words: str) -> tuple[tuple[str, str], ...]:
+    return tuple((hit.category, hit.phrase) for hit in forbidden_language(words))
+
+
+def _forbidden_phrases(text: str) -> tuple[tuple[str, str], ...]:
+    """(category, phrase) of each forbidden phrase in `text`, in order. Lexicon phrases have
+    no digits, so amounts, dates and ids are folded into one digit first: the messages of one
+    template then come down to a few texts, each searched once (the search costs more than
+    rendering the message)."""
+    return _forbidden_in(_DIGITS.sub("0", text))
+
+
 def visible_text(markup: str) -> str:
     """What a reader sees of an HTML part: tags removed, entities decoded."""
     return html.unescape(_TAG.sub(" ", markup))
@@ -120,6 +149,14 @@ def _resolve(context: Mapping[str, Any], path: str) -> Any:
         else:
             return None
     return value
+
+
+def _link_targets(markup: str) -> list[str]:
+    """The href of every link in the markup, entities decoded."""
+    lowered = markup.lower()
+    # a character whose lower case is longer moves the positions: search the markup itself
+    searched = lowered if len(lowered) == len(markup) else markup
+    return [html.unescape(markup[slice(*found.span(1))]) for found in _HREF.finditer(searched)]
 
 
 def _data_strings(context: Mapping[str, Any]) -> list[str]:
@@ -174,6 +211,7 @@ class _RenderedCheck:
             self.main = "email.txt"
         # where the message proper is (a subject is too short to carry every element)
         self.bodies = {part: text for part, text in self.seen.items() if part != "email.subject"}
+        self.data = _data_strings(context)
 
     def report(self, part: str, message: str, code: str, severity: str = ERROR) -> None:
         rendered = self.rendered
@@ -186,16 +224,42 @@ class _RenderedCheck:
                 self.report(part, "renders empty", "empty")
 
     def language(self, skip_phrases: Collection[str]) -> None:
-        data = _data_strings(self.context)
         skip = {phrase.lower() for phrase in skip_phrases}
         for part, text in self.seen.items():
-            for hit in forbidden_language(_without_data(text, data)):
-                if hit.phrase.lower() not in skip:
+            for category, phrase in _forbidden_phrases(_without_data(text, self.data)):
+                if phrase.lower() not in skip:
                     self.report(
                         part,
-                        f"forbidden language ({hit.category}) in the rendered text: {hit.phrase!r}",
+                        f"forbidden language ({category}) in the rendered text: {phrase!r}",
                         "forbidden_language",
                     )
+
+    def foreign_links(self) -> None:
+        """Only the context's own links (the lender's, the unsubscribe link) may appear: a
+        link that came in with a name or a field, or was typed into a template, is refused."""
+        own = [value for value in self.data if _LINK.fullmatch(value)]
+        for part, text in self.seen.items():
+            rest = text
+            for url in own:
+                rest = rest.replace(url, " ")
+            if "://" not in rest and "www." not in rest.lower():
+                continue
+            for link in _LINK.findall(rest):
+                self.report(part, f"links to {link!r}, not one of the lender's", "foreign_link")
+        for target in _link_targets(self.rendered.html or ""):
+            if not target.startswith(_HREF_SCHEMES) and target not in own:
+                self.report(
+                    "email.html", f"links to {target!r}, not one of the lender's", "foreign_link"
+                )
+
+    def hidden_characters(self) -> None:
+        for part, text in self.seen.items():
+            found = hidden_characters(text, allowed=LAYOUT)
+            if found:
+                named = ", ".join(f"U+{ord(character):04X}" for character in found)
+                self.report(
+                    part, f"contains control or invisible formatting characters ({named})", "hidden"
+                )
 
     def sender_and_contact(self) -> None:
         lender = _mapping(self.context, "lender")
@@ -310,6 +374,8 @@ def lint_rendered(
     check = _RenderedCheck(rendered, context)
     check.empty_parts()
     check.language(skip_phrases)
+    check.foreign_links()
+    check.hidden_characters()
     check.sender_and_contact()
     check.opt_out()
     check.amounts()

@@ -42,8 +42,10 @@ from outreach.domain import (
     Status,
 )
 from outreach.errors import RenderError, TransientError
-from outreach.render import Renderer
+from outreach.render import Renderer, lint_rendered
+from outreach.render.lint import ERROR
 from outreach.service.context import render_context
+from outreach.service.intake import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
 from outreach.service.messages import record
 from outreach.service.planning import (
     HELD_QUERY,
@@ -78,6 +80,9 @@ NOT_PROVIDER_ATTEMPTS = frozenset(
 )
 PROVIDER_BACKOFF_CAP = dt.timedelta(minutes=15)
 CHECK_RETRY_DELAY = dt.timedelta(minutes=1)
+# a message held for an event not applied looks again after this long (a dead letter: longer)
+HOLD_DELAY = dt.timedelta(minutes=1)
+DEAD_LETTER_HOLD = dt.timedelta(minutes=15)
 STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
 DUE_STATUSES = (Status.SCHEDULED.value, Status.DEFERRED.value)
@@ -293,8 +298,12 @@ class Dispatcher:
                     _GATE_QUERIES[postgres], {"ids": sorted(set(message_ids))}
                 )
             }
-            borrowers = load_borrowers(session, {row.borrower_id for row in rows.values()})
-            loans = load_loans(session, {row.loan_id for row in rows.values() if row.loan_id})
+            borrower_ids = {row.borrower_id for row in rows.values()}
+            loan_ids = {row.loan_id for row in rows.values() if row.loan_id}
+            borrowers = load_borrowers(session, borrower_ids)
+            loans = load_loans(session, loan_ids)
+            # read in the gate's transaction: when it cannot be read, nothing is gated
+            unapplied = unapplied_about(session, borrower_ids, loan_ids, now)
             for message_id in dict.fromkeys(message_ids):
                 row = rows.get(message_id)
                 if row is None:
@@ -306,6 +315,8 @@ class Dispatcher:
                     now,
                     borrowers.get(row.borrower_id),
                     loans.get(row.loan_id) if row.loan_id else None,
+                    unapplied.get(("borrower", row.borrower_id))
+                    or (unapplied.get(("loan", row.loan_id)) if row.loan_id else None),
                 )
                 if isinstance(gated, str):
                     outcomes[message_id] = gated
@@ -366,8 +377,10 @@ class Dispatcher:
         now: dt.datetime,
         borrower: BorrowerState | None,
         loan: LoanState | None,
+        unapplied: Unapplied | None = None,
     ) -> str | Dispatcher._Prepared:
-        """The final gate on a locked row, with the latest borrower and loan state."""
+        """The final gate on a locked row, with the latest borrower and loan state; held
+        while an accepted event about them is `unapplied` (that state may be stale)."""
         if row.status not in (Status.QUEUED.value, *DUE_STATUSES):
             return f"skipped:{row.status}"
         if row.send_at > now:
@@ -375,6 +388,14 @@ class Dispatcher:
             if row.status == Status.QUEUED.value:
                 row.record(Status.SCHEDULED, Reason.PLANNED.value, now, "not due yet")
             return "not_due"
+        if unapplied is not None:
+            # a dead letter waits for ops: looked at again less often than one being retried
+            delay = DEAD_LETTER_HOLD if unapplied.outcome == DEAD_LETTER_OUTCOME else HOLD_DELAY
+            hold = Decision.wait(
+                Reason.EVENT_PENDING, now + delay, event=unapplied.id, outcome=unapplied.outcome
+            )
+            self._defer(row, hold, now)
+            return f"deferred:{Reason.EVENT_PENDING.value}"
         if borrower is None:
             decision = Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown")
         elif row.loan_id is not None and loan is None:
@@ -500,13 +521,14 @@ class Dispatcher:
 
     def _compose(
         self, message_id: str, prepared: Dispatcher._Prepared, now: dt.datetime
-    ) -> _Composed | tuple[Decision | None, str]:
-        """The message's text for its recipient, rendered from the state the gate decided on;
-        or why it cannot go: (a decision to withhold it, or None with a render error)."""
+    ) -> _Composed | tuple[Decision | None, str, Mapping[str, object]]:
+        """The message's text for its recipient, rendered from the state the gate decided on
+        and linted; or why it cannot go: (a decision to withhold it, or None with a render
+        error; the columns of a text that was rendered but fails the lint)."""
         borrower, loan, channel = prepared.borrower, prepared.loan, prepared.channel
         recipient = borrower.recipient(channel)
         if recipient is None:
-            return Decision.suppress(Reason.NO_ADDRESS), "withheld:no_address"
+            return Decision.suppress(Reason.NO_ADDRESS), "withheld:no_address", {}
         locale = self.policy.locale_for(borrower.locale)
         zones = pol.candidate_zones(self.policy, borrower)
         unsubscribe_url = None
@@ -526,7 +548,14 @@ class Dispatcher:
         try:
             rendered = self.renderer.render(prepared.planned.template, channel, locale, context)
         except RenderError as error:
-            return None, str(error)
+            return None, str(error), {}
+        # every check of `outreach check` but the segment limit: a long name or address
+        # makes a lawful message longer, not one to withhold (its segments are recorded)
+        findings = [
+            finding
+            for finding in lint_rendered(rendered, context, max_sms_segments=None)
+            if finding.severity == ERROR
+        ]
         headers = {}
         if unsubscribe_url is not None:
             headers = {
@@ -534,18 +563,23 @@ class Dispatcher:
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             }
         sms = channel is Channel.SMS
+        columns: dict[str, object] = {
+            "locale": locale,
+            "recipient": recipient,
+            "template_version": rendered.version,
+            "body": rendered.body if sms else None,
+            "segments": rendered.segments if sms else None,
+            "encoding": rendered.encoding if sms else None,
+            "subject": None if sms else rendered.subject,
+            "text": None if sms else rendered.text,
+            "html": None if sms else rendered.html,
+        }
+        if findings:
+            summary = "; ".join(f"{finding.code}: {finding.message}" for finding in findings)
+            rejected = Decision.suppress(Reason.CONTENT_REJECTED, findings=summary[:1000])
+            return rejected, f"withheld:{Reason.CONTENT_REJECTED.value}", columns
         return _Composed(
-            columns={
-                "locale": locale,
-                "recipient": recipient,
-                "template_version": rendered.version,
-                "body": rendered.body if sms else None,
-                "segments": rendered.segments if sms else None,
-                "encoding": rendered.encoding if sms else None,
-                "subject": None if sms else rendered.subject,
-                "text": None if sms else rendered.text,
-                "html": None if sms else rendered.html,
-            },
+            columns=columns,
             outgoing=Outgoing(
                 message_id=message_id,
                 channel=channel,
@@ -561,16 +595,26 @@ class Dispatcher:
         )
 
     def _withhold_uncomposable(
-        self, message_id: str, prepared: Dispatcher._Prepared, decision: Decision | None, why: str
+        self,
+        message_id: str,
+        prepared: Dispatcher._Prepared,
+        decision: Decision | None,
+        why: str,
+        rendered: Mapping[str, object],
     ) -> str:
-        """A message that cannot be composed: withheld (no address left) or failed (its
-        template does not render), if still `queued`; its cap slot given back either way."""
+        """A message that cannot be composed: withheld (no address left; its text rejected,
+        kept on the row and flagged for a person) or failed (its template does not render),
+        if still `queued`; its cap slot given back either way."""
         now = self.now()
         with transaction(self.sessions) as session:
             row = self._lock(session, message_id)
             if row is None or row.status != Status.QUEUED.value:
                 outcome = f"skipped:{row.status if row else 'missing'}"
             elif decision is not None:
+                for column, value in rendered.items():
+                    setattr(row, column, value)
+                if decision.reason is Reason.CONTENT_REJECTED:
+                    row.needs_human = True
                 withhold(row, decision, now)
                 outcome = why
             else:

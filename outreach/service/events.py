@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -23,6 +24,7 @@ from pydantic import (
 from outreach.domain import ClosedReason, Restriction
 from outreach.errors import PermanentError
 from outreach.policy.zones import parsed_number
+from outreach.text import hidden_characters
 
 
 class EventError(PermanentError):
@@ -32,6 +34,17 @@ class EventError(PermanentError):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+
+# What the store can hold, and a margin of sense: amounts are NUMERIC(18, 4) (scaled 64-bit
+# integers on SQLite); a trillion in any currency is no loan this service will dun
+MAX_AMOUNT = Decimal(10) ** 12
+AMOUNT_QUANTUM = Decimal("0.0001")
+MAX_DAYS_PAST_DUE = 36_500
+# dates the policy adds days and weeks to without leaving the calendar
+EARLIEST_DATE = dt.date(1900, 1, 1)
+LATEST_DATE = dt.date(2199, 12, 31)
+MAX_NAME_LENGTH = 100
 
 
 def _decimal_string(value: Any) -> Decimal:
@@ -44,13 +57,52 @@ def _decimal_string(value: Any) -> Decimal:
         raise ValueError(f"'{value}' is not a decimal number") from None
     if not amount.is_finite():
         raise ValueError("must be a finite number")
+    if abs(amount) > MAX_AMOUNT:
+        raise ValueError(f"'{value}' is out of range (at most {MAX_AMOUNT:,} either way)")
+    if amount != amount.quantize(AMOUNT_QUANTUM):
+        raise ValueError(f"'{value}' has more than 4 decimal places")
     return amount
+
+
+def _calendar_date(value: dt.date) -> dt.date:
+    day = value.date() if isinstance(value, dt.datetime) else value
+    if not EARLIEST_DATE <= day <= LATEST_DATE:
+        raise ValueError(
+            f"'{value.isoformat()}' is out of range ({EARLIEST_DATE.year}-{LATEST_DATE.year})"
+        )
+    return value
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
         raise ValueError("must carry a UTC offset (RFC 3339), e.g. 2026-11-23T09:00:00Z")
+    _calendar_date(value)
     return value.astimezone(dt.UTC)
+
+
+_LINK = re.compile(
+    r"[a-z][a-z0-9+.-]*://|\bwww\.|[\w.+-]+@[\w-]+\.[a-z]"
+    r"|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|net|org|info|biz|io|co|cn|tw|hk|us|uk|me|ly"
+    r"|xyz|top|site|online|link|click|app|example|shop|vip)\b",
+    re.IGNORECASE,
+)
+
+
+def _person_name(value: str) -> str:
+    """A name that goes into messages as written: one line of visible text, no links."""
+    if not value.strip():
+        raise ValueError("must not be blank")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"is longer than {MAX_NAME_LENGTH} characters")
+    hidden = hidden_characters(value)
+    if hidden:
+        raise ValueError(
+            f"contains U+{ord(hidden[0]):04X} (a control, line-break or bidi character)"
+        )
+    link = _LINK.search(value)
+    if link:
+        raise ValueError(f"must not contain a link or address ({link.group(0)!r})")
+    return value
 
 
 def _e164(value: str) -> str:
@@ -81,6 +133,8 @@ Phone = Annotated[str, AfterValidator(_e164)]
 Zone = Annotated[str, AfterValidator(_zone)]
 Email = Annotated[str, AfterValidator(_email)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100)]
+CalendarDate = Annotated[dt.date, AfterValidator(_calendar_date)]
+PersonName = Annotated[str, AfterValidator(_person_name)]
 
 
 class Strict(BaseModel):
@@ -95,9 +149,9 @@ class Lenient(BaseModel):
 
 class AddressIn(Lenient):
     country: Annotated[str, Field(min_length=2, max_length=2)] | None = None
-    region: str | None = None
-    city: str | None = None
-    postal_code: str | None = None
+    region: Annotated[str, Field(max_length=100)] | None = None
+    city: Annotated[str, Field(max_length=100)] | None = None
+    postal_code: Annotated[str, Field(max_length=20)] | None = None
 
     @field_validator("country")
     @classmethod
@@ -112,14 +166,14 @@ class ConsentIn(Lenient):
 
 class BorrowerIn(Lenient):
     id: Identifier
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: PersonName
     locale: Annotated[str, Field(min_length=2, max_length=20)]
     phones: list[Phone] = Field(default_factory=list)
-    email: Email | None = None
+    email: Annotated[Email, Field(max_length=320)] | None = None
     timezone: Zone | None = None
     address: AddressIn | None = None
     consent: ConsentIn = ConsentIn()
-    tags: list[str] = Field(default_factory=list)
+    tags: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list)
 
 
 class LoanIn(Lenient):
@@ -129,8 +183,8 @@ class LoanIn(Lenient):
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
     amount_due: Money
     balance: Money
-    days_past_due: int
-    due_date: dt.date
+    days_past_due: Annotated[int, Field(ge=-MAX_DAYS_PAST_DUE, le=MAX_DAYS_PAST_DUE)]
+    due_date: CalendarDate
     account_number: Annotated[str, Field(min_length=1, max_length=64)]
 
 
@@ -154,25 +208,25 @@ class PromiseCreated(Lenient):
     loan_id: Identifier
     promise_id: Identifier
     amount: Money
-    promised_date: dt.date
+    promised_date: CalendarDate
 
 
 class InstalmentIn(Lenient):
-    due_date: dt.date
+    due_date: CalendarDate
     amount: Money
 
 
 class PlanCreated(Lenient):
     loan_id: Identifier
     plan_id: Identifier
-    instalments: Annotated[list[InstalmentIn], Field(min_length=1)]
+    instalments: Annotated[list[InstalmentIn], Field(min_length=1, max_length=120)]
 
 
 class VisitScheduled(Lenient):
     loan_id: Identifier
     visit_id: Identifier
     visit_at: Instant
-    collector_name: Annotated[str, Field(min_length=1, max_length=200)]
+    collector_name: PersonName
     collector_id: Annotated[str, Field(min_length=1, max_length=100)]
 
 
@@ -287,6 +341,27 @@ def _first_problem(error: ValidationError, prefix: str) -> EventError:
     return EventError(path.strip("."), message)
 
 
+def _nul_at(value: Any, path: str) -> str | None:
+    """Where a NUL character is in the document (keys included), if anywhere: the inbox keeps
+    the document as JSONB and PostgreSQL cannot store a NUL in text or JSONB."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return inner
+            found = _nul_at(item, inner)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
 def parse_event(raw: bytes | str | dict[str, Any], *, allow_simulation: bool = False) -> Event:
     """Parse and validate one event; raise EventError naming the first offending field."""
     if isinstance(raw, bytes | str):
@@ -298,6 +373,14 @@ def parse_event(raw: bytes | str | dict[str, Any], *, allow_simulation: bool = F
         document = raw
     if not isinstance(document, dict):
         raise EventError("body", "must be a JSON object")
+    # JSON text can carry a NUL only escaped; most documents need no walk
+    if isinstance(raw, bytes):
+        maybe_nul = b"\\u0000" in raw
+    else:
+        maybe_nul = not isinstance(raw, str) or "\\u0000" in raw
+    nul = _nul_at(document, "") if maybe_nul else None
+    if nul is not None:
+        raise EventError(nul, "contains a NUL character (U+0000), which cannot be stored")
     try:
         envelope = Envelope.model_validate(document)
     except ValidationError as error:

@@ -21,7 +21,10 @@ event per transaction; an event whose apply fails on its own is marked `failed` 
 row with the error (ops see it on the borrower's timeline). While the store is unreachable,
 applying waits and tries again. Events a process stored but did not apply (it stopped or
 crashed) stay `pending`; every minute the clock applies them, and tries failed ones again
-(`apply_orphaned`).
+once their `retry_at` has come (1, 2, 4, 8 minutes after each failure). An event that fails
+DEAD_LETTER_AFTER times, or can no longer be parsed, is a dead letter: logged once at ERROR,
+not tried again until ops re-drive it (`redrive`), listed by `dead_letters`. Until an event
+is applied, the final gate holds the messages of its borrower and loan (`unapplied_about`).
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ import asyncio
 import datetime as dt
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, and_, or_, select, tuple_, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
+from outreach.domain import Reason, Status
 from outreach.errors import StoreUnavailable
 from outreach.service.events import Event, EventError, parse_event
 from outreach.service.ingest import (
@@ -66,6 +71,14 @@ APPLY_RETRY_SECONDS = (0.5, 30.0)
 ORPHANED_AFTER = dt.timedelta(seconds=30)
 ORPHAN_ROUNDS = 20
 FAILED_OUTCOME = "failed"
+DEAD_LETTER_OUTCOME = "dead_letter"
+# failed applies after which an event is a dead letter; the first retry waits this long,
+# each next one twice as long
+DEAD_LETTER_AFTER = 5
+RETRY_AFTER = dt.timedelta(minutes=1)
+# a pending event this old is not one its web process is about to apply: the final gate
+# holds the messages it is about
+HOLD_PENDING_AFTER = dt.timedelta(seconds=5)
 
 Outcome = IngestResult | BaseException
 T = TypeVar("T")
@@ -229,7 +242,7 @@ def apply_events(
         if isinstance(outcome, StoreUnavailable) and not is_conflict(outcome):
             raise outcome
         if isinstance(outcome, BaseException):
-            mark_failed(sessions, event.id, outcome)
+            mark_failed(sessions, event.id, outcome, clock())
 
 
 def _with_conflict_retries(sessions: sessionmaker[Session], work: Callable[[Session], T]) -> T:
@@ -273,35 +286,89 @@ def _one_by_one_on_failure(
     return outcomes
 
 
-_UNAPPLIED = (PENDING_OUTCOME, FAILED_OUTCOME)
+# not applied (yet): what the gate holds messages for, and what applying may still change
+_UNAPPLIED = (PENDING_OUTCOME, FAILED_OUTCOME, DEAD_LETTER_OUTCOME)
 _PENDING_OF = (
     select(_INBOX.c.id)
     .where(keys_in(_INBOX.c.id, "ids"), _INBOX.c.outcome.in_(_UNAPPLIED))
     .order_by(_INBOX.c.id)
 )
+_ATTEMPTS_OF = select(_INBOX.c.attempts).where(
+    _INBOX.c.id == bindparam("id"), _INBOX.c.outcome.in_(_UNAPPLIED)
+)
 
 
 def pending_of(session: Session, ids: Sequence[str]) -> set[str]:
-    """Which of these inbox rows are still to be applied (pending, or failed before), locked
-    (on PostgreSQL) until the end of the transaction, so no one else applies them meanwhile."""
+    """Which of these inbox rows are still to be applied (pending, failed or dead-lettered
+    before), locked (on PostgreSQL) until the end of the transaction, so no one else applies
+    them meanwhile."""
     query = _PENDING_OF
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     return set(session.connection().execute(query, {"ids": list(ids)}).scalars())
 
 
-def mark_failed(sessions: sessionmaker[Session], event_id: str, error: BaseException) -> None:
-    log.error("event %s could not be applied", event_id, exc_info=error)
-    detail = f"could not be applied: {type(error).__name__}: {error}"[:500]
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def mark_failed(
+    sessions: sessionmaker[Session],
+    event_id: str,
+    error: BaseException,
+    now: dt.datetime,
+    *,
+    permanent: bool = False,
+) -> None:
+    """Record a failed apply on the event's inbox row: `failed`, to be tried again at
+    `retry_at`; or, after DEAD_LETTER_AFTER failures (at once when `permanent`), a dead
+    letter, logged at ERROR this once."""
     try:
         with transaction(sessions) as session:
+            query = _ATTEMPTS_OF
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update()
+            attempts = session.connection().execute(query, {"id": event_id}).scalar()
+            if attempts is None:
+                return  # applied meanwhile by someone else
+            attempts += 1
+            dead = permanent or attempts >= DEAD_LETTER_AFTER
+            retry_at = None if dead else now + RETRY_AFTER * 2 ** (attempts - 1)
+            if dead:
+                detail = f"dead letter after {attempts} attempt(s): {_one_line(error)}"
+            else:
+                detail = f"could not be applied (attempt {attempts}): {_one_line(error)}"
             session.execute(
                 update(_INBOX)
-                .where(_INBOX.c.id == event_id, _INBOX.c.outcome.in_(_UNAPPLIED))
-                .values(outcome=FAILED_OUTCOME, detail=detail)
+                .where(_INBOX.c.id == event_id)
+                .values(
+                    outcome=DEAD_LETTER_OUTCOME if dead else FAILED_OUTCOME,
+                    detail=detail[:500],
+                    attempts=attempts,
+                    retry_at=retry_at,
+                )
             )
-    except StoreUnavailable as unreachable:  # it stays pending; the clock tries it again
-        log.warning("event %s stays pending: %s", event_id, unreachable)
+    except StoreUnavailable as unreachable:  # it stays as it was; the clock tries it again
+        log.warning("event %s stays unapplied: %s", event_id, unreachable)
+        return
+    if dead:
+        log.error(
+            "event %s is a dead letter after %d attempt(s); its borrower's and loan's messages "
+            "are held until it is re-driven (POST /v1/events/dead/%s/retry)",
+            event_id,
+            attempts,
+            event_id,
+            exc_info=error,
+        )
+    else:
+        log.warning(
+            "event %s could not be applied (attempt %d of %d, next at %s): %s",
+            event_id,
+            attempts,
+            DEAD_LETTER_AFTER,
+            retry_at.isoformat() if retry_at else None,
+            _one_line(error),
+        )
 
 
 def apply_orphaned(
@@ -313,17 +380,22 @@ def apply_orphaned(
     limit: int = APPLY_BATCH,
 ) -> int:
     """Apply the events stored `older_than` ago and still pending (the web process that stored
-    them stopped before applying them), and try again those whose apply failed (a fix may
-    have been deployed since; until then each try records its error again). Oldest first,
-    `limit` per transaction; returns how many were found (a process applying one of them at
-    the same moment applies it once)."""
+    them stopped before applying them), and try again those whose apply failed once their
+    `retry_at` has come (a fix may have been deployed since; until then each try counts
+    towards the dead letter). Oldest first, `limit` per transaction; returns how many were
+    found (a process applying one of them at the same moment applies it once)."""
     total = 0
+    now = clock()
     unapplied = or_(
         and_(
             _INBOX.c.outcome == PENDING_OUTCOME,
-            _INBOX.c.received_at <= clock() - older_than,
+            _INBOX.c.received_at <= now - older_than,
         ),
-        _INBOX.c.outcome == FAILED_OUTCOME,
+        and_(
+            _INBOX.c.outcome == FAILED_OUTCOME,
+            # rows failed before retries were timed have none
+            or_(_INBOX.c.retry_at.is_(None), _INBOX.c.retry_at <= now),
+        ),
     )
     position = tuple_(_INBOX.c.received_at, _INBOX.c.id)
     after: tuple[dt.datetime, str] | None = None
@@ -345,9 +417,144 @@ def apply_orphaned(
             try:
                 events.append(parse_event(body))
             except EventError as error:  # accepted once, so only a changed parser gets here
-                mark_failed(sessions, event_id, error)
+                mark_failed(sessions, event_id, error, clock(), permanent=True)
         apply_events(sessions, policy, events, clock)
         total += len(rows)
         if len(rows) < limit:
             break
     return total
+
+
+# -- what the final gate and ops read -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Unapplied:
+    """An accepted event not applied: the messages of its borrower and loan wait for it."""
+
+    id: str
+    outcome: str
+
+
+_UNAPPLIED_ABOUT = (
+    select(_INBOX.c.id, _INBOX.c.outcome, _INBOX.c.borrower_id, _INBOX.c.loan_id)
+    .where(
+        _INBOX.c.outcome.in_(_UNAPPLIED),
+        or_(_INBOX.c.outcome != PENDING_OUTCOME, _INBOX.c.received_at <= bindparam("cutoff")),
+        or_(keys_in(_INBOX.c.borrower_id, "borrowers"), keys_in(_INBOX.c.loan_id, "loans")),
+    )
+    .order_by(_INBOX.c.received_at, _INBOX.c.id)
+)
+
+
+def unapplied_about(
+    session: Session, borrower_ids: Iterable[str], loan_ids: Iterable[str], now: dt.datetime
+) -> dict[tuple[str, str], Unapplied]:
+    """The oldest event not applied about each of these borrowers and loans, keyed
+    ("borrower", id) or ("loan", id): failed and dead-lettered ones, and pending ones older
+    than HOLD_PENDING_AFTER (younger ones are being applied by the process that took them)."""
+    borrowers, loans = sorted(set(borrower_ids)), sorted(set(loan_ids))
+    if not borrowers and not loans:
+        return {}
+    found: dict[tuple[str, str], Unapplied] = {}
+    rows = session.connection().execute(
+        _UNAPPLIED_ABOUT,
+        {"cutoff": now - HOLD_PENDING_AFTER, "borrowers": borrowers, "loans": loans},
+    )
+    for row in rows:
+        event = Unapplied(row.id, row.outcome)
+        if row.borrower_id is not None:
+            found.setdefault(("borrower", row.borrower_id), event)
+        if row.loan_id is not None:
+            found.setdefault(("loan", row.loan_id), event)
+    return found
+
+
+def dead_letter_count(session: Session) -> int:
+    query = select(func.count()).where(_INBOX.c.outcome == DEAD_LETTER_OUTCOME)
+    return int(session.connection().execute(query).scalar_one())
+
+
+def dead_letters(session: Session, limit: int = 100) -> list[dict[str, Any]]:
+    """The dead letters, oldest first, as ops read them."""
+    query = (
+        select(
+            _INBOX.c.id,
+            _INBOX.c.type,
+            _INBOX.c.borrower_id,
+            _INBOX.c.loan_id,
+            _INBOX.c.occurred_at,
+            _INBOX.c.received_at,
+            _INBOX.c.attempts,
+            _INBOX.c.detail,
+        )
+        .where(_INBOX.c.outcome == DEAD_LETTER_OUTCOME)
+        .order_by(_INBOX.c.received_at, _INBOX.c.id)
+        .limit(limit)
+    )
+    return [
+        {
+            "id": row.id,
+            "type": row.type,
+            "borrower_id": row.borrower_id,
+            "loan_id": row.loan_id,
+            "occurred_at": row.occurred_at.isoformat(),
+            "received_at": row.received_at.isoformat(),
+            "attempts": row.attempts,
+            "error": row.detail,
+        }
+        for row in session.connection().execute(query)
+    ]
+
+
+_INBOX_ROW = select(
+    _INBOX.c.body, _INBOX.c.outcome, _INBOX.c.detail, _INBOX.c.borrower_id, _INBOX.c.loan_id
+).where(_INBOX.c.id == bindparam("id"))
+
+
+def redrive(
+    sessions: sessionmaker[Session],
+    policy: pol.Policy,
+    event_id: str,
+    clock: Callable[[], dt.datetime],
+) -> tuple[str, str | None] | None:
+    """Apply a dead letter once more, now (ops fixed its cause); its outcome and detail
+    after (a failure makes it a dead letter again), or None when it is no dead letter. The
+    messages held for it are brought forward, so the gate decides on them at once."""
+    with sessions() as session:
+        row = session.connection().execute(_INBOX_ROW, {"id": event_id}).first()
+    if row is None or row.outcome != DEAD_LETTER_OUTCOME:
+        return None
+    try:
+        apply_events(sessions, policy, [parse_event(row.body)], clock)
+    except EventError as error:
+        mark_failed(sessions, event_id, error, clock(), permanent=True)
+    with transaction(sessions) as session:
+        after = session.connection().execute(_INBOX_ROW, {"id": event_id}).one()
+        if after.outcome not in _UNAPPLIED:
+            _bring_held_forward(session, row.borrower_id, row.loan_id, clock())
+    log.info("dead letter %s re-driven: %s", event_id, after.outcome)
+    return after.outcome, after.detail
+
+
+def _bring_held_forward(
+    session: Session, borrower_id: str | None, loan_id: str | None, now: dt.datetime
+) -> None:
+    messages = cast(Table, m.Message.__table__)
+    about = [
+        column == value
+        for column, value in ((messages.c.borrower_id, borrower_id), (messages.c.loan_id, loan_id))
+        if value is not None
+    ]
+    if not about:
+        return
+    session.execute(
+        update(messages)
+        .where(
+            messages.c.status == Status.DEFERRED.value,
+            messages.c.reason == Reason.EVENT_PENDING.value,
+            messages.c.send_at > now,
+            or_(*about),
+        )
+        .values(send_at=now)
+    )

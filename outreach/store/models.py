@@ -182,19 +182,24 @@ class ReceivedEvent(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSONType)
     borrower_id: Mapped[str | None] = mapped_column(String(100), index=True)
     loan_id: Mapped[str | None] = mapped_column(String(100), index=True)
-    # pending (stored, not applied yet) | applied | ignored_stale | … | failed, with the
-    # detail naming why
+    # pending (stored, not applied yet) | applied | ignored_stale | … | failed (tried again
+    # at retry_at) | dead_letter (failed too often, not tried again), with the detail naming why
     outcome: Mapped[str] = mapped_column(String(40))
     detail: Mapped[str | None] = mapped_column(Text)
+    # failed applies so far, and when the next one is due (`intake.mark_failed`)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
-        # the clock's look for events left pending or failed (`intake.apply_orphaned`)
+        # the clock's look for events left pending or failed (`intake.apply_orphaned`), the
+        # final gate's for events not applied about a batch's borrowers and loans, and the
+        # dead letters ops read
         Index(
             "ix_received_events_unapplied",
             "received_at",
             "id",
-            postgresql_where=text("outcome IN ('pending', 'failed')"),
-            sqlite_where=text("outcome IN ('pending', 'failed')"),
+            postgresql_where=text("outcome IN ('pending', 'failed', 'dead_letter')"),
+            sqlite_where=text("outcome IN ('pending', 'failed', 'dead_letter')"),
         ),
     )
 

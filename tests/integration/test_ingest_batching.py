@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, select, text
 from outreach.service import state
 from outreach.service.events import Event, parse_event
 from outreach.service.ingest import store_in_inbox
-from outreach.service.intake import apply_orphaned
+from outreach.service.intake import RETRY_AFTER, apply_orphaned
 from outreach.store import models as m
 from outreach.store.db import transaction
 from tests.conftest import POSTGRES_URL
@@ -241,9 +241,12 @@ def test_one_event_that_fails_does_not_fail_the_others_and_is_tried_again(
     # redelivered, it is the same event: a duplicate, not a second payment
     assert post(live, bad).status_code == 200
 
-    # once the fault is gone, the clock's next sweep applies it
+    # once the fault is gone, the clock's first sweep after its retry time applies it
     state.APPLY["payment.received"] = real
-    assert live.clock.apply_orphaned_events() >= 1
+    assert live.clock.apply_orphaned_events() == 0  # not before its retry time
+    retry_time = live.services.dispatcher.now() + RETRY_AFTER
+    sessions, policy = live.services.runtime.sessions, live.services.policy
+    assert apply_orphaned(sessions, policy, lambda: retry_time) >= 1
     assert live.outcomes([bad["id"]]) == {bad["id"]: "applied"}
     assert all(
         item["status"] == "cancelled" for item in live.messages(loan_id="l-fail", purpose="dunning")

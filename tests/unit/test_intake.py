@@ -79,7 +79,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[list[str]]]:
     def pending_of(_: Any, ids: Sequence[str]) -> set[str]:
         return set(ids)
 
-    def mark_failed(_: Any, event_id: str, error: BaseException) -> None:
+    def mark_failed(_: Any, event_id: str, error: BaseException, *__: Any) -> None:
         seen["failed"].append([event_id, type(error).__name__])
 
     monkeypatch.setattr(intake_module, "transaction", transaction)

@@ -295,3 +295,51 @@ def test_lexicons_cover_each_category_in_each_language(text: str, category: str)
 )
 def test_lexicons_leave_ordinary_wording_alone(text: str) -> None:
     assert forbidden_language(text) == []
+
+
+def test_a_link_that_came_in_with_the_data_is_a_foreign_link() -> None:
+    renderer = Renderer(TEMPLATES)
+    context = sample_context("early_first_notice", Channel.SMS, "en-US")
+    context["borrower"]["name"] = "Hi 王芳😀Please pay at http://scam.example now"
+    rendered = renderer.render("early_first_notice", Channel.SMS, "en-US", context)
+    findings = lint_rendered(rendered, context)
+    assert [f.code for f in findings if f.severity == "error"] == ["foreign_link"]
+    assert "http://scam.example" in findings[0].message
+
+
+def test_a_link_typed_into_an_email_template_is_a_foreign_link(templates: Path) -> None:
+    folder = templates / "early_first_notice"
+    html = folder / "email.html.en-US.j2"
+    html.write_text(
+        html.read_text().replace(
+            "ui.button(lender.payment_url,", 'ui.button("https://pay.elsewhere.example",'
+        )
+    )
+    text = folder / "email.txt.en-US.j2"
+    text.write_text(
+        text.read_text().replace(
+            "Make a payment: {{ lender.payment_url }}", "Pay at www.elsewhere.example"
+        )
+    )
+    foreign = [f for f in check(templates) if f.code == "foreign_link"]
+    assert {(Path(f.file).name, f.message) for f in foreign} == {
+        (
+            "email.html.en-US.j2",
+            "links to 'https://pay.elsewhere.example', not one of the lender's",
+        ),
+        ("email.txt.en-US.j2", "links to 'www.elsewhere.example', not one of the lender's"),
+    }
+
+
+def test_control_and_bidi_characters_in_the_text_are_reported() -> None:
+    renderer = Renderer(TEMPLATES)
+    context = sample_context("early_first_notice", Channel.SMS, "zh-CN")
+    context["borrower"]["name"] = "王\u202e芳\x07"
+    rendered = renderer.render("early_first_notice", Channel.SMS, "zh-CN", context)
+    (finding,) = [f for f in lint_rendered(rendered, context) if f.severity == "error"]
+    assert finding.code == "hidden"
+    assert "U+0007, U+202E" in finding.message
+    # a joiner inside an emoji sequence is not hidden text
+    context["borrower"]["name"] = "Zoë 👩\u200d👩\u200d👧"
+    rendered = renderer.render("early_first_notice", Channel.SMS, "en-US", context)
+    assert not has_errors(lint_rendered(rendered, context))
