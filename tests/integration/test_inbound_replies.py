@@ -33,12 +33,6 @@ from tests.twilio_fixtures import twilio_env
 INBOUND = "/v1/providers/twilio/inbound"
 
 
-@pytest.fixture
-def emulator() -> Iterator[TwilioEmulator]:
-    with TwilioEmulator() as running:
-        yield running
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def live(
     request: pytest.FixtureRequest,
