@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
@@ -31,6 +32,7 @@ from outreach.store.db import ping, transaction
 from outreach.store.migrate import is_current
 from outreach.store.models import Message
 from outreach.wiring import Services, link_secret
+from outreach.worker import QUEUE, build_broker
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,12 @@ class PreviewRequest(BaseModel):
     context: dict[str, Any] | None = None
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI:
+    """The app; `broker` is the one `/ready` checks (by default one built on the
+    configured Redis, as the clock and workers build theirs)."""
     runtime = services.runtime
     settings = runtime.settings
+    checked_broker = broker if broker is not None else build_broker(runtime.redis.url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +77,8 @@ def create_app(services: Services) -> FastAPI:
         # what was accepted is applied before the process goes (or else by the clock, later)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(app.state.intake.settle(), timeout=SETTLE_SECONDS)
+        if broker is None:
+            checked_broker.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -120,10 +127,14 @@ def create_app(services: Services) -> FastAPI:
         try:
             runtime.redis.client.ping()
             checks["redis"] = "ok"
-            checks["broker"] = "ok"
         except Exception as error:
             checks["redis"] = f"unreachable: {type(error).__name__}"
-            checks["broker"] = checks["redis"]
+        try:
+            # a round trip through the broker's own connections and script: its queue length
+            detail["broker_queue"] = int(checked_broker.do_qsize(QUEUE))
+            checks["broker"] = "ok"
+        except Exception as error:
+            checks["broker"] = f"unreachable: {type(error).__name__}"
         try:
             journal = services.replies.journal
             detail["replies_journaled"] = journal.waiting()
