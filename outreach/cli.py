@@ -128,7 +128,7 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
         clock_process = Clock(services, lambda ids: enqueue(ready_broker, ids))
         clock_process.start()
         typer.echo(f"outreach listening on http://{host}:{port}")
-        uvicorn.run(create_app(services), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(services, broker), host=host, port=port, log_level="info")
     finally:
         if clock_process is not None:
             clock_process.stop()

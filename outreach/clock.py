@@ -22,6 +22,7 @@ from sqlalchemy import select
 from outreach.errors import StoreUnavailable
 from outreach.service import dispatch as dispatch_service
 from outreach.service.intake import apply_orphaned
+from outreach.service.journal import JournalUnavailable
 from outreach.service.planning import replan_loan
 from outreach.store import models as m
 from outreach.store.db import transaction
@@ -101,6 +102,9 @@ class Clock:
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
         self.scheduler.add_job(self.heartbeat, "interval", seconds=RENEW_SECONDS, **common)
         self.scheduler.add_job(self.release_due, "interval", seconds=self.tick_seconds, **common)
+        self.scheduler.add_job(
+            self.apply_journaled_replies, "interval", seconds=self.tick_seconds, **common
+        )
         self.scheduler.add_job(self.housekeeping, "interval", seconds=60, **common)
         self.scheduler.add_job(self.replan_all, "interval", minutes=10, **common)
         self.scheduler.start()
@@ -151,6 +155,17 @@ class Clock:
             self._enqueue(stale)
         self.dispatcher.reconcile_stuck()
         self.apply_orphaned_events()
+
+    def apply_journaled_replies(self) -> int:
+        """Replies and status callbacks kept in Redis while the database was unreachable,
+        applied in arrival order (see `service.journal`)."""
+        if not self.is_leader:
+            return 0
+        try:
+            return int(self.services.replies.drain())
+        except JournalUnavailable as error:
+            log.warning("reply journal unavailable: %s", error)
+            return 0
 
     def apply_orphaned_events(self) -> int:
         """Webhook events stored but not applied: their web process stopped first, or their

@@ -24,6 +24,7 @@ from outreach.domain import Channel, Purpose, Reason, Status
 from outreach.render import Renderer
 from outreach.runtime import Runtime
 from outreach.service.dispatch import Dispatcher
+from outreach.service.journal import ReplyIntake, ReplyJournal
 from outreach.settings import Settings
 from outreach.store import models as m
 from outreach.store.keysets import keys_in
@@ -155,6 +156,7 @@ class Services:
     renderer: Renderer
     caps: CapReserver
     dispatcher: Dispatcher
+    replies: ReplyIntake
 
     @classmethod
     def build(
@@ -180,4 +182,7 @@ class Services:
             link_secret=link_secret(settings),
             clock=clock,
         )
-        return cls(runtime, policy, renderer, caps, dispatcher)
+        journal = ReplyJournal(runtime.redis.client)
+        dispatcher.replies_pending = journal.held_senders
+        replies = ReplyIntake(journal, runtime.sessions, policy, clock)
+        return cls(runtime, policy, renderer, caps, dispatcher, replies)

@@ -174,7 +174,7 @@ def start_live_service(
     clock.start()
     from outreach.api.app import create_app
 
-    app = create_app(services)
+    app = create_app(services, broker)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
@@ -23,13 +24,15 @@ from outreach.render import preview as render_preview
 from outreach.service import log as message_log
 from outreach.service.dispatch import verify_unsubscribe_token
 from outreach.service.export import csv_rows
-from outreach.service.inbound import handle_sms_reply, handle_unsubscribe, record_status
+from outreach.service.inbound import handle_unsubscribe
 from outreach.service.intake import Intake, dead_letter_count, dead_letters, redrive
+from outreach.service.journal import SMS_REPLY, TWILIO_STATUS, JournalEntry, JournalUnavailable
 from outreach.service.messages import as_record, record
 from outreach.store.db import ping, transaction
 from outreach.store.migrate import is_current
 from outreach.store.models import Message
 from outreach.wiring import Services, link_secret
+from outreach.worker import QUEUE, build_broker
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,12 @@ class PreviewRequest(BaseModel):
     context: dict[str, Any] | None = None
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI:
+    """The app; `broker` is the one `/ready` checks (by default one built on the
+    configured Redis, as the clock and workers build theirs)."""
     runtime = services.runtime
     settings = runtime.settings
+    checked_broker = broker if broker is not None else build_broker(runtime.redis.url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +77,8 @@ def create_app(services: Services) -> FastAPI:
         # what was accepted is applied before the process goes (or else by the clock, later)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(app.state.intake.settle(), timeout=SETTLE_SECONDS)
+        if broker is None:
+            checked_broker.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -123,18 +131,30 @@ def create_app(services: Services) -> FastAPI:
                     dead = dead_letter_count(session)
         except Exception as error:
             checks["database"] = f"unreachable: {type(error).__name__}"
+        detail: dict[str, Any] = {}
         try:
             runtime.redis.client.ping()
             checks["redis"] = "ok"
-            checks["broker"] = "ok"
         except Exception as error:
             checks["redis"] = f"unreachable: {type(error).__name__}"
-            checks["broker"] = checks["redis"]
+        try:
+            # a round trip through the broker's own connections and script: its queue length
+            detail["broker_queue"] = int(checked_broker.do_qsize(QUEUE))
+            checks["broker"] = "ok"
+        except Exception as error:
+            checks["broker"] = f"unreachable: {type(error).__name__}"
+        try:
+            journal = services.replies.journal
+            detail["replies_journaled"] = journal.waiting()
+            detail["replies_set_aside"] = journal.set_aside()
+        except JournalUnavailable:
+            pass  # Redis is reported above
         is_ready = all(value == "ok" for value in checks.values())
         return JSONResponse(
             {
                 "status": "ready" if is_ready else "not ready",
                 "checks": checks,
+                "detail": detail,
                 "dead_letters": dead,
             },
             status_code=200 if is_ready else 503,
@@ -327,19 +347,13 @@ def create_app(services: Services) -> FastAPI:
         if not sid or not status:
             return JSONResponse({"detail": "MessageSid and MessageStatus are required"}, 422)
 
-        def apply() -> str:
-            with transaction(runtime.sessions) as session:
-                return record_status(
-                    session,
-                    provider="twilio",
-                    provider_id=sid,
-                    status=status,
-                    error_code=params.get("ErrorCode") or None,
-                    now=services.dispatcher.now(),
-                )
-
+        fields = {"MessageSid": sid, "MessageStatus": status}
+        if params.get("ErrorCode"):
+            fields["ErrorCode"] = params["ErrorCode"]
+        entry = JournalEntry(TWILIO_STATUS, fields, services.dispatcher.now())
         try:
-            outcome = await run_in_threadpool(apply)
+            # applied, or kept in the journal while the database is unreachable
+            outcome = await run_in_threadpool(services.replies.receive, entry)
         except StoreUnavailable:
             return JSONResponse({"detail": "not stored; retry"}, status_code=503)
         return JSONResponse({"status": outcome})
@@ -358,19 +372,15 @@ def create_app(services: Services) -> FastAPI:
         if not sender:
             return JSONResponse({"detail": "From is required"}, status_code=422)
 
-        def apply() -> None:
-            with transaction(runtime.sessions) as session:
-                handle_sms_reply(
-                    session,
-                    services.policy,
-                    sender=sender,
-                    body=params.get("Body", ""),
-                    provider_id=params.get("MessageSid") or params.get("SmsSid"),
-                    now=services.dispatcher.now(),
-                )
-
+        fields = {"From": sender, "Body": params.get("Body", "")}
+        sid = params.get("MessageSid") or params.get("SmsSid")
+        if sid:
+            fields["MessageSid"] = sid
+        entry = JournalEntry(SMS_REPLY, fields, services.dispatcher.now())
         try:
-            await run_in_threadpool(apply)
+            # Twilio never retries this webhook: what the database cannot take now is kept
+            # in the journal and applied once it can; 503 only when Redis is down too
+            await run_in_threadpool(services.replies.receive, entry)
         except StoreUnavailable:
             return JSONResponse({"detail": "not stored; retry"}, status_code=503)
         # replies go out as recorded, gated messages, not as TwiML

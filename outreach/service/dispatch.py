@@ -46,6 +46,7 @@ from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
 from outreach.service.context import render_context
 from outreach.service.intake import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
+from outreach.service.journal import HeldSenders
 from outreach.service.messages import record
 from outreach.service.planning import (
     HELD_QUERY,
@@ -83,6 +84,8 @@ CHECK_RETRY_DELAY = dt.timedelta(minutes=1)
 # a message held for an event not applied looks again after this long (a dead letter: longer)
 HOLD_DELAY = dt.timedelta(minutes=1)
 DEAD_LETTER_HOLD = dt.timedelta(minutes=15)
+# a reply in the journal is applied within a clock tick or two of the database answering
+UNAPPLIED_REPLY_RETRY_DELAY = dt.timedelta(seconds=5)
 STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
 DUE_STATUSES = (Status.SCHEDULED.value, Status.DEFERRED.value)
@@ -215,6 +218,9 @@ class Dispatcher:
     virtual_time: bool = False
     retry_base: dt.timedelta = dt.timedelta(seconds=30)
     stuck_after: dt.timedelta = STUCK_SENDING_AFTER
+    # the numbers with a reply not applied yet (`journal.ReplyJournal.held_senders`); None
+    # where replies are always applied at once (the simulator)
+    replies_pending: Callable[[], HeldSenders] | None = None
 
     def now(self) -> dt.datetime:
         return self.clock()
@@ -343,6 +349,7 @@ class Dispatcher:
                 ready.append((message_id, prepared, composed))
             else:
                 outcomes[message_id] = self._withhold_uncomposable(message_id, prepared, *composed)
+        ready = self._hold_for_unapplied_replies(ready, outcomes)
         not_marked = self._mark_sending_many(ready, now)
         for message_id, prepared, composed in ready:
             refused = not_marked.get(message_id)
@@ -354,6 +361,43 @@ class Dispatcher:
             outcomes[message_id] = self._send(
                 message_id, composed.outgoing, capped=prepared.capped, accepted=accepted
             )
+
+    def _hold_for_unapplied_replies(
+        self, ready: list[tuple[str, Dispatcher._Prepared, _Composed]], outcomes: dict[str, str]
+    ) -> list[tuple[str, Dispatcher._Prepared, _Composed]]:
+        """SMS to a number whose reply is not applied (it waits in the journal: it came
+        while the database was unreachable; or was set aside for a person) waits too, as
+        does every SMS while the journal cannot be read: the reply may be a STOP, and its
+        opt-out is not on record until it is applied. Returns the messages that may go on."""
+        sms = [item for item in ready if item[2].outgoing.channel is Channel.SMS]
+        if self.replies_pending is None or not sms:
+            return ready
+        try:
+            held: HeldSenders | None = self.replies_pending()
+        except TransientError:
+            held = None
+        now = self.now()
+        waiting: dict[str, tuple[Dispatcher._Prepared, dt.datetime]] = {}
+        for message_id, prepared, composed in sms:
+            if held is not None and composed.outgoing.to in held.waiting:
+                waiting[message_id] = (prepared, now + UNAPPLIED_REPLY_RETRY_DELAY)
+            elif held is None or composed.outgoing.to in held.set_aside:
+                waiting[message_id] = (prepared, now + CHECK_RETRY_DELAY)
+        if not waiting:
+            return ready
+        with transaction(self.sessions) as session:
+            for message_id, (_, until) in waiting.items():
+                row = self._lock(session, message_id)
+                if row is None or row.status != Status.QUEUED.value:
+                    outcomes[message_id] = f"skipped:{row.status if row else 'missing'}"
+                    continue
+                retry = Decision.wait(Reason.CHECK_UNAVAILABLE, until, check="unapplied_reply")
+                self._defer(row, retry, now)
+                outcomes[message_id] = "deferred:check_unavailable"
+        for message_id, (prepared, _) in waiting.items():
+            if prepared.capped:
+                self._release(prepared.borrower_id, message_id)
+        return [item for item in ready if item[0] not in waiting]
 
     @dataclass(frozen=True)
     class _Prepared:

@@ -20,6 +20,7 @@ from outreach.service import planning
 from outreach.service.messages import may_move, record
 from outreach.service.state import (
     load_borrower,
+    lock_addresses,
     mark_invalid,
     normalize_recipient,
     set_opt_out,
@@ -156,9 +157,13 @@ def handle_sms_reply(
     body: str,
     provider_id: str | None,
     now: dt.datetime,
+    received_at: dt.datetime | None = None,
 ) -> InboundOutcome:
-    """Record a borrower's SMS, act on STOP/START/HELP, flag anything else for a human."""
+    """Record a borrower's SMS, act on STOP/START/HELP, flag anything else for a human.
+    `received_at` is when it reached us, if before `now` (a reply kept while the database
+    was unreachable)."""
     sender = normalize_recipient(Channel.SMS, sender)
+    lock_addresses(session, [sender])
     borrower_id = borrower_for_phone(session, sender)
     classification = classify(body)
     inserted = _insert_reply(
@@ -171,7 +176,7 @@ def handle_sms_reply(
             "borrower_id": borrower_id,
             "classification": classification,
             "needs_human": classification == OTHER,
-            "received_at": now,
+            "received_at": received_at or now,
         },
     )
     if inserted is None:
@@ -251,6 +256,7 @@ def handle_unsubscribe(
 ) -> bool:
     """A signed unsubscribe link was used: opt the address out and confirm once."""
     recipient = normalize_recipient(channel, recipient)
+    lock_addresses(session, [recipient])
     borrower_id = (
         session.scalar(select(m.Borrower.id).where(m.Borrower.email == recipient).limit(1))
         if channel is Channel.EMAIL

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, Self, TypeVar, cast
 
-from sqlalchemy import Row, Select, Table, bindparam, delete, select
+from sqlalchemy import Row, Select, Table, bindparam, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from outreach.domain import (
@@ -35,7 +35,9 @@ LOAN_COLUMNS = tuple(column.name for column in _LOANS.columns)
 _BORROWER_TABLE = cast(Table, m.Borrower.__table__)
 BORROWER_COLUMNS = tuple(column.name for column in _BORROWER_TABLE.columns)
 _PHONE_TABLE = cast(Table, m.BorrowerPhone.__table__)
+_REPLIES = cast(Table, m.InboundReply.__table__)
 _IN_CHUNK = 500
+_EMAIL = BORROWER_COLUMNS.index("email")
 
 
 def normalize_recipient(channel: Channel | str, recipient: str) -> str:
@@ -220,11 +222,15 @@ def write_held(session: Session, kind: type[HeldRecord]) -> None:
     inserts: list[dict[str, Any]] = []
     updates: dict[tuple[int, ...], list[dict[str, Any]]] = {}
     phones_changed: list[BorrowerRecord] = []
+    attached: dict[str, str] = {}
     for record in held.values():
         if record is None:
             continue
-        if isinstance(record, BorrowerRecord) and record.phones != record._phones_written:
-            phones_changed.append(record)
+        if isinstance(record, BorrowerRecord):
+            if record.phones != record._phones_written:
+                phones_changed.append(record)
+            for address in _new_addresses(record):
+                attached.setdefault(address, record.id)
         values = record.values()
         written = record._written
         if written is None:
@@ -243,6 +249,64 @@ def write_held(session: Session, kind: type[HeldRecord]) -> None:
         update_rows(session, kind.TABLE, "id", rows)
     if phones_changed:
         _write_phones(session, phones_changed)
+    if attached:
+        attach_replies(session, attached)
+
+
+def _new_addresses(record: BorrowerRecord) -> list[str]:
+    """The phone numbers and email address this write gives the borrower that the stored
+    row did not have (before the row's written values are brought up to date)."""
+    before = set(record._phones_written or ())
+    added = [phone for phone in record.phones if phone not in before]
+    email = normalize_recipient(Channel.EMAIL, record.email) if record.email else None
+    old = record._written[_EMAIL] if record._written is not None else None
+    if email and (old is None or normalize_recipient(Channel.EMAIL, old) != email):
+        added.append(email)
+    return added
+
+
+def lock_addresses(session: Session, addresses: Iterable[str]) -> None:
+    """Serialise, per phone number or email address, the transactions that link replies to
+    a borrower: the one recording a reply from it and the one giving it to a borrower. Each
+    then sees what the other committed, so a reply from a number being attached at that
+    moment is linked by one of them, never by neither. SQLite writers are serial already
+    (BEGIN IMMEDIATE); PostgreSQL takes a transaction-level advisory lock per address, in
+    key order so that two writers never wait on each other's."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted(set(addresses))
+    if keys:
+        session.connection().execute(_LOCK_ADDRESSES, {"addresses": keys})
+
+
+_LOCK_ADDRESSES = text(
+    "SELECT pg_advisory_xact_lock(key) FROM (SELECT DISTINCT "
+    "hashtextextended('outreach.address:' || address, 0) AS key "
+    "FROM unnest(CAST(:addresses AS text[])) AS address ORDER BY key) AS keys"
+)
+_ORPHAN_REPLIES = select(_REPLIES.c.id, _REPLIES.c.sender).where(
+    _REPLIES.c.borrower_id.is_(None), keys_in(_REPLIES.c.sender, "senders")
+)
+
+
+def attach_replies(session: Session, addresses: Mapping[str, str]) -> None:
+    """Replies from these addresses that arrived while no borrower had them (before the
+    borrower.upserted that gives them one was applied) now belong to that borrower, so its
+    timeline shows them. A reply already linked stays with the borrower who had the address
+    when it arrived: a number passed on to someone else does not carry its old replies."""
+    lock_addresses(session, addresses)
+    senders = sorted(addresses)
+    connection = session.connection()
+    for index in range(0, len(senders), _IN_CHUNK):
+        found = connection.execute(
+            _ORPHAN_REPLIES, {"senders": senders[index : index + _IN_CHUNK]}
+        ).all()
+        for reply_id, sender in found:
+            connection.execute(
+                update(_REPLIES)
+                .where(_REPLIES.c.id == reply_id, _REPLIES.c.borrower_id.is_(None))
+                .values(borrower_id=addresses[sender])
+            )
 
 
 def _write_phones(session: Session, borrowers: list[BorrowerRecord]) -> None:

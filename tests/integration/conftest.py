@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from tests.conftest import REDIS_URL, truncate_all
 from tests.live import LiveService, start_live_service
+from tests.twilio_emulator import TwilioEmulator
 
 
 def serve(postgres_engine: Engine, **options: Any) -> Iterator[LiveService]:
@@ -24,3 +25,10 @@ def serve(postgres_engine: Engine, **options: Any) -> Iterator[LiveService]:
 @pytest.fixture
 def live(postgres_engine: Engine, redis_client: redis.Redis) -> Iterator[LiveService]:
     yield from serve(postgres_engine)
+
+
+@pytest.fixture
+def emulator() -> Iterator[TwilioEmulator]:
+    """The loopback Twilio emulator (a module may define its own)."""
+    with TwilioEmulator() as running:
+        yield running
