@@ -14,6 +14,13 @@ holding a reservation *before* calling `reserve`, so a rebuild always sees reser
 flight; a message finding its own id already in the set (put there by a rebuild) counts the
 others only, and takes itself out again if refused. Redis unreachable means no send
 (`CapUnavailable`), never a free pass.
+
+A reservation belongs to the dispatch attempt that made it: its member names the attempt
+(`<channel>:<message id>@<attempt>`), and only that attempt can give it back. A second
+attempt at the same message (a duplicate delivery) is refused (`Reason.CLAIMED`, nothing
+changed) unless it holds the message's lease (`leases`), which means the first attempt lost
+it: then the reservation passes to it, still counted once. A rebuilt entry names no attempt
+(the log does not know it) and becomes the reserving attempt's own.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any, cast
 
 import redis
 
-from outreach.domain import BorrowerState, Channel, Decision, Purpose, Reason
+from outreach.domain import BorrowerState, Channel, Decision, DecisionKind, Purpose, Reason
 from outreach.errors import CapUnavailable
 from outreach.policy import Policy, contact_rules, counts_against_caps
 from outreach.policy.model import CapRule
@@ -56,6 +63,10 @@ class CapRequest:
     message_id: str
     purpose: Purpose
     borrower: BorrowerState | None = None
+    # the dispatch attempt asking ("" for none), and the key of the message's lease if the
+    # attempt holds it (see `leases`)
+    attempt: str = ""
+    lease_key: str | None = None
 
 
 DEFAULT_PREFIX = "outreach:caps:"
@@ -68,16 +79,22 @@ _KEY_MARGIN = dt.timedelta(days=1)
 _LOADED = "!loaded"
 
 _RESERVE = """
--- KEYS[1]  the borrower's set: members "<channel>:<message id>" scored in ms, plus the
---          marker "!loaded" (score -1) once it holds the message log's reservations
+-- KEYS[1]  the borrower's set, scored in ms: "<channel>:<message id>@<attempt>" for a
+--          reservation and the attempt holding it, "<channel>:<message id>" for one rebuilt
+--          from the log (or made without an attempt); plus the marker "!loaded" (score -1)
+--          once it holds the message log's reservations
+-- KEYS[2]  optional: the message's lease, naming the attempt working the message now
 -- ARGV[1]  now in ms, or "" for the Redis server clock
 -- ARGV[2]  the message's channel; ARGV[3] its id; ARGV[4] key lifetime in ms
 -- ARGV[5]  the rules: "name scope limit window_ms" groups, space-separated (scope is
 --          sms, email or any); one string, as packing many arguments costs more than parsing
--- ARGV[6]  "seed", then (score, member) pairs to load if the marker is missing; or "noseed"
+-- ARGV[6]  the attempt asking, or "" for none
+-- ARGV[7]  "seed", then (score, member) pairs to load if the marker is missing; or "noseed"
 -- returns  {0, now} not loaded: call again with the log | {1, now} reserved |
---          {2, now, rule, until} refused until `until` ms, when `rule` frees a slot
+--          {2, now, rule, until} refused until `until` ms, when `rule` frees a slot |
+--          {3, now} another attempt holds this message: nothing changed
 local key = KEYS[1]
+local lease = KEYS[2]
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -86,18 +103,26 @@ else
   now = tonumber(ARGV[1])
 end
 local channel = ARGV[2]
-local member = channel .. ':' .. ARGV[3]
+local message = channel .. ':' .. ARGV[3]
 local ttl = tonumber(ARGV[4])
 local rules = {}
 for name, scope, limit, window in string.gmatch(ARGV[5], '(%S+) (%S+) (%d+) (%d+)') do
   rules[#rules + 1] = {name, scope, tonumber(limit), tonumber(window)}
 end
+local attempt = ARGV[6]
+local member = message
+if attempt ~= '' then member = message .. '@' .. attempt end
+
+-- with a lease, only the attempt holding it may reserve for the message
+if lease and redis.call('GET', lease) ~= attempt then
+  return {3, now}
+end
 
 if not redis.call('ZSCORE', key, '!loaded') then
-  if ARGV[6] ~= 'seed' then
+  if ARGV[7] ~= 'seed' then
     return {0, now}
   end
-  for i = 7, #ARGV, 2 do
+  for i = 8, #ARGV, 2 do
     -- NX: a reservation already present keeps its own (Redis-clock) time
     redis.call('ZADD', key, 'NX', ARGV[i], ARGV[i + 1])
   end
@@ -113,16 +138,32 @@ redis.call('ZREMRANGEBYSCORE', key, 0, '(' .. (now - longest))
 -- later entries count too: with clocks out of order, they may share a window with now
 local entries = redis.call('ZRANGEBYSCORE', key, '(' .. (now - longest), '+inf', 'WITHSCORES')
 
+-- This message's own entries are not counted against it. One rebuilt from the log, or made
+-- by this attempt, is this attempt's; one made by another attempt is this attempt's only
+-- when it holds the lease (the other lost it). Without a lease, another attempt's
+-- reservation is neither shared nor taken.
+local earlier, others = {}, {}
+for i = 1, #entries, 2 do
+  local entry, score = entries[i], tonumber(entries[i + 1])
+  local of_message, holder = string.match(entry, '^([^@]*)@?(.*)$')
+  if of_message ~= message then
+    others[#others + 1] = {entry, score}
+  elseif holder == '' or holder == attempt or lease then
+    earlier[#earlier + 1] = {entry, score}
+  else
+    return {3, now}
+  end
+end
+
 local refused_rule, refused_until = false, 0
 for _, rule in ipairs(rules) do
   local name, scope, limit, window = rule[1], rule[2], rule[3], rule[4]
   if scope == 'any' or scope == channel then
     local prefix = scope .. ':'
     local scores = {}
-    for i = 1, #entries, 2 do
-      local other, score = entries[i], tonumber(entries[i + 1])
-      if other ~= member and score > now - window
-          and (scope == 'any' or string.sub(other, 1, #prefix) == prefix) then
+    for _, other in ipairs(others) do
+      local entry, score = other[1], other[2]
+      if score > now - window and (scope == 'any' or string.sub(entry, 1, #prefix) == prefix) then
         scores[#scores + 1] = score
       end
     end
@@ -136,13 +177,19 @@ for _, rule in ipairs(rules) do
   end
 end
 if refused_rule then
-  redis.call('ZREM', key, member)
+  -- a refused message holds no slot
+  for _, entry in ipairs(earlier) do
+    redis.call('ZREM', key, entry[1])
+  end
   return {2, now, refused_rule, refused_until}
 end
 
+-- one entry for the message, this attempt's, at the latest time any earlier one had
 local score = now
-local previous = redis.call('ZSCORE', key, member)
-if previous and tonumber(previous) > now then score = tonumber(previous) end
+for _, entry in ipairs(earlier) do
+  if entry[2] > score then score = entry[2] end
+  redis.call('ZREM', key, entry[1])
+end
 redis.call('ZADD', key, score, member)
 redis.call('PEXPIRE', key, ttl)
 return {1, now}
@@ -184,6 +231,8 @@ class CapReserver:
         *,
         now_ms: int | None = None,
         borrower: BorrowerState | None = None,
+        attempt: str = "",
+        lease_key: str | None = None,
     ) -> Decision:
         """Take a slot in every window of this message, or none.
 
@@ -193,9 +242,14 @@ class CapReserver:
         the caps of the borrower's jurisdiction apply; without it the strictest caps of any
         jurisdiction apply (a US-MA limit for everyone), as the cautious reading.
         `now_ms` replaces the Redis clock (the simulator's virtual one).
+        `attempt` names the dispatch attempt the reservation is for; `lease_key` is the key of
+        the message's lease when the attempt holds it. Another attempt's reservation of the
+        message answers `wait(CLAIMED)` without an `until`, and nothing changes.
         Raises `CapUnavailable` when Redis or the message log cannot be read.
         """
-        request = CapRequest(borrower_id, Channel(channel), message_id, purpose, borrower)
+        request = CapRequest(
+            borrower_id, Channel(channel), message_id, purpose, borrower, attempt, lease_key
+        )
         return self.reserve_many([request], now_ms=now_ms)[0]
 
     def reserve_many(
@@ -211,7 +265,7 @@ class CapReserver:
         over-counts until their window passes, as the message log records them as held).
         """
         decisions: list[Decision | None] = [None] * len(requests)
-        calls: list[tuple[int, str, list[Any], dt.timedelta]] = []
+        calls: list[tuple[int, list[str], list[Any], dt.timedelta]] = []
         for index, request in enumerate(requests):
             if not counts_against_caps(request.purpose):
                 decisions[index] = Decision.send(Reason.DUE, cap="exempt")
@@ -227,12 +281,16 @@ class CapReserver:
                 request.message_id,
                 _ms(longest + _KEY_MARGIN),
                 _rule_spec(rules),
+                request.attempt,
             ]
-            calls.append((index, self.key(request.borrower_id), args, longest))
+            keys = [self.key(request.borrower_id)]
+            if request.lease_key is not None:
+                keys.append(request.lease_key)
+            calls.append((index, keys, args, longest))
         if not calls:
             return cast(list[Decision], decisions)
         try:
-            results = self._run([(key, [*args, "noseed"]) for _, key, args, _ in calls])
+            results = self._run([(keys, [*args, "noseed"]) for _, keys, args, _ in calls])
             unloaded = [
                 (call, result)
                 for call, result in zip(calls, results, strict=True)
@@ -248,8 +306,8 @@ class CapReserver:
                 )
                 again = self._run(
                     [
-                        (key, [*args, "seed", *seeds.get(requests[index].borrower_id, ())])
-                        for (index, key, args, _), _ in unloaded
+                        (keys, [*args, "seed", *seeds.get(requests[index].borrower_id, ())])
+                        for (index, keys, args, _), _ in unloaded
                     ]
                 )
                 rebuilt = {
@@ -265,26 +323,30 @@ class CapReserver:
             decisions[index] = _decision(result)
         return cast(list[Decision], decisions)
 
-    def _run(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
-        """The reservation script once per (key, args), in order, in one round trip."""
+    def _run(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """The reservation script once per (keys, args), in order, in one round trip."""
         if len(calls) == 1:
-            key, args = calls[0]
-            return [self._script(keys=[key], args=args)]
+            keys, args = calls[0]
+            return [self._script(keys=keys, args=args)]
         pipe = self.redis.pipeline(transaction=False)
-        for key, args in calls:
-            self._script(keys=[key], args=args, client=pipe)
+        for keys, args in calls:
+            self._script(keys=keys, args=args, client=pipe)
         return list(pipe.execute())
 
-    def release(self, borrower_id: str, message_id: str) -> None:
-        """Give a message's slots back (after a definite provider rejection)."""
-        members = [f"{channel.value}:{message_id}" for channel in Channel]
+    def release(self, borrower_id: str, message_id: str, attempt: str = "") -> None:
+        """Give back the slots `attempt` holds for a message (after a definite provider
+        rejection, or when the message will not go now). Another attempt's reservation of it
+        stays: a member names its attempt, so removing exactly this attempt's members is the
+        compare-and-delete, in one command."""
+        members = [_member(channel.value, message_id, attempt) for channel in Channel]
         try:
             self.redis.zrem(self.key(borrower_id), *members)
         except redis.RedisError as error:
             raise CapUnavailable(f"frequency caps unavailable: {error}") from error
 
     def holdings(self, borrower_id: str) -> list[tuple[str, Channel, dt.datetime]]:
-        """The reservations Redis holds for a borrower now (for inspection and tests)."""
+        """The reservations Redis holds for a borrower now (for inspection and tests): the
+        message, its channel and reservation time, whichever attempt holds it."""
         try:
             entries = cast(
                 list[tuple[bytes | str, float]],
@@ -295,7 +357,8 @@ class CapReserver:
         result = []
         for raw_member, score in entries:
             member = raw_member.decode() if isinstance(raw_member, bytes) else str(raw_member)
-            channel, _, message_id = member.partition(":")
+            channel, _, held = member.partition(":")
+            message_id = held.partition("@")[0]
             result.append((message_id, Channel(channel), _from_ms(int(score))))
         return result
 
@@ -322,10 +385,17 @@ class CapReserver:
         return seeds
 
 
+def _member(channel: str, message_id: str, attempt: str) -> str:
+    """A reservation's member in a borrower's set, as the reservation script writes it."""
+    return f"{channel}:{message_id}@{attempt}" if attempt else f"{channel}:{message_id}"
+
+
 def _decision(result: Any) -> Decision:
     outcome, at_ms = int(result[0]), int(result[1])
     if outcome == 1:
         return Decision.send(Reason.DUE, cap="reserved", reserved_at_ms=str(at_ms))
+    if outcome == 3:
+        return Decision(DecisionKind.WAIT, Reason.CLAIMED, None, {"cap": "held_by_another_attempt"})
     rule = result[2].decode() if isinstance(result[2], bytes) else str(result[2])
     return Decision.wait(Reason.FREQUENCY_CAP, _from_ms(int(result[3])), rule=rule)
 

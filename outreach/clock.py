@@ -19,7 +19,7 @@ import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
-from outreach.errors import StoreUnavailable
+from outreach.errors import StoreUnavailable, TransientError
 from outreach.service import dispatch as dispatch_service
 from outreach.service.intake import apply_orphaned
 from outreach.service.journal import JournalUnavailable
@@ -149,7 +149,7 @@ class Clock:
             return
         now = self.dispatcher.now()
         with transaction(self.sessions) as session:
-            stale = dispatch_service.stale_queued(session, now)
+            stale = self._unattended(dispatch_service.stale_queued(session, now))
         if stale:
             dispatch_service.touch_requeued(self.sessions, stale, now)
             self._enqueue(stale)
@@ -166,6 +166,21 @@ class Clock:
         except JournalUnavailable as error:
             log.warning("reply journal unavailable: %s", error)
             return 0
+
+    def _unattended(self, stale: Sequence[str]) -> list[str]:
+        """Of the rows queued too long, those no worker is working. A batch on a paced
+        provider can hold its rows for minutes; they keep their message leases all along
+        (renewed by their worker, lapsing when it dies), so what is re-enqueued is only what
+        nobody holds: its broker message was lost, or its worker is gone. Without the leases,
+        nothing is re-enqueued this time (the broker is on the same Redis)."""
+        if not stale:
+            return []
+        try:
+            unleased: list[str] = self.dispatcher.unleased(stale)
+        except TransientError as error:
+            log.warning("re-enqueue skipped: %s", error)
+            return []
+        return unleased
 
     def apply_orphaned_events(self) -> int:
         """Webhook events stored but not applied: their web process stopped first, or their

@@ -21,6 +21,7 @@ from outreach.channels.simulated import SimulatedSender
 from outreach.channels.smtp_email import SmtpSender
 from outreach.channels.twilio_sms import TwilioSender
 from outreach.domain import Channel, Purpose, Reason, Status
+from outreach.leases import MessageLeases
 from outreach.render import Renderer
 from outreach.runtime import Runtime
 from outreach.service.dispatch import Dispatcher
@@ -171,6 +172,7 @@ class Services:
         renderer = Renderer(settings.templates_dir)
         caps = cap_reserver(runtime.redis.client, policy, runtime.sessions)
         dispatcher = Dispatcher(
+            leases=MessageLeases(runtime.redis.client),
             sessions=runtime.sessions,
             policy=policy,
             renderer=renderer,

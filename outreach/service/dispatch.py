@@ -3,6 +3,10 @@
 A message is never sent twice. Every step is keyed on the row's status, committed before the
 next step starts: a redelivered or retried job that finds a row `sending` or beyond does
 nothing, and a row left `sending` by a crash is reconciled with the provider, never resent.
+
+Each call of `dispatch_many` is one attempt: it first takes its messages' leases (`leases`),
+so a second delivery of a message while the first is worked stands aside, and its cap
+reservations carry its token, so no other attempt can give them back.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ from outreach.domain import (
     Status,
 )
 from outreach.errors import RenderError, TransientError
+from outreach.leases import MessageLeases
 from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
 from outreach.service.context import render_context
@@ -92,6 +98,17 @@ DUE_STATUSES = (Status.SCHEDULED.value, Status.DEFERRED.value)
 # a batch's final gate stands for this long; after it (a paced provider), each message left is
 # gated again on its own, so "checked at the moment of sending" stays true
 BATCH_GATE_FRESH_FOR = 10.0  # seconds
+# statuses of a message that an attempt has handed, or is handing, to its provider: its cap
+# slot is spent, and an attempt that finds it there never gives a slot of it back
+HANDED_OVER = frozenset(
+    {
+        Status.SENDING.value,
+        Status.SENT.value,
+        Status.DELIVERED.value,
+        Status.UNDELIVERED.value,
+        Status.FAILED.value,
+    }
+)
 
 
 def unsubscribe_token(secret: bytes, channel: Channel, recipient: str) -> str:
@@ -197,6 +214,15 @@ def stale_queued(session: Session, now: dt.datetime, limit: int = 500) -> list[s
 
 
 @dataclass(frozen=True)
+class _Attempt:
+    """One call of `dispatch_many`: the token its leases and cap reservations carry, and
+    whether it holds its messages' leases (not without leases, or when Redis refused them)."""
+
+    token: str
+    leased: bool
+
+
+@dataclass(frozen=True)
 class _Composed:
     """A rendered message: the columns it fills on its row, and what goes to the provider."""
 
@@ -221,6 +247,9 @@ class Dispatcher:
     # the numbers with a reply not applied yet (`journal.ReplyJournal.held_senders`); None
     # where replies are always applied at once (the simulator)
     replies_pending: Callable[[], HeldSenders] | None = None
+    # without leases a duplicate delivery is still never sent twice (the row's status says),
+    # but it may not take over a reservation another attempt left behind
+    leases: MessageLeases | None = None
 
     def now(self) -> dt.datetime:
         return self.clock()
@@ -246,7 +275,40 @@ class Dispatcher:
         paces sends or answers over the network) gets one message at a time, marked
         `sending` just before its own call, so a payment or an opt-out arriving while
         earlier ones were sent still stops it.
+
+        A message whose lease another attempt holds (it is being worked elsewhere) is left
+        to that attempt, untouched: `skipped:leased`.
         """
+        outcomes: dict[str, str] = {}
+        attempt, mine = self._take_leases(message_ids, outcomes)
+        try:
+            outcomes.update(self._dispatch_as(attempt, mine))
+        finally:
+            if self.leases is not None and attempt.leased:
+                self.leases.give_back(attempt.token, mine)
+        return outcomes
+
+    def _take_leases(
+        self, message_ids: Sequence[str], outcomes: dict[str, str]
+    ) -> tuple[_Attempt, list[str]]:
+        """A new attempt, and the messages it may work: those whose lease it took."""
+        wanted = list(dict.fromkeys(message_ids))
+        token = secrets.token_hex(8)
+        if self.leases is None:
+            return _Attempt(token, leased=False), wanted
+        try:
+            mine = self.leases.take(token, wanted)
+        except TransientError as error:
+            # the row's status still keeps it from being sent twice, and the caps refuse to
+            # share a reservation without a lease: safe to go on
+            log.warning("dispatching without leases: %s", error)
+            return _Attempt(token, leased=False), wanted
+        taken = set(mine)
+        outcomes.update((i, "skipped:leased") for i in wanted if i not in taken)
+        return _Attempt(token, leased=True), mine
+
+    def _dispatch_as(self, attempt: _Attempt, message_ids: Sequence[str]) -> dict[str, str]:
+        """`dispatch_many`'s work, for messages the attempt may work."""
         outcomes: dict[str, str] = {}
         gated_at = time.monotonic()
         prepared = self._gate_many(message_ids, outcomes)
@@ -259,11 +321,19 @@ class Dispatcher:
                         ready.append((message_id, item))
                         continue
                     self._record_accepted_many(accepted)
-                    outcomes[message_id] = self.dispatch_many([message_id])[message_id]
-                self._dispatch_group(ready, accepted, outcomes)
+                    outcomes[message_id] = self._dispatch_as(attempt, [message_id])[message_id]
+                self._dispatch_group(ready, accepted, outcomes, attempt)
         finally:
             self._record_accepted_many(accepted)
         return outcomes
+
+    def unleased(self, message_ids: Sequence[str]) -> list[str]:
+        """Of these messages, those no attempt is working now (holds no lease of): what the
+        clock may enqueue again. Raises `LeaseUnavailable` when the leases cannot be read."""
+        if self.leases is None:
+            return list(message_ids)
+        held = self.leases.held(message_ids)
+        return [message_id for message_id in message_ids if message_id not in held]
 
     def _hand_over_groups(
         self, prepared: list[tuple[str, Dispatcher._Prepared]]
@@ -336,34 +406,44 @@ class Dispatcher:
         group: list[tuple[str, Dispatcher._Prepared]],
         accepted: list[tuple[str, Receipt, dt.datetime]],
         outcomes: dict[str, str],
+        attempt: _Attempt,
     ) -> None:
         """Reserve, compose, mark `sending` and hand over a run of gated messages."""
         if not group:
             return
-        held = self._reserve_group(group, outcomes)
+        held = self._reserve_group(group, outcomes, attempt)
         now = self.now()
         ready: list[tuple[str, Dispatcher._Prepared, _Composed]] = []
         for message_id, prepared in held:
+            holder = attempt.token if prepared.capped else None
             composed = self._compose(message_id, prepared, now)
             if isinstance(composed, _Composed):
                 ready.append((message_id, prepared, composed))
             else:
-                outcomes[message_id] = self._withhold_uncomposable(message_id, prepared, *composed)
-        ready = self._hold_for_unapplied_replies(ready, outcomes)
+                outcomes[message_id] = self._withhold_uncomposable(
+                    message_id, prepared, holder, *composed
+                )
+        ready = self._hold_for_unapplied_replies(ready, outcomes, attempt.token)
         not_marked = self._mark_sending_many(ready, now)
         for message_id, prepared, composed in ready:
-            refused = not_marked.get(message_id)
-            if refused is not None:
-                if prepared.capped:
-                    self._release(prepared.borrower_id, message_id)
-                outcomes[message_id] = refused
+            holder = attempt.token if prepared.capped else None
+            status = not_marked.get(message_id)
+            if status is not None:
+                # a payment or an opt-out got to it after the gate: its slot goes back; but
+                # one another attempt handed over keeps its slot, whoever's reservation it is
+                if holder is not None and status not in HANDED_OVER:
+                    self._release(prepared.borrower_id, message_id, holder)
+                outcomes[message_id] = f"skipped:{status}"
                 continue
             outcomes[message_id] = self._send(
-                message_id, composed.outgoing, capped=prepared.capped, accepted=accepted
+                message_id, composed.outgoing, holder=holder, accepted=accepted
             )
 
     def _hold_for_unapplied_replies(
-        self, ready: list[tuple[str, Dispatcher._Prepared, _Composed]], outcomes: dict[str, str]
+        self,
+        ready: list[tuple[str, Dispatcher._Prepared, _Composed]],
+        outcomes: dict[str, str],
+        attempt: str,
     ) -> list[tuple[str, Dispatcher._Prepared, _Composed]]:
         """SMS to a number whose reply is not applied (it waits in the journal: it came
         while the database was unreachable; or was set aside for a person) waits too, as
@@ -396,7 +476,7 @@ class Dispatcher:
                 outcomes[message_id] = "deferred:check_unavailable"
         for message_id, (prepared, _) in waiting.items():
             if prepared.capped:
-                self._release(prepared.borrower_id, message_id)
+                self._release(prepared.borrower_id, message_id, attempt)
         return [item for item in ready if item[0] not in waiting]
 
     @dataclass(frozen=True)
@@ -490,11 +570,15 @@ class Dispatcher:
         return session.scalar(_LOCK_QUERIES[postgres], {"message_id": message_id})
 
     def _reserve_group(
-        self, group: list[tuple[str, Dispatcher._Prepared]], outcomes: dict[str, str]
+        self,
+        group: list[tuple[str, Dispatcher._Prepared]],
+        outcomes: dict[str, str],
+        attempt: _Attempt,
     ) -> list[tuple[str, Dispatcher._Prepared]]:
         """Take the cap slots of the group's capped messages in one go; returns the messages
         that may go on. One refused waits for its slot (or the morning after it); when the
-        caps cannot be checked, every capped message waits (fail closed)."""
+        caps cannot be checked, every capped message waits (fail closed). One whose
+        reservation another attempt holds is that attempt's to finish: left untouched."""
         capped = [(message_id, prepared) for message_id, prepared in group if prepared.capped]
         if not capped:
             return group
@@ -505,6 +589,8 @@ class Dispatcher:
                 message_id,
                 prepared.purpose,
                 prepared.borrower,
+                attempt.token,
+                self.leases.key(message_id) if self.leases is not None and attempt.leased else None,
             )
             for message_id, prepared in capped
         ]
@@ -531,10 +617,12 @@ class Dispatcher:
             for (message_id, _), decision in zip(capped, decisions, strict=True)
             if not decision.may_send
         }
-        if refused:
+        capped_out = {i: d for i, d in refused.items() if d.reason is not Reason.CLAIMED}
+        outcomes.update((i, "skipped:claimed") for i in refused if i not in capped_out)
+        if capped_out:
             now = self.now()
             with transaction(self.sessions) as session:
-                for message_id, decision in refused.items():
+                for message_id, decision in capped_out.items():
                     outcomes[message_id] = self._wait_for_cap(session, message_id, decision, now)
         return [item for item in group if item[0] not in refused]
 
@@ -556,9 +644,9 @@ class Dispatcher:
         self._defer(row, Decision.wait(Reason.FREQUENCY_CAP, later, **decision.detail), now)
         return "deferred:frequency_cap"
 
-    def _release(self, borrower_id: str, message_id: str) -> None:
+    def _release(self, borrower_id: str, message_id: str, holder: str) -> None:
         try:
-            self.caps.release(borrower_id, message_id)
+            self.caps.release(borrower_id, message_id, holder)
         except TransientError:
             # an unreleased slot only over-counts until its window passes: the safe direction
             log.warning("could not release cap slot of %s", message_id)
@@ -642,16 +730,19 @@ class Dispatcher:
         self,
         message_id: str,
         prepared: Dispatcher._Prepared,
+        holder: str | None,
         decision: Decision | None,
         why: str,
         rendered: Mapping[str, object],
     ) -> str:
         """A message that cannot be composed: withheld (no address left; its text rejected,
         kept on the row and flagged for a person) or failed (its template does not render),
-        if still `queued`; its cap slot given back either way."""
+        if still `queued`; its cap slot given back unless another attempt has handed it over
+        meanwhile."""
         now = self.now()
         with transaction(self.sessions) as session:
             row = self._lock(session, message_id)
+            handed_over = row is not None and row.status in HANDED_OVER
             if row is None or row.status != Status.QUEUED.value:
                 outcome = f"skipped:{row.status if row else 'missing'}"
             elif decision is not None:
@@ -664,8 +755,8 @@ class Dispatcher:
             else:
                 record(row, Status.FAILED, "render_error", now, why)
                 outcome = "failed:render_error"
-        if prepared.capped:
-            self._release(prepared.borrower_id, message_id)
+        if holder is not None and not handed_over:
+            self._release(prepared.borrower_id, message_id, holder)
         return outcome
 
     def _send(
@@ -673,20 +764,21 @@ class Dispatcher:
         message_id: str,
         outgoing: Outgoing,
         *,
-        capped: bool,
+        holder: str | None,
         accepted: list[tuple[str, Receipt, dt.datetime]] | None = None,
     ) -> str:
         """Hand the message to its provider and record the answer; an acceptance is added
         to `accepted` (recorded with others later) when the provider sends no status
-        callbacks that could arrive before it is recorded."""
+        callbacks that could arrive before it is recorded. `holder` is the attempt holding
+        the message's cap slot (None: it holds none)."""
         sender = self.senders[outgoing.channel]
         try:
             receipt = sender.send(outgoing)
         except ProviderRejected as rejected:
-            self._record_rejection(message_id, rejected, capped=capped)
+            self._record_rejection(message_id, rejected, holder=holder)
             return f"failed:{rejected.code}"
         except ProviderUnavailable as busy:
-            return self._record_retry(message_id, busy, capped=capped)
+            return self._record_retry(message_id, busy, holder=holder)
         except OutcomeUnknown as unknown:
             # the provider may have it: leave `sending` for the reconciler, never resend
             log.warning("outcome unknown for %s: %s", message_id, unknown)
@@ -713,8 +805,9 @@ class Dispatcher:
         self, ready: list[tuple[str, Dispatcher._Prepared, _Composed]], now: dt.datetime
     ) -> dict[str, str]:
         """Move the messages from `queued` to `sending` with their text, committed before
-        any provider is called; returns an outcome for each that is no longer queued (a
-        payment or an opt-out got to it after the gate)."""
+        any provider is called; returns the status of each that is no longer queued (a
+        payment or an opt-out got to it after the gate, or another attempt), `missing` for
+        one that is gone."""
         if not ready:
             return {}
         ids = [message_id for message_id, _, _ in ready]
@@ -730,7 +823,7 @@ class Dispatcher:
             for message_id, _, composed in ready:
                 current = found.get(message_id)
                 if current is None or current.status != Status.QUEUED.value:
-                    refused[message_id] = f"skipped:{current.status if current else 'missing'}"
+                    refused[message_id] = current.status if current else "missing"
                     continue
                 attempts = current.attempts + 1
                 rows.append(
@@ -794,7 +887,7 @@ class Dispatcher:
             insert_rows(session, _EVENTS, steps)
 
     def _record_rejection(
-        self, message_id: str, rejected: ProviderRejected, *, capped: bool
+        self, message_id: str, rejected: ProviderRejected, *, holder: str | None
     ) -> None:
         now = self.now()
         with transaction(self.sessions) as session:
@@ -818,15 +911,17 @@ class Dispatcher:
                     session, channel=channel, recipient=row.recipient, code=rejected.code, now=now
                 )
             borrower_id = row.borrower_id
-        if capped:
-            self._release(borrower_id, message_id)
+        if holder is not None:
+            self._release(borrower_id, message_id, holder)
         if rejected.effect in ("opt_out", "invalid_recipient"):
             from outreach.service.planning import regate_borrower
 
             with transaction(self.sessions) as session:
                 regate_borrower(session, self.policy, borrower_id, now)
 
-    def _record_retry(self, message_id: str, busy: ProviderUnavailable, *, capped: bool) -> str:
+    def _record_retry(
+        self, message_id: str, busy: ProviderUnavailable, *, holder: str | None
+    ) -> str:
         now = self.now()
         with transaction(self.sessions) as session:
             row = self._lock(session, message_id)
@@ -875,8 +970,8 @@ class Dispatcher:
                     f"code={busy.code} until={row.send_at.isoformat()}",
                 )
                 outcome = "retry"
-        if capped:
-            self._release(borrower_id, message_id)
+        if holder is not None:
+            self._release(borrower_id, message_id, holder)
         return outcome
 
     # -- the clock's housekeeping ----------------------------------------------------------------

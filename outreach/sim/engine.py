@@ -39,6 +39,7 @@ from outreach import policy as pol
 from outreach.channels.base import Sender
 from outreach.channels.simulated import SimulatedSender
 from outreach.domain import Channel
+from outreach.leases import MessageLeases
 from outreach.render import Renderer
 from outreach.service.dispatch import DUE_STATUSES, Dispatcher, claim_due
 from outreach.service.events import Event, SmsInbound
@@ -230,7 +231,8 @@ def environment(
     engine: Engine | None = None
     embedded: _EmbeddedRedis | None = None
     shared: redis_lib.Redis | None = None
-    prefix = f"outreach:sim:{uuid.uuid4().hex}:caps:"
+    # every key of the run (caps, message leases) starts with this
+    prefix = f"outreach:sim:{uuid.uuid4().hex}:"
     try:
         engine = simulation_engine(directory / "simulation.db")
         upgrade(engine)
@@ -245,7 +247,7 @@ def environment(
             client = embedded.client
         clock = VirtualClock(start)
         senders = {channel: SimulatedSender(channel, clock) for channel in Channel}
-        caps = cap_reserver(client, policy, sessions, prefix=prefix)
+        caps = cap_reserver(client, policy, sessions, prefix=f"{prefix}caps:")
         plain_senders: dict[Channel, Sender] = dict(senders)
         dispatcher = Dispatcher(
             sessions=sessions,
@@ -257,6 +259,7 @@ def environment(
             link_secret=link_secret(settings),
             clock=clock,
             virtual_time=True,
+            leases=MessageLeases(client, prefix=f"{prefix}lease:"),
         )
         yield SimulationEnvironment(clock, engine, sessions, policy, dispatcher, senders)
     finally:

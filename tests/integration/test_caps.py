@@ -297,3 +297,80 @@ def test_works_on_the_shared_server_too(shared_redis: redis.Redis, key_prefix: s
     caps = CapReserver(shared_redis, default_policy(), history=Log(), prefix=key_prefix)
     assert caps.reserve("B1", SMS, "m1", DUNNING).may_send
     assert not caps.reserve("B1", SMS, "m2", DUNNING).may_send
+
+
+def test_a_reservation_is_given_back_only_by_the_attempt_that_made_it(caps: CapReserver) -> None:
+    assert caps.reserve("B1", SMS, "m1", DUNNING, now_ms=T0, attempt="first").may_send
+    caps.release("B1", "m1", "second")
+    caps.release("B1", "m1")
+    assert [entry[0] for entry in caps.holdings("B1")] == ["m1"]
+    assert not caps.reserve("B1", SMS, "m2", DUNNING, now_ms=T0 + 1, attempt="third").may_send
+    caps.release("B1", "m1", "first")
+    assert caps.holdings("B1") == []
+
+
+def test_another_attempt_without_the_lease_neither_shares_nor_takes_a_reservation(
+    caps: CapReserver,
+) -> None:
+    assert caps.reserve("B1", SMS, "m1", DUNNING, now_ms=T0, attempt="first").may_send
+    before = caps.holdings("B1")
+    second = caps.reserve("B1", SMS, "m1", DUNNING, now_ms=T0 + 5, attempt="second")
+    assert (second.kind, second.reason, second.until) == (
+        DecisionKind.WAIT,
+        Reason.CLAIMED,
+        None,
+    )
+    assert caps.holdings("B1") == before
+    # the first attempt still holds it: it can give it back, the second could not
+    caps.release("B1", "m1", "second")
+    assert caps.holdings("B1") == before
+    caps.release("B1", "m1", "first")
+    assert caps.holdings("B1") == []
+
+
+def test_only_the_holder_of_the_messages_lease_reserves_for_it(
+    caps: CapReserver,
+    private_redis: redis.Redis,  # noqa: F811
+) -> None:
+    private_redis.set("lease:m1", "first")
+    late = caps.reserve("B1", SMS, "m1", DUNNING, now_ms=T0, attempt="second", lease_key="lease:m1")
+    assert late.reason is Reason.CLAIMED
+    assert caps.holdings("B1") == []
+    assert caps.reserve(
+        "B1", SMS, "m1", DUNNING, now_ms=T0, attempt="first", lease_key="lease:m1"
+    ).may_send
+
+
+def test_a_lapsed_attempts_reservation_passes_to_the_new_lease_holder_counted_once(
+    caps: CapReserver,
+    private_redis: redis.Redis,  # noqa: F811
+) -> None:
+    private_redis.set("lease:m1", "first")
+    assert caps.reserve(
+        "B1", SMS, "m1", DUNNING, now_ms=T0, attempt="first", lease_key="lease:m1"
+    ).may_send
+    # the first attempt's worker died: its lease lapsed and a second attempt took it
+    private_redis.set("lease:m1", "second")
+    assert caps.reserve(
+        "B1", SMS, "m1", DUNNING, now_ms=T0 + 5, attempt="second", lease_key="lease:m1"
+    ).may_send
+    # one entry, at the later time (the message goes no sooner than the second attempt)
+    assert caps.holdings("B1") == [("m1", SMS, at(T0 + 5))]
+    caps.release("B1", "m1", "first")
+    assert not caps.reserve("B1", SMS, "m2", DUNNING, now_ms=T0 + 6, attempt="third").may_send
+    caps.release("B1", "m1", "second")
+    assert caps.holdings("B1") == []
+
+
+def test_a_reservation_rebuilt_from_the_log_becomes_the_reserving_attempts_own(
+    private_redis: redis.Redis,  # noqa: F811
+) -> None:
+    # the pipeline recorded m1 as holding a reservation, then Redis lost everything
+    caps = CapReserver(private_redis, default_policy(), history=Log([("m1", SMS, at(T0 - 10))]))
+    assert caps.reserve("B1", SMS, "m1", DUNNING, now_ms=T0, attempt="first").may_send
+    assert [entry[0] for entry in caps.holdings("B1")] == ["m1"]
+    assert caps.reserve("B1", SMS, "m1", DUNNING, now_ms=T0, attempt="other").reason is (
+        Reason.CLAIMED
+    )
+    caps.release("B1", "m1", "first")
+    assert caps.holdings("B1") == []
