@@ -20,6 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
 from outreach.errors import StoreUnavailable
+from outreach.leases import LeaseWatch
 from outreach.service import dispatch as dispatch_service
 from outreach.service.intake import apply_orphaned
 from outreach.service.planning import replan_loan
@@ -87,6 +88,9 @@ class Clock:
         self.dispatcher = services.dispatcher
         self.enqueue = enqueue
         self.lock = LeaderLock(services.runtime.redis.new_client())
+        self.leases = LeaseWatch(
+            services.runtime.redis.client, services.runtime.settings.worker_lease_seconds
+        )
         self.tick_seconds = tick_seconds
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
         self._job_lock = threading.Lock()
@@ -102,6 +106,11 @@ class Clock:
         self.scheduler.add_job(self.heartbeat, "interval", seconds=RENEW_SECONDS, **common)
         self.scheduler.add_job(self.release_due, "interval", seconds=self.tick_seconds, **common)
         self.scheduler.add_job(self.housekeeping, "interval", seconds=60, **common)
+        # a dead worker is known within a lease and confirmed a lease later (leases.py):
+        # looking twice a lease keeps its messages' wait under three leases (60 s by default)
+        self.scheduler.add_job(
+            self.reconcile_orphaned, "interval", seconds=self.leases.ttl / 2, **common
+        )
         self.scheduler.add_job(self.replan_all, "interval", minutes=10, **common)
         self.scheduler.start()
         log.info("clock started (%s)", "leader" if self.is_leader else "standby")
@@ -149,8 +158,20 @@ class Clock:
         if stale:
             dispatch_service.touch_requeued(self.sessions, stale, now)
             self._enqueue(stale)
-        self.dispatcher.reconcile_stuck()
         self.apply_orphaned_events()
+
+    def reconcile_orphaned(self) -> None:
+        """Messages whose worker died: see `Dispatcher.reconcile_orphaned`."""
+        if not self.is_leader:
+            return
+        try:
+            held = self.dispatcher.reconcile_orphaned(self.leases)
+        except StoreUnavailable as error:
+            log.warning("reconciliation skipped: %s", error)
+            return
+        if held:
+            dispatch_service.touch_requeued(self.sessions, held, self.dispatcher.now())
+            self._enqueue(held)
 
     def apply_orphaned_events(self) -> int:
         """Webhook events stored but not applied: their web process stopped first, or their

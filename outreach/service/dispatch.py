@@ -2,7 +2,9 @@
 
 A message is never sent twice. Every step is keyed on the row's status, committed before the
 next step starts: a redelivered or retried job that finds a row `sending` or beyond does
-nothing, and a row left `sending` by a crash is reconciled with the provider, never resent.
+nothing. A `sending` mark records the lease of the worker that made it (outreach/leases.py);
+once that worker is known to be gone, the message is reconciled with the provider: it takes
+the provider's record if there is one, and goes back through the final gate if there is none.
 """
 
 from __future__ import annotations
@@ -12,23 +14,28 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import cast
 from urllib.parse import quote
 
+import redis
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session, lazyload, sessionmaker
 
 from outreach import policy as pol
 from outreach.caps import CapRequest, CapReserver
 from outreach.channels.base import (
+    LEASE_LOST,
     OutcomeUnknown,
     Outgoing,
     ProviderRejected,
     ProviderUnavailable,
     Receipt,
     Sender,
+    ensure_still_held,
 )
 from outreach.domain import (
     BorrowerState,
@@ -42,8 +49,10 @@ from outreach.domain import (
     Status,
 )
 from outreach.errors import RenderError, TransientError
+from outreach.leases import LeaseWatch, WorkerLease
 from outreach.render import Renderer
 from outreach.service.context import render_context
+from outreach.service.inbound import record_status
 from outreach.service.messages import record
 from outreach.service.planning import (
     HELD_QUERY,
@@ -74,11 +83,15 @@ PROVIDER_RETRY_LIMIT = 8
 # while the message waited for a slot): the provider never saw the message, so they do not
 # use up its attempts
 NOT_PROVIDER_ATTEMPTS = frozenset(
-    {"window_closed", "rate_limited", "rate_limiter_unavailable", "connect_failed"}
+    {"window_closed", "rate_limited", "rate_limiter_unavailable", "connect_failed", LEASE_LOST}
 )
 PROVIDER_BACKOFF_CAP = dt.timedelta(minutes=15)
 CHECK_RETRY_DELAY = dt.timedelta(minutes=1)
+# a `sending` mark that names no worker lease (made before leases existed) is taken as
+# orphaned after this long: the only case left where a timer stands in for knowing
 STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
+# how far back of its `sending` mark a provider is searched for the message (clock skew)
+FIND_SENT_MARGIN = dt.timedelta(minutes=1)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
 DUE_STATUSES = (Status.SCHEDULED.value, Status.DEFERRED.value)
 # a batch's final gate stands for this long; after it (a paced provider), each message left is
@@ -209,7 +222,8 @@ class Dispatcher:
     # the simulator runs the caps on its virtual clock; the live service uses Redis time
     virtual_time: bool = False
     retry_base: dt.timedelta = dt.timedelta(seconds=30)
-    stuck_after: dt.timedelta = STUCK_SENDING_AFTER
+    # this worker process's lease; None where nothing reconciles (the simulator)
+    lease: WorkerLease | None = None
 
     def now(self) -> dt.datetime:
         return self.clock()
@@ -237,22 +251,33 @@ class Dispatcher:
         earlier ones were sent still stops it.
         """
         outcomes: dict[str, str] = {}
-        gated_at = time.monotonic()
-        prepared = self._gate_many(message_ids, outcomes)
-        accepted: list[tuple[str, Receipt, dt.datetime]] = []
-        try:
-            for group in self._hand_over_groups(prepared):
-                ready: list[tuple[str, Dispatcher._Prepared]] = []
-                for message_id, item in group:
-                    if self._gate_holds(item, gated_at):
-                        ready.append((message_id, item))
-                        continue
-                    self._record_accepted_many(accepted)
-                    outcomes[message_id] = self.dispatch_many([message_id])[message_id]
-                self._dispatch_group(ready, accepted, outcomes)
-        finally:
-            self._record_accepted_many(accepted)
+        with self._holding(message_ids) as lease:
+            gated_at = time.monotonic()
+            prepared = self._gate_many(message_ids, outcomes)
+            accepted: list[tuple[str, Receipt, dt.datetime]] = []
+            try:
+                for group in self._hand_over_groups(prepared):
+                    ready: list[tuple[str, Dispatcher._Prepared]] = []
+                    for message_id, item in group:
+                        if self._gate_holds(item, gated_at):
+                            ready.append((message_id, item))
+                            continue
+                        self._record_accepted_many(accepted)
+                        outcomes[message_id] = self.dispatch_many([message_id])[message_id]
+                    self._dispatch_group(ready, accepted, outcomes, lease)
+            finally:
+                self._record_accepted_many(accepted)
         return outcomes
+
+    @contextmanager
+    def _holding(self, message_ids: Sequence[str]) -> Iterator[str | None]:
+        """This worker's lease on the batch while it is worked on, so that the reconciler
+        leaves it alone (and takes it over once the worker is gone); yields the lease token."""
+        if self.lease is None:
+            yield None
+            return
+        with self.lease.holding(message_ids) as token:
+            yield token
 
     def _hand_over_groups(
         self, prepared: list[tuple[str, Dispatcher._Prepared]]
@@ -319,6 +344,7 @@ class Dispatcher:
         group: list[tuple[str, Dispatcher._Prepared]],
         accepted: list[tuple[str, Receipt, dt.datetime]],
         outcomes: dict[str, str],
+        lease: str | None,
     ) -> None:
         """Reserve, compose, mark `sending` and hand over a run of gated messages."""
         if not group:
@@ -332,7 +358,7 @@ class Dispatcher:
                 ready.append((message_id, prepared, composed))
             else:
                 outcomes[message_id] = self._withhold_uncomposable(message_id, prepared, *composed)
-        not_marked = self._mark_sending_many(ready, now)
+        not_marked = self._mark_sending_many(ready, now, lease)
         for message_id, prepared, composed in ready:
             refused = not_marked.get(message_id)
             if refused is not None:
@@ -341,7 +367,11 @@ class Dispatcher:
                 outcomes[message_id] = refused
                 continue
             outcomes[message_id] = self._send(
-                message_id, composed.outgoing, capped=prepared.capped, accepted=accepted
+                message_id,
+                composed.outgoing,
+                capped=prepared.capped,
+                accepted=accepted,
+                lease=lease,
             )
 
     @dataclass(frozen=True)
@@ -587,20 +617,25 @@ class Dispatcher:
         *,
         capped: bool,
         accepted: list[tuple[str, Receipt, dt.datetime]] | None = None,
+        lease: str | None = None,
     ) -> str:
         """Hand the message to its provider and record the answer; an acceptance is added
         to `accepted` (recorded with others later) when the provider sends no status
         callbacks that could arrive before it is recorded."""
         sender = self.senders[outgoing.channel]
+        if self.lease is not None and lease is not None:
+            outgoing = replace(outgoing, still_held=partial(self.lease.may_hand_over, lease))
         try:
+            ensure_still_held(outgoing)
             receipt = sender.send(outgoing)
         except ProviderRejected as rejected:
             self._record_rejection(message_id, rejected, capped=capped)
             return f"failed:{rejected.code}"
         except ProviderUnavailable as busy:
-            return self._record_retry(message_id, busy, capped=capped)
+            return self._record_retry(message_id, busy, capped=capped, lease=lease)
         except OutcomeUnknown as unknown:
-            # the provider may have it: leave `sending` for the reconciler, never resend
+            # the provider may have it: left `sending`, and no longer held once this batch
+            # ends, so the reconciler asks the provider; never resent on a guess
             log.warning("outcome unknown for %s: %s", message_id, unknown)
             return "unknown"
         if accepted is not None and not getattr(sender, "reports_status_by_callback", True):
@@ -622,7 +657,10 @@ class Dispatcher:
                 record(row, Status.SENT, reason, now, f"provider_id={receipt.provider_id}")
 
     def _mark_sending_many(
-        self, ready: list[tuple[str, Dispatcher._Prepared, _Composed]], now: dt.datetime
+        self,
+        ready: list[tuple[str, Dispatcher._Prepared, _Composed]],
+        now: dt.datetime,
+        lease: str | None,
     ) -> dict[str, str]:
         """Move the messages from `queued` to `sending` with their text, committed before
         any provider is called; returns an outcome for each that is no longer queued (a
@@ -653,9 +691,11 @@ class Dispatcher:
                         "reason": None,
                         "updated_at": now,
                         "attempts": attempts,
+                        "worker_lease": lease,
                     }
                 )
-                steps.append(_step(message_id, now, Status.SENDING, None, f"attempt={attempts}"))
+                detail = f"attempt={attempts}" + (f" worker={lease}" if lease else "")
+                steps.append(_step(message_id, now, Status.SENDING, None, detail))
             update_rows(session, _MESSAGES, "id", rows)
             insert_rows(session, _EVENTS, steps)
         return refused
@@ -738,11 +778,21 @@ class Dispatcher:
             with transaction(self.sessions) as session:
                 regate_borrower(session, self.policy, borrower_id, now)
 
-    def _record_retry(self, message_id: str, busy: ProviderUnavailable, *, capped: bool) -> str:
+    def _record_retry(
+        self,
+        message_id: str,
+        busy: ProviderUnavailable,
+        *,
+        capped: bool,
+        lease: str | None = None,
+    ) -> str:
         now = self.now()
         with transaction(self.sessions) as session:
             row = self._lock(session, message_id)
             if row is None or row.status != Status.SENDING.value:
+                return "skipped"
+            if lease is not None and row.worker_lease != lease:
+                # reconciled while this worker's lease had lapsed, and marked again since
                 return "skipped"
             borrower_id = row.borrower_id
             if busy.code in NOT_PROVIDER_ATTEMPTS:
@@ -793,55 +843,155 @@ class Dispatcher:
 
     # -- the clock's housekeeping ----------------------------------------------------------------
 
-    def reconcile_stuck(self, limit: int = 100) -> int:
-        """Rows left `sending` by a crash: ask the provider; never send them again."""
+    def reconcile_orphaned(self, watch: LeaseWatch, limit: int = 1000) -> list[str]:
+        """Messages whose worker is gone (how that is known: outreach/leases.py).
+
+        Each one it left `sending` is reconciled with its provider (`_reconcile`); the ids of
+        those it held `queued` are returned, for the clock to enqueue again. A message held by
+        a live worker is left alone, however long its batch takes.
+        """
+        now = self.now()
+        with self.sessions() as session:
+            rows = session.connection().execute(_SENDING_ROWS, {"limit": limit}).all()
+        try:
+            view = watch.look({row.worker_lease for row in rows if row.worker_lease})
+        except redis.RedisError as error:
+            # whether their workers live cannot be told: the messages wait
+            log.warning("worker leases unavailable, nothing reconciled: %s", error)
+            return []
+        let_go_before = now - dt.timedelta(seconds=watch.ttl)
+        for row in rows:
+            lease = row.worker_lease
+            if lease is None:
+                orphaned = row.updated_at <= now - STUCK_SENDING_AFTER
+            elif lease in view.alive:
+                # its worker lives: orphaned only if the worker let it go (outcome unknown, an
+                # interrupted batch), and has not held it for a whole lease since
+                orphaned = (
+                    not view.holds(lease, row.id)
+                    and row.updated_at <= let_go_before
+                    and watch.let_go(lease, row.id)
+                )
+            else:
+                orphaned = lease in view.dead
+            if orphaned:
+                self._reconcile(row.id, lease)
+        if not view.dead:
+            return []
+        held_by_dead = set().union(*view.dead.values())
+        held_by_live = set().union(*view.alive.values())
+        with self.sessions() as session:
+            requeue = list(
+                session.connection()
+                .execute(_QUEUED_AMONG, {"ids": sorted(held_by_dead - held_by_live)})
+                .scalars()
+            )
+        try:
+            for token in view.dead:
+                watch.forget(token)
+        except redis.RedisError as error:
+            log.warning("dead worker leases not forgotten yet: %s", error)
+        return requeue
+
+    def _reconcile(self, message_id: str, lease: str | None) -> None:
+        """A message left `sending` by a worker that is gone: the provider's record if it has
+        one; if it has none, the message goes back through the final gate, to be sent once."""
+        with transaction(self.sessions) as session:
+            row = self._lock(session, message_id)
+            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
+                return
+            since = row.updated_at - FIND_SENT_MARGIN
+            outgoing = Outgoing(
+                message_id=row.id,
+                channel=Channel(row.channel),
+                to=row.recipient or "",
+                body=row.body,
+                subject=row.subject,
+                text=row.text,
+                html=row.html,
+            )
+        sender = self.senders[outgoing.channel]
+        if not getattr(sender, "finds_sent", True):
+            self._record_unconfirmed(message_id, lease)
+            return
+        try:
+            receipt = sender.find_sent(outgoing, since)
+        except TransientError as error:
+            log.warning("reconciling %s waits for its provider: %s", message_id, error)
+            return
+        if receipt is None:
+            self._return_to_gate(message_id, lease)
+            return
+        now = self.now()
+        self.record_accepted(message_id, receipt, now, reason=Reason.RECONCILED.value)
+        if receipt.status not in ("queued", "accepted", "sending", "sent"):
+            with transaction(self.sessions) as session:
+                record_status(
+                    session,
+                    provider=getattr(sender, "provider", outgoing.channel.value),
+                    provider_id=receipt.provider_id,
+                    status=receipt.status,
+                    error_code=receipt.error_code,
+                    now=now,
+                )
+
+    def _return_to_gate(self, message_id: str, lease: str | None) -> None:
+        """The provider has no record of it: it was never handed over, so it waits for the
+        clock to release it again, and the final gate decides on the latest state (caps,
+        quiet hours and all) whether and when it goes."""
         now = self.now()
         with transaction(self.sessions) as session:
-            rows: Sequence[m.Message] = session.scalars(
-                select(m.Message)
-                .where(
-                    m.Message.status == Status.SENDING.value,
-                    m.Message.updated_at <= now - self.stuck_after,
-                )
-                .limit(limit)
-            ).all()
-            stuck = [
-                (
-                    row.id,
-                    row.updated_at,
-                    Outgoing(
-                        message_id=row.id,
-                        channel=Channel(row.channel),
-                        to=row.recipient or "",
-                        body=row.body,
-                        subject=row.subject,
-                        text=row.text,
-                        html=row.html,
-                    ),
-                )
-                for row in rows
-            ]
-        for message_id, since, outgoing in stuck:
-            try:
-                receipt = self.senders[outgoing.channel].find_sent(
-                    outgoing, since - dt.timedelta(minutes=1)
-                )
-            except TransientError:
-                continue
-            if receipt is not None:
-                self.record_accepted(message_id, receipt, self.now(), reason="reconciled")
-                continue
-            with transaction(self.sessions) as session:
-                row = self._lock(session, message_id)
-                if row is not None and row.status == Status.SENDING.value:
-                    record(
-                        row,
-                        Status.FAILED,
-                        Reason.RECONCILED.value,
-                        self.now(),
-                        "provider has no record of it; not resent",
-                    )
-        return len(stuck)
+            row = self._lock(session, message_id)
+            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
+                return
+            borrower_id, capped = row.borrower_id, row.cap_reserved_at is not None
+            row.attempts = max(row.attempts - 1, 0)
+            row.send_at = now
+            row.cap_reserved_at = None
+            row.worker_lease = None
+            record(
+                row,
+                Status.DEFERRED,
+                Reason.RECONCILED.value,
+                now,
+                f"worker {lease or 'unknown'} is gone and the provider has no record of it; "
+                "back to the final gate",
+            )
+        if capped:
+            self._release(borrower_id, message_id)
+
+    def _record_unconfirmed(self, message_id: str, lease: str | None) -> None:
+        """A provider that cannot be asked (SMTP): the worker died after the `sending` mark,
+        which is committed immediately before the hand-over, so the relay may have it. It is
+        never sent again (a second copy is the worse harm), nor `failed` (nothing refused it):
+        it counts as sent, keeping its cap slots, and is flagged for a person, who can look
+        for its X-Outreach-Message-Id in the relay's log."""
+        now = self.now()
+        with transaction(self.sessions) as session:
+            row = self._lock(session, message_id)
+            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
+                return
+            row.sent_at = row.sent_at or row.updated_at
+            row.needs_human = True
+            record(
+                row,
+                Status.SENT,
+                Reason.OUTCOME_UNKNOWN.value,
+                now,
+                f"worker {lease or 'unknown'} stopped during the hand-over; the provider cannot "
+                "be asked whether it has the message, so it is not sent again",
+            )
+
+
+_SENDING_ROWS = (
+    select(_MESSAGES.c.id, _MESSAGES.c.worker_lease, _MESSAGES.c.updated_at)
+    .where(_MESSAGES.c.status == Status.SENDING.value)
+    .order_by(_MESSAGES.c.updated_at)
+    .limit(bindparam("limit"))
+)
+_QUEUED_AMONG = select(_MESSAGES.c.id).where(
+    keys_in(_MESSAGES.c.id, "ids"), _MESSAGES.c.status == Status.QUEUED.value
+)
 
 
 def release_due(sessions: sessionmaker[Session], now: dt.datetime, limit: int = 500) -> list[str]:
