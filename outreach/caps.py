@@ -344,6 +344,29 @@ class CapReserver:
         except redis.RedisError as error:
             raise CapUnavailable(f"frequency caps unavailable: {error}") from error
 
+    def release_any(self, borrower_id: str, message_id: str) -> None:
+        """Give back every slot held for a message, whichever attempt reserved it: for the
+        reconciler, once the attempt that reserved it is known to be gone and the message was
+        never handed over."""
+        try:
+            key = self.key(borrower_id)
+            members = [
+                member
+                for channel in Channel
+                for member, _ in self.redis.zscan_iter(key, match=f"{channel.value}:{message_id}*")
+            ]
+            exact = [
+                m
+                for m in members
+                if (m.decode() if isinstance(m, bytes) else str(m))
+                .partition("@")[0]
+                .endswith(f":{message_id}")
+            ]
+            if exact:
+                self.redis.zrem(key, *exact)
+        except redis.RedisError as error:
+            raise CapUnavailable(f"frequency caps unavailable: {error}") from error
+
     def holdings(self, borrower_id: str) -> list[tuple[str, Channel, dt.datetime]]:
         """The reservations Redis holds for a borrower now (for inspection and tests): the
         message, its channel and reservation time, whichever attempt holds it."""

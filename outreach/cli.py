@@ -112,7 +112,7 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     from outreach.api.app import create_app
     from outreach.clock import Clock
     from outreach.store.migrate import upgrade
-    from outreach.worker import build_broker, enqueue, start_worker
+    from outreach.worker import build_broker, enqueue, start_worker, stop_worker
 
     configure_logging()
     settings = with_generated_defaults(settings_or_exit())
@@ -133,7 +133,7 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
         if clock_process is not None:
             clock_process.stop()
         if worker_process is not None:
-            worker_process.stop(timeout=10_000)
+            stop_worker(worker_process, services, 10_000)
         if broker is not None:
             broker.close()
         runtime.close()

@@ -26,6 +26,7 @@ from outreach.service.journal import JournalUnavailable
 from outreach.service.planning import replan_loan
 from outreach.store import models as m
 from outreach.store.db import transaction
+from outreach.worker_leases import LeaseWatch
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ class Clock:
         self.dispatcher = services.dispatcher
         self.enqueue = enqueue
         self.lock = LeaderLock(services.runtime.redis.new_client())
+        self.leases = LeaseWatch(
+            services.runtime.redis.client, services.runtime.settings.worker_lease_seconds
+        )
         self.tick_seconds = tick_seconds
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
         self._job_lock = threading.Lock()
@@ -106,6 +110,11 @@ class Clock:
             self.apply_journaled_replies, "interval", seconds=self.tick_seconds, **common
         )
         self.scheduler.add_job(self.housekeeping, "interval", seconds=60, **common)
+        # a dead worker is known within a lease and confirmed a lease later (leases.py):
+        # looking twice a lease keeps its messages' wait under three leases (60 s by default)
+        self.scheduler.add_job(
+            self.reconcile_orphaned, "interval", seconds=self.leases.ttl / 2, **common
+        )
         self.scheduler.add_job(self.replan_all, "interval", minutes=10, **common)
         self.scheduler.start()
         log.info("clock started (%s)", "leader" if self.is_leader else "standby")
@@ -153,7 +162,6 @@ class Clock:
         if stale:
             dispatch_service.touch_requeued(self.sessions, stale, now)
             self._enqueue(stale)
-        self.dispatcher.reconcile_stuck()
         self.apply_orphaned_events()
 
     def apply_journaled_replies(self) -> int:
@@ -181,6 +189,19 @@ class Clock:
             log.warning("re-enqueue skipped: %s", error)
             return []
         return unleased
+
+    def reconcile_orphaned(self) -> None:
+        """Messages whose worker died: see `Dispatcher.reconcile_orphaned`."""
+        if not self.is_leader:
+            return
+        try:
+            held = self.dispatcher.reconcile_orphaned(self.leases)
+        except StoreUnavailable as error:
+            log.warning("reconciliation skipped: %s", error)
+            return
+        if held:
+            dispatch_service.touch_requeued(self.sessions, held, self.dispatcher.now())
+            self._enqueue(held)
 
     def apply_orphaned_events(self) -> int:
         """Webhook events stored but not applied: their web process stopped first, or their

@@ -184,6 +184,8 @@ class Reason(StrEnum):
     PROVIDER_RETRY = "provider_retry"
     PROVIDER_STATUS = "provider_status"
     RECONCILED = "reconciled"
+    # a worker stopped while handing it to a provider that cannot be asked (SMTP)
+    OUTCOME_UNKNOWN = "outcome_unknown"
     # inbound
     NEEDS_HUMAN = "needs_human"
 

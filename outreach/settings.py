@@ -78,6 +78,8 @@ class Settings:
     policy_path: Path
     templates_dir: Path = field(default_factory=lambda: _shipped(DEFAULT_TEMPLATES))
     var_dir: Path = VAR_DIR
+    # seconds a worker's lease outlives its last heartbeat (see outreach/worker_leases.py)
+    worker_lease_seconds: float = 20.0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -259,4 +261,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_starttls=_bool(env, "SMTP_STARTTLS", False),
         email_from=email_from,
         policy_path=policy_path,
+        # at least 8 s: the reconciler then asks the provider 1.5 leases (12 s) after the last
+        # hand-over a dead worker can have started, more than a Twilio call may last (10 s)
+        worker_lease_seconds=_number(env, "OUTREACH_WORKER_LEASE_SECONDS", 20.0, minimum=8),
     )

@@ -27,6 +27,7 @@ from dramatiq.middleware import (
 )
 
 from outreach.errors import TransientError
+from outreach.worker_leases import WorkerLease
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,28 @@ def enqueue(broker: RedisBroker, message_ids: Sequence[str]) -> None:
 
 
 def start_worker(broker: RedisBroker, services: Any, threads: int) -> dramatiq.Worker:
+    """Start the process's worker threads, and its lease (outreach/worker_leases.py) first: every
+    `sending` mark it makes names that lease. Stop it with `stop_worker`."""
+    runtime = services.runtime
+    lease = WorkerLease(runtime.redis.new_client(), runtime.settings.worker_lease_seconds)
+    lease.start()
+    services.dispatcher.lease = lease
     declare(broker, services)
     worker = dramatiq.Worker(broker, queues={QUEUE}, worker_threads=threads, worker_timeout=200)
+    # no broker message waits in this process for a free thread (dramatiq fetches twice as
+    # many): what it fetched it works on, so if it dies its lease's held ids name them all
+    worker.queue_prefetch = threads
     worker.start()
     return worker
+
+
+def stop_worker(worker: dramatiq.Worker, services: Any, timeout_ms: int) -> None:
+    """Stop the threads, then give the lease up (nothing is in flight any more)."""
+    worker.stop(timeout=timeout_ms)
+    lease = services.dispatcher.lease
+    if lease is not None:
+        services.dispatcher.lease = None
+        lease.stop()
 
 
 def _process_main(threads: int) -> None:
@@ -123,7 +142,7 @@ def _process_main(threads: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
-    worker.stop(timeout=30_000)
+    stop_worker(worker, services, 30_000)
     broker.close()
     runtime.close()
 

@@ -24,7 +24,7 @@ from outreach.runtime import Runtime
 from outreach.settings import OpsToken, Secret, load_settings
 from outreach.store.models import ReceivedEvent
 from outreach.wiring import Services
-from outreach.worker import build_broker, enqueue, start_worker
+from outreach.worker import build_broker, enqueue, start_worker, stop_worker
 from tests.support import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -192,6 +192,6 @@ def start_live_service(
         thread.join(timeout=10)
         clock.stop()
         if worker is not None:
-            worker.stop(timeout=5_000)
+            stop_worker(worker, services, 5_000)
         broker.close()
         runtime.close()

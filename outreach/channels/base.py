@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,9 @@ class Outgoing:
     headers: Mapping[str, str] = field(default_factory=dict)
     # the last instant the message may still reach the borrower (end of the allowed window)
     deliver_by: dt.datetime | None = None
+    # asked immediately before the provider is called (`ensure_still_held`): False once the
+    # worker's lease on the message lapsed, when the reconciler may be acting on it
+    still_held: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class Receipt:
     provider_id: str
     # the status the provider reported at acceptance (`sent` when it gave no finer one)
     status: str = "sent"
+    # the provider's error code, when a message it has a record of failed
+    error_code: str | None = None
 
 
 class ProviderRejected(PermanentError):
@@ -63,6 +68,17 @@ class OutcomeUnknown(TransientError):
 
     Twilio's create call has no idempotency key, so such a message is reconciled, not resent.
     """
+
+
+LEASE_LOST = "lease_lost"
+
+
+def ensure_still_held(outgoing: Outgoing) -> None:
+    """Raise ProviderUnavailable when the worker may no longer hand `outgoing` over."""
+    if outgoing.still_held is not None and not outgoing.still_held():
+        raise ProviderUnavailable(
+            LEASE_LOST, "this worker's lease lapsed before the hand-over; not handed over"
+        )
 
 
 class Sender(Protocol):

@@ -51,6 +51,8 @@ class SmtpSender:
     # no status callback can arrive before its acceptance is recorded, so a batch's
     # acceptances may be recorded together (see Dispatcher.dispatch_many)
     reports_status_by_callback = False
+    # a relay cannot be asked what it accepted: `find_sent` knows nothing (see there)
+    finds_sent = False
 
     channel = Channel.EMAIL
 

@@ -26,6 +26,7 @@ from outreach.channels.base import (
     ProviderRejected,
     ProviderUnavailable,
     Receipt,
+    ensure_still_held,
 )
 from outreach.channels.rate_limit import RateLimitError, RateLimitTimeout, SegmentRateLimiter
 from outreach.domain import Channel
@@ -132,6 +133,8 @@ class TwilioSender:
     """The Sender for Channel.SMS through Twilio's Messages API."""
 
     channel = Channel.SMS
+    # the name its status reports are recorded under (as the status callbacks are)
+    provider = "twilio"
 
     def __init__(
         self,
@@ -188,8 +191,10 @@ class TwilioSender:
             raise ValueError(f"message {outgoing.message_id} is not an SMS with a body")
         self._validity_period(outgoing)  # a window already closed: defer without a slot
         self._wait_for_slot(outgoing)
-        # after the wait, the validity period is what is left of the window *now*
+        # after the wait, the validity period is what is left of the window *now*, and the
+        # worker may have lost its lease while it waited
         validity = self._validity_period(outgoing)
+        ensure_still_held(outgoing)
         sender: dict[str, Any] = (
             {"messaging_service_sid": self._messaging_service_sid}
             if self._messaging_service_sid
@@ -285,7 +290,12 @@ class TwilioSender:
             raise ProviderUnavailable("lookup_failed", type(error).__name__) from error
         if found is None:
             return None
-        return Receipt(provider_id=str(found.sid), status=str(found.status or "queued"))
+        code = getattr(found, "error_code", None)
+        return Receipt(
+            provider_id=str(found.sid),
+            status=str(found.status or "queued"),
+            error_code=str(code) if code is not None else None,
+        )
 
 
 def _matching(messages: list[Any], outgoing: Outgoing, since: dt.datetime) -> Any:

@@ -7,6 +7,11 @@ nothing, and a row left `sending` by a crash is reconciled with the provider, ne
 Each call of `dispatch_many` is one attempt: it first takes its messages' leases (`leases`),
 so a second delivery of a message while the first is worked stands aside, and its cap
 reservations carry its token, so no other attempt can give them back.
+
+A `sending` mark records the lease of the worker process that made it
+(outreach/worker_leases.py); once that worker is known to be gone, the message is reconciled
+with the provider: it takes the provider's record if there is one, and goes back through the
+final gate if there is none.
 """
 
 from __future__ import annotations
@@ -17,23 +22,28 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import cast
 from urllib.parse import quote
 
+import redis
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session, lazyload, sessionmaker
 
 from outreach import policy as pol
 from outreach.caps import CapRequest, CapReserver
 from outreach.channels.base import (
+    LEASE_LOST,
     OutcomeUnknown,
     Outgoing,
     ProviderRejected,
     ProviderUnavailable,
     Receipt,
     Sender,
+    ensure_still_held,
 )
 from outreach.domain import (
     BorrowerState,
@@ -51,6 +61,7 @@ from outreach.leases import MessageLeases
 from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
 from outreach.service.context import render_context
+from outreach.service.inbound import record_status
 from outreach.service.intake import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
 from outreach.service.journal import HeldSenders
 from outreach.service.messages import record
@@ -75,6 +86,7 @@ from outreach.store import models as m
 from outreach.store.bulk import insert_rows, update_rows
 from outreach.store.db import transaction
 from outreach.store.keysets import keys_in
+from outreach.worker_leases import LeaseWatch, WorkerLease
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +95,7 @@ PROVIDER_RETRY_LIMIT = 8
 # while the message waited for a slot): the provider never saw the message, so they do not
 # use up its attempts
 NOT_PROVIDER_ATTEMPTS = frozenset(
-    {"window_closed", "rate_limited", "rate_limiter_unavailable", "connect_failed"}
+    {"window_closed", "rate_limited", "rate_limiter_unavailable", "connect_failed", LEASE_LOST}
 )
 PROVIDER_BACKOFF_CAP = dt.timedelta(minutes=15)
 CHECK_RETRY_DELAY = dt.timedelta(minutes=1)
@@ -92,7 +104,11 @@ HOLD_DELAY = dt.timedelta(minutes=1)
 DEAD_LETTER_HOLD = dt.timedelta(minutes=15)
 # a reply in the journal is applied within a clock tick or two of the database answering
 UNAPPLIED_REPLY_RETRY_DELAY = dt.timedelta(seconds=5)
+# a `sending` mark that names no worker lease (made before leases existed) is taken as
+# orphaned after this long: the only case left where a timer stands in for knowing
 STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
+# how far back of its `sending` mark a provider is searched for the message (clock skew)
+FIND_SENT_MARGIN = dt.timedelta(minutes=1)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
 DUE_STATUSES = (Status.SCHEDULED.value, Status.DEFERRED.value)
 # a batch's final gate stands for this long; after it (a paced provider), each message left is
@@ -250,6 +266,8 @@ class Dispatcher:
     # without leases a duplicate delivery is still never sent twice (the row's status says),
     # but it may not take over a reservation another attempt left behind
     leases: MessageLeases | None = None
+    # this worker process's lease; None where nothing reconciles (the simulator)
+    lease: WorkerLease | None = None
 
     def now(self) -> dt.datetime:
         return self.clock()
@@ -282,11 +300,22 @@ class Dispatcher:
         outcomes: dict[str, str] = {}
         attempt, mine = self._take_leases(message_ids, outcomes)
         try:
-            outcomes.update(self._dispatch_as(attempt, mine))
+            with self._holding(mine) as lease:
+                outcomes.update(self._dispatch_as(attempt, lease, mine))
         finally:
             if self.leases is not None and attempt.leased:
                 self.leases.give_back(attempt.token, mine)
         return outcomes
+
+    @contextmanager
+    def _holding(self, message_ids: Sequence[str]) -> Iterator[str | None]:
+        """This worker's lease on the batch while it is worked on, so that the reconciler
+        leaves it alone (and takes it over once the worker is gone); yields the lease token."""
+        if self.lease is None:
+            yield None
+            return
+        with self.lease.holding(message_ids) as token:
+            yield token
 
     def _take_leases(
         self, message_ids: Sequence[str], outcomes: dict[str, str]
@@ -307,7 +336,9 @@ class Dispatcher:
         outcomes.update((i, "skipped:leased") for i in wanted if i not in taken)
         return _Attempt(token, leased=True), mine
 
-    def _dispatch_as(self, attempt: _Attempt, message_ids: Sequence[str]) -> dict[str, str]:
+    def _dispatch_as(
+        self, attempt: _Attempt, lease: str | None, message_ids: Sequence[str]
+    ) -> dict[str, str]:
         """`dispatch_many`'s work, for messages the attempt may work."""
         outcomes: dict[str, str] = {}
         gated_at = time.monotonic()
@@ -321,8 +352,9 @@ class Dispatcher:
                         ready.append((message_id, item))
                         continue
                     self._record_accepted_many(accepted)
-                    outcomes[message_id] = self._dispatch_as(attempt, [message_id])[message_id]
-                self._dispatch_group(ready, accepted, outcomes, attempt)
+                    again = self._dispatch_as(attempt, lease, [message_id])
+                    outcomes[message_id] = again[message_id]
+                self._dispatch_group(ready, accepted, outcomes, attempt, lease)
         finally:
             self._record_accepted_many(accepted)
         return outcomes
@@ -407,6 +439,7 @@ class Dispatcher:
         accepted: list[tuple[str, Receipt, dt.datetime]],
         outcomes: dict[str, str],
         attempt: _Attempt,
+        lease: str | None,
     ) -> None:
         """Reserve, compose, mark `sending` and hand over a run of gated messages."""
         if not group:
@@ -424,7 +457,7 @@ class Dispatcher:
                     message_id, prepared, holder, *composed
                 )
         ready = self._hold_for_unapplied_replies(ready, outcomes, attempt.token)
-        not_marked = self._mark_sending_many(ready, now)
+        not_marked = self._mark_sending_many(ready, now, lease)
         for message_id, prepared, composed in ready:
             holder = attempt.token if prepared.capped else None
             status = not_marked.get(message_id)
@@ -436,7 +469,11 @@ class Dispatcher:
                 outcomes[message_id] = f"skipped:{status}"
                 continue
             outcomes[message_id] = self._send(
-                message_id, composed.outgoing, holder=holder, accepted=accepted
+                message_id,
+                composed.outgoing,
+                holder=holder,
+                accepted=accepted,
+                lease=lease,
             )
 
     def _hold_for_unapplied_replies(
@@ -766,21 +803,26 @@ class Dispatcher:
         *,
         holder: str | None,
         accepted: list[tuple[str, Receipt, dt.datetime]] | None = None,
+        lease: str | None = None,
     ) -> str:
         """Hand the message to its provider and record the answer; an acceptance is added
         to `accepted` (recorded with others later) when the provider sends no status
         callbacks that could arrive before it is recorded. `holder` is the attempt holding
         the message's cap slot (None: it holds none)."""
         sender = self.senders[outgoing.channel]
+        if self.lease is not None and lease is not None:
+            outgoing = replace(outgoing, still_held=partial(self.lease.may_hand_over, lease))
         try:
+            ensure_still_held(outgoing)
             receipt = sender.send(outgoing)
         except ProviderRejected as rejected:
             self._record_rejection(message_id, rejected, holder=holder)
             return f"failed:{rejected.code}"
         except ProviderUnavailable as busy:
-            return self._record_retry(message_id, busy, holder=holder)
+            return self._record_retry(message_id, busy, holder=holder, lease=lease)
         except OutcomeUnknown as unknown:
-            # the provider may have it: leave `sending` for the reconciler, never resend
+            # the provider may have it: left `sending`, and no longer held once this batch
+            # ends, so the reconciler asks the provider; never resent on a guess
             log.warning("outcome unknown for %s: %s", message_id, unknown)
             return "unknown"
         if accepted is not None and not getattr(sender, "reports_status_by_callback", True):
@@ -802,7 +844,10 @@ class Dispatcher:
                 record(row, Status.SENT, reason, now, f"provider_id={receipt.provider_id}")
 
     def _mark_sending_many(
-        self, ready: list[tuple[str, Dispatcher._Prepared, _Composed]], now: dt.datetime
+        self,
+        ready: list[tuple[str, Dispatcher._Prepared, _Composed]],
+        now: dt.datetime,
+        lease: str | None,
     ) -> dict[str, str]:
         """Move the messages from `queued` to `sending` with their text, committed before
         any provider is called; returns the status of each that is no longer queued (a
@@ -834,9 +879,11 @@ class Dispatcher:
                         "reason": None,
                         "updated_at": now,
                         "attempts": attempts,
+                        "worker_lease": lease,
                     }
                 )
-                steps.append(_step(message_id, now, Status.SENDING, None, f"attempt={attempts}"))
+                detail = f"attempt={attempts}" + (f" worker={lease}" if lease else "")
+                steps.append(_step(message_id, now, Status.SENDING, None, detail))
             update_rows(session, _MESSAGES, "id", rows)
             insert_rows(session, _EVENTS, steps)
         return refused
@@ -920,12 +967,20 @@ class Dispatcher:
                 regate_borrower(session, self.policy, borrower_id, now)
 
     def _record_retry(
-        self, message_id: str, busy: ProviderUnavailable, *, holder: str | None
+        self,
+        message_id: str,
+        busy: ProviderUnavailable,
+        *,
+        holder: str | None,
+        lease: str | None = None,
     ) -> str:
         now = self.now()
         with transaction(self.sessions) as session:
             row = self._lock(session, message_id)
             if row is None or row.status != Status.SENDING.value:
+                return "skipped"
+            if lease is not None and row.worker_lease != lease:
+                # reconciled while this worker's lease had lapsed, and marked again since
                 return "skipped"
             borrower_id = row.borrower_id
             if busy.code in NOT_PROVIDER_ATTEMPTS:
@@ -976,55 +1031,157 @@ class Dispatcher:
 
     # -- the clock's housekeeping ----------------------------------------------------------------
 
-    def reconcile_stuck(self, limit: int = 100) -> int:
-        """Rows left `sending` by a crash: ask the provider; never send them again."""
+    def reconcile_orphaned(self, watch: LeaseWatch, limit: int = 1000) -> list[str]:
+        """Messages whose worker is gone (how that is known: outreach/worker_leases.py).
+
+        Each one it left `sending` is reconciled with its provider (`_reconcile`); the ids of
+        those it held `queued` are returned, for the clock to enqueue again. A message held by
+        a live worker is left alone, however long its batch takes.
+        """
+        now = self.now()
+        with self.sessions() as session:
+            rows = session.connection().execute(_SENDING_ROWS, {"limit": limit}).all()
+        try:
+            view = watch.look({row.worker_lease for row in rows if row.worker_lease})
+        except redis.RedisError as error:
+            # whether their workers live cannot be told: the messages wait
+            log.warning("worker leases unavailable, nothing reconciled: %s", error)
+            return []
+        let_go_before = now - dt.timedelta(seconds=watch.ttl)
+        for row in rows:
+            lease = row.worker_lease
+            if lease is None:
+                orphaned = row.updated_at <= now - STUCK_SENDING_AFTER
+            elif lease in view.alive:
+                # its worker lives: orphaned only if the worker let it go (outcome unknown, an
+                # interrupted batch), and has not held it for a whole lease since
+                orphaned = (
+                    not view.holds(lease, row.id)
+                    and row.updated_at <= let_go_before
+                    and watch.let_go(lease, row.id)
+                )
+            else:
+                orphaned = lease in view.dead
+            if orphaned:
+                self._reconcile(row.id, lease)
+        if not view.dead:
+            return []
+        held_by_dead = set().union(*view.dead.values())
+        held_by_live = set().union(*view.alive.values())
+        with self.sessions() as session:
+            requeue = list(
+                session.connection()
+                .execute(_QUEUED_AMONG, {"ids": sorted(held_by_dead - held_by_live)})
+                .scalars()
+            )
+        try:
+            for token in view.dead:
+                watch.forget(token)
+        except redis.RedisError as error:
+            log.warning("dead worker leases not forgotten yet: %s", error)
+        return requeue
+
+    def _reconcile(self, message_id: str, lease: str | None) -> None:
+        """A message left `sending` by a worker that is gone: the provider's record if it has
+        one; if it has none, the message goes back through the final gate, to be sent once."""
+        with transaction(self.sessions) as session:
+            row = self._lock(session, message_id)
+            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
+                return
+            since = row.updated_at - FIND_SENT_MARGIN
+            outgoing = Outgoing(
+                message_id=row.id,
+                channel=Channel(row.channel),
+                to=row.recipient or "",
+                body=row.body,
+                subject=row.subject,
+                text=row.text,
+                html=row.html,
+            )
+        sender = self.senders[outgoing.channel]
+        if not getattr(sender, "finds_sent", True):
+            self._record_unconfirmed(message_id, lease)
+            return
+        try:
+            receipt = sender.find_sent(outgoing, since)
+        except TransientError as error:
+            log.warning("reconciling %s waits for its provider: %s", message_id, error)
+            return
+        if receipt is None:
+            self._return_to_gate(message_id, lease)
+            return
+        now = self.now()
+        self.record_accepted(message_id, receipt, now, reason=Reason.RECONCILED.value)
+        if receipt.status not in ("queued", "accepted", "sending", "sent"):
+            with transaction(self.sessions) as session:
+                record_status(
+                    session,
+                    provider=getattr(sender, "provider", outgoing.channel.value),
+                    provider_id=receipt.provider_id,
+                    status=receipt.status,
+                    error_code=receipt.error_code,
+                    now=now,
+                )
+
+    def _return_to_gate(self, message_id: str, lease: str | None) -> None:
+        """The provider has no record of it: it was never handed over, so it waits for the
+        clock to release it again, and the final gate decides on the latest state (caps,
+        quiet hours and all) whether and when it goes."""
         now = self.now()
         with transaction(self.sessions) as session:
-            rows: Sequence[m.Message] = session.scalars(
-                select(m.Message)
-                .where(
-                    m.Message.status == Status.SENDING.value,
-                    m.Message.updated_at <= now - self.stuck_after,
-                )
-                .limit(limit)
-            ).all()
-            stuck = [
-                (
-                    row.id,
-                    row.updated_at,
-                    Outgoing(
-                        message_id=row.id,
-                        channel=Channel(row.channel),
-                        to=row.recipient or "",
-                        body=row.body,
-                        subject=row.subject,
-                        text=row.text,
-                        html=row.html,
-                    ),
-                )
-                for row in rows
-            ]
-        for message_id, since, outgoing in stuck:
-            try:
-                receipt = self.senders[outgoing.channel].find_sent(
-                    outgoing, since - dt.timedelta(minutes=1)
-                )
-            except TransientError:
-                continue
-            if receipt is not None:
-                self.record_accepted(message_id, receipt, self.now(), reason="reconciled")
-                continue
-            with transaction(self.sessions) as session:
-                row = self._lock(session, message_id)
-                if row is not None and row.status == Status.SENDING.value:
-                    record(
-                        row,
-                        Status.FAILED,
-                        Reason.RECONCILED.value,
-                        self.now(),
-                        "provider has no record of it; not resent",
-                    )
-        return len(stuck)
+            row = self._lock(session, message_id)
+            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
+                return
+            if row.cap_reserved_at is not None:
+                # the dead attempt's slot, whichever attempt it was: given back while the row is
+                # still `sending` under the dead lease, so no new attempt can have reserved it
+                # (an error leaves the row `sending`, to be tried again: nothing half done)
+                self.caps.release_any(row.borrower_id, message_id)
+            row.attempts = max(row.attempts - 1, 0)
+            row.send_at = now
+            row.cap_reserved_at = None
+            row.worker_lease = None
+            record(
+                row,
+                Status.DEFERRED,
+                Reason.RECONCILED.value,
+                now,
+                f"worker {lease or 'unknown'} is gone and the provider has no record of it; "
+                "back to the final gate",
+            )
+
+    def _record_unconfirmed(self, message_id: str, lease: str | None) -> None:
+        """A provider that cannot be asked (SMTP): the worker died after the `sending` mark,
+        which is committed immediately before the hand-over, so the relay may have it. It is
+        never sent again (a second copy is the worse harm), nor `failed` (nothing refused it):
+        it counts as sent, keeping its cap slots, and is flagged for a person, who can look
+        for its X-Outreach-Message-Id in the relay's log."""
+        now = self.now()
+        with transaction(self.sessions) as session:
+            row = self._lock(session, message_id)
+            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
+                return
+            row.sent_at = row.sent_at or row.updated_at
+            row.needs_human = True
+            record(
+                row,
+                Status.SENT,
+                Reason.OUTCOME_UNKNOWN.value,
+                now,
+                f"worker {lease or 'unknown'} stopped during the hand-over; the provider cannot "
+                "be asked whether it has the message, so it is not sent again",
+            )
+
+
+_SENDING_ROWS = (
+    select(_MESSAGES.c.id, _MESSAGES.c.worker_lease, _MESSAGES.c.updated_at)
+    .where(_MESSAGES.c.status == Status.SENDING.value)
+    .order_by(_MESSAGES.c.updated_at)
+    .limit(bindparam("limit"))
+)
+_QUEUED_AMONG = select(_MESSAGES.c.id).where(
+    keys_in(_MESSAGES.c.id, "ids"), _MESSAGES.c.status == Status.QUEUED.value
+)
 
 
 def release_due(sessions: sessionmaker[Session], now: dt.datetime, limit: int = 500) -> list[str]:

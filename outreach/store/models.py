@@ -261,6 +261,9 @@ class Message(Base):
     cap_reserved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # the lease (outreach/worker_leases.py) of the worker process that marked it `sending`: while
+    # that lease lives the message is its worker's; once it is gone, the reconciler's
+    worker_lease: Mapped[str | None] = mapped_column(String(80))
     needs_human: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
