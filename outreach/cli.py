@@ -27,12 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
-campaign_app = typer.Typer(
-    help="Marketing-style campaigns (ops API from a terminal).", no_args_is_help=True
-)
 messages_app = typer.Typer(help="The message log (ops API from a terminal).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.add_typer(campaign_app, name="campaign")
 app.add_typer(messages_app, name="messages")
 
 HostOption = Annotated[str, typer.Option(help="Interface to listen on.")]
@@ -60,11 +56,6 @@ def errors_as_one_line() -> Iterator[None]:
         fail(f"configuration error: {error}")
     except OutreachError as error:
         fail(str(error), code=1)
-
-
-def not_yet(capability: str, issue: int | None) -> NoReturn:
-    when = f"it lands with issue {issue}" if issue else "no issue has scheduled it yet"
-    fail(f"{capability} is not available yet: {when}.", code=2)
 
 
 def configure_logging() -> None:
@@ -264,26 +255,6 @@ def check(
         typer.echo(summary)
         raise typer.Exit(1)
     typer.echo(f"{summary}: ok")
-
-
-def _campaign_command(action: str, summary: str) -> None:
-    def command() -> None:
-        not_yet(f"campaign {action}", None)
-
-    command.__doc__ = summary
-    campaign_app.command(action)(command)
-
-
-for _action, _summary in (
-    ("create", "Create a campaign from a segment, a template and a window."),
-    ("preview", "Show who a campaign targets and what it would send; changes nothing."),
-    ("launch", "Start sending a campaign."),
-    ("pause", "Pause a running campaign."),
-    ("resume", "Resume a paused campaign."),
-    ("cancel", "Cancel a campaign and its pending messages."),
-    ("list", "List campaigns with their progress."),
-):
-    _campaign_command(_action, _summary)
 
 
 FilterOption = Annotated[str | None, typer.Option()]
