@@ -622,27 +622,41 @@ def _texts_in_first_days(policy: pol.Policy, borrower: BorrowerState) -> bool:
     return False
 
 
-def _settled_or_paused(book: Book, loan_id: str, due_date: str, until: dt.datetime) -> bool:
-    """Whether, before `until`, the loan was paid, closed, brought current or moved to another
-    due date, or a promise or plan paused its dunning: then no first text is owed."""
+def _events_by_loan(book: Book) -> dict[str, list[tuple[dt.datetime, dict[str, Any]]]]:
+    """The book's events about each loan, in order (read once, not once per loan)."""
+    by_loan: dict[str, list[tuple[dt.datetime, dict[str, Any]]]] = defaultdict(list)
     for at, event in book.events:
+        data = event.get("data") or {}
+        loan_id = data["loan"]["id"] if event.get("type") == "loan.updated" else data.get("loan_id")
+        if loan_id is not None:
+            by_loan[str(loan_id)].append((at, event))
+    return by_loan
+
+
+def _settled_or_paused(
+    events: Sequence[tuple[dt.datetime, dict[str, Any]]], due_date: str, until: dt.datetime
+) -> bool:
+    """Whether, before `until`, the loan these events are about was paid, closed, brought
+    current or moved to another due date, or a promise or plan paused its dunning: then no
+    first text is owed."""
+    for at, event in events:
         if at >= until:
             break
-        data = event.get("data") or {}
+        data = event["data"]
         kind = event.get("type")
         if kind == "loan.updated":
             loan = data["loan"]
-            if loan["id"] == loan_id and (
+            if (
                 loan["due_date"] != due_date
                 or _amount(loan["amount_due"]) <= 0
                 or int(loan["days_past_due"]) <= 0
             ):
                 return True
-        elif data.get("loan_id") == loan_id:
-            if kind in ("loan.closed", "promise_to_pay.created", "payment_plan.created"):
-                return True
-            if kind == "payment.received" and _amount(data.get("amount_due_after")) <= 0:
-                return True
+            continue
+        paused_or_closed = kind in ("loan.closed", "promise_to_pay.created", "payment_plan.created")
+        paid_in_full = kind == "payment.received" and _amount(data.get("amount_due_after")) <= 0
+        if paused_or_closed or paid_in_full:
+            return True
     return False
 
 
@@ -669,6 +683,7 @@ def check_first_contact(
         if record.get("purpose") == "dunning" and record.get("channel") == "sms":
             texts[str(record.get("loan_id"))].append(record)
     seen: set[tuple[str, str]] = set()
+    about_loan = _events_by_loan(book)
     for at, event in book.of_type("loan.updated"):
         loan = event["data"]["loan"]
         cycle = (loan["id"], loan["due_date"])
@@ -685,7 +700,7 @@ def check_first_contact(
             continue
         if not _texts_in_first_days(policy, borrower):
             continue
-        if _settled_or_paused(book, loan["id"], loan["due_date"], closes):
+        if _settled_or_paused(about_loan[loan["id"]], loan["due_date"], closes):
             continue
         result.checked += 1
         candidates = [
