@@ -296,7 +296,7 @@ def messages_list(
     """List messages with the filters of GET /v1/messages, newest first."""
     import json
 
-    from outreach.service.log import FilterError, MessageFilter, list_messages
+    from outreach.service.log import MessageFilter, MessageFilterError, list_messages
 
     try:
         criteria = MessageFilter.parse(
@@ -315,7 +315,7 @@ def messages_list(
         )
         with _log_session() as session:
             items, next_cursor = list_messages(session, criteria, limit=limit, cursor=cursor)
-    except FilterError as error:
+    except MessageFilterError as error:
         fail(str(error))
     for item in items:
         if as_json:
@@ -360,7 +360,7 @@ def messages_export(
 ) -> None:
     """Export the filtered message log as CSV."""
     from outreach.service.export import csv_rows
-    from outreach.service.log import FilterError, MessageFilter
+    from outreach.service.log import MessageFilter, MessageFilterError
     from outreach.store.db import make_engine, make_session_factory
 
     try:
@@ -378,7 +378,7 @@ def messages_export(
                 q=q,
             )
         )
-    except FilterError as error:
+    except MessageFilterError as error:
         fail(str(error))
     settings = settings_or_exit()
     engine = make_engine(settings.database_url.reveal())

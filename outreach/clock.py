@@ -21,9 +21,9 @@ from sqlalchemy import select
 
 from outreach.errors import StoreUnavailable, TransientError
 from outreach.service import dispatch as dispatch_service
-from outreach.service.intake import apply_orphaned
+from outreach.service.inbox import apply_orphaned
 from outreach.service.journal import JournalUnavailable
-from outreach.service.planning import replan_loan
+from outreach.service.planner import replan_loan
 from outreach.store import models as m
 from outreach.store.db import transaction
 from outreach.worker_leases import LeaseWatch

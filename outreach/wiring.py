@@ -21,7 +21,7 @@ from outreach.channels.simulated import SimulatedSender
 from outreach.channels.smtp_email import SmtpSender
 from outreach.channels.twilio_sms import TwilioSender
 from outreach.domain import Channel, Purpose, Reason, Status
-from outreach.leases import MessageLeases
+from outreach.message_leases import MessageLeases
 from outreach.render import Renderer
 from outreach.runtime import Runtime
 from outreach.service.dispatch import Dispatcher

@@ -25,7 +25,7 @@ from outreach.service import log as message_log
 from outreach.service.dispatch import verify_unsubscribe_token
 from outreach.service.export import csv_rows
 from outreach.service.inbound import handle_unsubscribe
-from outreach.service.intake import Intake, dead_letter_count, dead_letters, redrive
+from outreach.service.inbox import Intake, dead_letter_count, dead_letters, redrive
 from outreach.service.journal import SMS_REPLY, TWILIO_STATUS, JournalEntry, JournalUnavailable
 from outreach.service.messages import as_record, record
 from outreach.store.db import ping, transaction
@@ -205,7 +205,7 @@ def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI
     def filter_errors(call: Callable[[], Any]) -> Any:
         try:
             return call()
-        except message_log.FilterError as error:
+        except message_log.MessageFilterError as error:
             raise HTTPException(422, str(error)) from None
 
     @app.get("/v1/messages", tags=["messages"], summary="The message log, filtered, paged")

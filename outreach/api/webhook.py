@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from outreach.errors import StoreUnavailable
-from outreach.service.events import EventError, parse_event
-from outreach.service.intake import Intake
+from outreach.service.inbox import Intake
+from outreach.service.parse import EventError, parse_event
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,19 @@ from __future__ import annotations
 import datetime as dt
 
 from outreach.domain import LoanState
+from outreach.policy.cadence import (
+    PlanItem,
+    next_plan_change,
+    plan,
+    plan_items,
+    reply_message,
+)
+from outreach.policy.dunning import (
+    ages_alike,
+    choose_channel,
+    delinquency_cycle,
+    effective_days_past_due,
+)
 from outreach.policy.gate import counts_against_caps, gate, obeys_quiet_hours
 from outreach.policy.hours import (
     contact_rules,
@@ -25,23 +38,10 @@ from outreach.policy.model import (
     DailyWindow,
     EventRule,
     Jurisdiction,
+    Lender,
     Policy,
-    Sender,
     Stage,
     Step,
-)
-from outreach.policy.planning import (
-    PlanItem,
-    next_plan_change,
-    plan,
-    plan_items,
-    reply_message,
-)
-from outreach.policy.state import (
-    ages_alike,
-    choose_channel,
-    delinquency_cycle,
-    effective_days_past_due,
 )
 from outreach.policy.zones import borrower_countries, candidate_zones
 
@@ -57,10 +57,10 @@ __all__ = [
     "DailyWindow",
     "EventRule",
     "Jurisdiction",
+    "Lender",
     "PlanItem",
     "Policy",
     "PolicyError",
-    "Sender",
     "Stage",
     "Step",
     "ages_alike",

@@ -18,9 +18,7 @@ from outreach.domain import (
     Reason,
     Restriction,
 )
-from outreach.policy.hours import next_allowed_instant
-from outreach.policy.model import Policy
-from outreach.policy.state import (
+from outreach.policy.dunning import (
     DunningView,
     channel_block,
     day_of,
@@ -31,6 +29,8 @@ from outreach.policy.state import (
     missed_instalment,
     start_of_day,
 )
+from outreach.policy.hours import next_allowed_instant
+from outreach.policy.model import Policy
 
 # Restrictions that stop every message but direct replies, strongest first.
 _STOPPING_RESTRICTIONS = (

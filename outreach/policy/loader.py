@@ -21,9 +21,9 @@ from outreach.policy.model import (
     DailyWindow,
     EventRule,
     Jurisdiction,
+    Lender,
     Pauses,
     Policy,
-    Sender,
     Stage,
     Step,
     frozen_mapping,
@@ -324,7 +324,7 @@ class _Reader:
             search_horizon=dt.timedelta(days=horizon_days),
         )
 
-    def senders(self, value: Any, path: str, locales: list[str]) -> Mapping[str, Sender]:
+    def senders(self, value: Any, path: str, locales: list[str]) -> Mapping[str, Lender]:
         fields = ("name", "phone", "email", "website", "payment_url", "hours")
         section = self.mapping(value, path, optional=tuple(locales))
         senders = {}
@@ -334,7 +334,7 @@ class _Reader:
             where = _join(path, locale)
             entry = self.mapping(section[locale], where, required=fields)
             values = {key: self.text(entry[key], _join(where, key)) for key in fields}
-            senders[locale] = Sender(**values)
+            senders[locale] = Lender(**values)
         return frozen_mapping(senders)
 
     def window(self, value: Any, path: str) -> DailyWindow:

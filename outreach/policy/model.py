@@ -174,7 +174,7 @@ class EventRule:
 
 
 @dataclass(frozen=True, slots=True)
-class Sender:
+class Lender:
     """Who is writing, per locale: the lender identity every message carries."""
 
     name: str
@@ -246,7 +246,7 @@ class Policy:
     locales: tuple[str, ...]
     default_locale: str
     max_sms_segments: int
-    sender: Mapping[str, Sender]
+    sender: Mapping[str, Lender]
     contact_window: DailyWindow
     caps: tuple[CapRule, ...]
     holidays: Mapping[str, frozenset[dt.date]]

@@ -30,7 +30,7 @@ DATE_STYLES: Final = frozenset({"short", "medium", "long", "full"})
 _NO_BREAK_SPACES: Final = str.maketrans({"\u202f": " ", "\u00a0": " ", "\u2009": " "})
 
 
-class FilterError(ValueError):
+class TemplateFilterError(ValueError):
     """Raised when a filter gets a value it cannot format truthfully (naive time, bad amount)."""
 
 
@@ -39,7 +39,7 @@ def babel_locale(locale: str) -> Locale:
     try:
         return Locale.parse(locale.replace("-", "_"))
     except (UnknownLocaleError, ValueError) as exc:
-        raise FilterError(f"unknown locale {locale!r}") from exc
+        raise TemplateFilterError(f"unknown locale {locale!r}") from exc
 
 
 @functools.lru_cache(maxsize=256)
@@ -47,7 +47,7 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise FilterError(f"unknown time zone {name!r}") from exc
+        raise TemplateFilterError(f"unknown time zone {name!r}") from exc
 
 
 def _plain_spaces(text: str) -> str:
@@ -58,24 +58,24 @@ def _defined(value: object) -> object:
     """Raise jinja's own "… is undefined" error for an undefined value handed to a filter."""
     if isinstance(value, Undefined):
         str(value)  # StrictUndefined raises here, naming what is missing
-        raise FilterError("a value given to a filter is undefined")
+        raise TemplateFilterError("a value given to a filter is undefined")
     return value
 
 
 def to_decimal(amount: object) -> Decimal:
     _defined(amount)
     if isinstance(amount, bool):
-        raise FilterError(f"not an amount: {amount!r}")
+        raise TemplateFilterError(f"not an amount: {amount!r}")
     if isinstance(amount, Decimal):
         return amount
     if isinstance(amount, int | float | str):
         try:
             value = Decimal(str(amount))
         except InvalidOperation as exc:
-            raise FilterError(f"not an amount: {amount!r}") from exc
+            raise TemplateFilterError(f"not an amount: {amount!r}") from exc
         if value.is_finite():
             return value
-    raise FilterError(f"not an amount: {amount!r}")
+    raise TemplateFilterError(f"not an amount: {amount!r}")
 
 
 @functools.lru_cache(maxsize=256)
@@ -111,18 +111,20 @@ def _local_date(value: object, timezone: str | None) -> dt.date:
         return _local_datetime(value, timezone).date()
     if isinstance(value, dt.date):
         return value
-    raise FilterError(f"not a date: {value!r}")
+    raise TemplateFilterError(f"not a date: {value!r}")
 
 
 def _local_datetime(value: object, timezone: str | None) -> dt.datetime:
     _defined(value)
     if not isinstance(value, dt.datetime):
-        raise FilterError(f"not a date and time: {value!r}")
+        raise TemplateFilterError(f"not a date and time: {value!r}")
     if value.tzinfo is None or value.utcoffset() is None:
         # Guessing the zone of a naive time could tell a borrower the wrong hour of a visit.
-        raise FilterError(f"a time without a time zone cannot be shown to a borrower: {value!r}")
+        raise TemplateFilterError(
+            f"a time without a time zone cannot be shown to a borrower: {value!r}"
+        )
     if timezone is None:
-        raise FilterError("'timezone' is needed in the context to show a time")
+        raise TemplateFilterError("'timezone' is needed in the context to show a time")
     return value.astimezone(zone(timezone))
 
 
@@ -171,7 +173,7 @@ def mask(account_number: object) -> str:
 def _lookup(context: Context, name: str) -> Any:
     value = context.resolve_or_missing(name)
     if value is missing or value is None:
-        raise FilterError(f"'{name}' is needed in the context for this filter")
+        raise TemplateFilterError(f"'{name}' is needed in the context for this filter")
     return value
 
 

@@ -30,7 +30,7 @@ from typing import Any, Final
 from outreach.domain import Channel
 from outreach.errors import RenderError
 from outreach.render.catalog import spec_for
-from outreach.render.filters import FilterError, format_money
+from outreach.render.filters import TemplateFilterError, format_money
 from outreach.render.lexicon import forbidden_language, sms_opt_out_phrases
 from outreach.render.renderer import PARTS_BY_CHANNEL, Rendered, Renderer, TemplateFailed
 from outreach.render.samples import sample_context
@@ -306,7 +306,7 @@ class _RenderedCheck:
                 continue
             try:
                 expected = format_money(value, currency, self.rendered.locale)
-            except FilterError as exc:
+            except TemplateFilterError as exc:
                 self.report(self.main, f"cannot format {path}: {exc}", "amount")
                 continue
             for part, text in self.bodies.items():

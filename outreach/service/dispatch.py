@@ -57,15 +57,15 @@ from outreach.domain import (
     Status,
 )
 from outreach.errors import RenderError, TransientError
-from outreach.leases import MessageLeases
+from outreach.message_leases import MessageLeases
 from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
 from outreach.service.context import render_context
 from outreach.service.inbound import record_status
-from outreach.service.intake import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
+from outreach.service.inbox import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
 from outreach.service.journal import HeldSenders
 from outreach.service.messages import record
-from outreach.service.planning import (
+from outreach.service.planner import (
     HELD_QUERY,
     MessageRow,
     Planned,
@@ -961,7 +961,7 @@ class Dispatcher:
         if holder is not None:
             self._release(borrower_id, message_id, holder)
         if rejected.effect in ("opt_out", "invalid_recipient"):
-            from outreach.service.planning import regate_borrower
+            from outreach.service.planner import regate_borrower
 
             with transaction(self.sessions) as session:
                 regate_borrower(session, self.policy, borrower_id, now)

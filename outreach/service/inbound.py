@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from outreach import policy as pol
 from outreach.domain import Channel, PlannedMessage, Purpose, Reason, Status
-from outreach.service import planning
+from outreach.service import planner
 from outreach.service.messages import may_move, record
 from outreach.service.state import (
     load_borrower,
@@ -145,7 +145,7 @@ def _reply(
         template=purpose.value if purpose is not Purpose.HELP_REPLY else "help_reply",
         send_at=now,
     )
-    row = planning.insert_message(session, policy, borrower, None, planned, now)
+    row = planner.insert_message(session, policy, borrower, None, planned, now)
     return row.id if row is not None else None
 
 
@@ -197,10 +197,10 @@ def handle_sms_reply(
         session.flush()
         if borrower_id is not None:
             if opting_out:
-                planning.regate_borrower(session, policy, borrower_id, now)
+                planner.regate_borrower(session, policy, borrower_id, now)
             else:
-                for loan_id in planning.loans_of(session, borrower_id):
-                    planning.replan_loan(session, policy, loan_id, now)
+                for loan_id in planner.loans_of(session, borrower_id):
+                    planner.replan_loan(session, policy, loan_id, now)
             # one confirmation per change: a second STOP gets no second message
             if changed:
                 purpose = Purpose.OPTOUT_CONFIRMATION if opting_out else Purpose.OPTIN_CONFIRMATION
@@ -288,7 +288,7 @@ def handle_unsubscribe(
     )
     session.flush()
     if borrower_id is not None:
-        planning.regate_borrower(session, policy, borrower_id, now)
+        planner.regate_borrower(session, policy, borrower_id, now)
         _reply(
             session,
             policy,
@@ -378,12 +378,12 @@ def record_statuses(
         conflict="id",
         returning="id",
     )
-    messages: dict[str, planning.MessageRow] = {}
+    messages: dict[str, planner.MessageRow] = {}
     if fresh:
         provider_ids = sorted({report.provider_id for report in reports})
         query = _BY_PROVIDER_IDS[dialect == "postgresql"]
         for row in session.connection().execute(query, {"ids": provider_ids}):
-            messages[row.provider_id] = planning.MessageRow.from_db(row[:-1])
+            messages[row.provider_id] = planner.MessageRow.from_db(row[:-1])
     outcomes: list[str] = []
     for key, report in zip(keys, reports, strict=True):
         if key not in fresh:
@@ -395,12 +395,12 @@ def record_statuses(
             outcomes.append("unknown_message")
             continue
         outcomes.append(_apply_status(session, message, report, now))
-    planning.write_rows(session, messages.values())
+    planner.write_rows(session, messages.values())
     return outcomes
 
 
 _BY_PROVIDER_ID_QUERY = (
-    planning.HELD_QUERY.add_columns(_MESSAGES.c.provider_id)
+    planner.HELD_QUERY.add_columns(_MESSAGES.c.provider_id)
     .where(keys_in(_MESSAGES.c.provider_id, "ids"))
     .order_by(_MESSAGES.c.id)
 )
@@ -408,7 +408,7 @@ _BY_PROVIDER_IDS = {False: _BY_PROVIDER_ID_QUERY, True: _BY_PROVIDER_ID_QUERY.wi
 
 
 def _apply_status(
-    session: Session, message: planning.MessageRow, report: StatusReport, now: dt.datetime
+    session: Session, message: planner.MessageRow, report: StatusReport, now: dt.datetime
 ) -> str:
     status, error_code = report.status, report.error_code
     new_status = TWILIO_STATUSES.get(status)

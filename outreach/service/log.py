@@ -21,7 +21,7 @@ MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
 
 
-class FilterError(PermanentError):
+class MessageFilterError(PermanentError):
     """Raised when a message-log filter is malformed; the message names the parameter."""
 
     def __init__(self, parameter: str, problem: str) -> None:
@@ -57,13 +57,13 @@ class MessageFilter:
             for status in statuses:
                 if status not in Status.__members__.values():
                     known = ", ".join(s.value for s in Status)
-                    raise FilterError("status", f"'{status}' is not a status ({known})")
+                    raise MessageFilterError("status", f"'{status}' is not a status ({known})")
         if "channel" in values and values["channel"] not in (c.value for c in Channel):
-            raise FilterError("channel", f"'{values['channel']}' is not sms or email")
+            raise MessageFilterError("channel", f"'{values['channel']}' is not sms or email")
         if "needs_human" in values:
             flag = values["needs_human"].lower()
             if flag not in ("true", "false"):
-                raise FilterError("needs_human", "must be true or false")
+                raise MessageFilterError("needs_human", "must be true or false")
             values["needs_human"] = flag == "true"
         for name in ("since", "until"):
             if name in values:
@@ -75,9 +75,9 @@ def parse_instant(name: str, raw: str) -> dt.datetime:
     try:
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise FilterError(name, f"'{raw}' is not an RFC 3339 date-time") from None
+        raise MessageFilterError(name, f"'{raw}' is not an RFC 3339 date-time") from None
     if value.tzinfo is None:
-        raise FilterError(name, f"'{raw}' needs a UTC offset, e.g. 2026-11-23T00:00:00Z")
+        raise MessageFilterError(name, f"'{raw}' needs a UTC offset, e.g. 2026-11-23T00:00:00Z")
     return value
 
 
@@ -87,9 +87,9 @@ def parse_limit(raw: str | None) -> int:
     try:
         limit = int(raw)
     except ValueError:
-        raise FilterError("limit", f"'{raw}' is not a whole number") from None
+        raise MessageFilterError("limit", f"'{raw}' is not a whole number") from None
     if not 1 <= limit <= MAX_LIMIT:
-        raise FilterError("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
+        raise MessageFilterError("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
     return limit
 
 
@@ -102,10 +102,10 @@ def decode_cursor(cursor: str) -> str:
         padded = cursor + "=" * (-len(cursor) % 4)
         text = base64.urlsafe_b64decode(padded.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise FilterError("cursor", "is not a cursor this service issued") from None
+        raise MessageFilterError("cursor", "is not a cursor this service issued") from None
     version, _, last_id = text.partition(":")
     if version != "v1" or not last_id:
-        raise FilterError("cursor", "is not a cursor this service issued")
+        raise MessageFilterError("cursor", "is not a cursor this service issued")
     return last_id
 
 

@@ -25,7 +25,7 @@ from outreach.domain import (
     Promise,
     Restriction,
 )
-from outreach.service import events as ev
+from outreach.service import parse as ev
 from outreach.store import models as m
 from outreach.store.bulk import insert_rows, row_tuple, update_rows
 from outreach.store.keysets import keys_in

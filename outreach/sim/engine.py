@@ -39,14 +39,14 @@ from outreach import policy as pol
 from outreach.channels.base import Sender
 from outreach.channels.simulated import SimulatedSender
 from outreach.domain import Channel
-from outreach.leases import MessageLeases
+from outreach.message_leases import MessageLeases
 from outreach.render import Renderer
+from outreach.service.apply import ingest_many
 from outreach.service.dispatch import DUE_STATUSES, Dispatcher, claim_due
-from outreach.service.events import Event, SmsInbound
 from outreach.service.inbound import StatusReport, handle_sms_reply, record_statuses
-from outreach.service.ingest import ingest_many
 from outreach.service.messages import records_of, seeded_ids
-from outreach.service.planning import PlanWork, loans_of_many, plan_batch
+from outreach.service.parse import Event, SmsInbound
+from outreach.service.planner import PlanWork, loans_of_many, plan_batch
 from outreach.settings import Settings
 from outreach.sim.inputs import EventBook
 from outreach.sim.results import (

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
-from outreach.service.events import Event, EventError, parse_event
+from outreach.service.parse import Event, EventError, parse_event
 from outreach.sim.collection import paused_collection
 from outreach.sim.results import SimulationInputError
 

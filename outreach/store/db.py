@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Select, Table, bindparam, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach.errors import StoreUnavailable
+
+Q = TypeVar("Q", bound=Select[Any])
 
 
 def json_text(value: Any) -> str:
@@ -95,3 +98,59 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 def ping(engine: Engine) -> None:
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
+
+
+def takes_row_locks(session: Session) -> bool:
+    """Whether SELECT … FOR UPDATE means anything here: PostgreSQL locks rows; SQLite takes
+    the whole database's write lock at BEGIN (`_begin_immediate`), so there is nothing to add."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+class Lockable(Generic[Q]):
+    """A query and its FOR UPDATE twin, both built once: the one way to lock rows.
+
+    The two are kept apart rather than built per call because a statement's compiled form is
+    cached by its identity and shape; `.of(session)` picks the one the store can honour."""
+
+    __slots__ = ("locked", "plain")
+
+    def __init__(self, query: Q) -> None:
+        self.plain = query
+        self.locked: Q = query.with_for_update()
+
+    def of(self, session: Session, *, lock: bool = True) -> Q:
+        return self.locked if lock and takes_row_locks(session) else self.plain
+
+
+class InsertIgnoringDuplicates:
+    """INSERT … ON CONFLICT (key) DO NOTHING [RETURNING …], built once per dialect: the one
+    upsert builder. Parameters are bound by column name, so many rows go to the driver's
+    executemany as one prepared statement."""
+
+    def __init__(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        key: Sequence[str],
+        returning: Sequence[str] = (),
+    ) -> None:
+        self.table = table
+        self.columns = tuple(columns)
+        self.key = tuple(key)
+        self.returning = tuple(returning)
+        self._built: dict[str, Any] = {}
+
+    def of(self, session: Session) -> Any:
+        dialect = session.get_bind().dialect.name
+        statement = self._built.get(dialect)
+        if statement is None:
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            statement = (
+                insert(self.table)
+                .values({name: bindparam(name) for name in self.columns})
+                .on_conflict_do_nothing(index_elements=list(self.key))
+            )
+            if self.returning:
+                statement = statement.returning(*(self.table.c[n] for n in self.returning))
+            self._built[dialect] = statement
+        return statement

@@ -13,9 +13,9 @@ import redis
 
 from outreach.channels.base import Outgoing, Receipt, Sender
 from outreach.domain import Channel
+from outreach.service.apply import ingest_many
 from outreach.service.dispatch import claim_due
-from outreach.service.events import parse_event
-from outreach.service.ingest import ingest_many
+from outreach.service.parse import parse_event
 from outreach.settings import Secret, load_settings
 from outreach.sim.engine import VirtualClock, environment
 from outreach.store import models as m

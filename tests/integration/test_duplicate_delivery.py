@@ -26,9 +26,9 @@ from outreach.channels.base import Outgoing, Receipt, Sender
 from outreach.clock import Clock
 from outreach.domain import Channel
 from outreach.runtime import Runtime
+from outreach.service.apply import ingest_many
 from outreach.service.dispatch import STALE_QUEUED_AFTER, claim_due
-from outreach.service.events import parse_event
-from outreach.service.ingest import ingest_many
+from outreach.service.parse import parse_event
 from outreach.settings import load_settings
 from outreach.store import models as m
 from outreach.store.db import transaction

@@ -17,15 +17,15 @@ import pytest
 import redis
 from sqlalchemy import Engine, text, update
 
-from outreach.service.events import parse_event
-from outreach.service.ingest import PENDING_OUTCOME, store_in_inbox
-from outreach.service.intake import (
+from outreach.service.apply import PENDING_OUTCOME, store_in_inbox
+from outreach.service.inbox import (
     DEAD_LETTER_AFTER,
     HOLD_PENDING_AFTER,
     RETRY_AFTER,
     apply_orphaned,
     unapplied_about,
 )
+from outreach.service.parse import parse_event
 from outreach.store import models as m
 from outreach.store.db import make_session_factory, transaction
 from tests.conftest import REDIS_URL
@@ -135,7 +135,7 @@ def test_a_payment_that_fails_to_apply_holds_dunning_until_it_is_applied(
     # tried again as each retry time comes; the last failure makes it a dead letter
     sessions, policy = live.services.runtime.sessions, live.services.policy
     later = live.services.dispatcher.now()
-    with caplog.at_level(logging.WARNING, logger="outreach.service.intake"):
+    with caplog.at_level(logging.WARNING, logger="outreach.service.inbox"):
         for attempt in range(2, DEAD_LETTER_AFTER + 1):
             later += RETRY_AFTER * 2 ** (attempt - 2)
             assert apply_orphaned(sessions, policy, lambda moment=later: moment) == 1

@@ -18,9 +18,9 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from outreach import policy as pol
-from outreach.service.events import parse_event
+from outreach.service.apply import ingest_many
 from outreach.service.inbound import handle_sms_reply
-from outreach.service.ingest import ingest_many
+from outreach.service.parse import parse_event
 from outreach.store import models as m
 from outreach.store.db import make_engine, make_session_factory, transaction
 from outreach.store.migrate import upgrade

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, select, text
 
 from outreach.service import state
-from outreach.service.events import Event, parse_event
-from outreach.service.ingest import store_in_inbox
-from outreach.service.intake import RETRY_AFTER, apply_orphaned
+from outreach.service.apply import store_in_inbox
+from outreach.service.inbox import RETRY_AFTER, apply_orphaned
+from outreach.service.parse import Event, parse_event
 from outreach.store import models as m
 from outreach.store.db import transaction
 from tests.conftest import POSTGRES_URL

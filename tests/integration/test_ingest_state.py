@@ -12,8 +12,8 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from outreach import policy as pol
-from outreach.service.events import parse_event
-from outreach.service.ingest import ingest_many
+from outreach.service.apply import ingest_many
+from outreach.service.parse import parse_event
 from outreach.service.state import load_borrowers, load_loans
 from outreach.store import models as m
 from outreach.store.db import make_session_factory, transaction

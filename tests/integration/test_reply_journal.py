@@ -15,10 +15,10 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
+from outreach.service.apply import ingest_many
 from outreach.service.dispatch import release_due
-from outreach.service.events import parse_event
-from outreach.service.ingest import ingest_many
 from outreach.service.journal import SMS_REPLY, JournalEntry
+from outreach.service.parse import parse_event
 from outreach.store.db import transaction
 from tests.conftest import REDIS_URL, truncate_all
 from tests.factories import borrower_upserted, loan_updated, zone_at_local_hour

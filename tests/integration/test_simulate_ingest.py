@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from outreach import policy as pol
-from outreach.service.events import parse_event
-from outreach.service.ingest import ingest, ingest_many
-from outreach.service.planning import PlanWork, plan_batch
+from outreach.service.apply import ingest, ingest_many
+from outreach.service.parse import parse_event
+from outreach.service.planner import PlanWork, plan_batch
 from outreach.store import models as m
 from outreach.store.db import make_session_factory, transaction
 from tests.factories import borrower_upserted, loan_updated, payment_received

@@ -21,9 +21,9 @@ import redis
 from outreach.channels.base import Outgoing, Receipt, Sender, ensure_still_held
 from outreach.channels.smtp_email import SmtpSender
 from outreach.domain import Channel
+from outreach.service.apply import ingest_many
 from outreach.service.dispatch import Dispatcher, claim_due
-from outreach.service.events import parse_event
-from outreach.service.ingest import ingest_many
+from outreach.service.parse import parse_event
 from outreach.settings import Secret, load_settings
 from outreach.sim.engine import SimulationEnvironment as Environment
 from outreach.sim.engine import environment

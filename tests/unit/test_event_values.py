@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from outreach.service.events import EventError, parse_event
+from outreach.service.parse import EventError, parse_event
 from tests.factories import borrower_upserted, envelope, loan_updated, payment_received
 
 

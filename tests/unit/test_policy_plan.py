@@ -37,7 +37,7 @@ from outreach.policy import (
     plan_items,
     reply_message,
 )
-from outreach.policy.state import local_day
+from outreach.policy.dunning import local_day
 from tests.unit.policy_fixtures import (
     SHANGHAI,
     borrower,

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from outreach.render.filters import (
-    FilterError,
+    TemplateFilterError,
     format_local_date,
     format_local_datetime,
     format_local_time,
@@ -46,12 +46,12 @@ def test_money_never_rounds_away_what_is_owed() -> None:
 
 @pytest.mark.parametrize("bad", ["abc", None, True, float("nan"), [1]])
 def test_money_rejects_what_is_not_an_amount(bad: object) -> None:
-    with pytest.raises(FilterError):
+    with pytest.raises(TemplateFilterError):
         format_money(bad, "USD", "en-US")
 
 
 def test_unknown_locale_is_an_error() -> None:
-    with pytest.raises(FilterError, match="unknown locale"):
+    with pytest.raises(TemplateFilterError, match="unknown locale"):
         format_money(1, "USD", "xx-YY")
 
 
@@ -96,14 +96,14 @@ def test_times_follow_daylight_saving_in_the_borrowers_zone() -> None:
 
 
 def test_a_time_without_a_zone_is_refused() -> None:
-    with pytest.raises(FilterError, match="without a time zone"):
+    with pytest.raises(TemplateFilterError, match="without a time zone"):
         format_local_time(dt.datetime(2025, 6, 13, 14, 30), "en-US", "America/New_York")
 
 
 def test_a_time_needs_the_borrowers_zone() -> None:
-    with pytest.raises(FilterError, match="timezone"):
+    with pytest.raises(TemplateFilterError, match="timezone"):
         format_local_time(dt.datetime(2025, 6, 13, tzinfo=UTC), "en-US", None)
-    with pytest.raises(FilterError, match="unknown time zone"):
+    with pytest.raises(TemplateFilterError, match="unknown time zone"):
         format_local_time(dt.datetime(2025, 6, 13, tzinfo=UTC), "en-US", "Mars/Base")
 
 

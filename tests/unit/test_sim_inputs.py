@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from outreach.service.events import SmsInbound
+from outreach.service.parse import SmsInbound
 from outreach.sim.book import MAGIC_NUMBERS, generate_book
 from outreach.sim.inputs import EventBook
 from outreach.sim.results import SimulationInputError

@@ -27,8 +27,8 @@ from outreach.domain import (
     Promise,
     Purpose,
 )
-from outreach.policy import ages_alike, next_plan_change, plan, planning
-from outreach.policy.state import dunning_view, local_day, start_of_day
+from outreach.policy import ages_alike, cadence, next_plan_change, plan
+from outreach.policy.dunning import dunning_view, local_day, start_of_day
 from tests.unit.policy_fixtures import (
     SHANGHAI,
     borrower,
@@ -202,24 +202,24 @@ def next_change_day_by_day(
             candidates.append(payment.paid_at + rule.max_age + dt.timedelta(seconds=1))
     today = local_day(policy, now)
     if not loan_state.is_closed and not loan_state.is_current:
-        candidates.extend(planning._follow_up_changes(policy, loan_state))
+        candidates.extend(cadence._follow_up_changes(policy, loan_state))
         candidates.extend(v.visit_at for v in loan_state.visits if v.visit_at > now)
-        signature = planning._cadence_signature(
+        signature = cadence._cadence_signature(
             dunning_view(policy, borrower_state, loan_state, now)
         )
         day = today
-        for _ in range(planning.PLAN_LOOKAHEAD_DAYS):
+        for _ in range(cadence.PLAN_LOOKAHEAD_DAYS):
             day += dt.timedelta(days=1)
-            start = planning._start_of_day(policy, day)
-            if planning._may_block_whole_day(policy, borrower_state, day):
+            start = cadence._start_of_day(policy, day)
+            if cadence._may_block_whole_day(policy, borrower_state, day):
                 candidates.append(start)
                 break
             view = dunning_view(policy, borrower_state, loan_state, start)
-            if planning._cadence_signature(view) != signature:
+            if cadence._cadence_signature(view) != signature:
                 candidates.append(start)
                 break
         else:
-            candidates.append(planning._start_of_day(policy, day))
+            candidates.append(cadence._start_of_day(policy, day))
     later = [moment for moment in candidates if moment > now]
     return min(later) if later else None
 

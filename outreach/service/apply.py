@@ -19,8 +19,8 @@ from outreach.domain import (
     Purpose,
     Restriction,
 )
-from outreach.service import planning
-from outreach.service.events import ContactRestricted, Event
+from outreach.service import planner
+from outreach.service.parse import ContactRestricted, Event
 from outreach.service.state import (
     APPLY,
     BorrowerRecord,
@@ -153,7 +153,7 @@ def apply_stored(
 
     The loans and borrowers they update are read (and on PostgreSQL locked) together. Loan
     and borrower updates that touch no loan or borrower another of them touches are planned
-    together (`planning.plan_batch`), which decides exactly what planning each after its own
+    together (`planner.plan_batch`), which decides exactly what planning each after its own
     event decides; any other event plans at once, after the group before it is planned.
     """
     lock_state_rows(session, events)
@@ -212,7 +212,7 @@ def _pending_loans_of(session: Session, events: Sequence[Event]) -> dict[str, se
             select(m.Message.borrower_id, m.Message.loan_id)
             .where(
                 m.Message.borrower_id.in_(ids[index : index + 500]),
-                m.Message.status.in_(planning.PENDING),
+                m.Message.status.in_(planner.PENDING),
                 m.Message.loan_id.is_not(None),
             )
             .distinct()
@@ -224,7 +224,7 @@ def _pending_loans_of(session: Session, events: Sequence[Event]) -> dict[str, se
 
 
 class _PlanGroup:
-    """Applied events whose planning waits to be done together (`planning.plan_batch`).
+    """Applied events whose planning waits to be done together (`planner.plan_batch`).
 
     An event joins only when nothing it touches — its loan, the borrower the loan belongs to
     before and after it, for an upserted borrower the borrower and the loans of its pending
@@ -272,17 +272,17 @@ class _PlanGroup:
         if not planned:
             return
         upserted = [e.borrower_id for e in planned if e.type == "borrower.upserted"]
-        loans = planning.loans_of_many(session, [b for b in upserted if b is not None])
-        work: list[planning.PlanWork] = []
+        loans = planner.loans_of_many(session, [b for b in upserted if b is not None])
+        work: list[planner.PlanWork] = []
         for event in planned:
             if event.type == "borrower.upserted":
                 assert event.borrower_id is not None
                 borrower_loans = tuple(loans.get(event.borrower_id, ()))
-                work.append(planning.PlanWork(borrower_loans, event.borrower_id))
+                work.append(planner.PlanWork(borrower_loans, event.borrower_id))
             else:
                 assert event.loan_id is not None
-                work.append(planning.PlanWork((event.loan_id,)))
-        planning.plan_batch(session, policy, work, now)
+                work.append(planner.PlanWork((event.loan_id,)))
+        planner.plan_batch(session, policy, work, now)
 
 
 def _apply(session: Session, policy: pol.Policy, event: Event, now: dt.datetime) -> IngestResult:
@@ -338,12 +338,12 @@ def follow_up(session: Session, policy: pol.Policy, event: Event, now: dt.dateti
             loan = loan_for_update(session, event.loan_id)
             borrower_id = loan.borrower_id if loan is not None else None
     elif borrower_id is not None:
-        loan_ids.extend(planning.loans_of(session, borrower_id))
+        loan_ids.extend(planner.loans_of(session, borrower_id))
     if event.type == "borrower.upserted" and borrower_id is not None:
-        loan_ids.extend(planning.loans_of(session, borrower_id))
+        loan_ids.extend(planner.loans_of(session, borrower_id))
     regate = borrower_id is not None and event.type in ("contact.restricted", "borrower.upserted")
-    work = planning.PlanWork(tuple(sorted(set(loan_ids))), borrower_id if regate else None)
-    planning.plan_batch(session, policy, [work], now)
+    work = planner.PlanWork(tuple(sorted(set(loan_ids))), borrower_id if regate else None)
+    planner.plan_batch(session, policy, [work], now)
     data: Any = event.data
     if (
         isinstance(data, ContactRestricted)
@@ -382,12 +382,12 @@ def plan_cease_confirmation(
         template="cease_confirmation",
         send_at=now,
     )
-    planning.insert_message(
+    planner.insert_message(
         session,
         policy,
         borrower,
         None,
         planned,
         now,
-        cease_confirmations_sent=planning.cease_confirmations_sent(session, borrower_id),
+        cease_confirmations_sent=planner.cease_confirmations_sent(session, borrower_id),
     )

@@ -26,9 +26,7 @@ from outreach.domain import (
     Purpose,
     Reason,
 )
-from outreach.policy.hours import contact_rules, next_allowed_instant
-from outreach.policy.model import EventRule, Policy
-from outreach.policy.state import (
+from outreach.policy.dunning import (
     DunningView,
     choose_channel,
     day_of,
@@ -39,6 +37,8 @@ from outreach.policy.state import (
     local_day,
     missed_instalment,
 )
+from outreach.policy.hours import contact_rules, next_allowed_instant
+from outreach.policy.model import EventRule, Policy
 from outreach.policy.zones import candidate_zones
 
 _DAY = dt.timedelta(days=1)

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from outreach.errors import StoreUnavailable
-from outreach.service import intake as intake_module
-from outreach.service.intake import Intake, is_conflict
+from outreach.service import inbox as inbox_module
+from outreach.service.inbox import Intake, is_conflict
 
 
 class DriverError(Exception):
@@ -82,11 +82,11 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[list[str]]]:
     def mark_failed(_: Any, event_id: str, error: BaseException, *__: Any) -> None:
         seen["failed"].append([event_id, type(error).__name__])
 
-    monkeypatch.setattr(intake_module, "transaction", transaction)
-    monkeypatch.setattr(intake_module, "store_in_inbox", store_in_inbox)
-    monkeypatch.setattr(intake_module, "apply_stored", apply_stored)
-    monkeypatch.setattr(intake_module, "pending_of", pending_of)
-    monkeypatch.setattr(intake_module, "mark_failed", mark_failed)
+    monkeypatch.setattr(inbox_module, "transaction", transaction)
+    monkeypatch.setattr(inbox_module, "store_in_inbox", store_in_inbox)
+    monkeypatch.setattr(inbox_module, "apply_stored", apply_stored)
+    monkeypatch.setattr(inbox_module, "pending_of", pending_of)
+    monkeypatch.setattr(inbox_module, "mark_failed", mark_failed)
     FAILURES.clear()
     return seen
 
@@ -170,13 +170,13 @@ def test_a_sender_faster_than_applying_waits_for_the_backlog_to_shrink(
     calls: dict[str, list[list[str]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    real_apply = intake_module.apply_stored
+    real_apply = inbox_module.apply_stored
 
     def slow_apply(*args: Any, **kwargs: Any) -> None:
         assert release.wait(10)
         real_apply(*args, **kwargs)
 
-    monkeypatch.setattr(intake_module, "apply_stored", slow_apply)
+    monkeypatch.setattr(inbox_module, "apply_stored", slow_apply)
 
     async def scenario() -> tuple[list[str], list[str]]:
         receiving = Intake(

@@ -44,13 +44,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from outreach import policy as pol
 from outreach.domain import Reason, Status
 from outreach.errors import StoreUnavailable
-from outreach.service.events import Event, EventError, parse_event
-from outreach.service.ingest import (
+from outreach.service.apply import (
     PENDING_OUTCOME,
     IngestResult,
     apply_stored,
     store_in_inbox,
 )
+from outreach.service.parse import Event, EventError, parse_event
 from outreach.store import models as m
 from outreach.store.db import transaction
 from outreach.store.keysets import keys_in
