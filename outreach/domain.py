@@ -179,6 +179,8 @@ class Reason(StrEnum):
     CAMPAIGN_ENDED = "campaign_ended"
     # the rendered text failed the lint at dispatch (forbidden language, a foreign link, …)
     CONTENT_REJECTED = "content_rejected"
+    # the template did not render at dispatch (a missing part or a broken template)
+    RENDER_ERROR = "render_error"
     # provider outcomes
     PROVIDER_ERROR = "provider_error"
     PROVIDER_RETRY = "provider_retry"

@@ -44,6 +44,8 @@ from phonenumbers import PhoneNumberType
 from phonenumbers import timezone as phone_timezone
 
 from outreach import policy as pol
+from outreach.channels.base import ErrorEffect
+from outreach.channels.twilio_errors import effect_of
 from outreach.domain import Address, BorrowerState, Channel, Purpose
 from outreach.policy.model import CapRule, DailyWindow
 
@@ -142,7 +144,6 @@ PLACED_NUMBER_TYPES = frozenset(
     {PhoneNumberType.FIXED_LINE, PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE}
 )
 STOPPING = frozenset({"cease_contact", "bankruptcy", "deceased", "attorney"})
-OPT_OUT_PROVIDER_CODES = frozenset({"21610"})
 MAX_EXAMPLES = 20
 
 
@@ -491,6 +492,14 @@ def check_after_payment(book: Book, sent: Sequence[Sent]) -> CheckResult:
     return result
 
 
+def _provider_code(detail: str) -> str | None:
+    """The provider error code a timeline step's detail names (`code=21610`), if any."""
+    for word in detail.split():
+        if word.startswith("code="):
+            return word.removeprefix("code=")
+    return None
+
+
 def _opt_outs(
     book: Book, messages: Sequence[dict[str, Any]]
 ) -> dict[str, list[tuple[dt.datetime, bool]]]:
@@ -501,13 +510,13 @@ def _opt_outs(
         kind = reply_kind(str(data.get("body", "")))
         if kind != "other":
             changes[data["from"]].append((at, kind == "opt_out"))
-    # the provider saying the number unsubscribed (21610) opts it out as well
+    # the provider saying the number unsubscribed (Twilio's 21610) opts it out as well
     for record in messages:
         if record.get("channel") != Channel.SMS or not record.get("to"):
             continue
         for step in record.get("events") or ():
             detail = step.get("detail") or ""
-            if any(f"code={code}" in detail for code in OPT_OUT_PROVIDER_CODES):
+            if effect_of(_provider_code(detail)) is ErrorEffect.OPT_OUT:
                 changes[record["to"]].append((parse_time(step["at"]), True))
     for history in changes.values():
         history.sort(key=lambda change: change[0])

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from outreach import __version__
 from outreach.api.webhook import OPENAPI_PATH, EventReceiver, quiet_accepted_events
-from outreach.domain import Channel, Reason, Status
+from outreach.domain import Channel
 from outreach.errors import RenderError, StoreUnavailable
 from outreach.render import preview as render_preview
 from outreach.service import log as message_log
@@ -27,10 +27,9 @@ from outreach.service.export import csv_rows
 from outreach.service.inbound import handle_unsubscribe
 from outreach.service.inbox import Intake, dead_letter_count, dead_letters, redrive
 from outreach.service.journal import SMS_REPLY, TWILIO_STATUS, JournalEntry, JournalUnavailable
-from outreach.service.messages import as_record, record
+from outreach.service.messages import MessageNotFound, MessageNotPending, cancel_by_ops
 from outreach.store.db import ping, transaction
 from outreach.store.migrate import is_current
-from outreach.store.models import Message
 from outreach.wiring import Services, link_secret
 from outreach.worker import QUEUE, build_broker
 
@@ -269,16 +268,17 @@ def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI
         _: Annotated[str, Depends(admin)],
         request_body: CancelRequest | None = None,
     ) -> dict[str, Any]:
-        now = services.dispatcher.now()
-        with transaction(runtime.sessions) as session:
-            row = session.get(Message, message_id, with_for_update=True)
-            if row is None:
-                raise HTTPException(404, f"no message {message_id}")
-            if not Status(row.status).is_pending:
-                raise HTTPException(409, f"message is {row.status}; only pending ones cancel")
-            note = request_body.note if request_body and request_body.note else None
-            record(row, Status.CANCELLED, Reason.OPS_CANCELLED.value, now, note)
-            return as_record(row)
+        note = request_body.note if request_body and request_body.note else None
+        try:
+            with transaction(runtime.sessions) as session:
+                cancel_by_ops(session, message_id, services.dispatcher.now(), note)
+                cancelled = message_log.get_message(session, message_id)
+        except MessageNotFound as error:
+            raise HTTPException(404, str(error)) from error
+        except MessageNotPending as error:
+            raise HTTPException(409, str(error)) from error
+        assert cancelled is not None
+        return cancelled
 
     @app.get(
         "/v1/borrowers/{borrower_id}/timeline",

@@ -5,10 +5,25 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from outreach.domain import Channel
 from outreach.errors import PermanentError, TransientError
+
+
+class ErrorEffect(StrEnum):
+    """What a provider's error code says, for the message and for the recipient; each
+    vendor's table of its codes is in its channel module (twilio_errors.py, smtp_email.py)."""
+
+    # final for this message; says nothing about the number (a carrier filtered the text)
+    FINAL = "final"
+    # final, and the number cannot receive texts: nothing more is sent to it
+    INVALID_RECIPIENT = "invalid_recipient"
+    # final, and the recipient opted out (replied STOP to this sender): an opt-out on record
+    OPT_OUT = "opt_out"
+    # Twilio is busy, not refusing: the message is tried again later
+    RETRY = "retry"
 
 
 @dataclass(frozen=True)
@@ -45,11 +60,11 @@ class Receipt:
 class ProviderRejected(PermanentError):
     """Raised when a provider refuses a message for good; `code` is its error code."""
 
-    def __init__(self, code: str, detail: str, effect: str | None = None) -> None:
+    def __init__(self, code: str, detail: str, effect: ErrorEffect | None = None) -> None:
         super().__init__(f"provider rejected the message: {code} {detail}".strip())
         self.code = code
         self.detail = detail
-        # what the rejection says about the recipient: `opt_out` or `invalid_recipient`
+        # what the rejection says about the recipient: opted out, invalid, or nothing (None)
         self.effect = effect
 
 

@@ -17,17 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from outreach.channels.base import Outgoing, ProviderRejected, Receipt
+from outreach.channels.twilio_errors import recipient_effect
 from outreach.domain import Channel
 
 DELIVERY_DELAY = dt.timedelta(seconds=5)
 # how many of the latest sends a sender keeps (`SimulatedSender.sent`)
 RECENT_SENDS = 1000
 
-# Refused at once, as Twilio refuses them at create: (code, detail, effect on the recipient).
-MAGIC_REJECTIONS: dict[str, tuple[str, str, str]] = {
-    "+15005550001": ("21211", "The 'To' number is not a valid phone number.", "invalid_recipient"),
-    "+15005550004": ("21610", "Attempt to send to unsubscribed recipient", "opt_out"),
-    "+15005550009": ("21614", "'To' number is not a valid mobile number", "invalid_recipient"),
+# Refused at once, as Twilio refuses them at create: (code, detail).
+MAGIC_REJECTIONS: dict[str, tuple[str, str]] = {
+    "+15005550001": ("21211", "The 'To' number is not a valid phone number."),
+    "+15005550004": ("21610", "Attempt to send to unsubscribed recipient"),
+    "+15005550009": ("21614", "'To' number is not a valid mobile number"),
 }
 # Accepted, then reported undelivered with this error code.
 MAGIC_UNDELIVERED: dict[str, str] = {"+15005550002": "30003"}
@@ -65,8 +66,8 @@ class SimulatedSender:
 
     def send(self, outgoing: Outgoing) -> Receipt:
         if self.channel is Channel.SMS and outgoing.to in MAGIC_REJECTIONS:
-            code, detail, effect = MAGIC_REJECTIONS[outgoing.to]
-            raise ProviderRejected(code, detail, effect)
+            code, detail = MAGIC_REJECTIONS[outgoing.to]
+            raise ProviderRejected(code, detail, recipient_effect(code))
         now = self._clock()
         with self._lock:
             provider_id = self._new_id(outgoing.message_id)

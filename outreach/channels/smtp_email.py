@@ -21,6 +21,7 @@ from email.policy import SMTP as SMTP_POLICY
 from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
 
 from outreach.channels.base import (
+    ErrorEffect,
     OutcomeUnknown,
     Outgoing,
     ProviderRejected,
@@ -214,12 +215,12 @@ def _reply_error(
     return ProviderUnavailable(str(code), detail)
 
 
-def _recipient_effect(code: int, detail: str, at_recipient: bool) -> str | None:
+def _recipient_effect(code: int, detail: str, at_recipient: bool) -> ErrorEffect | None:
     if not at_recipient or code not in RECIPIENT_CODES:
         return None
     if _ENHANCED_STATUS.match(detail) and not _ADDRESS_STATUS.match(detail):
         return None
-    return "invalid_recipient"
+    return ErrorEffect.INVALID_RECIPIENT
 
 
 def _describe(error: BaseException) -> str:

@@ -21,6 +21,7 @@ from twilio.rest import Client
 from urllib3.exceptions import NewConnectionError
 
 from outreach.channels.base import (
+    ErrorEffect,
     OutcomeUnknown,
     Outgoing,
     ProviderRejected,
@@ -29,12 +30,12 @@ from outreach.channels.base import (
     ensure_still_held,
 )
 from outreach.channels.rate_limit import RateLimitError, RateLimitTimeout, SegmentRateLimiter
+from outreach.channels.twilio_errors import effect_of, recipient_effect
 from outreach.domain import Channel
 from outreach.errors import ConfigurationError
 from outreach.settings import Settings
 
 STATUS_CALLBACK_PATH = "/v1/providers/twilio/status"
-INBOUND_PATH = "/v1/providers/twilio/inbound"
 
 # Twilio accepts a validity period of 1…36000 seconds (10 hours).
 MIN_VALIDITY_SECONDS = 1
@@ -44,21 +45,6 @@ DEFAULT_RATE_WAIT_SECONDS = 30.0
 # How many of the recipient's recent messages `find_sent` reads when looking for a lost one.
 FIND_SENT_PAGE_SIZE = 50
 
-OPT_OUT = "opt_out"
-INVALID_RECIPIENT = "invalid_recipient"
-
-# SPEC §7: final errors, and what each says about the recipient (None: nothing about them).
-FINAL_ERROR_EFFECTS: Mapping[int, str | None] = {
-    21211: INVALID_RECIPIENT,  # 'To' is not a valid phone number
-    21610: OPT_OUT,  # the recipient replied STOP to this sender
-    21614: INVALID_RECIPIENT,  # 'To' is not a mobile number (cannot receive SMS)
-    21635: INVALID_RECIPIENT,  # 'To' is a landline where Twilio does not attempt delivery
-    30005: INVALID_RECIPIENT,  # unknown destination handset
-    30006: INVALID_RECIPIENT,  # landline or unreachable carrier
-    30007: None,  # filtered by the carrier: about the message, not the number
-}
-# SPEC §7: Twilio is busy, not refusing; the message is tried again later.
-RETRYABLE_ERROR_CODES = frozenset({20429, 30001, 21611})
 # Our credentials or account, not the message: no borrower effect, and retrying after the
 # operator fixes the configuration can succeed.
 ACCOUNT_ERROR_STATUSES = frozenset({401, 403})
@@ -66,21 +52,6 @@ ACCOUNT_ERROR_STATUSES = frozenset({401, 403})
 
 def status_callback_url(public_url: str) -> str:
     return public_url.rstrip("/") + STATUS_CALLBACK_PATH
-
-
-def twilio_error_effect(code: int | str | None) -> str | None:
-    """What a final Twilio error code (create response or status callback) says of the number."""
-    try:
-        return FINAL_ERROR_EFFECTS.get(int(code)) if code is not None else None
-    except ValueError:
-        return None
-
-
-def is_final_twilio_error(code: int | str | None) -> bool:
-    try:
-        return code is not None and int(code) in FINAL_ERROR_EFFECTS
-    except ValueError:
-        return False
 
 
 def twilio_signature_valid(
@@ -252,12 +223,13 @@ class TwilioSender:
         # the client prefixes Twilio's message with its own "Unable to create record: "
         detail = detail.split(": ", 1)[-1] if detail.startswith("Unable to") else detail
         detail = detail or str(getattr(error, "title", "")) or f"HTTP {status}"
-        if code in FINAL_ERROR_EFFECTS:
-            return ProviderRejected(str(code), detail, FINAL_ERROR_EFFECTS[code])
+        effect = effect_of(code)
+        if effect is not None and effect is not ErrorEffect.RETRY:
+            return ProviderRejected(str(code), detail, recipient_effect(code))
         if (
             status == 429
             or status >= 500
-            or code in RETRYABLE_ERROR_CODES
+            or effect is ErrorEffect.RETRY
             or status in ACCOUNT_ERROR_STATUSES
         ):
             return ProviderUnavailable(str(code), detail, self._headers.retry_after())

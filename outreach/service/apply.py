@@ -35,6 +35,7 @@ from outreach.service.state import (
 )
 from outreach.store import models as m
 from outreach.store.bulk import insert_returning, update_rows
+from outreach.store.messages import PENDING, cease_confirmations_sent
 
 APPLIED_OUTCOMES = frozenset({"applied"})
 PROVISIONAL_OUTCOME = "applied"
@@ -212,7 +213,7 @@ def _pending_loans_of(session: Session, events: Sequence[Event]) -> dict[str, se
             select(m.Message.borrower_id, m.Message.loan_id)
             .where(
                 m.Message.borrower_id.in_(ids[index : index + 500]),
-                m.Message.status.in_(planner.PENDING),
+                m.Message.status.in_(PENDING),
                 m.Message.loan_id.is_not(None),
             )
             .distinct()
@@ -389,5 +390,5 @@ def plan_cease_confirmation(
         None,
         planned,
         now,
-        cease_confirmations_sent=planner.cease_confirmations_sent(session, borrower_id),
+        cease_confirmations_sent=cease_confirmations_sent(session, borrower_id),
     )

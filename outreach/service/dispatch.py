@@ -26,17 +26,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import cast
 from urllib.parse import quote
 
 import redis
-from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.orm import Session, lazyload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
 from outreach.caps import CapRequest, CapReserver
 from outreach.channels.base import (
     LEASE_LOST,
+    ErrorEffect,
     OutcomeUnknown,
     Outgoing,
     ProviderRejected,
@@ -61,31 +60,27 @@ from outreach.message_leases import MessageLeases
 from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
 from outreach.service.context import render_context
-from outreach.service.inbound import record_status
+from outreach.service.delivery_status import record_status
 from outreach.service.inbox import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
 from outreach.service.journal import HeldSenders
-from outreach.service.messages import record
-from outreach.service.planner import (
-    HELD_QUERY,
-    MessageRow,
-    Planned,
-    cease_confirmations_sent,
-    planned_from_row,
-    record_move,
-    withhold,
-    write_rows,
-)
+from outreach.service.planner import planned_from_row, withhold
 from outreach.service.state import (
-    borrower_state,
+    load_borrower,
     load_borrowers,
     load_loans,
     mark_invalid,
     set_opt_out,
 )
-from outreach.store import models as m
-from outreach.store.bulk import insert_rows, update_rows
+from outreach.store import messages as store
 from outreach.store.db import transaction
-from outreach.store.keysets import keys_in
+from outreach.store.messages import (
+    DUE_STATUSES,
+    MessageRow,
+    cease_confirmations_sent,
+    held_by_id,
+    held_by_ids,
+    write_rows,
+)
 from outreach.worker_leases import LeaseWatch, WorkerLease
 
 log = logging.getLogger(__name__)
@@ -110,7 +105,6 @@ STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
 # how far back of its `sending` mark a provider is searched for the message (clock skew)
 FIND_SENT_MARGIN = dt.timedelta(minutes=1)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
-DUE_STATUSES = (Status.SCHEDULED.value, Status.DEFERRED.value)
 # a batch's final gate stands for this long; after it (a paced provider), each message left is
 # gated again on its own, so "checked at the moment of sending" stays true
 BATCH_GATE_FRESH_FOR = 10.0  # seconds
@@ -147,86 +141,9 @@ def verify_unsubscribe_token(secret: bytes, token: str) -> tuple[Channel, str] |
     return Channel(channel), recipient
 
 
-# one message by id, built once; a row's timeline is loaded only if a step is added to it
-_BY_ID = (
-    select(m.Message)
-    .where(m.Message.id == bindparam("message_id"))
-    .options(lazyload(m.Message.events))
-)
-_LOCK_QUERIES = {False: _BY_ID, True: _BY_ID.with_for_update()}
-# a batch's messages for the final gate, as plain rows; locked in id order on PostgreSQL
-_GATE_QUERY = HELD_QUERY.where(keys_in(m.Message.__table__.c.id, "ids")).order_by(
-    m.Message.__table__.c.id
-)
-_GATE_QUERIES = {False: _GATE_QUERY, True: _GATE_QUERY.with_for_update()}
-_MESSAGES = cast(Table, m.Message.__table__)
-_EVENTS = cast(Table, m.MessageEvent.__table__)
-_ACCEPTANCE_QUERY = select(_MESSAGES.c.id, _MESSAGES.c.status, _MESSAGES.c.sent_at).where(
-    keys_in(_MESSAGES.c.id, "ids")
-)
-_ACCEPTANCE_QUERIES = {False: _ACCEPTANCE_QUERY, True: _ACCEPTANCE_QUERY.with_for_update()}
-_SENDING_QUERY = select(_MESSAGES.c.id, _MESSAGES.c.status, _MESSAGES.c.attempts).where(
-    keys_in(_MESSAGES.c.id, "ids")
-)
-_SENDING_QUERIES = {False: _SENDING_QUERY, True: _SENDING_QUERY.with_for_update()}
-
-
-def _step(
-    message_id: str, at: dt.datetime, status: Status, reason: str | None, detail: str | None
-) -> dict[str, object]:
-    return {
-        "message_id": message_id,
-        "at": at,
-        "status": status.value,
-        "reason": reason,
-        "detail": detail,
-    }
-
-
-_DUE = (
-    select(_MESSAGES.c.id)
-    .where(_MESSAGES.c.status.in_(DUE_STATUSES), _MESSAGES.c.send_at <= bindparam("now"))
-    # ties in id order: which of them a batch takes never depends on storage order
-    .order_by(_MESSAGES.c.send_at, _MESSAGES.c.id)
-    .limit(bindparam("limit"))
-)
-_DUE_LOCKED = _DUE.with_for_update(skip_locked=True)
-_QUEUE = (
-    update(_MESSAGES)
-    .where(keys_in(_MESSAGES.c.id, "ids"))
-    .values(status=Status.QUEUED.value, reason=Reason.DUE.value, updated_at=bindparam("now"))
-)
-
-
-def claim_due(session: Session, now: dt.datetime, limit: int = 500) -> list[str]:
-    """Move due rows to `queued` and return their ids (SKIP LOCKED on PostgreSQL)."""
-    # built once: the clock and the simulator claim at every tick
-    query = _DUE_LOCKED if session.get_bind().dialect.name == "postgresql" else _DUE
-    connection = session.connection()
-    ids = list(connection.execute(query, {"now": now, "limit": limit}).scalars())
-    if ids:
-        connection.execute(_QUEUE, {"ids": ids, "now": now})
-        insert_rows(
-            session,
-            _EVENTS,
-            [_step(message_id, now, Status.QUEUED, Reason.DUE.value, None) for message_id in ids],
-        )
-    return ids
-
-
 def stale_queued(session: Session, now: dt.datetime, limit: int = 500) -> list[str]:
     """Queued rows whose broker message may have been lost (Redis flushed, enqueue failed)."""
-    return list(
-        session.scalars(
-            select(m.Message.id)
-            .where(
-                m.Message.status == Status.QUEUED.value,
-                m.Message.updated_at <= now - STALE_QUEUED_AFTER,
-            )
-            .order_by(m.Message.updated_at)
-            .limit(limit)
-        )
-    )
+    return store.queued_before(session, now - STALE_QUEUED_AFTER, limit)
 
 
 @dataclass(frozen=True)
@@ -399,13 +316,7 @@ class Dispatcher:
         now = self.now()
         prepared: list[tuple[str, Dispatcher._Prepared]] = []
         with transaction(self.sessions) as session:
-            postgres = session.get_bind().dialect.name == "postgresql"
-            rows = {
-                row.id: MessageRow.from_db(row)
-                for row in session.connection().execute(
-                    _GATE_QUERIES[postgres], {"ids": sorted(set(message_ids))}
-                )
-            }
+            rows = held_by_ids(session, message_ids)
             borrower_ids = {row.borrower_id for row in rows.values()}
             loan_ids = {row.loan_id for row in rows.values() if row.loan_id}
             borrowers = load_borrowers(session, borrower_ids)
@@ -503,14 +414,16 @@ class Dispatcher:
         if not waiting:
             return ready
         with transaction(self.sessions) as session:
+            rows = held_by_ids(session, waiting)
             for message_id, (_, until) in waiting.items():
-                row = self._lock(session, message_id)
+                row = rows.get(message_id)
                 if row is None or row.status != Status.QUEUED.value:
                     outcomes[message_id] = f"skipped:{row.status if row else 'missing'}"
                     continue
                 retry = Decision.wait(Reason.CHECK_UNAVAILABLE, until, check="unapplied_reply")
                 self._defer(row, retry, now)
                 outcomes[message_id] = "deferred:check_unavailable"
+            write_rows(session, [rows[i] for i in waiting if i in rows])
         for message_id, (prepared, _) in waiting.items():
             if prepared.capped:
                 self._release(prepared.borrower_id, message_id, attempt)
@@ -547,7 +460,7 @@ class Dispatcher:
         if row.send_at > now:
             # released early (or redelivered after a deferral): the clock brings it back
             if row.status == Status.QUEUED.value:
-                row.record(Status.SCHEDULED, Reason.PLANNED.value, now, "not due yet")
+                row.move(Status.SCHEDULED, Reason.PLANNED, now, "not due yet")
             return "not_due"
         if unapplied is not None:
             # a dead letter waits for ops: looked at again less often than one being retried
@@ -580,7 +493,7 @@ class Dispatcher:
             return f"deferred:{decision.reason.value}"
         capped = pol.counts_against_caps(Purpose(row.purpose))
         if row.status != Status.QUEUED.value:
-            row.record(Status.QUEUED, Reason.DUE.value, now)
+            row.move(Status.QUEUED, Reason.DUE, now)
         if capped:
             # durable before Redis is touched, so a cap rebuild counts this in-flight slot
             row.cap_reserved_at = now
@@ -596,15 +509,11 @@ class Dispatcher:
             window_closes_at=pol.window_closes_at(self.policy, borrower, now),
         )
 
-    def _defer(self, row: Planned, decision: Decision, now: dt.datetime) -> None:
+    def _defer(self, row: MessageRow, decision: Decision, now: dt.datetime) -> None:
         assert decision.until is not None
         row.send_at = decision.until
         row.cap_reserved_at = None
-        record_move(row, Status.DEFERRED, decision.reason.value, now, decision.detail_text())
-
-    def _lock(self, session: Session, message_id: str) -> m.Message | None:
-        postgres = session.get_bind().dialect.name == "postgresql"
-        return session.scalar(_LOCK_QUERIES[postgres], {"message_id": message_id})
+        row.move(Status.DEFERRED, decision.reason, now, decision.detail_text())
 
     def _reserve_group(
         self,
@@ -636,8 +545,9 @@ class Dispatcher:
         except TransientError as error:
             now = self.now()
             with transaction(self.sessions) as session:
+                rows = held_by_ids(session, [message_id for message_id, _ in capped])
                 for message_id, _ in capped:
-                    waiting = self._lock(session, message_id)
+                    waiting = rows.get(message_id)
                     if waiting is not None and waiting.status == Status.QUEUED.value:
                         self._defer(
                             waiting,
@@ -647,6 +557,7 @@ class Dispatcher:
                             now,
                         )
                     outcomes[message_id] = "deferred:check_unavailable"
+                write_rows(session, [rows[i] for i, _ in capped if i in rows])
             log.warning("caps unavailable for %d messages: %s", len(capped), error)
             return [item for item in group if not item[1].capped]
         refused = {
@@ -668,18 +579,22 @@ class Dispatcher:
     ) -> str:
         """A message refused by a cap waits until the slot frees, inside the next allowed
         window; or is withheld when no window comes."""
-        row = self._lock(session, message_id)
+        row = held_by_id(session, message_id)
         if row is None or row.status != Status.QUEUED.value:
             return f"skipped:{row.status if row else 'missing'}"
         until = decision.until or now + CHECK_RETRY_DELAY
-        borrower = borrower_state(session, session.get_one(m.Borrower, row.borrower_id))
+        borrower = load_borrower(session, row.borrower_id)
+        assert borrower is not None  # a message's borrower is never deleted
         window = pol.next_allowed_instant(self.policy, borrower, until)
         if window.kind is DecisionKind.SUPPRESS:
             withhold(row, window, now)
-            return f"withheld:{window.reason.value}"
-        later = window.until or until
-        self._defer(row, Decision.wait(Reason.FREQUENCY_CAP, later, **decision.detail), now)
-        return "deferred:frequency_cap"
+            outcome = f"withheld:{window.reason.value}"
+        else:
+            later = window.until or until
+            self._defer(row, Decision.wait(Reason.FREQUENCY_CAP, later, **decision.detail), now)
+            outcome = "deferred:frequency_cap"
+        write_rows(session, [row])
+        return outcome
 
     def _release(self, borrower_id: str, message_id: str, holder: str) -> None:
         try:
@@ -778,20 +693,21 @@ class Dispatcher:
         meanwhile."""
         now = self.now()
         with transaction(self.sessions) as session:
-            row = self._lock(session, message_id)
+            row = held_by_id(session, message_id)
             handed_over = row is not None and row.status in HANDED_OVER
             if row is None or row.status != Status.QUEUED.value:
                 outcome = f"skipped:{row.status if row else 'missing'}"
             elif decision is not None:
-                for column, value in rendered.items():
-                    setattr(row, column, value)
+                _fill(row, rendered)
                 if decision.reason is Reason.CONTENT_REJECTED:
                     row.needs_human = True
                 withhold(row, decision, now)
                 outcome = why
             else:
-                record(row, Status.FAILED, "render_error", now, why)
-                outcome = "failed:render_error"
+                row.move(Status.FAILED, Reason.RENDER_ERROR, now, why)
+                outcome = f"failed:{Reason.RENDER_ERROR.value}"
+            if row is not None:
+                write_rows(session, [row])
         if holder is not None and not handed_over:
             self._release(prepared.borrower_id, message_id, holder)
         return outcome
@@ -832,16 +748,18 @@ class Dispatcher:
         return "sent"
 
     def record_accepted(
-        self, message_id: str, receipt: Receipt, now: dt.datetime, reason: str = "accepted"
+        self,
+        message_id: str,
+        receipt: Receipt,
+        now: dt.datetime,
+        reason: Reason = Reason.ACCEPTED,
     ) -> None:
         with transaction(self.sessions) as session:
-            row = self._lock(session, message_id)
+            row = held_by_id(session, message_id)
             if row is None:
                 return
-            row.provider_id = receipt.provider_id
-            row.sent_at = row.sent_at or now
-            if row.status == Status.SENDING.value:
-                record(row, Status.SENT, reason, now, f"provider_id={receipt.provider_id}")
+            _accept(row, receipt, now, reason)
+            write_rows(session, [row])
 
     def _mark_sending_many(
         self,
@@ -855,37 +773,22 @@ class Dispatcher:
         one that is gone."""
         if not ready:
             return {}
-        ids = [message_id for message_id, _, _ in ready]
         with transaction(self.sessions) as session:
-            postgres = session.get_bind().dialect.name == "postgresql"
-            found = {
-                row.id: row
-                for row in session.connection().execute(_SENDING_QUERIES[postgres], {"ids": ids})
-            }
+            found = held_by_ids(session, [message_id for message_id, _, _ in ready])
             refused: dict[str, str] = {}
-            rows: list[dict[str, object]] = []
-            steps: list[dict[str, object]] = []
+            marked: list[MessageRow] = []
             for message_id, _, composed in ready:
-                current = found.get(message_id)
-                if current is None or current.status != Status.QUEUED.value:
-                    refused[message_id] = current.status if current else "missing"
+                row = found.get(message_id)
+                if row is None or row.status != Status.QUEUED.value:
+                    refused[message_id] = row.status if row else "missing"
                     continue
-                attempts = current.attempts + 1
-                rows.append(
-                    {
-                        "id": message_id,
-                        **composed.columns,
-                        "status": Status.SENDING.value,
-                        "reason": None,
-                        "updated_at": now,
-                        "attempts": attempts,
-                        "worker_lease": lease,
-                    }
-                )
-                detail = f"attempt={attempts}" + (f" worker={lease}" if lease else "")
-                steps.append(_step(message_id, now, Status.SENDING, None, detail))
-            update_rows(session, _MESSAGES, "id", rows)
-            insert_rows(session, _EVENTS, steps)
+                _fill(row, composed.columns)
+                row.attempts += 1
+                row.worker_lease = lease
+                detail = f"attempt={row.attempts}" + (f" worker={lease}" if lease else "")
+                row.move(Status.SENDING, None, now, detail)
+                marked.append(row)
+            write_rows(session, marked)
         return refused
 
     def _record_accepted_many(self, accepted: list[tuple[str, Receipt, dt.datetime]]) -> None:
@@ -895,55 +798,30 @@ class Dispatcher:
         batch = list(accepted)
         accepted.clear()
         with transaction(self.sessions) as session:
-            postgres = session.get_bind().dialect.name == "postgresql"
-            current = {
-                row.id: row
-                for row in session.connection().execute(
-                    _ACCEPTANCE_QUERIES[postgres],
-                    {"ids": sorted({message_id for message_id, _, _ in batch})},
-                )
-            }
+            current = held_by_ids(session, [message_id for message_id, _, _ in batch])
             # as `record_accepted`: the provider id and first hand-over always; the status
             # only from `sending` (a callback may already have moved it on)
-            updates: dict[bool, list[dict[str, object]]] = {True: [], False: []}
-            steps: list[dict[str, object]] = []
+            moved: list[MessageRow] = []
             for message_id, receipt, at in batch:
                 row = current.get(message_id)
                 if row is None:
                     continue
-                sending = row.status == Status.SENDING.value
-                change: dict[str, object] = {
-                    "id": message_id,
-                    "provider_id": receipt.provider_id,
-                    "sent_at": row.sent_at or at,
-                }
-                if sending:
-                    change.update(status=Status.SENT.value, reason="accepted", updated_at=at)
-                    steps.append(
-                        _step(
-                            message_id,
-                            at,
-                            Status.SENT,
-                            "accepted",
-                            f"provider_id={receipt.provider_id}",
-                        )
-                    )
-                updates[sending].append(change)
-            for rows in updates.values():
-                update_rows(session, _MESSAGES, "id", rows)
-            insert_rows(session, _EVENTS, steps)
+                _accept(row, receipt, at, Reason.ACCEPTED)
+                moved.append(row)
+            write_rows(session, moved)
 
     def _record_rejection(
         self, message_id: str, rejected: ProviderRejected, *, holder: str | None
     ) -> None:
         now = self.now()
         with transaction(self.sessions) as session:
-            row = self._lock(session, message_id)
+            row = held_by_id(session, message_id)
             if row is None:
                 return
-            record(row, Status.FAILED, Reason.PROVIDER_ERROR.value, now, f"code={rejected.code}")
+            row.move(Status.FAILED, Reason.PROVIDER_ERROR, now, f"code={rejected.code}")
+            write_rows(session, [row])
             channel = Channel(row.channel)
-            if rejected.effect == "opt_out" and row.recipient:
+            if rejected.effect is ErrorEffect.OPT_OUT and row.recipient:
                 set_opt_out(
                     session,
                     channel=channel,
@@ -953,14 +831,14 @@ class Dispatcher:
                     borrower_id=row.borrower_id,
                     now=now,
                 )
-            elif rejected.effect == "invalid_recipient" and row.recipient:
+            elif rejected.effect is ErrorEffect.INVALID_RECIPIENT and row.recipient:
                 mark_invalid(
                     session, channel=channel, recipient=row.recipient, code=rejected.code, now=now
                 )
             borrower_id = row.borrower_id
         if holder is not None:
             self._release(borrower_id, message_id, holder)
-        if rejected.effect in ("opt_out", "invalid_recipient"):
+        if rejected.effect is not None:
             from outreach.service.planner import regate_borrower
 
             with transaction(self.sessions) as session:
@@ -976,7 +854,7 @@ class Dispatcher:
     ) -> str:
         now = self.now()
         with transaction(self.sessions) as session:
-            row = self._lock(session, message_id)
+            row = held_by_id(session, message_id)
             if row is None or row.status != Status.SENDING.value:
                 return "skipped"
             if lease is not None and row.worker_lease != lease:
@@ -986,7 +864,8 @@ class Dispatcher:
             if busy.code in NOT_PROVIDER_ATTEMPTS:
                 row.attempts -= 1
             if busy.code == "window_closed":
-                borrower = borrower_state(session, session.get_one(m.Borrower, borrower_id))
+                borrower = load_borrower(session, borrower_id)
+                assert borrower is not None  # a message's borrower is never deleted
                 window = pol.next_allowed_instant(self.policy, borrower, now)
                 if window.kind is DecisionKind.SUPPRESS:
                     withhold(row, window, now)
@@ -1001,10 +880,9 @@ class Dispatcher:
                     )
                     outcome = "deferred:window_closed"
             elif row.attempts >= PROVIDER_RETRY_LIMIT:
-                record(
-                    row,
+                row.move(
                     Status.FAILED,
-                    Reason.PROVIDER_ERROR.value,
+                    Reason.PROVIDER_ERROR,
                     now,
                     f"code={busy.code} attempts={row.attempts}",
                 )
@@ -1017,14 +895,14 @@ class Dispatcher:
                     )
                 row.send_at = now + delay
                 row.cap_reserved_at = None
-                record(
-                    row,
+                row.move(
                     Status.DEFERRED,
-                    Reason.PROVIDER_RETRY.value,
+                    Reason.PROVIDER_RETRY,
                     now,
                     f"code={busy.code} until={row.send_at.isoformat()}",
                 )
                 outcome = "retry"
+            write_rows(session, [row])
         if holder is not None:
             self._release(borrower_id, message_id, holder)
         return outcome
@@ -1040,7 +918,7 @@ class Dispatcher:
         """
         now = self.now()
         with self.sessions() as session:
-            rows = session.connection().execute(_SENDING_ROWS, {"limit": limit}).all()
+            rows = store.sending(session, limit)
         try:
             view = watch.look({row.worker_lease for row in rows if row.worker_lease})
         except redis.RedisError as error:
@@ -1069,11 +947,7 @@ class Dispatcher:
         held_by_dead = set().union(*view.dead.values())
         held_by_live = set().union(*view.alive.values())
         with self.sessions() as session:
-            requeue = list(
-                session.connection()
-                .execute(_QUEUED_AMONG, {"ids": sorted(held_by_dead - held_by_live)})
-                .scalars()
-            )
+            requeue = store.queued_among(session, held_by_dead - held_by_live)
         try:
             for token in view.dead:
                 watch.forget(token)
@@ -1085,18 +959,19 @@ class Dispatcher:
         """A message left `sending` by a worker that is gone: the provider's record if it has
         one; if it has none, the message goes back through the final gate, to be sent once."""
         with transaction(self.sessions) as session:
-            row = self._lock(session, message_id)
+            row = held_by_id(session, message_id)
             if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
                 return
             since = row.updated_at - FIND_SENT_MARGIN
+            body, subject, text, html = store.sent_text(session, message_id)
             outgoing = Outgoing(
                 message_id=row.id,
                 channel=Channel(row.channel),
                 to=row.recipient or "",
-                body=row.body,
-                subject=row.subject,
-                text=row.text,
-                html=row.html,
+                body=body,
+                subject=subject,
+                text=text,
+                html=html,
             )
         sender = self.senders[outgoing.channel]
         if not getattr(sender, "finds_sent", True):
@@ -1111,7 +986,7 @@ class Dispatcher:
             self._return_to_gate(message_id, lease)
             return
         now = self.now()
-        self.record_accepted(message_id, receipt, now, reason=Reason.RECONCILED.value)
+        self.record_accepted(message_id, receipt, now, reason=Reason.RECONCILED)
         if receipt.status not in ("queued", "accepted", "sending", "sent"):
             with transaction(self.sessions) as session:
                 record_status(
@@ -1129,7 +1004,7 @@ class Dispatcher:
         quiet hours and all) whether and when it goes."""
         now = self.now()
         with transaction(self.sessions) as session:
-            row = self._lock(session, message_id)
+            row = held_by_id(session, message_id)
             if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
                 return
             if row.cap_reserved_at is not None:
@@ -1141,14 +1016,14 @@ class Dispatcher:
             row.send_at = now
             row.cap_reserved_at = None
             row.worker_lease = None
-            record(
-                row,
+            row.move(
                 Status.DEFERRED,
-                Reason.RECONCILED.value,
+                Reason.RECONCILED,
                 now,
                 f"worker {lease or 'unknown'} is gone and the provider has no record of it; "
                 "back to the final gate",
             )
+            write_rows(session, [row])
 
     def _record_unconfirmed(self, message_id: str, lease: str | None) -> None:
         """A provider that cannot be asked (SMTP): the worker died after the `sending` mark,
@@ -1158,39 +1033,46 @@ class Dispatcher:
         for its X-Outreach-Message-Id in the relay's log."""
         now = self.now()
         with transaction(self.sessions) as session:
-            row = self._lock(session, message_id)
+            row = held_by_id(session, message_id)
             if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
                 return
             row.sent_at = row.sent_at or row.updated_at
             row.needs_human = True
-            record(
-                row,
+            row.move(
                 Status.SENT,
-                Reason.OUTCOME_UNKNOWN.value,
+                Reason.OUTCOME_UNKNOWN,
                 now,
                 f"worker {lease or 'unknown'} stopped during the hand-over; the provider cannot "
                 "be asked whether it has the message, so it is not sent again",
             )
+            write_rows(session, [row])
 
 
-_SENDING_ROWS = (
-    select(_MESSAGES.c.id, _MESSAGES.c.worker_lease, _MESSAGES.c.updated_at)
-    .where(_MESSAGES.c.status == Status.SENDING.value)
-    .order_by(_MESSAGES.c.updated_at)
-    .limit(bindparam("limit"))
-)
-_QUEUED_AMONG = select(_MESSAGES.c.id).where(
-    keys_in(_MESSAGES.c.id, "ids"), _MESSAGES.c.status == Status.QUEUED.value
-)
+def _fill(row: MessageRow, columns: Mapping[str, object]) -> None:
+    """Put a composed message's columns on its row: its locale and recipient as the text was
+    rendered for, and the text."""
+    for name, value in columns.items():
+        if name in ("locale", "recipient"):
+            setattr(row, name, value)
+    row.set_content({k: v for k, v in columns.items() if k not in ("locale", "recipient")})
+
+
+def _accept(row: MessageRow, receipt: Receipt, at: dt.datetime, reason: Reason) -> None:
+    """A provider's acceptance: its id and the first hand-over always; the status only from
+    `sending` (a status callback may have moved it on already)."""
+    row.provider_id = receipt.provider_id
+    row.sent_at = row.sent_at or at
+    if row.status == Status.SENDING.value:
+        row.move(Status.SENT, reason, at, f"provider_id={receipt.provider_id}")
 
 
 def release_due(sessions: sessionmaker[Session], now: dt.datetime, limit: int = 500) -> list[str]:
     with transaction(sessions) as session:
-        return claim_due(session, now, limit)
+        return store.claim_due(session, now, limit)
 
 
 def touch_requeued(sessions: sessionmaker[Session], ids: Sequence[str], now: dt.datetime) -> None:
     if not ids:
         return
     with transaction(sessions) as session:
-        session.execute(update(m.Message).where(m.Message.id.in_(ids)).values(updated_at=now))
+        store.touch(session, ids, now)

@@ -1,33 +1,28 @@
-"""What borrowers and providers tell us: replies (STOP, START, HELP, anything else),
-unsubscribe clicks, and delivery status callbacks (SPEC §7)."""
+"""What borrowers tell us: replies (STOP, START, HELP, anything else) and unsubscribe clicks
+(SPEC §7). What providers tell us of deliveries is `delivery_status`."""
 
 from __future__ import annotations
 
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from outreach import policy as pol
 from outreach.domain import Channel, PlannedMessage, Purpose, Reason, Status
 from outreach.service import planner
-from outreach.service.messages import may_move, record
 from outreach.service.state import (
     load_borrower,
     lock_addresses,
-    mark_invalid,
     normalize_recipient,
     set_opt_out,
 )
 from outreach.store import models as m
-from outreach.store.bulk import insert_returning
-from outreach.store.keysets import keys_in
+from outreach.store.messages import last_sms_sent_to, write_rows
 
 OPT_OUT = "opt_out"
 OPT_IN = "opt_in"
@@ -145,8 +140,7 @@ def _reply(
         template=purpose.value if purpose is not Purpose.HELP_REPLY else "help_reply",
         send_at=now,
     )
-    row = planner.insert_message(session, policy, borrower, None, planned, now)
-    return row.id if row is not None else None
+    return planner.insert_message(session, policy, borrower, None, planned, now)
 
 
 def handle_sms_reply(
@@ -233,22 +227,13 @@ def flag_for_a_human(
 ) -> None:
     """A reply no keyword answers ("I lost my job", "可以分期吗") goes to a person, not a bot:
     the message it answers is flagged in the log, with the reply on its timeline."""
-    answered = session.scalar(
-        select(m.Message)
-        .where(
-            m.Message.borrower_id == borrower_id,
-            m.Message.channel == Channel.SMS.value,
-            m.Message.recipient == sender,
-            m.Message.sent_at.is_not(None),
-        )
-        .order_by(m.Message.sent_at.desc())
-        .limit(1)
-    )
+    answered = last_sms_sent_to(session, borrower_id, sender)
     if answered is None:
         return
     answered.needs_human = True
     excerpt = body if len(body) <= 200 else body[:199] + "…"
-    record(answered, Status(answered.status), Reason.NEEDS_HUMAN.value, now, f"reply={excerpt}")
+    answered.move(Status(answered.status), Reason.NEEDS_HUMAN, now, f"reply={excerpt}")
+    write_rows(session, [answered])
 
 
 def handle_unsubscribe(
@@ -299,138 +284,3 @@ def handle_unsubscribe(
             now,
         )
     return True
-
-
-# Twilio message statuses → ours. queued/accepted/sending say nothing new after acceptance.
-TWILIO_STATUSES = {
-    "sent": Status.SENT,
-    "delivered": Status.DELIVERED,
-    "undelivered": Status.UNDELIVERED,
-    "failed": Status.FAILED,
-}
-# delivery errors that say the number cannot receive SMS at all
-INVALID_NUMBER_CODES = frozenset({"21211", "21614", "30005", "30006"})
-OPT_OUT_CODES = frozenset({"21610"})
-
-
-_CALLBACK_INSERTS: dict[str, Any] = {}
-_CALLBACKS = cast(Table, m.ProviderCallback.__table__)
-_MESSAGES = cast(Table, m.Message.__table__)
-
-
-def _callback_insert(dialect: str) -> Any:
-    statement = _CALLBACK_INSERTS.get(dialect)
-    if statement is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        table = _CALLBACKS
-        statement = (
-            insert(table)
-            .values(
-                id=bindparam("id"),
-                provider=bindparam("provider"),
-                received_at=bindparam("received_at"),
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(table.c.id)
-        )
-        _CALLBACK_INSERTS[dialect] = statement
-    return statement
-
-
-@dataclass(frozen=True)
-class StatusReport:
-    """One delivery status a provider reported for a message it accepted."""
-
-    provider_id: str
-    status: str
-    error_code: str | None = None
-
-
-def record_status(
-    session: Session,
-    *,
-    provider: str,
-    provider_id: str,
-    status: str,
-    error_code: str | None,
-    now: dt.datetime,
-) -> str:
-    """Apply one delivery status callback; duplicates and late ones change nothing."""
-    report = StatusReport(provider_id, status, error_code)
-    return record_statuses(session, provider=provider, reports=[report], now=now)[0]
-
-
-def record_statuses(
-    session: Session, *, provider: str, reports: Sequence[StatusReport], now: dt.datetime
-) -> list[str]:
-    """Apply delivery status reports in order, each as `record_status` applies one (a
-    duplicate or a late one changes nothing); their messages are read together."""
-    dialect = session.get_bind().dialect.name
-    keys = [
-        f"{provider}:{report.provider_id}:{report.status}:{report.error_code or ''}"
-        for report in reports
-    ]
-    fresh = insert_returning(
-        session,
-        _CALLBACKS,
-        [{"id": key, "provider": provider, "received_at": now} for key in dict.fromkeys(keys)],
-        statement=_callback_insert(dialect),
-        conflict="id",
-        returning="id",
-    )
-    messages: dict[str, planner.MessageRow] = {}
-    if fresh:
-        provider_ids = sorted({report.provider_id for report in reports})
-        query = _BY_PROVIDER_IDS[dialect == "postgresql"]
-        for row in session.connection().execute(query, {"ids": provider_ids}):
-            messages[row.provider_id] = planner.MessageRow.from_db(row[:-1])
-    outcomes: list[str] = []
-    for key, report in zip(keys, reports, strict=True):
-        if key not in fresh:
-            outcomes.append("duplicate")
-            continue
-        fresh.discard(key)  # a second copy in the same batch is a duplicate
-        message = messages.get(report.provider_id)
-        if message is None:
-            outcomes.append("unknown_message")
-            continue
-        outcomes.append(_apply_status(session, message, report, now))
-    planner.write_rows(session, messages.values())
-    return outcomes
-
-
-_BY_PROVIDER_ID_QUERY = (
-    planner.HELD_QUERY.add_columns(_MESSAGES.c.provider_id)
-    .where(keys_in(_MESSAGES.c.provider_id, "ids"))
-    .order_by(_MESSAGES.c.id)
-)
-_BY_PROVIDER_IDS = {False: _BY_PROVIDER_ID_QUERY, True: _BY_PROVIDER_ID_QUERY.with_for_update()}
-
-
-def _apply_status(
-    session: Session, message: planner.MessageRow, report: StatusReport, now: dt.datetime
-) -> str:
-    status, error_code = report.status, report.error_code
-    new_status = TWILIO_STATUSES.get(status)
-    if new_status is None or not may_move(Status(message.status), new_status):
-        return "ignored"
-    detail = f"provider_status={status}" + (f" code={error_code}" if error_code else "")
-    reason = "provider_error" if error_code else "provider_status"
-    message.record(new_status, reason, now, detail)
-    if error_code and message.recipient:
-        channel = Channel(message.channel)
-        if error_code in OPT_OUT_CODES:
-            set_opt_out(
-                session,
-                channel=channel,
-                recipient=message.recipient,
-                opted_out=True,
-                source=f"provider:{error_code}",
-                borrower_id=message.borrower_id,
-                now=now,
-            )
-        elif error_code in INVALID_NUMBER_CODES:
-            mark_invalid(
-                session, channel=channel, recipient=message.recipient, code=error_code, now=now
-            )
-    return new_status.value

@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from outreach import policy as pol
 from outreach.domain import Channel
 from outreach.errors import StoreUnavailable, TransientError
-from outreach.service.inbound import handle_sms_reply, record_status
+from outreach.service.delivery_status import record_status
+from outreach.service.inbound import handle_sms_reply
 from outreach.service.state import normalize_recipient
 from outreach.store.db import transaction
 

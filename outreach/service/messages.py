@@ -1,4 +1,5 @@
-"""Message rows: identifiers, timeline entries, forward-only status moves, and the log's shape."""
+"""Messages as the service names and shows them: identifiers, the forward-only rule of
+delivery statuses, ops cancellation, and the record the API and MESSAGES.jsonl show."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import functools
 import hashlib
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, inspect, select
+from sqlalchemy import Row, Table, select
 from sqlalchemy.orm import Session
 
-from outreach.domain import DELIVERY_RANK, Status
+from outreach.domain import DELIVERY_RANK, Reason, Status
+from outreach.errors import PermanentError
 from outreach.store import models as m
 from outreach.store.bulk import row_tuple
 from outreach.store.keysets import keys_in
+from outreach.store.messages import held_by_id, write_rows
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # the simulator's --seed while `seeded_ids` is active: the random part of new identifiers is
@@ -66,34 +69,26 @@ def new_id(prefix: str, at: dt.datetime | None = None, *, name: str | None = Non
     return prefix + "".join(reversed(chars))
 
 
-def detail_text(detail: Mapping[str, object] | str | None) -> str | None:
-    if detail is None or isinstance(detail, str):
-        return detail or None
-    if not detail:
-        return None
-    return " ".join(f"{key}={value}" for key, value in detail.items())
+class MessageNotFound(PermanentError):
+    """Raised when no message has the id asked for."""
 
 
-def record(
-    message: m.Message,
-    status: Status,
-    reason: str | None,
-    at: dt.datetime,
-    detail: Mapping[str, object] | str | None = None,
+class MessageNotPending(PermanentError):
+    """Raised when a message asked to change has gone out (or was withheld) already."""
+
+
+def cancel_by_ops(
+    session: Session, message_id: str, now: dt.datetime, note: str | None = None
 ) -> None:
-    """Move a message to `status` and append the step to its timeline."""
-    message.status = status.value
-    message.reason = reason
-    message.updated_at = at
-    step = m.MessageEvent(at=at, status=status.value, reason=reason, detail=detail_text(detail))
-    state = inspect(message)
-    session = state.session
-    if "events" in state.unloaded and session is not None and state.persistent:
-        # the timeline was not read: add the step without reading it first
-        step.message_id = message.id
-        session.add(step)
-    else:
-        message.events.append(step)
+    """An ops cancellation of a message that has not gone out: `cancelled` / `ops_cancelled`,
+    with the note on its timeline."""
+    row = held_by_id(session, message_id)
+    if row is None:
+        raise MessageNotFound(f"no message {message_id}")
+    if not Status(row.status).is_pending:
+        raise MessageNotPending(f"message is {row.status}; only pending ones cancel")
+    row.move(Status.CANCELLED, Reason.OPS_CANCELLED, now, note)
+    write_rows(session, [row])
 
 
 def may_move(current: Status, new: Status) -> bool:

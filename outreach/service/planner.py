@@ -8,18 +8,14 @@ are deterministic and inserted with ON CONFLICT DO NOTHING.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session
 
 from outreach import policy as pol
 from outreach.domain import (
     LOAN_PURPOSES,
-    PENDING_STATUSES,
     BorrowerState,
     Channel,
     Decision,
@@ -30,11 +26,19 @@ from outreach.domain import (
     Reason,
     Status,
 )
-from outreach.service.messages import detail_text, new_id, record
+from outreach.service.messages import new_id
 from outreach.service.state import flush_state, load_borrowers, load_loans
-from outreach.store import models as m
-from outreach.store.bulk import insert_rows, update_rows
-from outreach.store.keysets import keys_in
+from outreach.store.loans import loan_ids_of_borrowers
+from outreach.store.messages import (
+    PENDING,
+    MessageRow,
+    NewMessage,
+    cease_confirmations_sent,
+    insert_new,
+    keys_of_loans,
+    pending_of,
+    write_rows,
+)
 
 # A loan that no longer needs collecting is `cancelled`; a message withheld by a rule about the
 # borrower is `suppressed`.
@@ -42,7 +46,6 @@ from outreach.store.keysets import keys_in
 # Any other withholding is a suppression by a rule — `superseded` too: a later step, promise
 # or plan took its place, which the log shows as a rule at work, not a change of plan.
 CANCEL_REASONS = frozenset({Reason.LOAN_CLOSED, Reason.LOAN_CURRENT, Reason.STAGE_CHANGED})
-PENDING = tuple(status.value for status in PENDING_STATUSES)
 
 
 @dataclass
@@ -56,140 +59,7 @@ class PlanOutcome:
     next_change: dt.datetime | None = None
 
 
-@dataclass(eq=False)
-class MessageRow:
-    """A message as plain values, held by the transaction that plans or gates it.
-
-    Planning and the final gate record its moves here (`record`); a batch then writes them
-    together: new messages and their timelines one statement each (`insert_new`), messages
-    read from the database by the columns that changed and their new steps (`write_rows`).
-    The ORM would do the same with several times the work per row.
-    """
-
-    id: str
-    idempotency_key: str
-    purpose: str
-    borrower_id: str
-    loan_id: str | None
-    campaign_id: str | None
-    stage: str | None
-    channel: str
-    template: str
-    locale: str
-    recipient: str | None
-    send_at: dt.datetime
-    status: str
-    reason: str | None
-    fallback_from: str | None
-    refs: dict[str, str]
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    cap_reserved_at: dt.datetime | None = None
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    # the instant the final gate was asked about it on planning (`plan_message`), if it was
-    gated_for: dt.datetime | None = None
-    # the values of the columns that change as the database has them; None: not inserted
-    stored: tuple[Any, ...] | None = None
-
-    @classmethod
-    def from_db(cls, row: Any) -> MessageRow:
-        """From a row of `HELD_QUERY`'s columns."""
-        held = cls(*row)
-        held.stored = held.changing()
-        return held
-
-    def record(
-        self,
-        status: Status,
-        reason: str | None,
-        at: dt.datetime,
-        detail: dict[str, object] | str | None = None,
-    ) -> None:
-        """As `messages.record` moves a row: the status, and a step on its timeline."""
-        self.status = status.value
-        self.reason = reason
-        self.updated_at = at
-        self.steps.append(
-            {
-                "message_id": self.id,
-                "at": at,
-                "status": status.value,
-                "reason": reason,
-                "detail": detail_text(detail),
-            }
-        )
-
-    def changing(self) -> tuple[Any, ...]:
-        return tuple([getattr(self, name) for name in CHANGING_COLUMNS])
-
-    def row(self) -> dict[str, Any]:
-        values = {name: getattr(self, name) for name in _MESSAGE_COLUMNS if name in _NEW_FIELDS}
-        values.update(attempts=0, needs_human=False)
-        return values
-
-
-# what planning and the final gate read of a message (MessageRow's fields, in order) …
-HELD_COLUMNS = (
-    "id",
-    "idempotency_key",
-    "purpose",
-    "borrower_id",
-    "loan_id",
-    "campaign_id",
-    "stage",
-    "channel",
-    "template",
-    "locale",
-    "recipient",
-    "send_at",
-    "status",
-    "reason",
-    "fallback_from",
-    "refs",
-    "created_at",
-    "updated_at",
-    "cap_reserved_at",
-)
-# … and what they may change
-CHANGING_COLUMNS = ("send_at", "status", "reason", "updated_at", "cap_reserved_at")
-_HELD = cast(Table, m.Message.__table__)
-HELD_QUERY = select(*(_HELD.c[name] for name in HELD_COLUMNS))
-
-
-def write_rows(session: Session, rows: Iterable[MessageRow]) -> None:
-    """Write what changed on messages read from the database, and their new steps: one
-    statement per set of columns changed, one for the steps."""
-    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    steps: list[dict[str, Any]] = []
-    for row in rows:
-        if row.stored is None:
-            continue  # not inserted yet: `insert_new` writes it
-        values = row.changing()
-        if values != row.stored:
-            changed = tuple(
-                name
-                for name, now, then in zip(CHANGING_COLUMNS, values, row.stored, strict=True)
-                if now != then
-            )
-            update = {"id": row.id}
-            update.update((name, getattr(row, name)) for name in changed)
-            updates.setdefault(changed, []).append(update)
-            row.stored = values
-        steps.extend(row.steps)
-        row.steps = []
-    for group in updates.values():
-        update_rows(session, _HELD, "id", group)
-    insert_rows(session, _STEPS, steps)
-
-
-# planned messages not inserted yet are held the same way
-NewMessage = MessageRow
-
-
-Planned = m.Message | MessageRow
-
-
-def planned_from_row(row: Planned) -> PlannedMessage:
+def planned_from_row(row: MessageRow) -> PlannedMessage:
     return PlannedMessage(
         key=row.idempotency_key,
         purpose=Purpose(row.purpose),
@@ -203,69 +73,6 @@ def planned_from_row(row: Planned) -> PlannedMessage:
         campaign_id=row.campaign_id,
         refs=dict(row.refs or {}),
     )
-
-
-def record_move(
-    row: Planned,
-    status: Status,
-    reason: str | None,
-    at: dt.datetime,
-    detail: dict[str, object] | str | None = None,
-) -> None:
-    if isinstance(row, MessageRow):
-        row.record(status, reason, at, detail)
-    else:
-        record(row, status, reason, at, detail)
-
-
-_MESSAGE_INSERTS: dict[str, Any] = {}
-
-
-def _message_insert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT (idempotency_key) DO NOTHING, built once per dialect.
-
-    Without RETURNING, so that many rows go to the driver's executemany (one prepared
-    statement) rather than into one long multi-row statement the driver must parse.
-    """
-    statement = _MESSAGE_INSERTS.get(dialect)
-    if statement is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        table = cast(Table, m.Message.__table__)
-        statement = (
-            insert(table)
-            .values({name: bindparam(name) for name in _MESSAGE_COLUMNS})
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        )
-        _MESSAGE_INSERTS[dialect] = statement
-    return statement
-
-
-_MESSAGE_COLUMNS = (
-    "id",
-    "idempotency_key",
-    "purpose",
-    "borrower_id",
-    "loan_id",
-    "campaign_id",
-    "stage",
-    "channel",
-    "template",
-    "locale",
-    "recipient",
-    "send_at",
-    "status",
-    "reason",
-    "fallback_from",
-    "refs",
-    "attempts",
-    "needs_human",
-    "created_at",
-    "updated_at",
-)
-
-
-_NEW_FIELDS = frozenset(_MESSAGE_COLUMNS) - {"attempts", "needs_human"}
-_STEPS = cast(Table, m.MessageEvent.__table__)
 
 
 def plan_message(
@@ -306,12 +113,12 @@ def plan_message(
     detail: dict[str, object] = {"key": planned.key}
     if planned.fallback_from is not None:
         detail["fallback_from"] = planned.fallback_from.value
-    message.record(Status.SCHEDULED, Reason.PLANNED.value, now, detail)
+    message.move(Status.SCHEDULED, Reason.PLANNED, now, detail)
     if timing is not None and timing.kind is DecisionKind.SUPPRESS:
         withhold(message, timing, now)
         return message
     if timing is not None and timing.kind is DecisionKind.WAIT:
-        message.record(Status.DEFERRED, timing.reason.value, now, timing.detail_text())
+        message.move(Status.DEFERRED, timing.reason, now, timing.detail_text())
     message.gated_for = max(now, planned.send_at)
     decision = pol.gate(
         policy,
@@ -326,36 +133,10 @@ def plan_message(
     return message
 
 
-def _just_gated(row: Planned, now: dt.datetime) -> bool:
+def _just_gated(row: MessageRow, now: dt.datetime) -> bool:
     """A message planned in this batch whose gate was asked about the very instant a re-gate
     would ask about, on the same state: asking again decides the same."""
-    return (
-        isinstance(row, MessageRow)
-        and row.stored is None
-        and row.gated_for == max(now, row.send_at)
-    )
-
-
-def insert_new(session: Session, messages: Sequence[NewMessage]) -> set[str]:
-    """Insert planned messages (a key that exists already is skipped) and the timelines of
-    those inserted; returns their ids."""
-    if not messages:
-        return set()
-    statement = _message_insert(session.get_bind().dialect.name)
-    rows = [message.row() for message in messages]
-    ids = [message.id for message in messages]
-    count = insert_rows(session, _MESSAGES, rows, statement=statement, conflict="idempotency_key")
-    if count == len(rows):
-        inserted = set(ids)
-    else:
-        # a key someone else inserted first (another transaction planning the same loan)
-        inserted = set()
-        for index in range(0, len(ids), _IN_CHUNK):
-            query = select(_MESSAGES.c.id).where(_MESSAGES.c.id.in_(ids[index : index + _IN_CHUNK]))
-            inserted.update(session.connection().execute(query).scalars())
-    steps = [step for message in messages if message.id in inserted for step in message.steps]
-    insert_rows(session, _STEPS, steps)
-    return inserted
+    return row.stored is None and row.gated_for == max(now, row.send_at)
 
 
 def insert_message(
@@ -368,8 +149,9 @@ def insert_message(
     *,
     cease_confirmations_sent: int = 0,
     timing: Decision | None = None,
-) -> m.Message | None:
-    """Create the row for a planned message unless its key exists; gate it on the way in."""
+) -> str | None:
+    """Create the row for a planned message unless its key exists; gate it on the way in.
+    Returns its id, or None when the key existed."""
     message = plan_message(
         policy,
         borrower,
@@ -379,13 +161,10 @@ def insert_message(
         cease_confirmations_sent=cease_confirmations_sent,
         timing=timing,
     )
-    if not insert_new(session, [message]):
-        return None
-    # the new row, without reading its timeline (read when someone asks for it)
-    return session.get_one(m.Message, message.id, options=[lazyload(m.Message.events)])
+    return message.id if insert_new(session, [message]) else None
 
 
-def apply_planning_decision(row: Planned, decision: Decision, now: dt.datetime) -> None:
+def apply_planning_decision(row: MessageRow, decision: Decision, now: dt.datetime) -> None:
     if decision.kind is DecisionKind.SUPPRESS:
         withhold(row, decision, now)
     elif (
@@ -394,76 +173,14 @@ def apply_planning_decision(row: Planned, decision: Decision, now: dt.datetime) 
         and decision.until > row.send_at
     ):
         row.send_at = decision.until
-        record_move(row, Status.DEFERRED, decision.reason.value, now, decision.detail_text())
+        row.move(Status.DEFERRED, decision.reason, now, decision.detail_text())
 
 
-def withhold(row: Planned, decision: Decision, now: dt.datetime) -> None:
+def withhold(row: MessageRow, decision: Decision, now: dt.datetime) -> None:
+    """Withhold a message for good: cancelled when it is no longer wanted, suppressed by a
+    rule otherwise."""
     status = Status.CANCELLED if decision.reason in CANCEL_REASONS else Status.SUPPRESSED
-    record_move(row, status, decision.reason.value, now, decision.detail_text() or None)
-
-
-_MESSAGES = cast(Table, m.Message.__table__)
-
-_IN_CHUNK = 500
-
-
-_PENDING_OF: dict[tuple[str, bool], Any] = {}
-
-
-def _pending_of(
-    session: Session, column: str, ids: Sequence[str], lock: bool, held: dict[str, MessageRow]
-) -> dict[str, list[MessageRow]]:
-    """Pending rows of many loans (or borrowers) in one query per 500, grouped by that id;
-    locked on PostgreSQL. A message `held` already is that same object (one message read
-    for its loan and for its borrower is changed in one place)."""
-    found: dict[str, list[MessageRow]] = {}
-    query = _PENDING_OF.get((column, lock))
-    if query is None:
-        query = HELD_QUERY.where(
-            _HELD.c.status.in_(PENDING), keys_in(_HELD.c[column], "ids")
-        ).order_by(_HELD.c.id)
-        if lock:
-            query = query.with_for_update()
-        _PENDING_OF[(column, lock)] = query
-    for index in range(0, len(ids), _IN_CHUNK):
-        chunk = list(ids[index : index + _IN_CHUNK])
-        for row in session.connection().execute(query, {"ids": chunk}):
-            message = held.get(row.id)
-            if message is None:
-                message = held[row.id] = MessageRow.from_db(row)
-            found.setdefault(getattr(message, column), []).append(message)
-    return found
-
-
-_KEYS_OF_LOANS = select(_MESSAGES.c.loan_id, _MESSAGES.c.idempotency_key).where(
-    keys_in(_MESSAGES.c.loan_id, "ids")
-)
-
-
-def _keys_of_loans(session: Session, loan_ids: Sequence[str]) -> dict[str, set[str]]:
-    """The keys of every message of these loans, whatever became of them."""
-    keys: dict[str, set[str]] = {}
-    for index in range(0, len(loan_ids), _IN_CHUNK):
-        chunk = list(loan_ids[index : index + _IN_CHUNK])
-        for loan_id, key in session.connection().execute(_KEYS_OF_LOANS, {"ids": chunk}):
-            keys.setdefault(loan_id, set()).add(key)
-    return keys
-
-
-def cease_confirmations_sent(session: Session, borrower_id: str) -> int:
-    rows = session.scalars(
-        select(m.Message.status).where(
-            m.Message.borrower_id == borrower_id,
-            m.Message.purpose == Purpose.CEASE_CONFIRMATION.value,
-        )
-    ).all()
-    delivered_or_on_its_way = {
-        Status.SENDING.value,
-        Status.SENT.value,
-        Status.DELIVERED.value,
-        Status.UNDELIVERED.value,
-    }
-    return sum(1 for status in rows if status in delivered_or_on_its_way)
+    row.move(status, decision.reason, now, decision.detail_text() or None)
 
 
 @dataclass(frozen=True)
@@ -505,12 +222,11 @@ def plan_batch(
     regated = sorted({item.regate_borrower for item in work if item.regate_borrower is not None})
     if not loan_ids and not regated:
         return result
-    lock = session.get_bind().dialect.name == "postgresql"
     loans = load_loans(session, loan_ids)
-    existing = _keys_of_loans(session, loan_ids)
+    existing = keys_of_loans(session, loan_ids)
     held: dict[str, MessageRow] = {}
-    pending_of_loan = _pending_of(session, "loan_id", loan_ids, lock, held)
-    pending_of_borrower = _pending_of(session, "borrower_id", regated, lock, held)
+    pending_of_loan = pending_of(session, "loan_id", loan_ids, held)
+    pending_of_borrower = pending_of(session, "borrower_id", regated, held)
     # loans of a re-gated borrower's messages that are not re-planned here
     others = {
         row.loan_id
@@ -555,7 +271,7 @@ def plan_batch(
         regated_borrower = borrowers.get(borrower_id)
         if regated_borrower is None:
             continue
-        rows: list[Planned] = [
+        rows: list[MessageRow] = [
             *pending_of_borrower.get(borrower_id, []),
             *new_of_borrower.get(borrower_id, []),
         ]
@@ -603,7 +319,10 @@ def _replan(
         taken.add(message.idempotency_key)
         fresh.append(message)
         outcome.created += 1
-    rows: list[Planned] = [*pending, *(message for message in fresh if message.status in PENDING)]
+    rows: list[MessageRow] = [
+        *pending,
+        *(message for message in fresh if message.status in PENDING),
+    ]
     for row in sorted(rows, key=lambda row: row.id):
         planned = planned_from_row(row)
         # a cadence step held past its day is no longer planned anew, yet may still go: the
@@ -646,7 +365,7 @@ def regate(
     policy: pol.Policy,
     borrower: BorrowerState,
     loan: LoanState | None,
-    row: Planned,
+    row: MessageRow,
     now: dt.datetime,
 ) -> int:
     """Withhold a pending row at once when the latest state forbids it; returns 1 if so."""
@@ -675,37 +394,10 @@ def regate_borrower(
 
 
 def loans_of(session: Session, borrower_id: str) -> list[str]:
-    flush_state(session)
-    return list(
-        session.scalars(
-            select(m.Loan.id).where(m.Loan.borrower_id == borrower_id).order_by(m.Loan.id)
-        )
-    )
+    return loans_of_many(session, [borrower_id]).get(borrower_id, [])
 
 
 def loans_of_many(session: Session, borrower_ids: Sequence[str]) -> dict[str, list[str]]:
-    """`loans_of` for many borrowers, in one query per 500."""
-    found: dict[str, list[str]] = {}
-    ids = sorted(set(borrower_ids))
+    """The ids of each borrower's loans, in id order (held changes written first)."""
     flush_state(session)
-    for index in range(0, len(ids), _IN_CHUNK):
-        query = (
-            select(m.Loan.borrower_id, m.Loan.id)
-            .where(m.Loan.borrower_id.in_(ids[index : index + _IN_CHUNK]))
-            .order_by(m.Loan.id)
-        )
-        for borrower_id, loan_id in session.execute(query):
-            found.setdefault(borrower_id, []).append(loan_id)
-    return found
-
-
-def replan_loans(
-    session: Session, policy: pol.Policy, loan_ids: Iterable[str], now: dt.datetime
-) -> PlanOutcome:
-    ids = tuple(sorted(set(loan_ids)))
-    total = PlanOutcome()
-    for outcome in plan_batch(session, policy, [PlanWork(ids)], now).loans.values():
-        total.created += outcome.created
-        total.cancelled += outcome.cancelled
-        total.suppressed += outcome.suppressed
-    return total
+    return loan_ids_of_borrowers(session, borrower_ids)

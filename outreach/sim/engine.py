@@ -42,8 +42,9 @@ from outreach.domain import Channel
 from outreach.message_leases import MessageLeases
 from outreach.render import Renderer
 from outreach.service.apply import ingest_many
-from outreach.service.dispatch import DUE_STATUSES, Dispatcher, claim_due
-from outreach.service.inbound import StatusReport, handle_sms_reply, record_statuses
+from outreach.service.delivery_status import StatusReport, record_statuses
+from outreach.service.dispatch import Dispatcher
+from outreach.service.inbound import handle_sms_reply
 from outreach.service.messages import records_of, seeded_ids
 from outreach.service.parse import Event, SmsInbound
 from outreach.service.planner import PlanWork, loans_of_many, plan_batch
@@ -59,6 +60,7 @@ from outreach.sim.results import (
 from outreach.store import models as m
 from outreach.store.db import JSON_CODEC, make_session_factory, transaction
 from outreach.store.keysets import keys_in
+from outreach.store.messages import DUE_STATUSES, claim_due
 from outreach.store.migrate import upgrade
 from outreach.wiring import cap_reserver, link_secret
 

@@ -14,12 +14,12 @@ import redis
 from outreach.channels.base import Outgoing, Receipt, Sender
 from outreach.domain import Channel
 from outreach.service.apply import ingest_many
-from outreach.service.dispatch import claim_due
 from outreach.service.parse import parse_event
 from outreach.settings import Secret, load_settings
 from outreach.sim.engine import VirtualClock, environment
 from outreach.store import models as m
 from outreach.store.db import transaction
+from outreach.store.messages import claim_due
 from tests.conftest import REDIS_URL, REPO_ROOT
 from tests.factories import borrower_upserted, loan_updated
 

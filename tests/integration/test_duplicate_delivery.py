@@ -27,11 +27,12 @@ from outreach.clock import Clock
 from outreach.domain import Channel
 from outreach.runtime import Runtime
 from outreach.service.apply import ingest_many
-from outreach.service.dispatch import STALE_QUEUED_AFTER, claim_due
+from outreach.service.dispatch import STALE_QUEUED_AFTER
 from outreach.service.parse import parse_event
 from outreach.settings import load_settings
 from outreach.store import models as m
 from outreach.store.db import transaction
+from outreach.store.messages import claim_due
 from outreach.wiring import Services
 from tests.conftest import REDIS_URL, REPO_ROOT, truncate_all
 from tests.factories import borrower_upserted, loan_updated, zone_at_local_hour

@@ -35,13 +35,14 @@ from outreach.channels.simulated import SimulatedSender
 from outreach.clock import Clock
 from outreach.redis_client import RedisHandle
 from outreach.runtime import Runtime
-from outreach.service.dispatch import DUE_STATUSES
-from outreach.service.inbound import handle_sms_reply, record_status
+from outreach.service.delivery_status import record_status
+from outreach.service.inbound import handle_sms_reply
 from outreach.service.messages import as_record, seeded_ids
 from outreach.settings import load_settings
 from outreach.sim import VirtualClock
 from outreach.store import models as m
 from outreach.store.db import make_session_factory, transaction
+from outreach.store.messages import DUE_STATUSES
 from outreach.wiring import Services
 from tests.conftest import REDIS_URL, REPO_ROOT
 from tests.integration.test_simulate import DAYS, T0, Run, run_book, story_book

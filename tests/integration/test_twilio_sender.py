@@ -21,11 +21,10 @@ from outreach.channels.base import (
     ProviderUnavailable,
 )
 from outreach.channels.rate_limit import SegmentRateLimiter
+from outreach.channels.twilio_errors import is_final, recipient_effect
 from outreach.channels.twilio_sms import (
     STATUS_CALLBACK_PATH,
     TwilioSender,
-    is_final_twilio_error,
-    twilio_error_effect,
     twilio_signature_valid,
 )
 from outreach.domain import Channel
@@ -322,12 +321,13 @@ def test_rate_limiter_without_redis_fails_closed(twilio_emulator: TwilioEmulator
 
 
 def test_callback_error_codes_classify_like_create_errors() -> None:
-    assert twilio_error_effect("30005") == "invalid_recipient"
-    assert twilio_error_effect(30006) == "invalid_recipient"
-    assert twilio_error_effect("30007") is None and is_final_twilio_error("30007")
-    assert twilio_error_effect("21610") == "opt_out"
-    assert not is_final_twilio_error("30003") and not is_final_twilio_error(None)
-    assert twilio_error_effect("") is None
+    assert recipient_effect("30005") == "invalid_recipient"
+    assert recipient_effect(30006) == "invalid_recipient"
+    assert recipient_effect("21635") == "invalid_recipient"
+    assert recipient_effect("30007") is None and is_final("30007")
+    assert recipient_effect("21610") == "opt_out"
+    assert not is_final("30003") and not is_final(None) and not is_final("20429")
+    assert recipient_effect("") is None
 
 
 # -- signed callbacks ----------------------------------------------------------------------------

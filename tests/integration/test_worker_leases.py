@@ -22,13 +22,14 @@ from outreach.channels.base import Outgoing, Receipt, Sender, ensure_still_held
 from outreach.channels.smtp_email import SmtpSender
 from outreach.domain import Channel
 from outreach.service.apply import ingest_many
-from outreach.service.dispatch import Dispatcher, claim_due
+from outreach.service.dispatch import Dispatcher
 from outreach.service.parse import parse_event
 from outreach.settings import Secret, load_settings
 from outreach.sim.engine import SimulationEnvironment as Environment
 from outreach.sim.engine import environment
 from outreach.store import models as m
 from outreach.store.db import transaction
+from outreach.store.messages import claim_due
 from outreach.worker_leases import LeaseWatch, WorkerLease
 from tests.conftest import REDIS_URL, REPO_ROOT
 from tests.factories import borrower_upserted, loan_updated

@@ -1,0 +1,117 @@
+"""What providers tell us of deliveries: status callbacks (SPEC §7), applied once, forward only.
+
+A callback is recorded by its provider, message, status and error code before it is
+applied, so a duplicate changes nothing; a status moves a message only forward (a late
+`sent` never undoes `delivered`); an error code that says the number opted out or cannot
+receive texts (channels/twilio_errors.py) is recorded against the number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from outreach.channels.base import ErrorEffect
+from outreach.channels.twilio_errors import recipient_effect
+from outreach.domain import Channel, Reason, Status
+from outreach.service.messages import may_move
+from outreach.service.state import mark_invalid, set_opt_out
+from outreach.store.messages import (
+    MessageRow,
+    first_callbacks,
+    held_by_provider_ids,
+    write_rows,
+)
+
+# Twilio message statuses → ours. queued/accepted/sending say nothing new after acceptance.
+TWILIO_STATUSES = {
+    "sent": Status.SENT,
+    "delivered": Status.DELIVERED,
+    "undelivered": Status.UNDELIVERED,
+    "failed": Status.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """One delivery status a provider reported for a message it accepted."""
+
+    provider_id: str
+    status: str
+    error_code: str | None = None
+
+
+def record_status(
+    session: Session,
+    *,
+    provider: str,
+    provider_id: str,
+    status: str,
+    error_code: str | None,
+    now: dt.datetime,
+) -> str:
+    """Apply one delivery status callback; duplicates and late ones change nothing."""
+    report = StatusReport(provider_id, status, error_code)
+    return record_statuses(session, provider=provider, reports=[report], now=now)[0]
+
+
+def record_statuses(
+    session: Session, *, provider: str, reports: Sequence[StatusReport], now: dt.datetime
+) -> list[str]:
+    """Apply delivery status reports in order, each as `record_status` applies one (a
+    duplicate or a late one changes nothing); their messages are read together."""
+    keys = [
+        f"{provider}:{report.provider_id}:{report.status}:{report.error_code or ''}"
+        for report in reports
+    ]
+    fresh = first_callbacks(session, provider, keys, now)
+    messages: dict[str, MessageRow] = {}
+    if fresh:
+        messages = held_by_provider_ids(session, (report.provider_id for report in reports))
+    outcomes: list[str] = []
+    for key, report in zip(keys, reports, strict=True):
+        if key not in fresh:
+            outcomes.append("duplicate")
+            continue
+        fresh.discard(key)  # a second copy in the same batch is a duplicate
+        message = messages.get(report.provider_id)
+        if message is None:
+            outcomes.append("unknown_message")
+            continue
+        outcomes.append(_apply_status(session, message, report, now))
+    write_rows(session, messages.values())
+    return outcomes
+
+
+def _apply_status(
+    session: Session, message: MessageRow, report: StatusReport, now: dt.datetime
+) -> str:
+    status, error_code = report.status, report.error_code
+    new_status = TWILIO_STATUSES.get(status)
+    if new_status is None or not may_move(Status(message.status), new_status):
+        return "ignored"
+    detail = f"provider_status={status}" + (f" code={error_code}" if error_code else "")
+    reason = Reason.PROVIDER_ERROR if error_code else Reason.PROVIDER_STATUS
+    message.move(new_status, reason, now, detail)
+    effect = recipient_effect(error_code)
+    if effect is not None and message.recipient:
+        channel = Channel(message.channel)
+        if effect is ErrorEffect.OPT_OUT:
+            set_opt_out(
+                session,
+                channel=channel,
+                recipient=message.recipient,
+                opted_out=True,
+                source=f"provider:{error_code}",
+                borrower_id=message.borrower_id,
+                now=now,
+            )
+        else:
+            assert error_code is not None
+            mark_invalid(
+                session, channel=channel, recipient=message.recipient, code=error_code, now=now
+            )
+    return new_status.value
