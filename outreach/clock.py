@@ -17,15 +17,14 @@ from typing import Any
 
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import select
 
 from outreach.errors import StoreUnavailable, TransientError
 from outreach.service import dispatch as dispatch_service
 from outreach.service.inbox import apply_orphaned
 from outreach.service.journal import JournalUnavailable
 from outreach.service.planner import replan_loan
-from outreach.store import models as m
 from outreach.store.db import transaction
+from outreach.store.loans import open_loan_ids
 from outreach.worker_leases import LeaseWatch
 
 log = logging.getLogger(__name__)
@@ -223,9 +222,7 @@ class Clock:
             return 0
         self._last_replan = now
         with self.sessions() as session:
-            loan_ids = list(
-                session.scalars(select(m.Loan.id).where(m.Loan.closed_reason.is_(None)))
-            )
+            loan_ids = open_loan_ids(session)
         for loan_id in loan_ids:
             try:
                 with transaction(self.sessions) as session:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
@@ -20,74 +19,28 @@ from outreach.channels.rate_limit import SegmentRateLimiter
 from outreach.channels.simulated import SimulatedSender
 from outreach.channels.smtp_email import SmtpSender
 from outreach.channels.twilio_sms import TwilioSender
-from outreach.domain import Channel, Purpose, Reason, Status
+from outreach.domain import Channel, Purpose
 from outreach.message_leases import MessageLeases
 from outreach.render import Renderer
 from outreach.runtime import Runtime
 from outreach.service.dispatch import Dispatcher
 from outreach.service.journal import ReplyIntake, ReplyJournal
 from outreach.settings import Settings
-from outreach.store import models as m
-from outreach.store.keysets import keys_in
-
-# statuses of a message that holds, or held, frequency-cap slots
-CAP_HOLDING_STATUSES = (
-    Status.QUEUED.value,
-    Status.SENDING.value,
-    Status.SENT.value,
-    Status.DELIVERED.value,
-    Status.UNDELIVERED.value,
-)
+from outreach.store.messages import CapHistory
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _cap_history_query(borrowers: Any) -> Any:
-    capped = [p.value for p in Purpose if pol.counts_against_caps(p)]
-    return select(
-        m.Message.borrower_id,
-        m.Message.id,
-        m.Message.channel,
-        m.Message.cap_reserved_at,
-        m.Message.sent_at,
-    ).where(
-        borrowers,
-        m.Message.purpose.in_(capped),
-        or_(
-            m.Message.status.in_(CAP_HOLDING_STATUSES),
-            # outcome unknown after a crash: it may have gone, so it counts
-            (m.Message.status == Status.FAILED.value)
-            & (m.Message.reason == Reason.RECONCILED.value),
-        ),
-        or_(
-            m.Message.cap_reserved_at >= bindparam("since"),
-            m.Message.sent_at >= bindparam("since"),
-        ),
-    )
-
-
-def _history_entries(rows: Any) -> dict[str, list[HistoryEntry]]:
-    entries: dict[str, list[HistoryEntry]] = {}
-    for borrower_id, message_id, channel, reserved_at, sent_at in rows:
-        at = reserved_at or sent_at
-        if at is not None:
-            entries.setdefault(borrower_id, []).append((message_id, Channel(channel), at))
-    return entries
-
-
 def cap_history(
     sessions: sessionmaker[Session],
 ) -> Callable[[str, dt.datetime], list[HistoryEntry]]:
     """The message log as the caps' source of truth when Redis has lost them."""
-    # built once: a rebuild runs for each borrower Redis has no caps for
-    query = _cap_history_query(m.Message.borrower_id == bindparam("borrower_id"))
 
     def history(borrower_id: str, since: dt.datetime) -> list[HistoryEntry]:
         with sessions() as session:
-            rows = session.connection().execute(query, {"borrower_id": borrower_id, "since": since})
-            return _history_entries(rows).get(borrower_id, [])
+            return list(_CAP_HISTORY.of(session, borrower_id, since))
 
     return history
 
@@ -95,19 +48,19 @@ def cap_history(
 def cap_history_of_many(
     sessions: sessionmaker[Session],
 ) -> Callable[[Sequence[str], dt.datetime], dict[str, list[HistoryEntry]]]:
-    """`cap_history` for many borrowers in one query (a batch's rebuilds)."""
-    query = _cap_history_query(keys_in(m.Message.borrower_id, "borrower_ids"))
+    """`cap_history` for many borrowers in one query per 500 (a batch's rebuilds)."""
 
     def history(borrower_ids: Sequence[str], since: dt.datetime) -> dict[str, list[HistoryEntry]]:
-        found: dict[str, list[HistoryEntry]] = {}
         with sessions() as session:
-            for index in range(0, len(borrower_ids), 500):
-                chunk = list(borrower_ids[index : index + 500])
-                rows = session.connection().execute(query, {"borrower_ids": chunk, "since": since})
-                found.update(_history_entries(rows))
-        return found
+            return {
+                borrower_id: list(slots)
+                for borrower_id, slots in _CAP_HISTORY.of_many(session, borrower_ids, since).items()
+            }
 
     return history
+
+
+_CAP_HISTORY = CapHistory([p.value for p in Purpose if pol.counts_against_caps(p)])
 
 
 def cap_reserver(

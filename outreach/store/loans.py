@@ -28,3 +28,11 @@ def loan_ids_of_borrowers(session: Session, borrower_ids: Sequence[str]) -> dict
         for borrower_id, loan_id in rows:
             found.setdefault(borrower_id, []).append(loan_id)
     return found
+
+
+_OPEN = select(LOANS.c.id).where(LOANS.c.closed_reason.is_(None))
+
+
+def open_loan_ids(session: Session) -> list[str]:
+    """Every loan not closed."""
+    return list(session.scalars(_OPEN))

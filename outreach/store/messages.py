@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from outreach.domain import PENDING_STATUSES, Channel, Purpose, Reason, Status
@@ -441,3 +441,73 @@ def first_callbacks(
         conflict="id",
         returning="id",
     )
+
+
+# -- the caps' source of truth ----------------------------------------------------------------
+
+# statuses of a message that holds, or held, frequency-cap slots
+CAP_HOLDING_STATUSES = (
+    Status.QUEUED.value,
+    Status.SENDING.value,
+    Status.SENT.value,
+    Status.DELIVERED.value,
+    Status.UNDELIVERED.value,
+)
+
+
+def _cap_history_query(borrowers: ColumnElement[bool], capped: Sequence[str]) -> Any:
+    return select(
+        MESSAGES.c.borrower_id,
+        MESSAGES.c.id,
+        MESSAGES.c.channel,
+        MESSAGES.c.cap_reserved_at,
+        MESSAGES.c.sent_at,
+    ).where(
+        borrowers,
+        MESSAGES.c.purpose.in_(list(capped)),
+        or_(
+            MESSAGES.c.status.in_(CAP_HOLDING_STATUSES),
+            # outcome unknown after a crash: it may have gone, so it counts
+            (MESSAGES.c.status == Status.FAILED.value)
+            & (MESSAGES.c.reason == Reason.RECONCILED.value),
+        ),
+        or_(
+            MESSAGES.c.cap_reserved_at >= bindparam("since"),
+            MESSAGES.c.sent_at >= bindparam("since"),
+        ),
+    )
+
+
+class CapHistory:
+    """The message log as the caps' source of truth when Redis has lost them: every slot a
+    message of a `capped` purpose holds or held since an instant, per borrower."""
+
+    def __init__(self, capped: Sequence[str]) -> None:
+        # built once: a rebuild runs for each borrower Redis has no caps for
+        self._one = _cap_history_query(MESSAGES.c.borrower_id == bindparam("borrower_id"), capped)
+        self._many = _cap_history_query(keys_in(MESSAGES.c.borrower_id, "borrower_ids"), capped)
+
+    def of(
+        self, session: Session, borrower_id: str, since: dt.datetime
+    ) -> list[tuple[str, Channel, dt.datetime]]:
+        rows = session.connection().execute(self._one, {"borrower_id": borrower_id, "since": since})
+        return _slots(rows).get(borrower_id, [])
+
+    def of_many(
+        self, session: Session, borrower_ids: Sequence[str], since: dt.datetime
+    ) -> dict[str, list[tuple[str, Channel, dt.datetime]]]:
+        found: dict[str, list[tuple[str, Channel, dt.datetime]]] = {}
+        for index in range(0, len(borrower_ids), IN_CHUNK):
+            chunk = list(borrower_ids[index : index + IN_CHUNK])
+            rows = session.connection().execute(self._many, {"borrower_ids": chunk, "since": since})
+            found.update(_slots(rows))
+        return found
+
+
+def _slots(rows: Iterable[Any]) -> dict[str, list[tuple[str, Channel, dt.datetime]]]:
+    entries: dict[str, list[tuple[str, Channel, dt.datetime]]] = {}
+    for borrower_id, message_id, channel, reserved_at, sent_at in rows:
+        at = reserved_at or sent_at
+        if at is not None:
+            entries.setdefault(borrower_id, []).append((message_id, Channel(channel), at))
+    return entries

@@ -1,0 +1,164 @@
+"""The ops API: the message log, a borrower's timeline, the policy, template previews and
+ops cancellation (SPEC §8)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from outreach.api.auth import Admin, ServicesDep, Viewer
+from outreach.api.schemas import Problem
+from outreach.domain import Channel
+from outreach.errors import RenderError
+from outreach.render import preview as render_preview
+from outreach.service import log as message_log
+from outreach.service.export import csv_rows
+from outreach.service.messages import MessageNotFound, MessageNotPending, cancel_by_ops
+from outreach.store.db import transaction
+
+
+class CancelRequest(BaseModel):
+    note: str | None = Field(default=None, max_length=500)
+
+
+class PreviewRequest(BaseModel):
+    template: str
+    channel: Channel
+    locale: str
+    context: dict[str, Any] | None = None
+
+
+router = APIRouter()
+
+
+def _message_filter(request: Request) -> message_log.MessageFilter:
+    return message_log.MessageFilter.parse(dict(request.query_params))
+
+
+def _filter_errors(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except message_log.MessageFilterError as error:
+        raise HTTPException(422, str(error)) from None
+
+
+@router.get("/v1/messages", tags=["messages"], summary="The message log, filtered, paged")
+def list_messages(
+    request: Request,
+    _: Viewer,
+    services: ServicesDep,
+    borrower_id: str | None = None,
+    loan_id: str | None = None,
+    campaign_id: str | None = None,
+    status: Annotated[str | None, Query(description="one status or a comma list")] = None,
+    channel: str | None = None,
+    stage: str | None = None,
+    reason: str | None = None,
+    purpose: str | None = None,
+    needs_human: Annotated[
+        str | None, Query(description="true: replies waiting for a person")
+    ] = None,
+    since: Annotated[str | None, Query(description="send_at ≥ (RFC 3339)")] = None,
+    until: Annotated[str | None, Query(description="send_at < (RFC 3339)")] = None,
+    q: Annotated[str | None, Query(description="text search in content and ids")] = None,
+    limit: Annotated[str | None, Query(description="1…500, default 100")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the last page")] = None,
+) -> dict[str, Any]:
+    # the parameters are declared for the OpenAPI document; the filter reads them from the
+    # query string, as the export does
+    def page() -> dict[str, Any]:
+        criteria = _message_filter(request)
+        size = message_log.parse_limit(limit)
+        with services.runtime.sessions() as session:
+            items, next_cursor = message_log.list_messages(
+                session, criteria, limit=size, cursor=cursor
+            )
+        return {"items": items, "next_cursor": next_cursor}
+
+    result: dict[str, Any] = _filter_errors(page)
+    return result
+
+
+@router.get("/v1/messages/export.csv", tags=["messages"], summary="The filtered log as CSV")
+def export_messages(request: Request, _: Viewer, services: ServicesDep) -> StreamingResponse:
+    criteria: message_log.MessageFilter = _filter_errors(lambda: _message_filter(request))
+    return StreamingResponse(
+        csv_rows(services.runtime.sessions, criteria),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="messages.csv"'},
+    )
+
+
+@router.get("/v1/messages/{message_id}", tags=["messages"], summary="One message and timeline")
+def show_message(message_id: str, _: Viewer, services: ServicesDep) -> dict[str, Any]:
+    with services.runtime.sessions() as session:
+        found = message_log.get_message(session, message_id)
+    if found is None:
+        raise HTTPException(404, f"no message {message_id}")
+    return found
+
+
+@router.post(
+    "/v1/messages/{message_id}/cancel",
+    tags=["messages"],
+    summary="Cancel a message that has not been sent (admin)",
+    responses={403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}},
+)
+def cancel_message(
+    message_id: str,
+    _: Admin,
+    services: ServicesDep,
+    request_body: CancelRequest | None = None,
+) -> dict[str, Any]:
+    note = request_body.note if request_body and request_body.note else None
+    try:
+        with transaction(services.runtime.sessions) as session:
+            cancel_by_ops(session, message_id, services.dispatcher.now(), note)
+            cancelled = message_log.get_message(session, message_id)
+    except MessageNotFound as error:
+        raise HTTPException(404, str(error)) from error
+    except MessageNotPending as error:
+        raise HTTPException(409, str(error)) from error
+    assert cancelled is not None
+    return cancelled
+
+
+@router.get(
+    "/v1/borrowers/{borrower_id}/timeline",
+    tags=["messages"],
+    summary="Every event, message step and reply about a borrower",
+)
+def borrower_timeline(borrower_id: str, _: Viewer, services: ServicesDep) -> dict[str, Any]:
+    with services.runtime.sessions() as session:
+        found = message_log.borrower_timeline(session, borrower_id)
+    if found is None:
+        raise HTTPException(404, f"no borrower {borrower_id}")
+    return found
+
+
+@router.get("/v1/policy", tags=["policy"], summary="The effective policy")
+def effective_policy(_: Viewer, services: ServicesDep) -> dict[str, Any]:
+    document: dict[str, Any] = services.policy.to_json()
+    return document
+
+
+@router.post("/v1/templates/preview", tags=["policy"], summary="Render a template with lint")
+def preview_template(
+    request_body: PreviewRequest, _: Viewer, services: ServicesDep
+) -> dict[str, Any]:
+    try:
+        result: dict[str, Any] = render_preview(
+            services.renderer,
+            request_body.template,
+            request_body.channel,
+            request_body.locale,
+            request_body.context,
+            max_sms_segments=services.policy.max_sms_segments,
+        )
+    except RenderError as error:
+        raise HTTPException(422, str(error)) from None
+    return result

@@ -1,0 +1,141 @@
+"""What providers and borrowers send back: Twilio's status and inbound callbacks (signed),
+and the unsubscribe links of our emails (RFC 8058 one-click, and a page for people)."""
+
+from __future__ import annotations
+
+import html
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from outreach.api.auth import ServicesDep
+from outreach.api.schemas import Problem
+from outreach.channels.twilio_sms import STATUS_CALLBACK_PATH, twilio_signature_valid
+from outreach.errors import StoreUnavailable
+from outreach.service.dispatch import verify_unsubscribe_token
+from outreach.service.inbound import handle_unsubscribe
+from outreach.service.journal import SMS_REPLY, TWILIO_STATUS, JournalEntry
+from outreach.store.db import transaction
+from outreach.wiring import Services, link_secret
+
+router = APIRouter(tags=["providers"])
+
+INBOUND_PATH = "/v1/providers/twilio/inbound"
+
+
+async def _signed_twilio_form(
+    request: Request, services: Services, path: str
+) -> dict[str, str] | None:
+    """The callback's form fields, or None when X-Twilio-Signature does not match."""
+    settings = services.runtime.settings
+    form = await request.form()
+    params = {key: str(value) for key, value in form.multi_items()}
+    token = settings.twilio_auth_token.reveal() if settings.twilio_auth_token else ""
+    signature = request.headers.get("X-Twilio-Signature")
+    if not twilio_signature_valid(token, settings.public_url + path, params, signature):
+        return None
+    return params
+
+
+_BAD_SIGNATURE = {"detail": "X-Twilio-Signature is not valid"}
+
+
+@router.post(
+    STATUS_CALLBACK_PATH,
+    summary="Twilio delivery status callback (signed)",
+    responses={403: {"model": Problem}},
+)
+async def twilio_status(request: Request, services: ServicesDep) -> JSONResponse:
+    params = await _signed_twilio_form(request, services, STATUS_CALLBACK_PATH)
+    if params is None:
+        return JSONResponse(_BAD_SIGNATURE, status_code=403)
+    sid = params.get("MessageSid") or params.get("SmsSid")
+    status = params.get("MessageStatus") or params.get("SmsStatus")
+    if not sid or not status:
+        return JSONResponse({"detail": "MessageSid and MessageStatus are required"}, 422)
+
+    fields = {"MessageSid": sid, "MessageStatus": status}
+    if params.get("ErrorCode"):
+        fields["ErrorCode"] = params["ErrorCode"]
+    entry = JournalEntry(TWILIO_STATUS, fields, services.dispatcher.now())
+    try:
+        # applied, or kept in the journal while the database is unreachable
+        outcome = await run_in_threadpool(services.replies.receive, entry)
+    except StoreUnavailable:
+        return JSONResponse({"detail": "not stored; retry"}, status_code=503)
+    return JSONResponse({"status": outcome})
+
+
+@router.post(
+    INBOUND_PATH,
+    summary="An SMS a borrower sent us (signed)",
+    responses={403: {"model": Problem}},
+)
+async def twilio_inbound(request: Request, services: ServicesDep) -> Response:
+    params = await _signed_twilio_form(request, services, INBOUND_PATH)
+    if params is None:
+        return JSONResponse(_BAD_SIGNATURE, status_code=403)
+    sender = params.get("From")
+    if not sender:
+        return JSONResponse({"detail": "From is required"}, status_code=422)
+
+    fields = {"From": sender, "Body": params.get("Body", "")}
+    sid = params.get("MessageSid") or params.get("SmsSid")
+    if sid:
+        fields["MessageSid"] = sid
+    entry = JournalEntry(SMS_REPLY, fields, services.dispatcher.now())
+    try:
+        # Twilio never retries this webhook: what the database cannot take now is kept
+        # in the journal and applied once it can; 503 only when Redis is down too
+        await run_in_threadpool(services.replies.receive, entry)
+    except StoreUnavailable:
+        return JSONResponse({"detail": "not stored; retry"}, status_code=503)
+    # replies go out as recorded, gated messages, not as TwiML
+    return Response("<Response/>", media_type="application/xml")
+
+
+@router.get("/v1/unsubscribe/{token}", summary="Unsubscribe page")
+def unsubscribe_page(token: str, services: ServicesDep) -> HTMLResponse:
+    if verify_unsubscribe_token(link_secret(services.runtime.settings), token) is None:
+        return HTMLResponse(UNSUBSCRIBE_INVALID, status_code=404)
+    return HTMLResponse(UNSUBSCRIBE_FORM.format(token=html.escape(token)))
+
+
+@router.post("/v1/unsubscribe/{token}", summary="Unsubscribe (one-click)")
+def unsubscribe(token: str, services: ServicesDep) -> HTMLResponse:
+    found = verify_unsubscribe_token(link_secret(services.runtime.settings), token)
+    if found is None:
+        return HTMLResponse(UNSUBSCRIBE_INVALID, status_code=404)
+    channel, recipient = found
+    with transaction(services.runtime.sessions) as session:
+        handle_unsubscribe(
+            session,
+            services.policy,
+            channel=channel,
+            recipient=recipient,
+            now=services.dispatcher.now(),
+        )
+    return HTMLResponse(UNSUBSCRIBE_DONE)
+
+
+PAGE_STYLE = "font-family:sans-serif;max-width:36em;margin:3em auto"
+UNSUBSCRIBE_FORM = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Unsubscribe</title>'
+    f'</head><body style="{PAGE_STYLE}"><h1>Stop these emails?</h1>'
+    "<p>Press the button to stop email about your account.<br>"
+    "按下按钮即可退订邮件。<br>按下按鈕即可退訂郵件。</p>"
+    '<form method="post" action="/v1/unsubscribe/{token}">'
+    '<button type="submit">Unsubscribe / 退订 / 退訂</button></form></body></html>'
+)
+UNSUBSCRIBE_DONE = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Unsubscribed</title>'
+    f'</head><body style="{PAGE_STYLE}"><h1>You are unsubscribed</h1>'
+    "<p>We will not email you about this account again.<br>您已退订邮件。<br>您已退訂郵件。</p>"
+    "</body></html>"
+)
+UNSUBSCRIBE_INVALID = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Link not valid</title>'
+    f'</head><body style="{PAGE_STYLE}"><h1>This unsubscribe link is not valid</h1>'
+    "</body></html>"
+)
