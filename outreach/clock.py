@@ -13,18 +13,19 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from outreach.errors import StoreUnavailable, TransientError
+from outreach.lua import lua_script
 from outreach.service import dispatch as dispatch_service
 from outreach.service.inbox import apply_orphaned
 from outreach.service.journal import JournalUnavailable
 from outreach.service.planner import replan_loan
 from outreach.store.db import transaction
 from outreach.store.loans import open_loan_ids
+from outreach.wiring import Services
 from outreach.worker_leases import LeaseWatch
 
 log = logging.getLogger(__name__)
@@ -35,18 +36,8 @@ RENEW_SECONDS = 5
 TICK_SECONDS = 1.0
 REPLAN_EVERY = dt.timedelta(hours=1)
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+_RENEW = lua_script("leader_renew")
+_RELEASE = lua_script("leader_release")
 
 
 class LeaderLock:
@@ -78,7 +69,7 @@ class LeaderLock:
 class Clock:
     def __init__(
         self,
-        services: Any,
+        services: Services,
         enqueue: Callable[[Sequence[str]], None],
         *,
         tick_seconds: float = TICK_SECONDS,

@@ -29,6 +29,7 @@ from typing import cast
 import redis
 
 from outreach.errors import TransientError
+from outreach.lua import lua_script
 
 __all__ = ["LeaseUnavailable", "MessageLeases"]
 
@@ -39,29 +40,9 @@ DEFAULT_LIFETIME = dt.timedelta(seconds=30)
 # renewed this often within a lifetime: two renewals may fail before a lease lapses
 RENEWALS_PER_LIFETIME = 3
 
-_TAKE = """
--- KEYS the messages' lease keys; ARGV[1] the attempt; ARGV[2] the lifetime in ms
--- returns, for each key, 1 if the attempt holds it now, 0 if another attempt does
-local taken = {}
-for i, key in ipairs(KEYS) do
-  taken[i] = redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-end
-return taken
-"""
-_RENEW = """
--- KEYS lease keys; ARGV[1] the attempt; ARGV[2] the lifetime in ms: renews the attempt's own
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) end
-end
-return 0
-"""
-_GIVE_BACK = """
--- KEYS lease keys; ARGV[1] the attempt: deletes those the attempt still holds
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
-end
-return 0
-"""
+_TAKE = lua_script("lease_take")
+_RENEW = lua_script("lease_renew")
+_GIVE_BACK = lua_script("lease_give_back")
 
 
 class LeaseUnavailable(TransientError):

@@ -80,7 +80,6 @@ class Settings:
     var_dir: Path = VAR_DIR
     # seconds a worker's lease outlives its last heartbeat (see outreach/worker_leases.py)
     worker_lease_seconds: float = 20.0
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:

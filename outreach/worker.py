@@ -13,7 +13,7 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -29,17 +29,19 @@ from dramatiq.middleware import (
 from outreach.errors import TransientError
 from outreach.worker_leases import WorkerLease
 
+if TYPE_CHECKING:  # wiring builds the dispatcher this module's actor calls
+    from outreach.wiring import Services
+
 log = logging.getLogger(__name__)
 
 QUEUE = "outreach-messages"
-ACTOR = "send_message"
 BATCH_ACTOR = "send_messages"
 # ids per broker message: enough to share a gate transaction, few enough that a release of
 # hundreds of due messages still spreads over every worker thread
 IDS_PER_BROKER_MESSAGE = 20
 NAMESPACE = "outreach"
 
-_services: Any = None
+_services: Services | None = None
 
 
 def build_broker(redis_url: str) -> RedisBroker:
@@ -71,20 +73,18 @@ def send_messages(message_ids: list[str]) -> None:
     log.debug("dispatched %s", outcomes)
 
 
-def send_message(message_id: str) -> None:
-    """One id: broker messages enqueued by an earlier version are still honoured."""
-    send_messages([message_id])
-
-
-def declare(broker: RedisBroker, services: Any) -> None:
+def declare(broker: RedisBroker, services: Services) -> None:
     global _services
     _services = services
-    actors: dict[str, Any] = {ACTOR: send_message, BATCH_ACTOR: send_messages}
-    for name, function in actors.items():
-        if name not in broker.actors:
-            dramatiq.Actor(
-                function, broker=broker, actor_name=name, queue_name=QUEUE, priority=0, options={}
-            )
+    if BATCH_ACTOR not in broker.actors:
+        dramatiq.Actor(
+            send_messages,
+            broker=broker,
+            actor_name=BATCH_ACTOR,
+            queue_name=QUEUE,
+            priority=0,
+            options={},
+        )
 
 
 def enqueue(broker: RedisBroker, message_ids: Sequence[str]) -> None:
@@ -101,7 +101,7 @@ def enqueue(broker: RedisBroker, message_ids: Sequence[str]) -> None:
         )
 
 
-def start_worker(broker: RedisBroker, services: Any, threads: int) -> dramatiq.Worker:
+def start_worker(broker: RedisBroker, services: Services, threads: int) -> dramatiq.Worker:
     """Start the process's worker threads, and its lease (outreach/worker_leases.py) first: every
     `sending` mark it makes names that lease. Stop it with `stop_worker`."""
     runtime = services.runtime
@@ -117,7 +117,7 @@ def start_worker(broker: RedisBroker, services: Any, threads: int) -> dramatiq.W
     return worker
 
 
-def stop_worker(worker: dramatiq.Worker, services: Any, timeout_ms: int) -> None:
+def stop_worker(worker: dramatiq.Worker, services: Services, timeout_ms: int) -> None:
     """Stop the threads, then give the lease up (nothing is in flight any more)."""
     worker.stop(timeout=timeout_ms)
     lease = services.dispatcher.lease

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import redis
 
 from outreach.errors import TransientError
+from outreach.lua import lua_script
 
 DEFAULT_KEY = "outreach:sms:rate"
 
@@ -25,25 +26,7 @@ DEFAULT_KEY = "outreach:sms:rate"
 # ARGV[1]: microseconds per segment; ARGV[2]: segments; ARGV[3]: longest acceptable wait (µs).
 # Returns {reserved (1|0), wait in µs, the slot in µs of Redis time}. Nothing is reserved when
 # the wait would be too long, so a caller that gives up does not push everyone else's slot back.
-_RESERVE_SLOT = """
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
-local interval = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2]) * interval
-local max_wait = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then
-  tat = now
-end
-local wait = tat - now
-if wait > max_wait then
-  return {0, wait, tat}
-end
-local new_tat = tat + cost
-redis.call('SET', KEYS[1], string.format('%d', new_tat),
-            'PX', math.floor((new_tat - now) / 1000) + 1000)
-return {1, wait, tat}
-"""
+_RESERVE_SLOT = lua_script("rate_reserve_slot")
 
 
 class RateLimitError(TransientError):

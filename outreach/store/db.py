@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 from sqlalchemy import Engine, Select, Table, bindparam, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,22 +30,37 @@ def json_text(value: Any) -> str:
 JSON_CODEC: dict[str, Any] = {"json_serializer": json_text, "json_deserializer": orjson.loads}
 
 
+# how a served store's SQLite runs: durable (WAL, fsync at checkpoints), any number of readers
+DURABLE_SQLITE = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=30000",
+)
+# how a simulation's throw-away SQLite runs: one writer, nothing to survive a crash; pages that
+# hold a message row with its rendered email whole (with the default 4 KiB each such row
+# spills into overflow pages that every later status change rewrites)
+THROWAWAY_SQLITE = (
+    "PRAGMA page_size=8192",
+    "PRAGMA journal_mode=MEMORY",
+    "PRAGMA synchronous=OFF",
+    "PRAGMA temp_store=MEMORY",
+    "PRAGMA cache_size=-16384",
+    "PRAGMA foreign_keys=ON",
+)
+
+
 def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
+        return sqlite_engine(
             url,
+            DURABLE_SQLITE,
             connect_args={"timeout": 30, "check_same_thread": False},
             pool_pre_ping=True,
-            **JSON_CODEC,
         )
-        event.listen(engine, "connect", _configure_sqlite)
-        # pysqlite's own transaction handling defers BEGIN; take the write lock at BEGIN instead
-        # so two writers never deadlock on a lock upgrade.
-        event.listen(engine, "begin", _begin_immediate)
-        return engine
     return create_engine(
         url,
         pool_size=pool_size,
@@ -56,14 +71,22 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
     )
 
 
-def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def sqlite_engine(url: URL | str, pragmas: Sequence[str], **options: Any) -> Engine:
+    """The one SQLite set-up: these pragmas on every connection, and the write lock taken at
+    BEGIN (pysqlite's own transaction handling defers BEGIN; taking the lock then means two
+    writers never deadlock on a lock upgrade)."""
+    engine = create_engine(url, **options, **JSON_CODEC)
+
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in pragmas:
+            cursor.execute(pragma)
+        cursor.close()
+
+    event.listen(engine, "connect", configure)
+    event.listen(engine, "begin", _begin_immediate)
+    return engine
 
 
 def _begin_immediate(connection: Any) -> None:

