@@ -11,7 +11,8 @@ from starlette.routing import Route
 from outreach.api.auth import Admin, ServicesDep, Viewer
 from outreach.api.schemas import Problem
 from outreach.api.webhook import EventReceiver, quiet_accepted_events
-from outreach.service.inbox import Intake, dead_letter_count, dead_letters, redrive
+from outreach.service.inbox import Intake, redrive
+from outreach.store.inbox import dead_letter_count, dead_letters
 from outreach.wiring import Services
 
 router = APIRouter(tags=["webhooks"])

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from outreach.api.auth import ServicesDep
-from outreach.service.inbox import dead_letter_count
 from outreach.service.journal import JournalUnavailable
 from outreach.store.db import ping
+from outreach.store.inbox import dead_letter_count
 from outreach.store.migrate import is_current
 from outreach.worker import QUEUE
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from outreach import policy as pol
@@ -19,28 +17,28 @@ from outreach.domain import (
     Purpose,
     Restriction,
 )
-from outreach.service import planner
+from outreach.service import parse, planner
 from outreach.service.parse import ContactRestricted, Event
-from outreach.service.state import (
-    APPLY,
+from outreach.store.borrowers import (
     BorrowerRecord,
     LoanRecord,
     compose_loan,
     flush_state,
+    for_update,
     hold,
     hold_loans,
     load_borrower,
     loan_for_update,
+    new_held,
+    record_payment,
+    record_plan,
+    record_promise,
+    record_restriction,
+    record_visit,
     release_held,
 )
-from outreach.store import models as m
-from outreach.store.bulk import insert_returning, update_rows
-from outreach.store.messages import PENDING, cease_confirmations_sent
-
-APPLIED_OUTCOMES = frozenset({"applied"})
-PROVISIONAL_OUTCOME = "applied"
-# stored and answered 202, not applied yet (the web process applies it moments later)
-PENDING_OUTCOME = "pending"
+from outreach.store.inbox import PROVISIONAL_OUTCOME, record_outcomes, store_events
+from outreach.store.messages import cease_confirmations_sent, loans_with_pending_messages
 
 
 @dataclass(frozen=True)
@@ -50,68 +48,6 @@ class IngestResult:
     outcome: str | None = None
     # whether the event's messages were re-planned (not when it changed nothing they depend on)
     replanned: bool = False
-
-
-_INBOX_COLUMNS = (
-    "id",
-    "type",
-    "occurred_at",
-    "received_at",
-    "body",
-    "borrower_id",
-    "loan_id",
-    "outcome",
-)
-_INBOX = cast(Table, m.ReceivedEvent.__table__)
-_INBOX_INSERTS: dict[str, Any] = {}
-
-
-def _inbox_insert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT (id) DO NOTHING RETURNING id, built once per dialect."""
-    statement = _INBOX_INSERTS.get(dialect)
-    if statement is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = (
-            insert(_INBOX)
-            .values({name: bindparam(name) for name in _INBOX_COLUMNS})
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(_INBOX.c.id)
-        )
-        _INBOX_INSERTS[dialect] = statement
-    return statement
-
-
-def store_in_inbox(
-    session: Session,
-    events: Sequence[Event],
-    now: dt.datetime,
-    *,
-    outcome: str = PROVISIONAL_OUTCOME,
-) -> set[str]:
-    """Insert each event once, with `outcome` (PENDING_OUTCOME: stored, to be applied);
-    returns the ids that were not already accepted."""
-    if not events:
-        return set()
-    rows = [
-        {
-            "id": event.id,
-            "type": event.type,
-            "occurred_at": event.occurred_at,
-            "received_at": now,
-            "body": event.raw,
-            "borrower_id": event.borrower_id,
-            "loan_id": event.loan_id,
-            # the default is what applying it usually ends in; `apply_stored` records any
-            # other outcome in the same transaction, so the row never says this unless it is so
-            "outcome": outcome,
-        }
-        # in id order, so two transactions inserting the same ids wait for each other in turn
-        for event in sorted(events, key=lambda event: event.id)
-    ]
-    statement = _inbox_insert(session.get_bind().dialect.name)
-    return insert_returning(
-        session, _INBOX, rows, statement=statement, conflict="id", returning="id"
-    )
 
 
 def ingest(session: Session, policy: pol.Policy, event: Event, now: dt.datetime) -> IngestResult:
@@ -127,7 +63,7 @@ def ingest_many(
     unique: dict[str, Event] = {}
     for event in events:
         unique.setdefault(event.id, event)
-    accepted = store_in_inbox(session, list(unique.values()), now)
+    accepted = store_events(session, list(unique.values()), now, PROVISIONAL_OUTCOME)
     applied = iter(
         apply_stored(session, policy, [e for e in unique.values() if e.id in accepted], now)
     )
@@ -182,7 +118,7 @@ def apply_stored(
         flush_state(session)
     finally:
         release_held(session)
-    update_rows(session, _INBOX, "id", outcomes)
+    record_outcomes(session, outcomes)
     return results
 
 
@@ -207,21 +143,7 @@ _LOAN_ROWS = frozenset({"loan.updated", "payment.received", "loan.closed"})
 def _pending_loans_of(session: Session, events: Sequence[Event]) -> dict[str, set[str]]:
     """For the borrowers these events upsert: the loans their pending messages are about."""
     ids = sorted({e.borrower_id for e in events if e.type == "borrower.upserted" and e.borrower_id})
-    found: dict[str, set[str]] = {}
-    for index in range(0, len(ids), 500):
-        query = (
-            select(m.Message.borrower_id, m.Message.loan_id)
-            .where(
-                m.Message.borrower_id.in_(ids[index : index + 500]),
-                m.Message.status.in_(PENDING),
-                m.Message.loan_id.is_not(None),
-            )
-            .distinct()
-        )
-        for borrower_id, loan_id in session.execute(query):
-            if loan_id is not None:
-                found.setdefault(borrower_id, set()).add(loan_id)
-    return found
+    return loans_with_pending_messages(session, ids)
 
 
 class _PlanGroup:
@@ -392,3 +314,147 @@ def plan_cease_confirmation(
         now,
         cease_confirmations_sent=cease_confirmations_sent(session, borrower_id),
     )
+
+
+# --- applying each kind of event ----------------------------------------------------------
+
+
+def apply_borrower(session: Session, event: parse.Event, now: dt.datetime) -> str:
+    """Upsert a borrower; an update older than the one applied is recorded and ignored."""
+    data: parse.BorrowerIn = event.data.borrower
+    row = for_update(session, BorrowerRecord, data.id)
+    if row is not None and row.state_as_of > event.occurred_at:
+        return "ignored_stale"
+    if row is None:
+        row = new_held(session, BorrowerRecord, data.id)
+        row.created_at = now
+    row.name = data.name
+    row.locale = data.locale
+    row.email = data.email
+    row.timezone = data.timezone
+    address = data.address or parse.AddressIn()
+    row.address_country = address.country
+    row.address_region = address.region
+    row.address_city = address.city
+    row.address_postal_code = address.postal_code
+    row.consent_sms = data.consent.sms
+    row.consent_email = data.consent.email
+    row.tags = sorted(set(data.tags))
+    row.state_as_of = event.occurred_at
+    row.updated_at = now
+    row.phones = tuple(dict.fromkeys(data.phones))
+    return "applied"
+
+
+def apply_loan(session: Session, event: parse.Event, now: dt.datetime) -> str:
+    data: parse.LoanIn = event.data.loan
+    row = loan_for_update(session, data.id)
+    if row is not None and row.state_as_of > event.occurred_at:
+        return "ignored_stale"
+    if row is not None and row.closed_reason is not None:
+        return "ignored_closed"
+    if row is None:
+        row = new_held(session, LoanRecord, data.id)
+        row.created_at = now
+    row.borrower_id = data.borrower_id
+    row.product = data.product
+    row.currency = data.currency
+    row.amount_due = data.amount_due
+    row.balance = data.balance
+    row.days_past_due = data.days_past_due
+    row.due_date = data.due_date
+    row.account_number = data.account_number
+    row.state_as_of = event.occurred_at
+    row.updated_at = now
+    return "applied"
+
+
+def apply_payment(session: Session, event: parse.Event, now: dt.datetime) -> str:
+    data: parse.PaymentReceived = event.data
+    record_payment(
+        session, data.payment_id, data.loan_id, data.amount, data.paid_at, data.amount_due_after
+    )
+    loan = loan_for_update(session, data.loan_id)
+    if loan is None:
+        return "recorded_unknown_loan"
+    if loan.state_as_of > event.occurred_at:
+        # a later loan.updated already reflects this payment in the amount due
+        return "recorded_stale"
+    loan.amount_due = data.amount_due_after
+    if data.amount_due_after <= 0:
+        loan.days_past_due = min(loan.days_past_due, 0)
+    loan.state_as_of = event.occurred_at
+    loan.updated_at = now
+    return "applied"
+
+
+def apply_promise(session: Session, event: parse.Event, now: dt.datetime) -> str:
+    data: parse.PromiseCreated = event.data
+    recorded = record_promise(
+        session,
+        data.promise_id,
+        data.loan_id,
+        data.amount,
+        data.promised_date,
+        event.occurred_at,
+    )
+    return "applied" if recorded else "ignored_known"
+
+
+def apply_plan(session: Session, event: parse.Event, now: dt.datetime) -> str:
+    data: parse.PlanCreated = event.data
+    instalments = [(item.due_date, item.amount) for item in data.instalments]
+    recorded = record_plan(session, data.plan_id, data.loan_id, instalments, event.occurred_at)
+    return "applied" if recorded else "ignored_known"
+
+
+def apply_visit(session: Session, event: parse.Event, now: dt.datetime) -> str:
+    data: parse.VisitScheduled = event.data
+    recorded = record_visit(
+        session,
+        data.visit_id,
+        data.loan_id,
+        data.visit_at,
+        data.collector_name,
+        data.collector_id,
+        event.occurred_at,
+    )
+    return "applied" if recorded else "ignored_stale"
+
+
+def apply_restriction(session: Session, event: parse.Event, now: dt.datetime) -> str:
+    data: parse.ContactRestricted = event.data
+    windows = [(window.start, window.end, window.days) for window in data.windows or ()]
+    recorded = record_restriction(
+        session,
+        data.borrower_id,
+        data.restriction.value,
+        data.active,
+        windows or None,
+        event.occurred_at,
+        now,
+    )
+    return "applied" if recorded else "ignored_stale"
+
+
+def apply_closure(session: Session, event: parse.Event, now: dt.datetime) -> str:
+    data: parse.LoanClosed = event.data
+    loan = loan_for_update(session, data.loan_id)
+    if loan is None:
+        return "recorded_unknown_loan"
+    loan.closed_reason = data.reason.value
+    loan.state_as_of = max(loan.state_as_of, event.occurred_at)
+    loan.updated_at = now
+    return "applied"
+
+
+APPLY = {
+    "borrower.upserted": apply_borrower,
+    "loan.updated": apply_loan,
+    "payment.received": apply_payment,
+    "promise_to_pay.created": apply_promise,
+    "payment_plan.created": apply_plan,
+    "field_visit.scheduled": apply_visit,
+    "contact.restricted": apply_restriction,
+    "loan.closed": apply_closure,
+}

@@ -18,7 +18,7 @@ from outreach.channels.base import ErrorEffect
 from outreach.channels.twilio_errors import recipient_effect
 from outreach.domain import Channel, Reason, Status
 from outreach.service.messages import may_move
-from outreach.service.state import mark_invalid, set_opt_out
+from outreach.store.borrowers import mark_invalid, set_opt_out
 from outreach.store.messages import (
     MessageRow,
     first_callbacks,

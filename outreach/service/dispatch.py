@@ -61,18 +61,19 @@ from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
 from outreach.service.context import render_context
 from outreach.service.delivery_status import record_status
-from outreach.service.inbox import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
+from outreach.service.inbox import unapplied_about
 from outreach.service.journal import HeldSenders
 from outreach.service.planner import planned_from_row, withhold
-from outreach.service.state import (
+from outreach.store import messages as store
+from outreach.store.borrowers import (
     load_borrower,
     load_borrowers,
     load_loans,
     mark_invalid,
     set_opt_out,
 )
-from outreach.store import messages as store
 from outreach.store.db import transaction
+from outreach.store.inbox import DEAD_LETTER_OUTCOME, Unapplied
 from outreach.store.messages import (
     DUE_STATUSES,
     MessageRow,

@@ -15,13 +15,13 @@ from sqlalchemy.orm import Session
 from outreach import policy as pol
 from outreach.domain import Channel, PlannedMessage, Purpose, Reason, Status
 from outreach.service import planner
-from outreach.service.state import (
+from outreach.store import models as m
+from outreach.store.borrowers import (
     load_borrower,
     lock_addresses,
     normalize_recipient,
     set_opt_out,
 )
-from outreach.store import models as m
 from outreach.store.messages import last_sms_sent_to, write_rows
 
 OPT_OUT = "opt_out"

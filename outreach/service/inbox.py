@@ -35,25 +35,23 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
-from outreach.domain import Reason, Status
 from outreach.errors import StoreUnavailable
-from outreach.service.apply import (
-    PENDING_OUTCOME,
-    IngestResult,
-    apply_stored,
-    store_in_inbox,
-)
+from outreach.service.apply import IngestResult, apply_stored
 from outreach.service.parse import Event, EventError, parse_event
-from outreach.store import models as m
+from outreach.store import inbox as store
 from outreach.store.db import transaction
-from outreach.store.keysets import keys_in
+from outreach.store.inbox import (
+    DEAD_LETTER_OUTCOME,
+    PENDING_OUTCOME,
+    UNAPPLIED_OUTCOMES,
+    Unapplied,
+)
+from outreach.store.messages import bring_held_forward
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +68,6 @@ APPLY_RETRY_SECONDS = (0.5, 30.0)
 # a pending event older than this was stored by a process that did not apply it
 ORPHANED_AFTER = dt.timedelta(seconds=30)
 ORPHAN_ROUNDS = 20
-FAILED_OUTCOME = "failed"
-DEAD_LETTER_OUTCOME = "dead_letter"
 # failed applies after which an event is a dead letter; the first retry waits this long,
 # each next one twice as long
 DEAD_LETTER_AFTER = 5
@@ -82,7 +78,6 @@ HOLD_PENDING_AFTER = dt.timedelta(seconds=5)
 
 Outcome = IngestResult | BaseException
 T = TypeVar("T")
-_INBOX = cast(Table, m.ReceivedEvent.__table__)
 
 
 def is_conflict(error: BaseException) -> bool:
@@ -92,6 +87,18 @@ def is_conflict(error: BaseException) -> bool:
     original = getattr(cause, "orig", None)
     sqlstate = getattr(original, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate.startswith("40")
+
+
+def store_in_inbox(
+    session: Session,
+    events: Sequence[Event],
+    now: dt.datetime,
+    *,
+    outcome: str = PENDING_OUTCOME,
+) -> set[str]:
+    """Store each event once in the inbox, with `outcome` (PENDING_OUTCOME: stored, to be
+    applied); returns the ids that were not already accepted."""
+    return store.store_events(session, events, now, outcome)
 
 
 class Intake:
@@ -286,26 +293,11 @@ def _one_by_one_on_failure(
     return outcomes
 
 
-# not applied (yet): what the gate holds messages for, and what applying may still change
-_UNAPPLIED = (PENDING_OUTCOME, FAILED_OUTCOME, DEAD_LETTER_OUTCOME)
-_PENDING_OF = (
-    select(_INBOX.c.id)
-    .where(keys_in(_INBOX.c.id, "ids"), _INBOX.c.outcome.in_(_UNAPPLIED))
-    .order_by(_INBOX.c.id)
-)
-_ATTEMPTS_OF = select(_INBOX.c.attempts).where(
-    _INBOX.c.id == bindparam("id"), _INBOX.c.outcome.in_(_UNAPPLIED)
-)
-
-
 def pending_of(session: Session, ids: Sequence[str]) -> set[str]:
     """Which of these inbox rows are still to be applied (pending, failed or dead-lettered
     before), locked (on PostgreSQL) until the end of the transaction, so no one else applies
     them meanwhile."""
-    query = _PENDING_OF
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    return set(session.connection().execute(query, {"ids": list(ids)}).scalars())
+    return store.unapplied_of(session, ids)
 
 
 def _one_line(error: BaseException) -> str:
@@ -325,10 +317,7 @@ def mark_failed(
     letter, logged at ERROR this once."""
     try:
         with transaction(sessions) as session:
-            query = _ATTEMPTS_OF
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update()
-            attempts = session.connection().execute(query, {"id": event_id}).scalar()
+            attempts = store.attempts_of(session, event_id)
             if attempts is None:
                 return  # applied meanwhile by someone else
             attempts += 1
@@ -338,15 +327,8 @@ def mark_failed(
                 detail = f"dead letter after {attempts} attempt(s): {_one_line(error)}"
             else:
                 detail = f"could not be applied (attempt {attempts}): {_one_line(error)}"
-            session.execute(
-                update(_INBOX)
-                .where(_INBOX.c.id == event_id)
-                .values(
-                    outcome=DEAD_LETTER_OUTCOME if dead else FAILED_OUTCOME,
-                    detail=detail[:500],
-                    attempts=attempts,
-                    retry_at=retry_at,
-                )
+            store.record_failure(
+                session, event_id, dead=dead, detail=detail, attempts=attempts, retry_at=retry_at
             )
     except StoreUnavailable as unreachable:  # it stays as it was; the clock tries it again
         log.warning("event %s stays unapplied: %s", event_id, unreachable)
@@ -386,29 +368,13 @@ def apply_orphaned(
     found (a process applying one of them at the same moment applies it once)."""
     total = 0
     now = clock()
-    unapplied = or_(
-        and_(
-            _INBOX.c.outcome == PENDING_OUTCOME,
-            _INBOX.c.received_at <= now - older_than,
-        ),
-        and_(
-            _INBOX.c.outcome == FAILED_OUTCOME,
-            # rows failed before retries were timed have none
-            or_(_INBOX.c.retry_at.is_(None), _INBOX.c.retry_at <= now),
-        ),
-    )
-    position = tuple_(_INBOX.c.received_at, _INBOX.c.id)
     after: tuple[dt.datetime, str] | None = None
     # each round starts after the last row of the one before, so events that fail again
     # (they stay `failed`) are not read again ahead of the rest; bounded, so what is left
     # waits for the next call
     for _ in range(ORPHAN_ROUNDS):
-        query = select(_INBOX.c.id, _INBOX.c.body, _INBOX.c.received_at).where(unapplied)
-        if after is not None:
-            query = query.where(position > after)
-        query = query.order_by(_INBOX.c.received_at, _INBOX.c.id).limit(limit)
         with sessions() as session:
-            rows = session.connection().execute(query).all()
+            rows = store.due_again(session, now - older_than, now, after, limit)
         if not rows:
             break
         after = (rows[-1].received_at, rows[-1].id)
@@ -428,88 +394,13 @@ def apply_orphaned(
 # -- what the final gate and ops read -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Unapplied:
-    """An accepted event not applied: the messages of its borrower and loan wait for it."""
-
-    id: str
-    outcome: str
-
-
-_UNAPPLIED_ABOUT = (
-    select(_INBOX.c.id, _INBOX.c.outcome, _INBOX.c.borrower_id, _INBOX.c.loan_id)
-    .where(
-        _INBOX.c.outcome.in_(_UNAPPLIED),
-        or_(_INBOX.c.outcome != PENDING_OUTCOME, _INBOX.c.received_at <= bindparam("cutoff")),
-        or_(keys_in(_INBOX.c.borrower_id, "borrowers"), keys_in(_INBOX.c.loan_id, "loans")),
-    )
-    .order_by(_INBOX.c.received_at, _INBOX.c.id)
-)
-
-
 def unapplied_about(
     session: Session, borrower_ids: Iterable[str], loan_ids: Iterable[str], now: dt.datetime
 ) -> dict[tuple[str, str], Unapplied]:
     """The oldest event not applied about each of these borrowers and loans, keyed
     ("borrower", id) or ("loan", id): failed and dead-lettered ones, and pending ones older
     than HOLD_PENDING_AFTER (younger ones are being applied by the process that took them)."""
-    borrowers, loans = sorted(set(borrower_ids)), sorted(set(loan_ids))
-    if not borrowers and not loans:
-        return {}
-    found: dict[tuple[str, str], Unapplied] = {}
-    rows = session.connection().execute(
-        _UNAPPLIED_ABOUT,
-        {"cutoff": now - HOLD_PENDING_AFTER, "borrowers": borrowers, "loans": loans},
-    )
-    for row in rows:
-        event = Unapplied(row.id, row.outcome)
-        if row.borrower_id is not None:
-            found.setdefault(("borrower", row.borrower_id), event)
-        if row.loan_id is not None:
-            found.setdefault(("loan", row.loan_id), event)
-    return found
-
-
-def dead_letter_count(session: Session) -> int:
-    query = select(func.count()).where(_INBOX.c.outcome == DEAD_LETTER_OUTCOME)
-    return int(session.connection().execute(query).scalar_one())
-
-
-def dead_letters(session: Session, limit: int = 100) -> list[dict[str, Any]]:
-    """The dead letters, oldest first, as ops read them."""
-    query = (
-        select(
-            _INBOX.c.id,
-            _INBOX.c.type,
-            _INBOX.c.borrower_id,
-            _INBOX.c.loan_id,
-            _INBOX.c.occurred_at,
-            _INBOX.c.received_at,
-            _INBOX.c.attempts,
-            _INBOX.c.detail,
-        )
-        .where(_INBOX.c.outcome == DEAD_LETTER_OUTCOME)
-        .order_by(_INBOX.c.received_at, _INBOX.c.id)
-        .limit(limit)
-    )
-    return [
-        {
-            "id": row.id,
-            "type": row.type,
-            "borrower_id": row.borrower_id,
-            "loan_id": row.loan_id,
-            "occurred_at": row.occurred_at.isoformat(),
-            "received_at": row.received_at.isoformat(),
-            "attempts": row.attempts,
-            "error": row.detail,
-        }
-        for row in session.connection().execute(query)
-    ]
-
-
-_INBOX_ROW = select(
-    _INBOX.c.body, _INBOX.c.outcome, _INBOX.c.detail, _INBOX.c.borrower_id, _INBOX.c.loan_id
-).where(_INBOX.c.id == bindparam("id"))
+    return store.unapplied_about(session, borrower_ids, loan_ids, now - HOLD_PENDING_AFTER)
 
 
 def redrive(
@@ -522,7 +413,7 @@ def redrive(
     after (a failure makes it a dead letter again), or None when it is no dead letter. The
     messages held for it are brought forward, so the gate decides on them at once."""
     with sessions() as session:
-        row = session.connection().execute(_INBOX_ROW, {"id": event_id}).first()
+        row = store.stored_event(session, event_id)
     if row is None or row.outcome != DEAD_LETTER_OUTCOME:
         return None
     try:
@@ -530,31 +421,8 @@ def redrive(
     except EventError as error:
         mark_failed(sessions, event_id, error, clock(), permanent=True)
     with transaction(sessions) as session:
-        after = session.connection().execute(_INBOX_ROW, {"id": event_id}).one()
-        if after.outcome not in _UNAPPLIED:
-            _bring_held_forward(session, row.borrower_id, row.loan_id, clock())
+        after = store.stored_event(session, event_id)
+        if after.outcome not in UNAPPLIED_OUTCOMES:
+            bring_held_forward(session, row.borrower_id, row.loan_id, clock())
     log.info("dead letter %s re-driven: %s", event_id, after.outcome)
     return after.outcome, after.detail
-
-
-def _bring_held_forward(
-    session: Session, borrower_id: str | None, loan_id: str | None, now: dt.datetime
-) -> None:
-    messages = cast(Table, m.Message.__table__)
-    about = [
-        column == value
-        for column, value in ((messages.c.borrower_id, borrower_id), (messages.c.loan_id, loan_id))
-        if value is not None
-    ]
-    if not about:
-        return
-    session.execute(
-        update(messages)
-        .where(
-            messages.c.status == Status.DEFERRED.value,
-            messages.c.reason == Reason.EVENT_PENDING.value,
-            messages.c.send_at > now,
-            or_(*about),
-        )
-        .values(send_at=now)
-    )

@@ -32,7 +32,7 @@ from outreach.errors import StoreUnavailable, TransientError
 from outreach.lua import lua_script
 from outreach.service.delivery_status import record_status
 from outreach.service.inbound import handle_sms_reply
-from outreach.service.state import normalize_recipient
+from outreach.store.borrowers import normalize_recipient
 from outreach.store.db import transaction
 
 log = logging.getLogger(__name__)

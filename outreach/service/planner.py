@@ -27,7 +27,7 @@ from outreach.domain import (
     Status,
 )
 from outreach.service.messages import new_id
-from outreach.service.state import flush_state, load_borrowers, load_loans
+from outreach.store.borrowers import flush_state, load_borrowers, load_loans
 from outreach.store.loans import loan_ids_of_borrowers
 from outreach.store.messages import (
     PENDING,

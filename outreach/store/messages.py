@@ -266,6 +266,27 @@ def pending_of(
     return found
 
 
+def loans_with_pending_messages(
+    session: Session, borrower_ids: Sequence[str]
+) -> dict[str, set[str]]:
+    """For each of these borrowers, the loans its pending messages are about."""
+    found: dict[str, set[str]] = {}
+    for index in range(0, len(borrower_ids), IN_CHUNK):
+        query = (
+            select(MESSAGES.c.borrower_id, MESSAGES.c.loan_id)
+            .where(
+                MESSAGES.c.borrower_id.in_(list(borrower_ids[index : index + IN_CHUNK])),
+                MESSAGES.c.status.in_(PENDING),
+                MESSAGES.c.loan_id.is_not(None),
+            )
+            .distinct()
+        )
+        for borrower_id, loan_id in session.execute(query):
+            if loan_id is not None:
+                found.setdefault(borrower_id, set()).add(loan_id)
+    return found
+
+
 _KEYS_OF_LOANS = select(MESSAGES.c.loan_id, MESSAGES.c.idempotency_key).where(
     keys_in(MESSAGES.c.loan_id, "ids")
 )
@@ -346,6 +367,31 @@ def sent_text(session: Session, message_id: str) -> tuple[str | None, ...]:
     """The body, subject, text and HTML a message was handed over with."""
     row = session.connection().execute(_CONTENT, {"message_id": message_id}).one()
     return tuple(row)
+
+
+def bring_held_forward(
+    session: Session, borrower_id: str | None, loan_id: str | None, now: dt.datetime
+) -> None:
+    """Messages held for an event about this borrower or loan (`event_pending`) are due
+    now: the event is applied, and the gate decides on them at once."""
+    messages = MESSAGES
+    about = [
+        column == value
+        for column, value in ((messages.c.borrower_id, borrower_id), (messages.c.loan_id, loan_id))
+        if value is not None
+    ]
+    if not about:
+        return
+    session.execute(
+        update(messages)
+        .where(
+            messages.c.status == Status.DEFERRED.value,
+            messages.c.reason == Reason.EVENT_PENDING.value,
+            messages.c.send_at > now,
+            or_(*about),
+        )
+        .values(send_at=now)
+    )
 
 
 # -- the clock --------------------------------------------------------------------------------

@@ -17,17 +17,18 @@ import pytest
 import redis
 from sqlalchemy import Engine, text, update
 
-from outreach.service.apply import PENDING_OUTCOME, store_in_inbox
 from outreach.service.inbox import (
     DEAD_LETTER_AFTER,
     HOLD_PENDING_AFTER,
     RETRY_AFTER,
     apply_orphaned,
+    store_in_inbox,
     unapplied_about,
 )
 from outreach.service.parse import parse_event
 from outreach.store import models as m
 from outreach.store.db import make_session_factory, transaction
+from outreach.store.inbox import PENDING_OUTCOME
 from tests.conftest import REDIS_URL
 from tests.factories import (
     borrower_upserted,

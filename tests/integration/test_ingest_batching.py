@@ -16,9 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
 
-from outreach.service import state
-from outreach.service.apply import store_in_inbox
-from outreach.service.inbox import RETRY_AFTER, apply_orphaned
+from outreach.service import apply as applying
+from outreach.service.inbox import RETRY_AFTER, apply_orphaned, store_in_inbox
 from outreach.service.parse import Event, parse_event
 from outreach.store import models as m
 from outreach.store.db import transaction
@@ -70,7 +69,7 @@ class HeldBatch:
         self.live = live
         self.entered = threading.Event()
         self.release_event = threading.Event()
-        real = state.APPLY["payment.received"]
+        real = applying.APPLY["payment.received"]
         self.hold_id = "pay-hold"
         self.posted: list[str] = []
 
@@ -80,7 +79,7 @@ class HeldBatch:
                 assert self.release_event.wait(60), "the held batch was never released"
             return real(session, event, now)
 
-        monkeypatch.setitem(state.APPLY, "payment.received", apply)
+        monkeypatch.setitem(applying.APPLY, "payment.received", apply)
         holder = payment_received("l-hold", amount="1.00", amount_due_after="0")
         holder["data"]["payment_id"] = self.hold_id
         assert post(live, holder, settle=False).status_code == 202  # answered once stored
@@ -206,14 +205,14 @@ def test_one_event_that_fails_does_not_fail_the_others_and_is_tried_again(
     assert post(live, borrower_upserted("b-fail", timezone=zone)).status_code == 202
     assert post(live, loan_updated("l-fail", "b-fail", days_past_due=3)).status_code == 202
     batch = held()
-    real = state.APPLY["payment.received"]
+    real = applying.APPLY["payment.received"]
 
     def explode(session: Any, event: Event, now: Any) -> str:
         if event.data.payment_id == "pay-explodes":
             raise RuntimeError("this event's apply fails")
         return real(session, event, now)
 
-    state.APPLY["payment.received"] = explode  # restored by the monkeypatch of `held`
+    applying.APPLY["payment.received"] = explode  # restored by the monkeypatch of `held`
     bad = payment_received("l-fail", amount="250.00", amount_due_after="0")
     bad["data"]["payment_id"] = "pay-explodes"
     events = [
@@ -242,7 +241,7 @@ def test_one_event_that_fails_does_not_fail_the_others_and_is_tried_again(
     assert post(live, bad).status_code == 200
 
     # once the fault is gone, the clock's first sweep after its retry time applies it
-    state.APPLY["payment.received"] = real
+    applying.APPLY["payment.received"] = real
     assert live.clock.apply_orphaned_events() == 0  # not before its retry time
     retry_time = live.services.dispatcher.now() + RETRY_AFTER
     sessions, policy = live.services.runtime.sessions, live.services.policy
@@ -327,14 +326,14 @@ def test_events_that_fail_again_do_not_hold_back_the_ones_behind_them(
     zone = zone_at_local_hour(3)
     assert post(live, borrower_upserted("b-behind", timezone=zone)).status_code == 202
     assert post(live, loan_updated("l-behind", "b-behind", days_past_due=3)).status_code == 202
-    real = state.APPLY["payment.received"]
+    real = applying.APPLY["payment.received"]
 
     def explode(session: Any, event: Event, now: Any) -> str:
         if event.data.payment_id.startswith("pay-still-failing"):
             raise RuntimeError("still failing")
         return real(session, event, now)
 
-    monkeypatch.setitem(state.APPLY, "payment.received", explode)
+    monkeypatch.setitem(applying.APPLY, "payment.received", explode)
     now = live.services.dispatcher.now()
     failing = []
     for index in range(3):

@@ -14,8 +14,8 @@ from sqlalchemy import Engine, select
 from outreach import policy as pol
 from outreach.service.apply import ingest_many
 from outreach.service.parse import parse_event
-from outreach.service.state import load_borrowers, load_loans
 from outreach.store import models as m
+from outreach.store.borrowers import load_borrowers, load_loans
 from outreach.store.db import make_session_factory, transaction
 from tests.conftest import REPO_ROOT
 from tests.factories import borrower_upserted, loan_updated

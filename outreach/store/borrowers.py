@@ -1,4 +1,7 @@
-"""Borrower and loan state: events applied to rows, rows read back as domain values."""
+"""Borrowers and loans in the database: the rows a transaction holds for update (written
+back together, `flush_state`), their states read back as domain values, and what is
+recorded about them — payments, promises, plans, visits, restrictions, opt-outs and
+addresses that cannot receive messages."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, Self, TypeVar, cast
 
-from sqlalchemy import Row, Select, Table, bindparam, delete, select, text, update
+from sqlalchemy import Select, Table, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from outreach.domain import (
@@ -25,7 +28,6 @@ from outreach.domain import (
     Promise,
     Restriction,
 )
-from outreach.service import parse as ev
 from outreach.store import models as m
 from outreach.store.bulk import insert_rows, row_tuple, update_rows
 from outreach.store.keysets import keys_in
@@ -44,7 +46,7 @@ def normalize_recipient(channel: Channel | str, recipient: str) -> str:
     return recipient.strip().lower() if Channel(channel) is Channel.EMAIL else recipient.strip()
 
 
-# --- applying events -------------------------------------------------------------------------
+# --- rows held for update --------------------------------------------------------------------
 
 
 class HeldRecord:
@@ -62,21 +64,20 @@ class HeldRecord:
     HELD: ClassVar[str]
 
     __slots__ = ("_written",)
-    # COLUMNS read and set in one step (a loop of getattr/setattr costs several times as much
-    # per row, and a nightly report holds every loan)
+    # COLUMNS read in one step (a loop of getattr costs several times as much per row, and
+    # a nightly report holds every loan)
     _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]
-    _ASSIGN: ClassVar[Callable[[Any, Sequence[Any]], None]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._VALUES = operator.attrgetter(*cls.COLUMNS)
-        cls._ASSIGN = _assigner(cls.COLUMNS)
 
     def __init__(self, values: Sequence[Any], *, stored: bool) -> None:
         """From the row's values in COLUMNS order."""
         if len(values) != len(self.COLUMNS):
             raise ValueError(f"{type(self).__name__} takes {len(self.COLUMNS)} values")
-        type(self)._ASSIGN(self, values)
+        for name, value in zip(self.COLUMNS, values, strict=True):
+            setattr(self, name, value)
         # the values the database has, or None for a row not inserted yet
         self._written: tuple[Any, ...] | None = tuple(values) if stored else None
 
@@ -87,17 +88,6 @@ class HeldRecord:
 
     def values(self) -> tuple[Any, ...]:
         return type(self)._VALUES(self)
-
-
-def _assigner(columns: Sequence[str]) -> Callable[[Any, Sequence[Any]], None]:
-    """A function setting `columns` on an object from a sequence of values, in one unpacking
-    (the names are a table's own columns, checked as identifiers)."""
-    if not all(name.isidentifier() for name in columns):
-        raise ValueError(f"not attribute names: {columns}")
-    targets = ", ".join(f"record.{name}" for name in columns)
-    namespace: dict[str, Any] = {}
-    exec(f"def assign(record, values):\n    ({targets},) = values\n", namespace)
-    return cast(Callable[[Any, Sequence[Any]], None], namespace["assign"])
 
 
 class LoanRecord(HeldRecord):
@@ -347,186 +337,143 @@ def flush_state(session: Session) -> None:
 Held = TypeVar("Held", bound=HeldRecord)
 
 
-def apply_borrower(session: Session, event: ev.Event, now: dt.datetime) -> str:
-    """Upsert a borrower; an update older than the one applied is recorded and ignored."""
-    data: ev.BorrowerIn = event.data.borrower
-    row = for_update(session, BorrowerRecord, data.id)
-    if row is not None and row.state_as_of > event.occurred_at:
-        return "ignored_stale"
-    if row is None:
-        row = _held(session, BorrowerRecord)[data.id] = BorrowerRecord.new(data.id)
-        row.created_at = now
-    row.name = data.name
-    row.locale = data.locale
-    row.email = data.email
-    row.timezone = data.timezone
-    address = data.address or ev.AddressIn()
-    row.address_country = address.country
-    row.address_region = address.region
-    row.address_city = address.city
-    row.address_postal_code = address.postal_code
-    row.consent_sms = data.consent.sms
-    row.consent_email = data.consent.email
-    row.tags = sorted(set(data.tags))
-    row.state_as_of = event.occurred_at
-    row.updated_at = now
-    row.phones = tuple(dict.fromkeys(data.phones))
-    return "applied"
+# --- what the loan system reports besides the loan row ----------------------------------------
 
 
-def apply_loan(session: Session, event: ev.Event, now: dt.datetime) -> str:
-    data: ev.LoanIn = event.data.loan
-    row = loan_for_update(session, data.id)
-    if row is not None and row.state_as_of > event.occurred_at:
-        return "ignored_stale"
-    if row is not None and row.closed_reason is not None:
-        return "ignored_closed"
-    if row is None:
-        row = _held(session, LoanRecord)[data.id] = LoanRecord.new(data.id)
-        row.created_at = now
-    row.borrower_id = data.borrower_id
-    row.product = data.product
-    row.currency = data.currency
-    row.amount_due = data.amount_due
-    row.balance = data.balance
-    row.days_past_due = data.days_past_due
-    row.due_date = data.due_date
-    row.account_number = data.account_number
-    row.state_as_of = event.occurred_at
-    row.updated_at = now
-    return "applied"
-
-
-def apply_payment(session: Session, event: ev.Event, now: dt.datetime) -> str:
-    data: ev.PaymentReceived = event.data
-    if session.get(m.Payment, data.payment_id) is None:
+def record_payment(
+    session: Session,
+    payment_id: str,
+    loan_id: str,
+    amount: Decimal,
+    paid_at: dt.datetime,
+    amount_due_after: Decimal,
+) -> None:
+    """Record a payment, once (a payment id seen before changes nothing)."""
+    if session.get(m.Payment, payment_id) is None:
         session.add(
             m.Payment(
-                id=data.payment_id,
-                loan_id=data.loan_id,
-                amount=data.amount,
-                paid_at=data.paid_at,
-                amount_due_after=data.amount_due_after,
+                id=payment_id,
+                loan_id=loan_id,
+                amount=amount,
+                paid_at=paid_at,
+                amount_due_after=amount_due_after,
             )
         )
-    loan = loan_for_update(session, data.loan_id)
-    if loan is None:
-        return "recorded_unknown_loan"
-    if loan.state_as_of > event.occurred_at:
-        # a later loan.updated already reflects this payment in the amount due
-        return "recorded_stale"
-    loan.amount_due = data.amount_due_after
-    if data.amount_due_after <= 0:
-        loan.days_past_due = min(loan.days_past_due, 0)
-    loan.state_as_of = event.occurred_at
-    loan.updated_at = now
-    return "applied"
 
 
-def apply_promise(session: Session, event: ev.Event, now: dt.datetime) -> str:
-    data: ev.PromiseCreated = event.data
-    if session.get(m.PromiseToPay, data.promise_id) is not None:
-        return "ignored_known"
+def record_promise(
+    session: Session,
+    promise_id: str,
+    loan_id: str,
+    amount: Decimal,
+    promised_date: dt.date,
+    created_at: dt.datetime,
+) -> bool:
+    """Record a promise to pay; False when its id is known already."""
+    if session.get(m.PromiseToPay, promise_id) is not None:
+        return False
     session.add(
         m.PromiseToPay(
-            id=data.promise_id,
-            loan_id=data.loan_id,
-            amount=data.amount,
-            promised_date=data.promised_date,
-            created_at=event.occurred_at,
+            id=promise_id,
+            loan_id=loan_id,
+            amount=amount,
+            promised_date=promised_date,
+            created_at=created_at,
         )
     )
-    return "applied"
+    return True
 
 
-def apply_plan(session: Session, event: ev.Event, now: dt.datetime) -> str:
-    data: ev.PlanCreated = event.data
-    if session.get(m.PaymentPlan, data.plan_id) is not None:
-        return "ignored_known"
+def record_plan(
+    session: Session,
+    plan_id: str,
+    loan_id: str,
+    instalments: Sequence[tuple[dt.date, Decimal]],
+    created_at: dt.datetime,
+) -> bool:
+    """Record a payment plan (instalments in date order); False when its id is known already."""
+    if session.get(m.PaymentPlan, plan_id) is not None:
+        return False
     session.add(
         m.PaymentPlan(
-            id=data.plan_id,
-            loan_id=data.loan_id,
+            id=plan_id,
+            loan_id=loan_id,
             instalments=[
-                {"due_date": item.due_date.isoformat(), "amount": str(item.amount)}
-                for item in sorted(data.instalments, key=lambda item: item.due_date)
+                {"due_date": due_date.isoformat(), "amount": str(amount)}
+                for due_date, amount in sorted(instalments, key=operator.itemgetter(0))
             ],
-            created_at=event.occurred_at,
+            created_at=created_at,
         )
     )
-    return "applied"
+    return True
 
 
-def apply_visit(session: Session, event: ev.Event, now: dt.datetime) -> str:
-    data: ev.VisitScheduled = event.data
-    row = session.get(m.FieldVisit, data.visit_id)
+def record_visit(
+    session: Session,
+    visit_id: str,
+    loan_id: str,
+    visit_at: dt.datetime,
+    collector_name: str,
+    collector_id: str,
+    reported_at: dt.datetime,
+) -> bool:
+    """Record a field visit, or its change; False when a later report of it is recorded."""
+    row = session.get(m.FieldVisit, visit_id)
     if row is None:
-        row = m.FieldVisit(id=data.visit_id, created_at=event.occurred_at)
+        row = m.FieldVisit(id=visit_id, created_at=reported_at)
         session.add(row)
-    elif row.created_at > event.occurred_at:
-        return "ignored_stale"
-    row.loan_id = data.loan_id
-    row.visit_at = data.visit_at
-    row.collector_name = data.collector_name
-    row.collector_id = data.collector_id
-    row.created_at = event.occurred_at
-    return "applied"
+    elif row.created_at > reported_at:
+        return False
+    row.loan_id = loan_id
+    row.visit_at = visit_at
+    row.collector_name = collector_name
+    row.collector_id = collector_id
+    row.created_at = reported_at
+    return True
 
 
-def apply_restriction(session: Session, event: ev.Event, now: dt.datetime) -> str:
-    data: ev.ContactRestricted = event.data
+def record_restriction(
+    session: Session,
+    borrower_id: str,
+    restriction: str,
+    active: bool,
+    windows: Sequence[tuple[dt.time, dt.time, Sequence[int]]] | None,
+    reported_at: dt.datetime,
+    now: dt.datetime,
+) -> bool:
+    """Record a contact restriction in force or lifted (its inconvenient windows, if any);
+    False when a later report of it is recorded."""
     row = session.scalar(
         select(m.ContactRestriction)
         .where(
-            m.ContactRestriction.borrower_id == data.borrower_id,
-            m.ContactRestriction.restriction == data.restriction.value,
+            m.ContactRestriction.borrower_id == borrower_id,
+            m.ContactRestriction.restriction == restriction,
         )
         .with_for_update()
     )
-    if row is not None and row.state_as_of > event.occurred_at:
-        return "ignored_stale"
+    if row is not None and row.state_as_of > reported_at:
+        return False
     if row is None:
-        row = m.ContactRestriction(borrower_id=data.borrower_id, restriction=data.restriction.value)
+        row = m.ContactRestriction(borrower_id=borrower_id, restriction=restriction)
         session.add(row)
-    row.active = data.active
+    row.active = active
     row.windows = (
         [
-            {
-                "start": window.start.isoformat(),
-                "end": window.end.isoformat(),
-                "days": list(window.days),
-            }
-            for window in data.windows
+            {"start": start.isoformat(), "end": end.isoformat(), "days": list(days)}
+            for start, end, days in windows
         ]
-        if data.windows
+        if windows
         else None
     )
-    row.state_as_of = event.occurred_at
+    row.state_as_of = reported_at
     row.updated_at = now
-    return "applied"
+    return True
 
 
-def apply_closure(session: Session, event: ev.Event, now: dt.datetime) -> str:
-    data: ev.LoanClosed = event.data
-    loan = loan_for_update(session, data.loan_id)
-    if loan is None:
-        return "recorded_unknown_loan"
-    loan.closed_reason = data.reason.value
-    loan.state_as_of = max(loan.state_as_of, event.occurred_at)
-    loan.updated_at = now
-    return "applied"
-
-
-APPLY = {
-    "borrower.upserted": apply_borrower,
-    "loan.updated": apply_loan,
-    "payment.received": apply_payment,
-    "promise_to_pay.created": apply_promise,
-    "payment_plan.created": apply_plan,
-    "field_visit.scheduled": apply_visit,
-    "contact.restricted": apply_restriction,
-    "loan.closed": apply_closure,
-}
+def new_held(session: Session, kind: type[Held], key: str) -> Held:
+    """A row this transaction will insert, held like the rows it read (see `hold`)."""
+    record = _held(session, kind)[key] = kind.new(key)
+    return record
 
 
 def set_opt_out(
@@ -615,75 +562,12 @@ _PAYMENTS = _table(m.Payment)
 _PROMISES = _table(m.PromiseToPay)
 _PLANS = _table(m.PaymentPlan)
 _VISITS = _table(m.FieldVisit)
-# Built once: these run for every plan and every send, and building a statement costs more
-# than running it.
-_BORROWER_QUERY = select(_BORROWERS).where(_BORROWERS.c.id == bindparam("borrower_id"))
-_PHONES_QUERY = (
-    select(_PHONES.c.phone)
-    .where(_PHONES.c.borrower_id == bindparam("borrower_id"))
-    .order_by(_PHONES.c.position)
-)
-_LOAN_QUERY = select(_LOANS).where(_LOANS.c.id == bindparam("loan_id"))
-_OPTED_OUT_QUERY = select(_OPT_OUTS.c.channel, _OPT_OUTS.c.recipient).where(
-    keys_in(_OPT_OUTS.c.recipient, "recipients"),
-    _OPT_OUTS.c.opted_out.is_(True),
-)
-_INVALID_QUERY = select(_INVALID.c.channel, _INVALID.c.recipient).where(
-    keys_in(_INVALID.c.recipient, "recipients")
-)
-_RESTRICTIONS_QUERY = select(_RESTRICTIONS).where(
-    _RESTRICTIONS.c.borrower_id == bindparam("borrower_id")
-)
-_PAYMENTS_QUERY = (
-    select(_PAYMENTS)
-    .where(_PAYMENTS.c.loan_id == bindparam("loan_id"))
-    .order_by(_PAYMENTS.c.paid_at)
-)
-_PROMISES_QUERY = (
-    select(_PROMISES)
-    .where(_PROMISES.c.loan_id == bindparam("loan_id"))
-    .order_by(_PROMISES.c.created_at)
-)
-_PLANS_QUERY = (
-    select(_PLANS).where(_PLANS.c.loan_id == bindparam("loan_id")).order_by(_PLANS.c.created_at)
-)
-_VISITS_QUERY = (
-    select(_VISITS).where(_VISITS.c.loan_id == bindparam("loan_id")).order_by(_VISITS.c.visit_at)
-)
-
-
-def _rows(
-    session: Session, query: Select[Any], *, flush: bool = True, **params: Any
-) -> Sequence[Row[Any]]:
-    """Rows of a prebuilt query, after the session's pending changes (as autoflush would;
-    `flush=False` right after a query that flushed)."""
-    if flush:
-        flush_state(session)
-    return session.connection().execute(query, params).all()
 
 
 def load_borrower(session: Session, borrower_id: str) -> BorrowerState | None:
-    """The borrower's state as the database (with this session's changes) has it."""
-    rows = _rows(session, _BORROWER_QUERY, borrower_id=borrower_id)
-    if not rows:
-        return None
-    phones = tuple(_rows(session, _PHONES_QUERY, borrower_id=borrower_id, flush=False))
-    return _borrower_state(session, rows[0], tuple(phone for (phone,) in phones))
-
-
-def borrower_state(session: Session, row: m.Borrower) -> BorrowerState:
-    return _borrower_state(session, row, tuple(phone.phone for phone in row.phones))
-
-
-def _borrower_state(session: Session, row: Any, phones: tuple[str, ...]) -> BorrowerState:
-    addresses = _addresses(row, phones)
-    return _compose_borrower(
-        row,
-        phones,
-        _rows(session, _OPTED_OUT_QUERY, recipients=addresses) if addresses else (),
-        _rows(session, _INVALID_QUERY, recipients=addresses) if addresses else (),
-        _rows(session, _RESTRICTIONS_QUERY, borrower_id=row.id),
-    )
+    """The borrower's state as the database (with this session's changes) has it: a batch
+    read of one (`load_borrowers`)."""
+    return load_borrowers(session, (borrower_id,)).get(borrower_id)
 
 
 def _recipients(row: Any, phones: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -742,22 +626,6 @@ def _compose_borrower(
         invalid_addresses=frozenset(invalid),
         active_restrictions=active,
         inconvenient_windows=windows,
-    )
-
-
-def load_loan(session: Session, loan_id: str) -> LoanState | None:
-    """The loan's state as the database (with this session's changes) has it."""
-    rows = _rows(session, _LOAN_QUERY, loan_id=loan_id)
-    return loan_state(session, rows[0]) if rows else None
-
-
-def loan_state(session: Session, row: Row[Any]) -> LoanState:
-    return compose_loan(
-        row,
-        _rows(session, _PAYMENTS_QUERY, loan_id=row.id),
-        _rows(session, _PROMISES_QUERY, loan_id=row.id, flush=False),
-        _rows(session, _PLANS_QUERY, loan_id=row.id, flush=False),
-        _rows(session, _VISITS_QUERY, loan_id=row.id, flush=False),
     )
 
 
@@ -830,7 +698,8 @@ def _grouped(rows: Iterable[Any], key: str) -> dict[str, list[Any]]:
 
 
 def load_borrowers(session: Session, borrower_ids: Iterable[str]) -> dict[str, BorrowerState]:
-    """The states of many borrowers, as `load_borrower` reads each, in five queries."""
+    """The states of many borrowers, as the database (with this session's changes) has them,
+    in five queries (a batch's states are read together: the one read path)."""
     ids = sorted(set(borrower_ids))
     if not ids:
         return {}
@@ -860,7 +729,8 @@ def load_borrowers(session: Session, borrower_ids: Iterable[str]) -> dict[str, B
 
 
 def load_loans(session: Session, loan_ids: Iterable[str]) -> dict[str, LoanState]:
-    """The states of many loans, as `load_loan` reads each, in five queries."""
+    """The states of many loans, as the database (with this session's changes) has them, in
+    five queries."""
     ids = sorted(set(loan_ids))
     if not ids:
         return {}
