@@ -292,7 +292,7 @@ class Dispatcher:
         groups: list[list[tuple[str, Dispatcher._Prepared]]] = []
         together = False
         for item in prepared:
-            at_once = getattr(self.senders[item[1].channel], "hands_over_at_once", False)
+            at_once = self.senders[item[1].channel].hands_over_at_once
             if at_once and together:
                 groups[-1].append(item)
             else:
@@ -741,7 +741,7 @@ class Dispatcher:
             # ends, so the reconciler asks the provider; never resent on a guess
             log.warning("outcome unknown for %s: %s", message_id, unknown)
             return "unknown"
-        if accepted is not None and not getattr(sender, "reports_status_by_callback", True):
+        if accepted is not None and not sender.reports_status_by_callback:
             accepted.append((message_id, receipt, self.now()))
         else:
             self.record_accepted(message_id, receipt, self.now())
@@ -974,7 +974,7 @@ class Dispatcher:
                 html=html,
             )
         sender = self.senders[outgoing.channel]
-        if not getattr(sender, "finds_sent", True):
+        if not sender.finds_sent:
             self._record_unconfirmed(message_id, lease)
             return
         try:
@@ -991,7 +991,7 @@ class Dispatcher:
             with transaction(self.sessions) as session:
                 record_status(
                     session,
-                    provider=getattr(sender, "provider", outgoing.channel.value),
+                    provider=sender.provider,
                     provider_id=receipt.provider_id,
                     status=receipt.status,
                     error_code=receipt.error_code,
