@@ -61,6 +61,7 @@ from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
 from outreach.service.context import render_context
 from outreach.service.delivery_status import record_status
+from outreach.service.dispatch_outcome import MISSING, NOT_DUE, RETRY, SENT, UNKNOWN, Outcome
 from outreach.service.inbox import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
 from outreach.service.journal import HeldSenders
 from outreach.service.planner import planned_from_row, withhold
@@ -194,11 +195,11 @@ class Dispatcher:
 
     # -- the worker's one job ------------------------------------------------------------------
 
-    def dispatch(self, message_id: str) -> str:
+    def dispatch(self, message_id: str) -> Outcome:
         """Take one message as far as it may go now; returns what happened, for logs."""
         return self.dispatch_many([message_id])[message_id]
 
-    def dispatch_many(self, message_ids: Sequence[str]) -> dict[str, str]:
+    def dispatch_many(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
         """Take many messages as far as each may go now; returns each one's outcome.
 
         Each message goes through the steps `dispatch` takes, in the same order and with the
@@ -214,7 +215,7 @@ class Dispatcher:
         A message whose lease another attempt holds (it is being worked elsewhere) is left
         to that attempt, untouched: `skipped:leased`.
         """
-        outcomes: dict[str, str] = {}
+        outcomes: dict[str, Outcome] = {}
         attempt, mine = self._take_leases(message_ids, outcomes)
         try:
             with self._holding(mine) as lease:
@@ -235,7 +236,7 @@ class Dispatcher:
             yield token
 
     def _take_leases(
-        self, message_ids: Sequence[str], outcomes: dict[str, str]
+        self, message_ids: Sequence[str], outcomes: dict[str, Outcome]
     ) -> tuple[_Attempt, list[str]]:
         """A new attempt, and the messages it may work: those whose lease it took."""
         wanted = list(dict.fromkeys(message_ids))
@@ -250,14 +251,14 @@ class Dispatcher:
             log.warning("dispatching without leases: %s", error)
             return _Attempt(token, leased=False), wanted
         taken = set(mine)
-        outcomes.update((i, "skipped:leased") for i in wanted if i not in taken)
+        outcomes.update((i, Outcome.skipped("leased")) for i in wanted if i not in taken)
         return _Attempt(token, leased=True), mine
 
     def _dispatch_as(
         self, attempt: _Attempt, lease: str | None, message_ids: Sequence[str]
-    ) -> dict[str, str]:
+    ) -> dict[str, Outcome]:
         """`dispatch_many`'s work, for messages the attempt may work."""
-        outcomes: dict[str, str] = {}
+        outcomes: dict[str, Outcome] = {}
         gated_at = time.monotonic()
         prepared = self._gate_many(message_ids, outcomes)
         accepted: list[tuple[str, Receipt, dt.datetime]] = []
@@ -311,7 +312,7 @@ class Dispatcher:
         return closes is None or self.now() < closes
 
     def _gate_many(
-        self, message_ids: Sequence[str], outcomes: dict[str, str]
+        self, message_ids: Sequence[str], outcomes: dict[str, Outcome]
     ) -> list[tuple[str, Dispatcher._Prepared]]:
         now = self.now()
         prepared: list[tuple[str, Dispatcher._Prepared]] = []
@@ -326,7 +327,7 @@ class Dispatcher:
             for message_id in dict.fromkeys(message_ids):
                 row = rows.get(message_id)
                 if row is None:
-                    outcomes[message_id] = "missing"
+                    outcomes[message_id] = MISSING
                     continue
                 gated = self._gate_row(
                     session,
@@ -337,7 +338,7 @@ class Dispatcher:
                     unapplied.get(("borrower", row.borrower_id))
                     or (unapplied.get(("loan", row.loan_id)) if row.loan_id else None),
                 )
-                if isinstance(gated, str):
+                if isinstance(gated, Outcome):
                     outcomes[message_id] = gated
                 else:
                     prepared.append((message_id, gated))
@@ -348,7 +349,7 @@ class Dispatcher:
         self,
         group: list[tuple[str, Dispatcher._Prepared]],
         accepted: list[tuple[str, Receipt, dt.datetime]],
-        outcomes: dict[str, str],
+        outcomes: dict[str, Outcome],
         attempt: _Attempt,
         lease: str | None,
     ) -> None:
@@ -377,7 +378,7 @@ class Dispatcher:
                 # one another attempt handed over keeps its slot, whoever's reservation it is
                 if holder is not None and status not in HANDED_OVER:
                     self._release(prepared.borrower_id, message_id, holder)
-                outcomes[message_id] = f"skipped:{status}"
+                outcomes[message_id] = Outcome.skipped(status)
                 continue
             outcomes[message_id] = self._send(
                 message_id,
@@ -390,7 +391,7 @@ class Dispatcher:
     def _hold_for_unapplied_replies(
         self,
         ready: list[tuple[str, Dispatcher._Prepared, _Composed]],
-        outcomes: dict[str, str],
+        outcomes: dict[str, Outcome],
         attempt: str,
     ) -> list[tuple[str, Dispatcher._Prepared, _Composed]]:
         """SMS to a number whose reply is not applied (it waits in the journal: it came
@@ -418,11 +419,11 @@ class Dispatcher:
             for message_id, (_, until) in waiting.items():
                 row = rows.get(message_id)
                 if row is None or row.status != Status.QUEUED.value:
-                    outcomes[message_id] = f"skipped:{row.status if row else 'missing'}"
+                    outcomes[message_id] = Outcome.skipped(row.status if row else "missing")
                     continue
                 retry = Decision.wait(Reason.CHECK_UNAVAILABLE, until, check="unapplied_reply")
                 self._defer(row, retry, now)
-                outcomes[message_id] = "deferred:check_unavailable"
+                outcomes[message_id] = Outcome.deferred(Reason.CHECK_UNAVAILABLE)
             write_rows(session, [rows[i] for i in waiting if i in rows])
         for message_id, (prepared, _) in waiting.items():
             if prepared.capped:
@@ -452,16 +453,16 @@ class Dispatcher:
         borrower: BorrowerState | None,
         loan: LoanState | None,
         unapplied: Unapplied | None = None,
-    ) -> str | Dispatcher._Prepared:
+    ) -> Outcome | Dispatcher._Prepared:
         """The final gate on a locked row, with the latest borrower and loan state; held
         while an accepted event about them is `unapplied` (that state may be stale)."""
         if row.status not in (Status.QUEUED.value, *DUE_STATUSES):
-            return f"skipped:{row.status}"
+            return Outcome.skipped(row.status)
         if row.send_at > now:
             # released early (or redelivered after a deferral): the clock brings it back
             if row.status == Status.QUEUED.value:
                 row.move(Status.SCHEDULED, Reason.PLANNED, now, "not due yet")
-            return "not_due"
+            return NOT_DUE
         if unapplied is not None:
             # a dead letter waits for ops: looked at again less often than one being retried
             delay = DEAD_LETTER_HOLD if unapplied.outcome == DEAD_LETTER_OUTCOME else HOLD_DELAY
@@ -469,7 +470,7 @@ class Dispatcher:
                 Reason.EVENT_PENDING, now + delay, event=unapplied.id, outcome=unapplied.outcome
             )
             self._defer(row, hold, now)
-            return f"deferred:{Reason.EVENT_PENDING.value}"
+            return Outcome.deferred(Reason.EVENT_PENDING)
         if borrower is None:
             decision = Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown")
         elif row.loan_id is not None and loan is None:
@@ -487,10 +488,10 @@ class Dispatcher:
             )
         if decision.kind is DecisionKind.SUPPRESS:
             withhold(row, decision, now)
-            return f"withheld:{decision.reason.value}"
+            return Outcome.withheld(decision.reason)
         if decision.kind is DecisionKind.WAIT and decision.until is not None:
             self._defer(row, decision, now)
-            return f"deferred:{decision.reason.value}"
+            return Outcome.deferred(decision.reason)
         capped = pol.counts_against_caps(Purpose(row.purpose))
         if row.status != Status.QUEUED.value:
             row.move(Status.QUEUED, Reason.DUE, now)
@@ -518,7 +519,7 @@ class Dispatcher:
     def _reserve_group(
         self,
         group: list[tuple[str, Dispatcher._Prepared]],
-        outcomes: dict[str, str],
+        outcomes: dict[str, Outcome],
         attempt: _Attempt,
     ) -> list[tuple[str, Dispatcher._Prepared]]:
         """Take the cap slots of the group's capped messages in one go; returns the messages
@@ -556,7 +557,7 @@ class Dispatcher:
                             ),
                             now,
                         )
-                    outcomes[message_id] = "deferred:check_unavailable"
+                    outcomes[message_id] = Outcome.deferred(Reason.CHECK_UNAVAILABLE)
                 write_rows(session, [rows[i] for i, _ in capped if i in rows])
             log.warning("caps unavailable for %d messages: %s", len(capped), error)
             return [item for item in group if not item[1].capped]
@@ -566,7 +567,7 @@ class Dispatcher:
             if not decision.may_send
         }
         capped_out = {i: d for i, d in refused.items() if d.reason is not Reason.CLAIMED}
-        outcomes.update((i, "skipped:claimed") for i in refused if i not in capped_out)
+        outcomes.update((i, Outcome.skipped("claimed")) for i in refused if i not in capped_out)
         if capped_out:
             now = self.now()
             with transaction(self.sessions) as session:
@@ -576,23 +577,23 @@ class Dispatcher:
 
     def _wait_for_cap(
         self, session: Session, message_id: str, decision: Decision, now: dt.datetime
-    ) -> str:
+    ) -> Outcome:
         """A message refused by a cap waits until the slot frees, inside the next allowed
         window; or is withheld when no window comes."""
         row = held_by_id(session, message_id)
         if row is None or row.status != Status.QUEUED.value:
-            return f"skipped:{row.status if row else 'missing'}"
+            return Outcome.skipped(row.status if row else "missing")
         until = decision.until or now + CHECK_RETRY_DELAY
         borrower = load_borrower(session, row.borrower_id)
         assert borrower is not None  # a message's borrower is never deleted
         window = pol.next_allowed_instant(self.policy, borrower, until)
         if window.kind is DecisionKind.SUPPRESS:
             withhold(row, window, now)
-            outcome = f"withheld:{window.reason.value}"
+            outcome = Outcome.withheld(window.reason)
         else:
             later = window.until or until
             self._defer(row, Decision.wait(Reason.FREQUENCY_CAP, later, **decision.detail), now)
-            outcome = "deferred:frequency_cap"
+            outcome = Outcome.deferred(Reason.FREQUENCY_CAP)
         write_rows(session, [row])
         return outcome
 
@@ -612,7 +613,7 @@ class Dispatcher:
         borrower, loan, channel = prepared.borrower, prepared.loan, prepared.channel
         recipient = borrower.recipient(channel)
         if recipient is None:
-            return Decision.suppress(Reason.NO_ADDRESS), "withheld:no_address", {}
+            return Decision.suppress(Reason.NO_ADDRESS), Outcome.withheld(Reason.NO_ADDRESS), {}
         locale = self.policy.locale_for(borrower.locale)
         zones = pol.candidate_zones(self.policy, borrower)
         unsubscribe_url = None
@@ -661,7 +662,7 @@ class Dispatcher:
         if findings:
             summary = "; ".join(f"{finding.code}: {finding.message}" for finding in findings)
             rejected = Decision.suppress(Reason.CONTENT_REJECTED, findings=summary[:1000])
-            return rejected, f"withheld:{Reason.CONTENT_REJECTED.value}", columns
+            return rejected, Outcome.withheld(Reason.CONTENT_REJECTED), columns
         return _Composed(
             columns=columns,
             outgoing=Outgoing(
@@ -686,7 +687,7 @@ class Dispatcher:
         decision: Decision | None,
         why: str,
         rendered: Mapping[str, object],
-    ) -> str:
+    ) -> Outcome:
         """A message that cannot be composed: withheld (no address left; its text rejected,
         kept on the row and flagged for a person) or failed (its template does not render),
         if still `queued`; its cap slot given back unless another attempt has handed it over
@@ -696,16 +697,16 @@ class Dispatcher:
             row = held_by_id(session, message_id)
             handed_over = row is not None and row.status in HANDED_OVER
             if row is None or row.status != Status.QUEUED.value:
-                outcome = f"skipped:{row.status if row else 'missing'}"
+                outcome = Outcome.skipped(row.status if row else "missing")
             elif decision is not None:
                 _fill(row, rendered)
                 if decision.reason is Reason.CONTENT_REJECTED:
                     row.needs_human = True
                 withhold(row, decision, now)
-                outcome = why
+                outcome = Outcome.withheld(decision.reason)
             else:
                 row.move(Status.FAILED, Reason.RENDER_ERROR, now, why)
-                outcome = f"failed:{Reason.RENDER_ERROR.value}"
+                outcome = Outcome.failed(Reason.RENDER_ERROR)
             if row is not None:
                 write_rows(session, [row])
         if holder is not None and not handed_over:
@@ -720,7 +721,7 @@ class Dispatcher:
         holder: str | None,
         accepted: list[tuple[str, Receipt, dt.datetime]] | None = None,
         lease: str | None = None,
-    ) -> str:
+    ) -> Outcome:
         """Hand the message to its provider and record the answer; an acceptance is added
         to `accepted` (recorded with others later) when the provider sends no status
         callbacks that could arrive before it is recorded. `holder` is the attempt holding
@@ -733,19 +734,19 @@ class Dispatcher:
             receipt = sender.send(outgoing)
         except ProviderRejected as rejected:
             self._record_rejection(message_id, rejected, holder=holder)
-            return f"failed:{rejected.code}"
+            return Outcome.failed(rejected.code)
         except ProviderUnavailable as busy:
             return self._record_retry(message_id, busy, holder=holder, lease=lease)
         except OutcomeUnknown as unknown:
             # the provider may have it: left `sending`, and no longer held once this batch
             # ends, so the reconciler asks the provider; never resent on a guess
             log.warning("outcome unknown for %s: %s", message_id, unknown)
-            return "unknown"
+            return UNKNOWN
         if accepted is not None and not sender.reports_status_by_callback:
             accepted.append((message_id, receipt, self.now()))
         else:
             self.record_accepted(message_id, receipt, self.now())
-        return "sent"
+        return SENT
 
     def record_accepted(
         self,
@@ -851,15 +852,15 @@ class Dispatcher:
         *,
         holder: str | None,
         lease: str | None = None,
-    ) -> str:
+    ) -> Outcome:
         now = self.now()
         with transaction(self.sessions) as session:
             row = held_by_id(session, message_id)
             if row is None or row.status != Status.SENDING.value:
-                return "skipped"
+                return Outcome.skipped()
             if lease is not None and row.worker_lease != lease:
                 # reconciled while this worker's lease had lapsed, and marked again since
-                return "skipped"
+                return Outcome.skipped()
             borrower_id = row.borrower_id
             if busy.code in NOT_PROVIDER_ATTEMPTS:
                 row.attempts -= 1
@@ -869,7 +870,7 @@ class Dispatcher:
                 window = pol.next_allowed_instant(self.policy, borrower, now)
                 if window.kind is DecisionKind.SUPPRESS:
                     withhold(row, window, now)
-                    outcome = f"withheld:{window.reason.value}"
+                    outcome = Outcome.withheld(window.reason)
                 else:
                     self._defer(
                         row,
@@ -878,7 +879,7 @@ class Dispatcher:
                         else Decision.wait(Reason.QUIET_HOURS, now + CHECK_RETRY_DELAY),
                         now,
                     )
-                    outcome = "deferred:window_closed"
+                    outcome = Outcome.deferred("window_closed")
             elif row.attempts >= PROVIDER_RETRY_LIMIT:
                 row.move(
                     Status.FAILED,
@@ -886,7 +887,7 @@ class Dispatcher:
                     now,
                     f"code={busy.code} attempts={row.attempts}",
                 )
-                outcome = "failed:retries_exhausted"
+                outcome = Outcome.failed("retries_exhausted")
             else:
                 delay = min(self.retry_base * 2 ** max(row.attempts - 1, 0), PROVIDER_BACKOFF_CAP)
                 if busy.retry_after:
@@ -901,7 +902,7 @@ class Dispatcher:
                     now,
                     f"code={busy.code} until={row.send_at.isoformat()}",
                 )
-                outcome = "retry"
+                outcome = RETRY
             write_rows(session, [row])
         if holder is not None:
             self._release(borrower_id, message_id, holder)
