@@ -8,10 +8,10 @@ Each call of `dispatch_many` is one attempt: it first takes its messages' leases
 so a second delivery of a message while the first is worked stands aside, and its cap
 reservations carry its token, so no other attempt can give them back.
 
-A `sending` mark records the lease of the worker process that made it
-(outreach/worker_leases.py); once that worker is known to be gone, the message is reconciled
-with the provider: it takes the provider's record if there is one, and goes back through the
-final gate if there is none.
+Here: the attempt, the final gate, reserving cap slots, composing and handing over. What a
+provider answered is recorded by service/dispatch_answers.py; a message left `sending` by a
+worker that is gone is reconciled by service/dispatch_reconcile.py; the outcome of each
+message is a service/dispatch_outcome.Outcome.
 """
 
 from __future__ import annotations
@@ -28,14 +28,11 @@ from dataclasses import dataclass, replace
 from functools import partial
 from urllib.parse import quote
 
-import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
 from outreach.caps import CapRequest, CapReserver
 from outreach.channels.base import (
-    LEASE_LOST,
-    ErrorEffect,
     OutcomeUnknown,
     Outgoing,
     ProviderRejected,
@@ -60,8 +57,9 @@ from outreach.message_leases import MessageLeases
 from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
 from outreach.service.context import render_context
-from outreach.service.delivery_status import record_status
-from outreach.service.dispatch_outcome import MISSING, NOT_DUE, RETRY, SENT, UNKNOWN, Outcome
+from outreach.service.dispatch_answers import CHECK_RETRY_DELAY, ProviderAnswers
+from outreach.service.dispatch_outcome import MISSING, NOT_DUE, SENT, UNKNOWN, Outcome
+from outreach.service.dispatch_reconcile import STUCK_SENDING_AFTER, OrphanReconciler
 from outreach.service.inbox import DEAD_LETTER_OUTCOME, Unapplied, unapplied_about
 from outreach.service.journal import HeldSenders
 from outreach.service.planner import planned_from_row, withhold
@@ -69,8 +67,6 @@ from outreach.service.state import (
     load_borrower,
     load_borrowers,
     load_loans,
-    mark_invalid,
-    set_opt_out,
 )
 from outreach.store import messages as store
 from outreach.store.db import transaction
@@ -86,25 +82,11 @@ from outreach.worker_leases import LeaseWatch, WorkerLease
 
 log = logging.getLogger(__name__)
 
-PROVIDER_RETRY_LIMIT = 8
-# refusals that come from our side of the provider (pacing, the borrower's window closing
-# while the message waited for a slot): the provider never saw the message, so they do not
-# use up its attempts
-NOT_PROVIDER_ATTEMPTS = frozenset(
-    {"window_closed", "rate_limited", "rate_limiter_unavailable", "connect_failed", LEASE_LOST}
-)
-PROVIDER_BACKOFF_CAP = dt.timedelta(minutes=15)
-CHECK_RETRY_DELAY = dt.timedelta(minutes=1)
 # a message held for an event not applied looks again after this long (a dead letter: longer)
 HOLD_DELAY = dt.timedelta(minutes=1)
 DEAD_LETTER_HOLD = dt.timedelta(minutes=15)
 # a reply in the journal is applied within a clock tick or two of the database answering
 UNAPPLIED_REPLY_RETRY_DELAY = dt.timedelta(seconds=5)
-# a `sending` mark that names no worker lease (made before leases existed) is taken as
-# orphaned after this long: the only case left where a timer stands in for knowing
-STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
-# how far back of its `sending` mark a provider is searched for the message (clock skew)
-FIND_SENT_MARGIN = dt.timedelta(minutes=1)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
 # a batch's final gate stands for this long; after it (a paced provider), each message left is
 # gated again on its own, so "checked at the moment of sending" stays true
@@ -269,12 +251,12 @@ class Dispatcher:
                     if self._gate_holds(item, gated_at):
                         ready.append((message_id, item))
                         continue
-                    self._record_accepted_many(accepted)
+                    ProviderAnswers(self).record_accepted_many(accepted)
                     again = self._dispatch_as(attempt, lease, [message_id])
                     outcomes[message_id] = again[message_id]
                 self._dispatch_group(ready, accepted, outcomes, attempt, lease)
         finally:
-            self._record_accepted_many(accepted)
+            ProviderAnswers(self).record_accepted_many(accepted)
         return outcomes
 
     def unleased(self, message_ids: Sequence[str]) -> list[str]:
@@ -733,10 +715,10 @@ class Dispatcher:
             ensure_still_held(outgoing)
             receipt = sender.send(outgoing)
         except ProviderRejected as rejected:
-            self._record_rejection(message_id, rejected, holder=holder)
+            ProviderAnswers(self).record_rejection(message_id, rejected, holder=holder)
             return Outcome.failed(rejected.code)
         except ProviderUnavailable as busy:
-            return self._record_retry(message_id, busy, holder=holder, lease=lease)
+            return ProviderAnswers(self).record_retry(message_id, busy, holder=holder, lease=lease)
         except OutcomeUnknown as unknown:
             # the provider may have it: left `sending`, and no longer held once this batch
             # ends, so the reconciler asks the provider; never resent on a guess
@@ -755,12 +737,8 @@ class Dispatcher:
         now: dt.datetime,
         reason: Reason = Reason.ACCEPTED,
     ) -> None:
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None:
-                return
-            _accept(row, receipt, now, reason)
-            write_rows(session, [row])
+        """Record a provider's acceptance (see `dispatch_answers.ProviderAnswers`)."""
+        ProviderAnswers(self).record_accepted(message_id, receipt, now, reason)
 
     def _mark_sending_many(
         self,
@@ -792,261 +770,12 @@ class Dispatcher:
             write_rows(session, marked)
         return refused
 
-    def _record_accepted_many(self, accepted: list[tuple[str, Receipt, dt.datetime]]) -> None:
-        """`record_accepted` for many messages in one transaction; empties the list."""
-        if not accepted:
-            return
-        batch = list(accepted)
-        accepted.clear()
-        with transaction(self.sessions) as session:
-            current = held_by_ids(session, [message_id for message_id, _, _ in batch])
-            # as `record_accepted`: the provider id and first hand-over always; the status
-            # only from `sending` (a callback may already have moved it on)
-            moved: list[MessageRow] = []
-            for message_id, receipt, at in batch:
-                row = current.get(message_id)
-                if row is None:
-                    continue
-                _accept(row, receipt, at, Reason.ACCEPTED)
-                moved.append(row)
-            write_rows(session, moved)
-
-    def _record_rejection(
-        self, message_id: str, rejected: ProviderRejected, *, holder: str | None
-    ) -> None:
-        now = self.now()
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None:
-                return
-            row.move(Status.FAILED, Reason.PROVIDER_ERROR, now, f"code={rejected.code}")
-            write_rows(session, [row])
-            channel = Channel(row.channel)
-            if rejected.effect is ErrorEffect.OPT_OUT and row.recipient:
-                set_opt_out(
-                    session,
-                    channel=channel,
-                    recipient=row.recipient,
-                    opted_out=True,
-                    source=f"provider:{rejected.code}",
-                    borrower_id=row.borrower_id,
-                    now=now,
-                )
-            elif rejected.effect is ErrorEffect.INVALID_RECIPIENT and row.recipient:
-                mark_invalid(
-                    session, channel=channel, recipient=row.recipient, code=rejected.code, now=now
-                )
-            borrower_id = row.borrower_id
-        if holder is not None:
-            self._release(borrower_id, message_id, holder)
-        if rejected.effect is not None:
-            from outreach.service.planner import regate_borrower
-
-            with transaction(self.sessions) as session:
-                regate_borrower(session, self.policy, borrower_id, now)
-
-    def _record_retry(
-        self,
-        message_id: str,
-        busy: ProviderUnavailable,
-        *,
-        holder: str | None,
-        lease: str | None = None,
-    ) -> Outcome:
-        now = self.now()
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None or row.status != Status.SENDING.value:
-                return Outcome.skipped()
-            if lease is not None and row.worker_lease != lease:
-                # reconciled while this worker's lease had lapsed, and marked again since
-                return Outcome.skipped()
-            borrower_id = row.borrower_id
-            if busy.code in NOT_PROVIDER_ATTEMPTS:
-                row.attempts -= 1
-            if busy.code == "window_closed":
-                borrower = load_borrower(session, borrower_id)
-                assert borrower is not None  # a message's borrower is never deleted
-                window = pol.next_allowed_instant(self.policy, borrower, now)
-                if window.kind is DecisionKind.SUPPRESS:
-                    withhold(row, window, now)
-                    outcome = Outcome.withheld(window.reason)
-                else:
-                    self._defer(
-                        row,
-                        window
-                        if window.until
-                        else Decision.wait(Reason.QUIET_HOURS, now + CHECK_RETRY_DELAY),
-                        now,
-                    )
-                    outcome = Outcome.deferred("window_closed")
-            elif row.attempts >= PROVIDER_RETRY_LIMIT:
-                row.move(
-                    Status.FAILED,
-                    Reason.PROVIDER_ERROR,
-                    now,
-                    f"code={busy.code} attempts={row.attempts}",
-                )
-                outcome = Outcome.failed("retries_exhausted")
-            else:
-                delay = min(self.retry_base * 2 ** max(row.attempts - 1, 0), PROVIDER_BACKOFF_CAP)
-                if busy.retry_after:
-                    delay = min(
-                        max(delay, dt.timedelta(seconds=busy.retry_after)), PROVIDER_BACKOFF_CAP
-                    )
-                row.send_at = now + delay
-                row.cap_reserved_at = None
-                row.move(
-                    Status.DEFERRED,
-                    Reason.PROVIDER_RETRY,
-                    now,
-                    f"code={busy.code} until={row.send_at.isoformat()}",
-                )
-                outcome = RETRY
-            write_rows(session, [row])
-        if holder is not None:
-            self._release(borrower_id, message_id, holder)
-        return outcome
-
     # -- the clock's housekeeping ----------------------------------------------------------------
 
     def reconcile_orphaned(self, watch: LeaseWatch, limit: int = 1000) -> list[str]:
-        """Messages whose worker is gone (how that is known: outreach/worker_leases.py).
-
-        Each one it left `sending` is reconciled with its provider (`_reconcile`); the ids of
-        those it held `queued` are returned, for the clock to enqueue again. A message held by
-        a live worker is left alone, however long its batch takes.
-        """
-        now = self.now()
-        with self.sessions() as session:
-            rows = store.sending(session, limit)
-        try:
-            view = watch.look({row.worker_lease for row in rows if row.worker_lease})
-        except redis.RedisError as error:
-            # whether their workers live cannot be told: the messages wait
-            log.warning("worker leases unavailable, nothing reconciled: %s", error)
-            return []
-        let_go_before = now - dt.timedelta(seconds=watch.ttl)
-        for row in rows:
-            lease = row.worker_lease
-            if lease is None:
-                orphaned = row.updated_at <= now - STUCK_SENDING_AFTER
-            elif lease in view.alive:
-                # its worker lives: orphaned only if the worker let it go (outcome unknown, an
-                # interrupted batch), and has not held it for a whole lease since
-                orphaned = (
-                    not view.holds(lease, row.id)
-                    and row.updated_at <= let_go_before
-                    and watch.let_go(lease, row.id)
-                )
-            else:
-                orphaned = lease in view.dead
-            if orphaned:
-                self._reconcile(row.id, lease)
-        if not view.dead:
-            return []
-        held_by_dead = set().union(*view.dead.values())
-        held_by_live = set().union(*view.alive.values())
-        with self.sessions() as session:
-            requeue = store.queued_among(session, held_by_dead - held_by_live)
-        try:
-            for token in view.dead:
-                watch.forget(token)
-        except redis.RedisError as error:
-            log.warning("dead worker leases not forgotten yet: %s", error)
-        return requeue
-
-    def _reconcile(self, message_id: str, lease: str | None) -> None:
-        """A message left `sending` by a worker that is gone: the provider's record if it has
-        one; if it has none, the message goes back through the final gate, to be sent once."""
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
-                return
-            since = row.updated_at - FIND_SENT_MARGIN
-            body, subject, text, html = store.sent_text(session, message_id)
-            outgoing = Outgoing(
-                message_id=row.id,
-                channel=Channel(row.channel),
-                to=row.recipient or "",
-                body=body,
-                subject=subject,
-                text=text,
-                html=html,
-            )
-        sender = self.senders[outgoing.channel]
-        if not sender.finds_sent:
-            self._record_unconfirmed(message_id, lease)
-            return
-        try:
-            receipt = sender.find_sent(outgoing, since)
-        except TransientError as error:
-            log.warning("reconciling %s waits for its provider: %s", message_id, error)
-            return
-        if receipt is None:
-            self._return_to_gate(message_id, lease)
-            return
-        now = self.now()
-        self.record_accepted(message_id, receipt, now, reason=Reason.RECONCILED)
-        if receipt.status not in ("queued", "accepted", "sending", "sent"):
-            with transaction(self.sessions) as session:
-                record_status(
-                    session,
-                    provider=sender.provider,
-                    provider_id=receipt.provider_id,
-                    status=receipt.status,
-                    error_code=receipt.error_code,
-                    now=now,
-                )
-
-    def _return_to_gate(self, message_id: str, lease: str | None) -> None:
-        """The provider has no record of it: it was never handed over, so it waits for the
-        clock to release it again, and the final gate decides on the latest state (caps,
-        quiet hours and all) whether and when it goes."""
-        now = self.now()
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
-                return
-            if row.cap_reserved_at is not None:
-                # the dead attempt's slot, whichever attempt it was: given back while the row is
-                # still `sending` under the dead lease, so no new attempt can have reserved it
-                # (an error leaves the row `sending`, to be tried again: nothing half done)
-                self.caps.release_any(row.borrower_id, message_id)
-            row.attempts = max(row.attempts - 1, 0)
-            row.send_at = now
-            row.cap_reserved_at = None
-            row.worker_lease = None
-            row.move(
-                Status.DEFERRED,
-                Reason.RECONCILED,
-                now,
-                f"worker {lease or 'unknown'} is gone and the provider has no record of it; "
-                "back to the final gate",
-            )
-            write_rows(session, [row])
-
-    def _record_unconfirmed(self, message_id: str, lease: str | None) -> None:
-        """A provider that cannot be asked (SMTP): the worker died after the `sending` mark,
-        which is committed immediately before the hand-over, so the relay may have it. It is
-        never sent again (a second copy is the worse harm), nor `failed` (nothing refused it):
-        it counts as sent, keeping its cap slots, and is flagged for a person, who can look
-        for its X-Outreach-Message-Id in the relay's log."""
-        now = self.now()
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
-                return
-            row.sent_at = row.sent_at or row.updated_at
-            row.needs_human = True
-            row.move(
-                Status.SENT,
-                Reason.OUTCOME_UNKNOWN,
-                now,
-                f"worker {lease or 'unknown'} stopped during the hand-over; the provider cannot "
-                "be asked whether it has the message, so it is not sent again",
-            )
-            write_rows(session, [row])
+        """Messages whose worker is gone: reconciled with their providers, or enqueued again
+        (see `dispatch_reconcile.OrphanReconciler`)."""
+        return OrphanReconciler(self).reconcile_orphaned(watch, limit)
 
 
 def _fill(row: MessageRow, columns: Mapping[str, object]) -> None:
@@ -1056,15 +785,6 @@ def _fill(row: MessageRow, columns: Mapping[str, object]) -> None:
         if name in ("locale", "recipient"):
             setattr(row, name, value)
     row.set_content({k: v for k, v in columns.items() if k not in ("locale", "recipient")})
-
-
-def _accept(row: MessageRow, receipt: Receipt, at: dt.datetime, reason: Reason) -> None:
-    """A provider's acceptance: its id and the first hand-over always; the status only from
-    `sending` (a status callback may have moved it on already)."""
-    row.provider_id = receipt.provider_id
-    row.sent_at = row.sent_at or at
-    if row.status == Status.SENDING.value:
-        row.move(Status.SENT, reason, at, f"provider_id={receipt.provider_id}")
 
 
 def release_due(sessions: sessionmaker[Session], now: dt.datetime, limit: int = 500) -> list[str]:
