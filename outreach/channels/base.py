@@ -97,7 +97,19 @@ def ensure_still_held(outgoing: Outgoing) -> None:
 
 
 class Sender(Protocol):
+    """A provider for one channel, and what dispatch may rely on of it (its capabilities)."""
+
     channel: Channel
+    # the name its status reports are recorded under (as its status callbacks are)
+    provider: str
+    # whether a status callback may arrive before its acceptance is recorded: then each
+    # acceptance is recorded at once; otherwise a batch's acceptances are recorded together
+    reports_status_by_callback: bool
+    # whether it answers in memory without waiting for anything: then a batch is marked
+    # `sending` together before the first is handed over; otherwise one message at a time
+    hands_over_at_once: bool
+    # whether `find_sent` can tell if an interrupted attempt reached it (a relay cannot)
+    finds_sent: bool
 
     def send(self, outgoing: Outgoing) -> Receipt: ...
 

@@ -18,9 +18,11 @@ class ConsoleSender:
     # answers in memory without waiting for anything, so a batch may be marked `sending`
     # together before the first is handed over (see Dispatcher.dispatch_many)
     hands_over_at_once = True
+    finds_sent = True
 
     def __init__(self, channel: Channel, stream: TextIO | None = None) -> None:
         self.channel = channel
+        self.provider = channel.value
         self._stream = stream
         self._lock = threading.Lock()
         self._sent: dict[str, Receipt] = {}

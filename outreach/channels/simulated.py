@@ -52,9 +52,11 @@ class SimulatedSender:
     # answers in memory without waiting for anything, so a batch may be marked `sending`
     # together before the first is handed over (see Dispatcher.dispatch_many)
     hands_over_at_once = True
+    finds_sent = True
 
     def __init__(self, channel: Channel, clock: Callable[[], dt.datetime]) -> None:
         self.channel = channel
+        self.provider = channel.value
         self._clock = clock
         self._lock = threading.Lock()
         self._order = itertools.count()  # ties in the heap resolve in sending order

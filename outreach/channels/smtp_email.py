@@ -54,8 +54,11 @@ class SmtpSender:
     reports_status_by_callback = False
     # a relay cannot be asked what it accepted: `find_sent` knows nothing (see there)
     finds_sent = False
+    # waits on the network for the relay: one message at a time
+    hands_over_at_once = False
 
     channel = Channel.EMAIL
+    provider = Channel.EMAIL.value
 
     def __init__(
         self,

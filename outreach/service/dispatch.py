@@ -8,10 +8,10 @@ Each call of `dispatch_many` is one attempt: it first takes its messages' leases
 so a second delivery of a message while the first is worked stands aside, and its cap
 reservations carry its token, so no other attempt can give them back.
 
-A `sending` mark records the lease of the worker process that made it
-(outreach/worker_leases.py); once that worker is known to be gone, the message is reconciled
-with the provider: it takes the provider's record if there is one, and goes back through the
-final gate if there is none.
+Here: the attempt, the final gate, reserving cap slots, composing and handing over. What a
+provider answered is recorded by service/dispatch_answers.py; a message left `sending` by a
+worker that is gone is reconciled by service/dispatch_reconcile.py; the outcome of each
+message is a service/dispatch_outcome.Outcome.
 """
 
 from __future__ import annotations
@@ -28,14 +28,11 @@ from dataclasses import dataclass, replace
 from functools import partial
 from urllib.parse import quote
 
-import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
 from outreach.caps import CapRequest, CapReserver
 from outreach.channels.base import (
-    LEASE_LOST,
-    ErrorEffect,
     OutcomeUnknown,
     Outgoing,
     ProviderRejected,
@@ -60,7 +57,9 @@ from outreach.message_leases import MessageLeases
 from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
 from outreach.service.context import render_context
-from outreach.service.delivery_status import record_status
+from outreach.service.dispatch_answers import CHECK_RETRY_DELAY, ProviderAnswers
+from outreach.service.dispatch_outcome import MISSING, NOT_DUE, SENT, UNKNOWN, Outcome
+from outreach.service.dispatch_reconcile import STUCK_SENDING_AFTER, OrphanReconciler
 from outreach.service.inbox import unapplied_about
 from outreach.service.journal import HeldSenders
 from outreach.service.planner import planned_from_row, withhold
@@ -69,8 +68,6 @@ from outreach.store.borrowers import (
     load_borrower,
     load_borrowers,
     load_loans,
-    mark_invalid,
-    set_opt_out,
 )
 from outreach.store.db import transaction
 from outreach.store.inbox import DEAD_LETTER_OUTCOME, Unapplied
@@ -86,25 +83,11 @@ from outreach.worker_leases import LeaseWatch, WorkerLease
 
 log = logging.getLogger(__name__)
 
-PROVIDER_RETRY_LIMIT = 8
-# refusals that come from our side of the provider (pacing, the borrower's window closing
-# while the message waited for a slot): the provider never saw the message, so they do not
-# use up its attempts
-NOT_PROVIDER_ATTEMPTS = frozenset(
-    {"window_closed", "rate_limited", "rate_limiter_unavailable", "connect_failed", LEASE_LOST}
-)
-PROVIDER_BACKOFF_CAP = dt.timedelta(minutes=15)
-CHECK_RETRY_DELAY = dt.timedelta(minutes=1)
 # a message held for an event not applied looks again after this long (a dead letter: longer)
 HOLD_DELAY = dt.timedelta(minutes=1)
 DEAD_LETTER_HOLD = dt.timedelta(minutes=15)
 # a reply in the journal is applied within a clock tick or two of the database answering
 UNAPPLIED_REPLY_RETRY_DELAY = dt.timedelta(seconds=5)
-# a `sending` mark that names no worker lease (made before leases existed) is taken as
-# orphaned after this long: the only case left where a timer stands in for knowing
-STUCK_SENDING_AFTER = dt.timedelta(minutes=10)
-# how far back of its `sending` mark a provider is searched for the message (clock skew)
-FIND_SENT_MARGIN = dt.timedelta(minutes=1)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
 # a batch's final gate stands for this long; after it (a paced provider), each message left is
 # gated again on its own, so "checked at the moment of sending" stays true
@@ -195,11 +178,11 @@ class Dispatcher:
 
     # -- the worker's one job ------------------------------------------------------------------
 
-    def dispatch(self, message_id: str) -> str:
+    def dispatch(self, message_id: str) -> Outcome:
         """Take one message as far as it may go now; returns what happened, for logs."""
         return self.dispatch_many([message_id])[message_id]
 
-    def dispatch_many(self, message_ids: Sequence[str]) -> dict[str, str]:
+    def dispatch_many(self, message_ids: Sequence[str]) -> dict[str, Outcome]:
         """Take many messages as far as each may go now; returns each one's outcome.
 
         Each message goes through the steps `dispatch` takes, in the same order and with the
@@ -215,7 +198,7 @@ class Dispatcher:
         A message whose lease another attempt holds (it is being worked elsewhere) is left
         to that attempt, untouched: `skipped:leased`.
         """
-        outcomes: dict[str, str] = {}
+        outcomes: dict[str, Outcome] = {}
         attempt, mine = self._take_leases(message_ids, outcomes)
         try:
             with self._holding(mine) as lease:
@@ -236,7 +219,7 @@ class Dispatcher:
             yield token
 
     def _take_leases(
-        self, message_ids: Sequence[str], outcomes: dict[str, str]
+        self, message_ids: Sequence[str], outcomes: dict[str, Outcome]
     ) -> tuple[_Attempt, list[str]]:
         """A new attempt, and the messages it may work: those whose lease it took."""
         wanted = list(dict.fromkeys(message_ids))
@@ -251,14 +234,14 @@ class Dispatcher:
             log.warning("dispatching without leases: %s", error)
             return _Attempt(token, leased=False), wanted
         taken = set(mine)
-        outcomes.update((i, "skipped:leased") for i in wanted if i not in taken)
+        outcomes.update((i, Outcome.skipped("leased")) for i in wanted if i not in taken)
         return _Attempt(token, leased=True), mine
 
     def _dispatch_as(
         self, attempt: _Attempt, lease: str | None, message_ids: Sequence[str]
-    ) -> dict[str, str]:
+    ) -> dict[str, Outcome]:
         """`dispatch_many`'s work, for messages the attempt may work."""
-        outcomes: dict[str, str] = {}
+        outcomes: dict[str, Outcome] = {}
         gated_at = time.monotonic()
         prepared = self._gate_many(message_ids, outcomes)
         accepted: list[tuple[str, Receipt, dt.datetime]] = []
@@ -269,12 +252,12 @@ class Dispatcher:
                     if self._gate_holds(item, gated_at):
                         ready.append((message_id, item))
                         continue
-                    self._record_accepted_many(accepted)
+                    ProviderAnswers(self).record_accepted_many(accepted)
                     again = self._dispatch_as(attempt, lease, [message_id])
                     outcomes[message_id] = again[message_id]
                 self._dispatch_group(ready, accepted, outcomes, attempt, lease)
         finally:
-            self._record_accepted_many(accepted)
+            ProviderAnswers(self).record_accepted_many(accepted)
         return outcomes
 
     def unleased(self, message_ids: Sequence[str]) -> list[str]:
@@ -293,7 +276,7 @@ class Dispatcher:
         groups: list[list[tuple[str, Dispatcher._Prepared]]] = []
         together = False
         for item in prepared:
-            at_once = getattr(self.senders[item[1].channel], "hands_over_at_once", False)
+            at_once = self.senders[item[1].channel].hands_over_at_once
             if at_once and together:
                 groups[-1].append(item)
             else:
@@ -312,7 +295,7 @@ class Dispatcher:
         return closes is None or self.now() < closes
 
     def _gate_many(
-        self, message_ids: Sequence[str], outcomes: dict[str, str]
+        self, message_ids: Sequence[str], outcomes: dict[str, Outcome]
     ) -> list[tuple[str, Dispatcher._Prepared]]:
         now = self.now()
         prepared: list[tuple[str, Dispatcher._Prepared]] = []
@@ -327,7 +310,7 @@ class Dispatcher:
             for message_id in dict.fromkeys(message_ids):
                 row = rows.get(message_id)
                 if row is None:
-                    outcomes[message_id] = "missing"
+                    outcomes[message_id] = MISSING
                     continue
                 gated = self._gate_row(
                     session,
@@ -338,7 +321,7 @@ class Dispatcher:
                     unapplied.get(("borrower", row.borrower_id))
                     or (unapplied.get(("loan", row.loan_id)) if row.loan_id else None),
                 )
-                if isinstance(gated, str):
+                if isinstance(gated, Outcome):
                     outcomes[message_id] = gated
                 else:
                     prepared.append((message_id, gated))
@@ -349,7 +332,7 @@ class Dispatcher:
         self,
         group: list[tuple[str, Dispatcher._Prepared]],
         accepted: list[tuple[str, Receipt, dt.datetime]],
-        outcomes: dict[str, str],
+        outcomes: dict[str, Outcome],
         attempt: _Attempt,
         lease: str | None,
     ) -> None:
@@ -378,7 +361,7 @@ class Dispatcher:
                 # one another attempt handed over keeps its slot, whoever's reservation it is
                 if holder is not None and status not in HANDED_OVER:
                     self._release(prepared.borrower_id, message_id, holder)
-                outcomes[message_id] = f"skipped:{status}"
+                outcomes[message_id] = Outcome.skipped(status)
                 continue
             outcomes[message_id] = self._send(
                 message_id,
@@ -391,7 +374,7 @@ class Dispatcher:
     def _hold_for_unapplied_replies(
         self,
         ready: list[tuple[str, Dispatcher._Prepared, _Composed]],
-        outcomes: dict[str, str],
+        outcomes: dict[str, Outcome],
         attempt: str,
     ) -> list[tuple[str, Dispatcher._Prepared, _Composed]]:
         """SMS to a number whose reply is not applied (it waits in the journal: it came
@@ -419,11 +402,11 @@ class Dispatcher:
             for message_id, (_, until) in waiting.items():
                 row = rows.get(message_id)
                 if row is None or row.status != Status.QUEUED.value:
-                    outcomes[message_id] = f"skipped:{row.status if row else 'missing'}"
+                    outcomes[message_id] = Outcome.skipped(row.status if row else "missing")
                     continue
                 retry = Decision.wait(Reason.CHECK_UNAVAILABLE, until, check="unapplied_reply")
                 self._defer(row, retry, now)
-                outcomes[message_id] = "deferred:check_unavailable"
+                outcomes[message_id] = Outcome.deferred(Reason.CHECK_UNAVAILABLE)
             write_rows(session, [rows[i] for i in waiting if i in rows])
         for message_id, (prepared, _) in waiting.items():
             if prepared.capped:
@@ -453,16 +436,16 @@ class Dispatcher:
         borrower: BorrowerState | None,
         loan: LoanState | None,
         unapplied: Unapplied | None = None,
-    ) -> str | Dispatcher._Prepared:
+    ) -> Outcome | Dispatcher._Prepared:
         """The final gate on a locked row, with the latest borrower and loan state; held
         while an accepted event about them is `unapplied` (that state may be stale)."""
         if row.status not in (Status.QUEUED.value, *DUE_STATUSES):
-            return f"skipped:{row.status}"
+            return Outcome.skipped(row.status)
         if row.send_at > now:
             # released early (or redelivered after a deferral): the clock brings it back
             if row.status == Status.QUEUED.value:
                 row.move(Status.SCHEDULED, Reason.PLANNED, now, "not due yet")
-            return "not_due"
+            return NOT_DUE
         if unapplied is not None:
             # a dead letter waits for ops: looked at again less often than one being retried
             delay = DEAD_LETTER_HOLD if unapplied.outcome == DEAD_LETTER_OUTCOME else HOLD_DELAY
@@ -470,7 +453,7 @@ class Dispatcher:
                 Reason.EVENT_PENDING, now + delay, event=unapplied.id, outcome=unapplied.outcome
             )
             self._defer(row, hold, now)
-            return f"deferred:{Reason.EVENT_PENDING.value}"
+            return Outcome.deferred(Reason.EVENT_PENDING)
         if borrower is None:
             decision = Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown")
         elif row.loan_id is not None and loan is None:
@@ -488,10 +471,10 @@ class Dispatcher:
             )
         if decision.kind is DecisionKind.SUPPRESS:
             withhold(row, decision, now)
-            return f"withheld:{decision.reason.value}"
+            return Outcome.withheld(decision.reason)
         if decision.kind is DecisionKind.WAIT and decision.until is not None:
             self._defer(row, decision, now)
-            return f"deferred:{decision.reason.value}"
+            return Outcome.deferred(decision.reason)
         capped = pol.counts_against_caps(Purpose(row.purpose))
         if row.status != Status.QUEUED.value:
             row.move(Status.QUEUED, Reason.DUE, now)
@@ -519,7 +502,7 @@ class Dispatcher:
     def _reserve_group(
         self,
         group: list[tuple[str, Dispatcher._Prepared]],
-        outcomes: dict[str, str],
+        outcomes: dict[str, Outcome],
         attempt: _Attempt,
     ) -> list[tuple[str, Dispatcher._Prepared]]:
         """Take the cap slots of the group's capped messages in one go; returns the messages
@@ -557,7 +540,7 @@ class Dispatcher:
                             ),
                             now,
                         )
-                    outcomes[message_id] = "deferred:check_unavailable"
+                    outcomes[message_id] = Outcome.deferred(Reason.CHECK_UNAVAILABLE)
                 write_rows(session, [rows[i] for i, _ in capped if i in rows])
             log.warning("caps unavailable for %d messages: %s", len(capped), error)
             return [item for item in group if not item[1].capped]
@@ -567,7 +550,7 @@ class Dispatcher:
             if not decision.may_send
         }
         capped_out = {i: d for i, d in refused.items() if d.reason is not Reason.CLAIMED}
-        outcomes.update((i, "skipped:claimed") for i in refused if i not in capped_out)
+        outcomes.update((i, Outcome.skipped("claimed")) for i in refused if i not in capped_out)
         if capped_out:
             now = self.now()
             with transaction(self.sessions) as session:
@@ -577,23 +560,23 @@ class Dispatcher:
 
     def _wait_for_cap(
         self, session: Session, message_id: str, decision: Decision, now: dt.datetime
-    ) -> str:
+    ) -> Outcome:
         """A message refused by a cap waits until the slot frees, inside the next allowed
         window; or is withheld when no window comes."""
         row = held_by_id(session, message_id)
         if row is None or row.status != Status.QUEUED.value:
-            return f"skipped:{row.status if row else 'missing'}"
+            return Outcome.skipped(row.status if row else "missing")
         until = decision.until or now + CHECK_RETRY_DELAY
         borrower = load_borrower(session, row.borrower_id)
         assert borrower is not None  # a message's borrower is never deleted
         window = pol.next_allowed_instant(self.policy, borrower, until)
         if window.kind is DecisionKind.SUPPRESS:
             withhold(row, window, now)
-            outcome = f"withheld:{window.reason.value}"
+            outcome = Outcome.withheld(window.reason)
         else:
             later = window.until or until
             self._defer(row, Decision.wait(Reason.FREQUENCY_CAP, later, **decision.detail), now)
-            outcome = "deferred:frequency_cap"
+            outcome = Outcome.deferred(Reason.FREQUENCY_CAP)
         write_rows(session, [row])
         return outcome
 
@@ -613,7 +596,7 @@ class Dispatcher:
         borrower, loan, channel = prepared.borrower, prepared.loan, prepared.channel
         recipient = borrower.recipient(channel)
         if recipient is None:
-            return Decision.suppress(Reason.NO_ADDRESS), "withheld:no_address", {}
+            return Decision.suppress(Reason.NO_ADDRESS), Outcome.withheld(Reason.NO_ADDRESS), {}
         locale = self.policy.locale_for(borrower.locale)
         zones = pol.candidate_zones(self.policy, borrower)
         unsubscribe_url = None
@@ -662,7 +645,7 @@ class Dispatcher:
         if findings:
             summary = "; ".join(f"{finding.code}: {finding.message}" for finding in findings)
             rejected = Decision.suppress(Reason.CONTENT_REJECTED, findings=summary[:1000])
-            return rejected, f"withheld:{Reason.CONTENT_REJECTED.value}", columns
+            return rejected, Outcome.withheld(Reason.CONTENT_REJECTED), columns
         return _Composed(
             columns=columns,
             outgoing=Outgoing(
@@ -687,7 +670,7 @@ class Dispatcher:
         decision: Decision | None,
         why: str,
         rendered: Mapping[str, object],
-    ) -> str:
+    ) -> Outcome:
         """A message that cannot be composed: withheld (no address left; its text rejected,
         kept on the row and flagged for a person) or failed (its template does not render),
         if still `queued`; its cap slot given back unless another attempt has handed it over
@@ -697,16 +680,16 @@ class Dispatcher:
             row = held_by_id(session, message_id)
             handed_over = row is not None and row.status in HANDED_OVER
             if row is None or row.status != Status.QUEUED.value:
-                outcome = f"skipped:{row.status if row else 'missing'}"
+                outcome = Outcome.skipped(row.status if row else "missing")
             elif decision is not None:
                 _fill(row, rendered)
                 if decision.reason is Reason.CONTENT_REJECTED:
                     row.needs_human = True
                 withhold(row, decision, now)
-                outcome = why
+                outcome = Outcome.withheld(decision.reason)
             else:
                 row.move(Status.FAILED, Reason.RENDER_ERROR, now, why)
-                outcome = f"failed:{Reason.RENDER_ERROR.value}"
+                outcome = Outcome.failed(Reason.RENDER_ERROR)
             if row is not None:
                 write_rows(session, [row])
         if holder is not None and not handed_over:
@@ -721,7 +704,7 @@ class Dispatcher:
         holder: str | None,
         accepted: list[tuple[str, Receipt, dt.datetime]] | None = None,
         lease: str | None = None,
-    ) -> str:
+    ) -> Outcome:
         """Hand the message to its provider and record the answer; an acceptance is added
         to `accepted` (recorded with others later) when the provider sends no status
         callbacks that could arrive before it is recorded. `holder` is the attempt holding
@@ -733,20 +716,20 @@ class Dispatcher:
             ensure_still_held(outgoing)
             receipt = sender.send(outgoing)
         except ProviderRejected as rejected:
-            self._record_rejection(message_id, rejected, holder=holder)
-            return f"failed:{rejected.code}"
+            ProviderAnswers(self).record_rejection(message_id, rejected, holder=holder)
+            return Outcome.failed(rejected.code)
         except ProviderUnavailable as busy:
-            return self._record_retry(message_id, busy, holder=holder, lease=lease)
+            return ProviderAnswers(self).record_retry(message_id, busy, holder=holder, lease=lease)
         except OutcomeUnknown as unknown:
             # the provider may have it: left `sending`, and no longer held once this batch
             # ends, so the reconciler asks the provider; never resent on a guess
             log.warning("outcome unknown for %s: %s", message_id, unknown)
-            return "unknown"
-        if accepted is not None and not getattr(sender, "reports_status_by_callback", True):
+            return UNKNOWN
+        if accepted is not None and not sender.reports_status_by_callback:
             accepted.append((message_id, receipt, self.now()))
         else:
             self.record_accepted(message_id, receipt, self.now())
-        return "sent"
+        return SENT
 
     def record_accepted(
         self,
@@ -755,12 +738,8 @@ class Dispatcher:
         now: dt.datetime,
         reason: Reason = Reason.ACCEPTED,
     ) -> None:
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None:
-                return
-            _accept(row, receipt, now, reason)
-            write_rows(session, [row])
+        """Record a provider's acceptance (see `dispatch_answers.ProviderAnswers`)."""
+        ProviderAnswers(self).record_accepted(message_id, receipt, now, reason)
 
     def _mark_sending_many(
         self,
@@ -792,261 +771,12 @@ class Dispatcher:
             write_rows(session, marked)
         return refused
 
-    def _record_accepted_many(self, accepted: list[tuple[str, Receipt, dt.datetime]]) -> None:
-        """`record_accepted` for many messages in one transaction; empties the list."""
-        if not accepted:
-            return
-        batch = list(accepted)
-        accepted.clear()
-        with transaction(self.sessions) as session:
-            current = held_by_ids(session, [message_id for message_id, _, _ in batch])
-            # as `record_accepted`: the provider id and first hand-over always; the status
-            # only from `sending` (a callback may already have moved it on)
-            moved: list[MessageRow] = []
-            for message_id, receipt, at in batch:
-                row = current.get(message_id)
-                if row is None:
-                    continue
-                _accept(row, receipt, at, Reason.ACCEPTED)
-                moved.append(row)
-            write_rows(session, moved)
-
-    def _record_rejection(
-        self, message_id: str, rejected: ProviderRejected, *, holder: str | None
-    ) -> None:
-        now = self.now()
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None:
-                return
-            row.move(Status.FAILED, Reason.PROVIDER_ERROR, now, f"code={rejected.code}")
-            write_rows(session, [row])
-            channel = Channel(row.channel)
-            if rejected.effect is ErrorEffect.OPT_OUT and row.recipient:
-                set_opt_out(
-                    session,
-                    channel=channel,
-                    recipient=row.recipient,
-                    opted_out=True,
-                    source=f"provider:{rejected.code}",
-                    borrower_id=row.borrower_id,
-                    now=now,
-                )
-            elif rejected.effect is ErrorEffect.INVALID_RECIPIENT and row.recipient:
-                mark_invalid(
-                    session, channel=channel, recipient=row.recipient, code=rejected.code, now=now
-                )
-            borrower_id = row.borrower_id
-        if holder is not None:
-            self._release(borrower_id, message_id, holder)
-        if rejected.effect is not None:
-            from outreach.service.planner import regate_borrower
-
-            with transaction(self.sessions) as session:
-                regate_borrower(session, self.policy, borrower_id, now)
-
-    def _record_retry(
-        self,
-        message_id: str,
-        busy: ProviderUnavailable,
-        *,
-        holder: str | None,
-        lease: str | None = None,
-    ) -> str:
-        now = self.now()
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None or row.status != Status.SENDING.value:
-                return "skipped"
-            if lease is not None and row.worker_lease != lease:
-                # reconciled while this worker's lease had lapsed, and marked again since
-                return "skipped"
-            borrower_id = row.borrower_id
-            if busy.code in NOT_PROVIDER_ATTEMPTS:
-                row.attempts -= 1
-            if busy.code == "window_closed":
-                borrower = load_borrower(session, borrower_id)
-                assert borrower is not None  # a message's borrower is never deleted
-                window = pol.next_allowed_instant(self.policy, borrower, now)
-                if window.kind is DecisionKind.SUPPRESS:
-                    withhold(row, window, now)
-                    outcome = f"withheld:{window.reason.value}"
-                else:
-                    self._defer(
-                        row,
-                        window
-                        if window.until
-                        else Decision.wait(Reason.QUIET_HOURS, now + CHECK_RETRY_DELAY),
-                        now,
-                    )
-                    outcome = "deferred:window_closed"
-            elif row.attempts >= PROVIDER_RETRY_LIMIT:
-                row.move(
-                    Status.FAILED,
-                    Reason.PROVIDER_ERROR,
-                    now,
-                    f"code={busy.code} attempts={row.attempts}",
-                )
-                outcome = "failed:retries_exhausted"
-            else:
-                delay = min(self.retry_base * 2 ** max(row.attempts - 1, 0), PROVIDER_BACKOFF_CAP)
-                if busy.retry_after:
-                    delay = min(
-                        max(delay, dt.timedelta(seconds=busy.retry_after)), PROVIDER_BACKOFF_CAP
-                    )
-                row.send_at = now + delay
-                row.cap_reserved_at = None
-                row.move(
-                    Status.DEFERRED,
-                    Reason.PROVIDER_RETRY,
-                    now,
-                    f"code={busy.code} until={row.send_at.isoformat()}",
-                )
-                outcome = "retry"
-            write_rows(session, [row])
-        if holder is not None:
-            self._release(borrower_id, message_id, holder)
-        return outcome
-
     # -- the clock's housekeeping ----------------------------------------------------------------
 
     def reconcile_orphaned(self, watch: LeaseWatch, limit: int = 1000) -> list[str]:
-        """Messages whose worker is gone (how that is known: outreach/worker_leases.py).
-
-        Each one it left `sending` is reconciled with its provider (`_reconcile`); the ids of
-        those it held `queued` are returned, for the clock to enqueue again. A message held by
-        a live worker is left alone, however long its batch takes.
-        """
-        now = self.now()
-        with self.sessions() as session:
-            rows = store.sending(session, limit)
-        try:
-            view = watch.look({row.worker_lease for row in rows if row.worker_lease})
-        except redis.RedisError as error:
-            # whether their workers live cannot be told: the messages wait
-            log.warning("worker leases unavailable, nothing reconciled: %s", error)
-            return []
-        let_go_before = now - dt.timedelta(seconds=watch.ttl)
-        for row in rows:
-            lease = row.worker_lease
-            if lease is None:
-                orphaned = row.updated_at <= now - STUCK_SENDING_AFTER
-            elif lease in view.alive:
-                # its worker lives: orphaned only if the worker let it go (outcome unknown, an
-                # interrupted batch), and has not held it for a whole lease since
-                orphaned = (
-                    not view.holds(lease, row.id)
-                    and row.updated_at <= let_go_before
-                    and watch.let_go(lease, row.id)
-                )
-            else:
-                orphaned = lease in view.dead
-            if orphaned:
-                self._reconcile(row.id, lease)
-        if not view.dead:
-            return []
-        held_by_dead = set().union(*view.dead.values())
-        held_by_live = set().union(*view.alive.values())
-        with self.sessions() as session:
-            requeue = store.queued_among(session, held_by_dead - held_by_live)
-        try:
-            for token in view.dead:
-                watch.forget(token)
-        except redis.RedisError as error:
-            log.warning("dead worker leases not forgotten yet: %s", error)
-        return requeue
-
-    def _reconcile(self, message_id: str, lease: str | None) -> None:
-        """A message left `sending` by a worker that is gone: the provider's record if it has
-        one; if it has none, the message goes back through the final gate, to be sent once."""
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
-                return
-            since = row.updated_at - FIND_SENT_MARGIN
-            body, subject, text, html = store.sent_text(session, message_id)
-            outgoing = Outgoing(
-                message_id=row.id,
-                channel=Channel(row.channel),
-                to=row.recipient or "",
-                body=body,
-                subject=subject,
-                text=text,
-                html=html,
-            )
-        sender = self.senders[outgoing.channel]
-        if not getattr(sender, "finds_sent", True):
-            self._record_unconfirmed(message_id, lease)
-            return
-        try:
-            receipt = sender.find_sent(outgoing, since)
-        except TransientError as error:
-            log.warning("reconciling %s waits for its provider: %s", message_id, error)
-            return
-        if receipt is None:
-            self._return_to_gate(message_id, lease)
-            return
-        now = self.now()
-        self.record_accepted(message_id, receipt, now, reason=Reason.RECONCILED)
-        if receipt.status not in ("queued", "accepted", "sending", "sent"):
-            with transaction(self.sessions) as session:
-                record_status(
-                    session,
-                    provider=getattr(sender, "provider", outgoing.channel.value),
-                    provider_id=receipt.provider_id,
-                    status=receipt.status,
-                    error_code=receipt.error_code,
-                    now=now,
-                )
-
-    def _return_to_gate(self, message_id: str, lease: str | None) -> None:
-        """The provider has no record of it: it was never handed over, so it waits for the
-        clock to release it again, and the final gate decides on the latest state (caps,
-        quiet hours and all) whether and when it goes."""
-        now = self.now()
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
-                return
-            if row.cap_reserved_at is not None:
-                # the dead attempt's slot, whichever attempt it was: given back while the row is
-                # still `sending` under the dead lease, so no new attempt can have reserved it
-                # (an error leaves the row `sending`, to be tried again: nothing half done)
-                self.caps.release_any(row.borrower_id, message_id)
-            row.attempts = max(row.attempts - 1, 0)
-            row.send_at = now
-            row.cap_reserved_at = None
-            row.worker_lease = None
-            row.move(
-                Status.DEFERRED,
-                Reason.RECONCILED,
-                now,
-                f"worker {lease or 'unknown'} is gone and the provider has no record of it; "
-                "back to the final gate",
-            )
-            write_rows(session, [row])
-
-    def _record_unconfirmed(self, message_id: str, lease: str | None) -> None:
-        """A provider that cannot be asked (SMTP): the worker died after the `sending` mark,
-        which is committed immediately before the hand-over, so the relay may have it. It is
-        never sent again (a second copy is the worse harm), nor `failed` (nothing refused it):
-        it counts as sent, keeping its cap slots, and is flagged for a person, who can look
-        for its X-Outreach-Message-Id in the relay's log."""
-        now = self.now()
-        with transaction(self.sessions) as session:
-            row = held_by_id(session, message_id)
-            if row is None or row.status != Status.SENDING.value or row.worker_lease != lease:
-                return
-            row.sent_at = row.sent_at or row.updated_at
-            row.needs_human = True
-            row.move(
-                Status.SENT,
-                Reason.OUTCOME_UNKNOWN,
-                now,
-                f"worker {lease or 'unknown'} stopped during the hand-over; the provider cannot "
-                "be asked whether it has the message, so it is not sent again",
-            )
-            write_rows(session, [row])
+        """Messages whose worker is gone: reconciled with their providers, or enqueued again
+        (see `dispatch_reconcile.OrphanReconciler`)."""
+        return OrphanReconciler(self).reconcile_orphaned(watch, limit)
 
 
 def _fill(row: MessageRow, columns: Mapping[str, object]) -> None:
@@ -1056,15 +786,6 @@ def _fill(row: MessageRow, columns: Mapping[str, object]) -> None:
         if name in ("locale", "recipient"):
             setattr(row, name, value)
     row.set_content({k: v for k, v in columns.items() if k not in ("locale", "recipient")})
-
-
-def _accept(row: MessageRow, receipt: Receipt, at: dt.datetime, reason: Reason) -> None:
-    """A provider's acceptance: its id and the first hand-over always; the status only from
-    `sending` (a status callback may have moved it on already)."""
-    row.provider_id = receipt.provider_id
-    row.sent_at = row.sent_at or at
-    if row.status == Status.SENDING.value:
-        row.move(Status.SENT, reason, at, f"provider_id={receipt.provider_id}")
 
 
 def release_due(sessions: sessionmaker[Session], now: dt.datetime, limit: int = 500) -> list[str]:

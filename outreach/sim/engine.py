@@ -487,9 +487,9 @@ class Simulator:
             # the message to an instant the next re-plan judges it at
             unsettled: list[str] = []
             for message_id in fresh:
-                kind = outcomes[message_id].partition(":")[0]
-                self.stats.dispatches[kind] += 1
-                if kind in ("failed", "deferred", "retry"):
+                outcome = outcomes[message_id]
+                self.stats.dispatches[outcome.kind.value] += 1
+                if outcome.unsettled:
                     unsettled.append(message_id)
             if unsettled:
                 with env.sessions() as session:

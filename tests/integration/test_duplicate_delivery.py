@@ -51,8 +51,15 @@ HOLD_SECONDS = 30
 class HeldSender:
     """The wrapped provider, except that the call for `held_id` waits until `let_go`."""
 
+    # what dispatch may rely on of it: as of any provider that waits on the network
+    reports_status_by_callback = True
+    hands_over_at_once = False
+    finds_sent = True
+
     def __init__(self, inner: Sender, held_id: str) -> None:
         self.inner = inner
+        self.channel = inner.channel
+        self.provider = inner.channel.value
         self.held_id = held_id
         self.entered = threading.Event()
         self.let_go = threading.Event()

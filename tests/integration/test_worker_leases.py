@@ -43,9 +43,14 @@ class PacedProvider:
     """Waits, like a rate-limited provider, until `go` is set; then hands over, unless the
     worker's lease lapsed meanwhile (as TwilioSender checks after its wait)."""
 
+    # what dispatch may rely on of it: as of any provider that waits on the network
+    reports_status_by_callback = True
+    hands_over_at_once = False
+
     def __init__(self, inner: Sender, *, finds_sent: bool = True) -> None:
         self.inner = inner
         self.channel = inner.channel
+        self.provider = inner.channel.value
         self.finds_sent = finds_sent
         self.waiting = threading.Event()
         self.go = threading.Event()
