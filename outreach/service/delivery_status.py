@@ -96,22 +96,32 @@ def _apply_status(
     detail = f"provider_status={status}" + (f" code={error_code}" if error_code else "")
     reason = Reason.PROVIDER_ERROR if error_code else Reason.PROVIDER_STATUS
     message.move(new_status, reason, now, detail)
-    effect = recipient_effect(error_code)
-    if effect is not None and message.recipient:
-        channel = Channel(message.channel)
-        if effect is ErrorEffect.OPT_OUT:
-            set_opt_out(
-                session,
-                channel=channel,
-                recipient=message.recipient,
-                opted_out=True,
-                source=f"provider:{error_code}",
-                borrower_id=message.borrower_id,
-                now=now,
-            )
-        else:
-            assert error_code is not None
-            mark_invalid(
-                session, channel=channel, recipient=message.recipient, code=error_code, now=now
-            )
+    if error_code is not None and message.recipient:
+        record_recipient_effect(session, message, recipient_effect(error_code), error_code, now)
     return new_status.value
+
+
+def record_recipient_effect(
+    session: Session,
+    message: MessageRow,
+    effect: ErrorEffect | None,
+    code: str,
+    now: dt.datetime,
+) -> None:
+    """What a provider's error said of the message's recipient, on record: an opt-out, or an
+    address that cannot receive messages (nothing for an error that says nothing of it)."""
+    if message.recipient is None or effect is None:
+        return
+    channel = Channel(message.channel)
+    if effect is ErrorEffect.OPT_OUT:
+        set_opt_out(
+            session,
+            channel=channel,
+            recipient=message.recipient,
+            opted_out=True,
+            source=f"provider:{code}",
+            borrower_id=message.borrower_id,
+            now=now,
+        )
+    elif effect is ErrorEffect.INVALID_RECIPIENT:
+        mark_invalid(session, channel=channel, recipient=message.recipient, code=code, now=now)

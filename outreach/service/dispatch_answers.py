@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 from outreach import policy as pol
 from outreach.channels.base import (
     LEASE_LOST,
-    ErrorEffect,
     ProviderRejected,
     ProviderUnavailable,
     Receipt,
 )
-from outreach.domain import Channel, Decision, DecisionKind, Reason, Status
+from outreach.domain import Decision, DecisionKind, Reason, Status
+from outreach.service.delivery_status import record_recipient_effect
 from outreach.service.dispatch_outcome import RETRY, Outcome
 from outreach.service.planner import withhold
-from outreach.store.borrowers import load_borrower, mark_invalid, set_opt_out
+from outreach.store.borrowers import load_borrower
 from outreach.store.db import transaction
 from outreach.store.messages import MessageRow, held_by_id, held_by_ids, write_rows
 
@@ -93,21 +93,7 @@ class ProviderAnswers:
                 return
             row.move(Status.FAILED, Reason.PROVIDER_ERROR, now, f"code={rejected.code}")
             write_rows(session, [row])
-            channel = Channel(row.channel)
-            if rejected.effect is ErrorEffect.OPT_OUT and row.recipient:
-                set_opt_out(
-                    session,
-                    channel=channel,
-                    recipient=row.recipient,
-                    opted_out=True,
-                    source=f"provider:{rejected.code}",
-                    borrower_id=row.borrower_id,
-                    now=now,
-                )
-            elif rejected.effect is ErrorEffect.INVALID_RECIPIENT and row.recipient:
-                mark_invalid(
-                    session, channel=channel, recipient=row.recipient, code=rejected.code, now=now
-                )
+            record_recipient_effect(session, row, rejected.effect, rejected.code, now)
             borrower_id = row.borrower_id
         if holder is not None:
             self.dispatcher._release(borrower_id, message_id, holder)

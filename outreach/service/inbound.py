@@ -8,14 +8,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from outreach import policy as pol
 from outreach.domain import Channel, PlannedMessage, Purpose, Reason, Status
 from outreach.service import planner
-from outreach.store import models as m
 from outreach.store.borrowers import (
     load_borrower,
     lock_addresses,
@@ -23,6 +20,7 @@ from outreach.store.borrowers import (
     set_opt_out,
 )
 from outreach.store.messages import last_sms_sent_to, write_rows
+from outreach.store.replies import borrower_for_email, borrower_for_phone, record_reply
 
 OPT_OUT = "opt_out"
 OPT_IN = "opt_in"
@@ -100,24 +98,6 @@ class InboundOutcome:
     reply_message_id: str | None = None
 
 
-def borrower_for_phone(session: Session, phone: str) -> str | None:
-    return session.scalar(
-        select(m.BorrowerPhone.borrower_id)
-        .where(m.BorrowerPhone.phone == phone)
-        .order_by(m.BorrowerPhone.position)
-        .limit(1)
-    )
-
-
-def _insert_reply(session: Session, values: dict[str, object]) -> int | None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(m.InboundReply).values(**values)
-    if values.get("provider_id") is not None:
-        statement = statement.on_conflict_do_nothing(index_elements=["provider_id"])
-    return session.execute(statement.returning(m.InboundReply.id)).scalar()
-
-
 def _reply(
     session: Session,
     policy: pol.Policy,
@@ -160,18 +140,16 @@ def handle_sms_reply(
     lock_addresses(session, [sender])
     borrower_id = borrower_for_phone(session, sender)
     classification = classify(body)
-    inserted = _insert_reply(
+    inserted = record_reply(
         session,
-        {
-            "provider_id": provider_id,
-            "channel": Channel.SMS.value,
-            "sender": sender,
-            "body": body,
-            "borrower_id": borrower_id,
-            "classification": classification,
-            "needs_human": classification == OTHER,
-            "received_at": received_at or now,
-        },
+        provider_id=provider_id,
+        channel=Channel.SMS.value,
+        sender=sender,
+        body=body,
+        borrower_id=borrower_id,
+        classification=classification,
+        needs_human=classification == OTHER,
+        received_at=received_at or now,
     )
     if inserted is None:
         return InboundOutcome(classification, borrower_id, duplicate=True)
@@ -243,7 +221,7 @@ def handle_unsubscribe(
     recipient = normalize_recipient(channel, recipient)
     lock_addresses(session, [recipient])
     borrower_id = (
-        session.scalar(select(m.Borrower.id).where(m.Borrower.email == recipient).limit(1))
+        borrower_for_email(session, recipient)
         if channel is Channel.EMAIL
         else borrower_for_phone(session, recipient)
     )
@@ -258,18 +236,16 @@ def handle_unsubscribe(
     )
     if not changed:
         return False
-    inserted = _insert_reply(
+    inserted = record_reply(
         session,
-        {
-            "provider_id": None,
-            "channel": channel.value,
-            "sender": recipient,
-            "body": "List-Unsubscribe=One-Click",
-            "borrower_id": borrower_id,
-            "classification": OPT_OUT,
-            "needs_human": False,
-            "received_at": now,
-        },
+        provider_id=None,
+        channel=channel.value,
+        sender=recipient,
+        body="List-Unsubscribe=One-Click",
+        borrower_id=borrower_id,
+        classification=OPT_OUT,
+        needs_human=False,
+        received_at=now,
     )
     session.flush()
     if borrower_id is not None:
