@@ -195,7 +195,7 @@ class Clock:
 
     def apply_orphaned_events(self) -> int:
         """Webhook events stored but not applied: their web process stopped first, or their
-        apply failed (see `intake.apply_orphaned`)."""
+        apply failed (see `inbox.apply_orphaned`)."""
         if not self.is_leader:
             return 0
         try:

@@ -1,4 +1,7 @@
-"""Webhook events in: stored in the inbox, applied to state, messages planned — one commit."""
+"""The webhook path, stage 3 of 4: stored events applied to borrower and loan state, each
+kind by its handler (`APPLY`), then handed to `planner` in the same transaction (so a payment
+cancels its reminders in the commit that records it). `ingest_many` stores and applies in one
+commit, as the simulator does."""
 
 from __future__ import annotations
 
@@ -124,7 +127,7 @@ def apply_stored(
 
 def lock_state_rows(session: Session, events: Sequence[Event]) -> None:
     """Read the loans and borrowers these events update in one query each (FOR UPDATE on
-    PostgreSQL) and hold them for the transaction (`state.hold`), so applying the events
+    PostgreSQL) and hold them for the transaction (`borrowers.hold`), so applying the events
     finds them at hand, or knows they do not exist yet."""
     hold_loans(
         session, {e.loan_id for e in events if e.loan_id is not None and e.type in _LOAN_ROWS}

@@ -1,5 +1,5 @@
-"""Webhook events in a web process: stored at once (group commit), applied moments later in
-larger batches.
+"""The webhook path, stage 2 of 4: a web process's events stored in the inbox at once (group
+commit), then handed to `apply` moments later in larger batches.
 
 A request hands its validated event to the process's `Intake` and waits only for it to be
 stored: the events waiting (up to `max_batch`, in arrival order) go into the inbox in one
@@ -7,7 +7,7 @@ transaction, marked `pending`, and each request is answered from its own result 
 accepted, or 200 duplicate. An accepted event is durable before its answer (SPEC §4).
 
 The process then applies its accepted events in arrival order, up to `apply_batch` per
-transaction (`ingest.apply_stored`): state updated, messages planned or cancelled, the
+transaction (`apply.apply_stored`): state updated, messages planned or cancelled, the
 outcome recorded on the inbox row, all in one transaction. Applying costs most of an event's
 work, and much of that cost is per transaction, not per event: decoupled from the answer, a
 burst is applied in batches as large as the burst, not as large as the number of requests in

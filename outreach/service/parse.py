@@ -1,4 +1,5 @@
-"""The loan system's webhook events (SPEC §4): parsed, validated, named field by field."""
+"""The webhook path, stage 1 of 4: the loan system's events (SPEC §4) parsed and validated,
+field by field, with an error naming the field. Next: `inbox` stores them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Planning: the policy's desired messages become rows; pending rows no longer wanted go.
+"""The webhook path, stage 4 of 4 (and the clock's re-plan): the policy's desired messages
+become rows; pending rows no longer wanted are withheld.
 
 Runs inside the transaction that applied an event (so a payment cancels its reminders in the
 same commit as the 202), and from the clock's periodic re-evaluation. Idempotent: message keys
@@ -212,7 +213,8 @@ def plan_batch(
     a fixed number of queries and inserting its new messages in one statement.
 
     The items must not depend on one another: no loan and no borrower in two items, and no
-    item's borrower with pending messages of another item's loan (`ingest` groups events so).
+    item's borrower with pending messages of another item's loan (`apply.apply_stored`
+    groups events so).
     Planning then writes nothing another item reads — it changes messages, never a loan's or
     a borrower's state — so reading everything first reads what each would have read. New
     message ids are drawn in the order doing the items one by one draws them.

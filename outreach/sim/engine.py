@@ -1,12 +1,13 @@
 """The simulator: the live service's code on a virtual clock (SPEC §10).
 
-Nothing here decides anything about a message. Events go through the webhook's `ingest`,
-replies through the inbound handler, due messages through the clock's `claim_due` and the
-worker's `Dispatcher`, provider outcomes through the status-callback code, and open loans are
-re-planned by `replan_loan` at every day boundary as the clock re-plans them. What the
-simulator adds is time: instead of ticking every second it jumps to the next instant at which
-anything can happen (the next event, the next due message, the next provider outcome, the
-next daily re-plan), which is why weeks run in seconds.
+Nothing here decides anything about a message. Events go through the webhook's inbox and
+apply stages (`ingest_many`), replies through the inbound handler, due messages through the
+clock's `claim_due` and the worker's `Dispatcher`, provider outcomes through the status-
+callback code, and open loans are re-planned by `replan_loan` at every day boundary as the
+clock re-plans them. What the simulator adds is time: instead of ticking every second it
+jumps to the next instant at which anything can happen (the next event, the next due
+message, the next provider outcome, the next daily re-plan), which is why weeks run in
+seconds.
 
 The store is a throw-away SQLite database migrated like any other (durability switched off,
 as nothing needs to survive the run); the caps are an embedded Redis under the same temporary

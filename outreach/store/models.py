@@ -186,12 +186,12 @@ class ReceivedEvent(Base):
     # at retry_at) | dead_letter (failed too often, not tried again), with the detail naming why
     outcome: Mapped[str] = mapped_column(String(40))
     detail: Mapped[str | None] = mapped_column(Text)
-    # failed applies so far, and when the next one is due (`intake.mark_failed`)
+    # failed applies so far, and when the next one is due (`inbox.mark_failed`)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
-        # the clock's look for events left pending or failed (`intake.apply_orphaned`), the
+        # the clock's look for events left pending or failed (`inbox.apply_orphaned`), the
         # final gate's for events not applied about a batch's borrowers and loans, and the
         # dead letters ops read
         Index(
