@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Select, false, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from outreach.domain import Channel, Status
 from outreach.errors import PermanentError
 from outreach.service.messages import as_record, iso
+from outreach.store import message_log as store
 from outreach.store import models as m
 
 MAX_LIMIT = 500
@@ -109,49 +109,11 @@ def decode_cursor(cursor: str) -> str:
     return last_id
 
 
-def filtered(query: Select[Any], criteria: MessageFilter) -> Select[Any]:
-    for name in ("borrower_id", "loan_id", "campaign_id", "channel", "stage", "reason", "purpose"):
-        value = getattr(criteria, name)
-        if value is not None:
-            query = query.where(getattr(m.Message, name) == value)
-    if criteria.needs_human is not None:
-        query = query.where(m.Message.needs_human.is_(criteria.needs_human))
-    if criteria.status is not None:
-        query = query.where(m.Message.status.in_(criteria.status.split(",")))
-    if criteria.since is not None:
-        query = query.where(m.Message.send_at >= criteria.since)
-    if criteria.until is not None:
-        query = query.where(m.Message.send_at < criteria.until)
-    if criteria.q:
-        pattern = "%" + criteria.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern += "%"
-        query = query.where(
-            or_(
-                *(
-                    column.ilike(pattern, escape="\\")
-                    for column in (
-                        m.Message.body,
-                        m.Message.subject,
-                        m.Message.text,
-                        m.Message.recipient,
-                        m.Message.template,
-                        m.Message.borrower_id,
-                        m.Message.loan_id,
-                    )
-                )
-            )
-        )
-    return query
-
-
 def list_messages(
     session: Session, criteria: MessageFilter, *, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page, newest first; the cursor continues exactly after the last item shown."""
-    query = filtered(select(m.Message), criteria).options(selectinload(m.Message.events))
-    if cursor:
-        query = query.where(m.Message.id < decode_cursor(cursor))
-    rows = session.scalars(query.order_by(m.Message.id.desc()).limit(limit + 1)).all()
+    rows = store.page(session, criteria, limit + 1, decode_cursor(cursor) if cursor else None)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].id) if len(rows) > limit and page else None
     return [as_record(row) for row in page], next_cursor
@@ -161,44 +123,17 @@ def iter_messages(
     session: Session, criteria: MessageFilter, batch: int = 500
 ) -> Iterator[m.Message]:
     """Every matching message, newest first, fetched in batches so exports stream."""
-    last_id: str | None = None
-    while True:
-        query = filtered(select(m.Message), criteria)
-        if last_id is not None:
-            query = query.where(m.Message.id < last_id)
-        rows = session.scalars(query.order_by(m.Message.id.desc()).limit(batch)).all()
-        if not rows:
-            return
-        yield from rows
-        last_id = rows[-1].id
-        session.expunge_all()
+    return store.iter_messages(session, criteria, batch)
 
 
 def get_message(session: Session, message_id: str) -> dict[str, Any] | None:
-    row = session.get(m.Message, message_id)
+    row = store.get(session, message_id)
     return as_record(row) if row is not None else None
 
 
 def borrower_timeline(session: Session, borrower_id: str) -> dict[str, Any] | None:
     """Every event, message step and inbound reply about a borrower, oldest first."""
-    borrower = session.get(m.Borrower, borrower_id)
-    loan_ids = list(session.scalars(select(m.Loan.id).where(m.Loan.borrower_id == borrower_id)))
-    events = session.scalars(
-        select(m.ReceivedEvent).where(
-            or_(
-                m.ReceivedEvent.borrower_id == borrower_id,
-                m.ReceivedEvent.loan_id.in_(loan_ids) if loan_ids else false(),
-            )
-        )
-    ).all()
-    messages = session.scalars(
-        select(m.Message)
-        .where(m.Message.borrower_id == borrower_id)
-        .options(selectinload(m.Message.events))
-    ).all()
-    replies = session.scalars(
-        select(m.InboundReply).where(m.InboundReply.borrower_id == borrower_id)
-    ).all()
+    borrower, events, messages, replies = store.timeline_of(session, borrower_id)
     if borrower is None and not events and not messages and not replies:
         return None
     entries: list[tuple[dt.datetime, int, dict[str, Any]]] = []
