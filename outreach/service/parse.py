@@ -8,7 +8,7 @@ import re
 import zoneinfo
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 import phonenumbers
@@ -257,18 +257,6 @@ class SmsInbound(Lenient):
     body: str
 
 
-EventData = (
-    BorrowerUpserted
-    | LoanUpdated
-    | PaymentReceived
-    | PromiseCreated
-    | PlanCreated
-    | VisitScheduled
-    | ContactRestricted
-    | LoanClosed
-    | SmsInbound
-)
-
 DATA_MODELS: dict[str, type[BaseModel]] = {
     "borrower.upserted": BorrowerUpserted,
     "loan.updated": LoanUpdated,
@@ -281,16 +269,6 @@ DATA_MODELS: dict[str, type[BaseModel]] = {
 }
 SIMULATION_ONLY_MODELS: dict[str, type[BaseModel]] = {"sms.inbound": SmsInbound}
 _SIMULATION_MODELS = {**DATA_MODELS, **SIMULATION_ONLY_MODELS}
-EventType = Literal[
-    "borrower.upserted",
-    "loan.updated",
-    "payment.received",
-    "promise_to_pay.created",
-    "payment_plan.created",
-    "field_visit.scheduled",
-    "contact.restricted",
-    "loan.closed",
-]
 
 
 class Envelope(Strict):
