@@ -27,10 +27,6 @@ class RedisHandle:
             self.url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
         )
 
-    @property
-    def is_embedded(self) -> bool:
-        return self._embedded is not None
-
     def new_client(self) -> redis.Redis:
         """A separate client (own pool) for code that must not share connections."""
         return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)

@@ -82,10 +82,6 @@ class Settings:
     worker_lease_seconds: float = 20.0
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.reveal().startswith("sqlite")
-
-    @property
     def uses_embedded_redis(self) -> bool:
         return self.redis_url is None
 

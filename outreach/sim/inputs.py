@@ -130,9 +130,6 @@ class EventBook:
     def from_events(cls, events: Iterable[dict[str, Any]], source: str = "<book>") -> EventBook:
         return cls.from_lines((json.dumps(event) for event in events), source)
 
-    def first_at(self) -> dt.datetime | None:
-        return self.entries[0].occurred_at if self.entries else None
-
     def cursor(self) -> EventCursor:
         return EventCursor(self)
 

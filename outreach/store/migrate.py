@@ -43,10 +43,3 @@ def is_current(engine: Engine) -> bool:
             return False
         current = MigrationContext.configure(connection).get_current_heads()
     return set(current) == set(script.get_heads())
-
-
-def autogenerate(engine: Engine, message: str) -> None:
-    with engine.begin() as connection:
-        config = alembic_config(engine)
-        config.attributes["connection"] = connection
-        command.revision(config, message=message, autogenerate=True)
