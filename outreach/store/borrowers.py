@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, ClassVar, Self, TypeVar, cast
 
-from sqlalchemy import Select, Table, delete, select, text, update
+from sqlalchemy import Select, Table, bindparam, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from outreach.domain import (
@@ -30,6 +30,7 @@ from outreach.domain import (
 )
 from outreach.store import models as m
 from outreach.store.bulk import insert_rows, row_tuple, update_rows
+from outreach.store.db import Lockable, takes_row_locks
 from outreach.store.keysets import keys_in
 
 _LOANS = cast(Table, m.Loan.__table__)
@@ -142,7 +143,7 @@ class BorrowerRecord(HeldRecord):
         self._phones_written: tuple[str, ...] | None = () if stored else None
 
 
-_BY_ID: dict[tuple[str, bool], Select[Any]] = {}
+_BY_ID: dict[str, Lockable[Select[Any]]] = {}
 _PHONES_OF = (
     select(_PHONE_TABLE.c.borrower_id, _PHONE_TABLE.c.phone)
     .where(keys_in(_PHONE_TABLE.c.borrower_id, "keys"))
@@ -163,11 +164,12 @@ def hold(session: Session, kind: type[Held], keys: Iterable[str]) -> dict[str, H
     wanted = sorted({key for key in keys if key not in held})
     if not wanted:
         return held
-    postgres = session.get_bind().dialect.name == "postgresql"
-    query = _BY_ID.get((kind.TABLE.name, postgres))
-    if query is None:
-        query = select(kind.TABLE).where(keys_in(kind.TABLE.c.id, "keys"))
-        query = _BY_ID[(kind.TABLE.name, postgres)] = query.with_for_update() if postgres else query
+    by_id = _BY_ID.get(kind.TABLE.name)
+    if by_id is None:
+        by_id = _BY_ID[kind.TABLE.name] = Lockable(
+            select(kind.TABLE).where(keys_in(kind.TABLE.c.id, "keys"))
+        )
+    query = by_id.of(session)
     connection = session.connection()
     for index in range(0, len(wanted), _IN_CHUNK):
         chunk = wanted[index : index + _IN_CHUNK]
@@ -262,7 +264,7 @@ def lock_addresses(session: Session, addresses: Iterable[str]) -> None:
     moment is linked by one of them, never by neither. SQLite writers are serial already
     (BEGIN IMMEDIATE); PostgreSQL takes a transaction-level advisory lock per address, in
     key order so that two writers never wait on each other's."""
-    if session.get_bind().dialect.name != "postgresql":
+    if not takes_row_locks(session):
         return
     keys = sorted(set(addresses))
     if keys:
@@ -432,6 +434,14 @@ def record_visit(
     return True
 
 
+_RESTRICTION = Lockable(
+    select(m.ContactRestriction).where(
+        m.ContactRestriction.borrower_id == bindparam("borrower_id"),
+        m.ContactRestriction.restriction == bindparam("restriction"),
+    )
+)
+
+
 def record_restriction(
     session: Session,
     borrower_id: str,
@@ -444,12 +454,7 @@ def record_restriction(
     """Record a contact restriction in force or lifted (its inconvenient windows, if any);
     False when a later report of it is recorded."""
     row = session.scalar(
-        select(m.ContactRestriction)
-        .where(
-            m.ContactRestriction.borrower_id == borrower_id,
-            m.ContactRestriction.restriction == restriction,
-        )
-        .with_for_update()
+        _RESTRICTION.of(session), {"borrower_id": borrower_id, "restriction": restriction}
     )
     if row is not None and row.state_as_of > reported_at:
         return False
@@ -476,6 +481,13 @@ def new_held(session: Session, kind: type[Held], key: str) -> Held:
     return record
 
 
+_OPT_OUT = Lockable(
+    select(m.OptOut).where(
+        m.OptOut.channel == bindparam("channel"), m.OptOut.recipient == bindparam("recipient")
+    )
+)
+
+
 def set_opt_out(
     session: Session,
     *,
@@ -488,11 +500,7 @@ def set_opt_out(
 ) -> bool:
     """Record an opt-out or opt-in; returns whether it changed anything."""
     recipient = normalize_recipient(channel, recipient)
-    row = session.scalar(
-        select(m.OptOut)
-        .where(m.OptOut.channel == channel.value, m.OptOut.recipient == recipient)
-        .with_for_update()
-    )
+    row = session.scalar(_OPT_OUT.of(session), {"channel": channel.value, "recipient": recipient})
     if row is None:
         if not opted_out:
             return False
