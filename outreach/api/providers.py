@@ -41,6 +41,21 @@ async def _signed_twilio_form(
 _BAD_SIGNATURE = {"detail": "X-Twilio-Signature is not valid"}
 
 
+async def _received(services: Services, entry: JournalEntry) -> str | None:
+    """The callback applied, or kept in the reply journal while the database cannot take it
+    (Twilio never retries these webhooks); its outcome, or None when neither could store it
+    (Redis is down too)."""
+    try:
+        outcome: str = await run_in_threadpool(services.replies.receive, entry)
+    except StoreUnavailable:
+        return None
+    return outcome
+
+
+def _not_stored() -> JSONResponse:
+    return JSONResponse({"detail": "not stored; retry"}, status_code=503)
+
+
 @router.post(
     STATUS_CALLBACK_PATH,
     summary="Twilio delivery status callback (signed)",
@@ -58,12 +73,11 @@ async def twilio_status(request: Request, services: ServicesDep) -> JSONResponse
     fields = {"MessageSid": sid, "MessageStatus": status}
     if params.get("ErrorCode"):
         fields["ErrorCode"] = params["ErrorCode"]
-    entry = JournalEntry(TWILIO_STATUS, fields, services.dispatcher.now())
-    try:
-        # applied, or kept in the journal while the database is unreachable
-        outcome = await run_in_threadpool(services.replies.receive, entry)
-    except StoreUnavailable:
-        return JSONResponse({"detail": "not stored; retry"}, status_code=503)
+    outcome = await _received(
+        services, JournalEntry(TWILIO_STATUS, fields, services.dispatcher.now())
+    )
+    if outcome is None:
+        return _not_stored()
     return JSONResponse({"status": outcome})
 
 
@@ -84,13 +98,11 @@ async def twilio_inbound(request: Request, services: ServicesDep) -> Response:
     sid = params.get("MessageSid") or params.get("SmsSid")
     if sid:
         fields["MessageSid"] = sid
-    entry = JournalEntry(SMS_REPLY, fields, services.dispatcher.now())
-    try:
-        # Twilio never retries this webhook: what the database cannot take now is kept
-        # in the journal and applied once it can; 503 only when Redis is down too
-        await run_in_threadpool(services.replies.receive, entry)
-    except StoreUnavailable:
-        return JSONResponse({"detail": "not stored; retry"}, status_code=503)
+    if (
+        await _received(services, JournalEntry(SMS_REPLY, fields, services.dispatcher.now()))
+        is None
+    ):
+        return _not_stored()
     # replies go out as recorded, gated messages, not as TwiML
     return Response("<Response/>", media_type="application/xml")
 
