@@ -106,6 +106,22 @@ _SPECS: Final = (
     TemplateSpec("optin_confirmation", Purpose.OPTIN_CONFIRMATION),
     TemplateSpec("help_reply", Purpose.HELP_REPLY, channels=frozenset({Channel.SMS})),
     TemplateSpec("cease_confirmation", Purpose.CEASE_CONFIRMATION, requires_opt_out=False),
+    # campaign messages (SPEC §8: folders named campaign_<name>), sent to a segment by ops
+    TemplateSpec(
+        "campaign_hardship_relief",
+        Purpose.CAMPAIGN,
+        amounts=("loan.amount_due",),
+        stage="early",
+        days_past_due=12,
+    ),
+    TemplateSpec(
+        "campaign_restructuring_offer",
+        Purpose.CAMPAIGN,
+        amounts=("loan.amount_due",),
+        email_amounts=("loan.balance",),
+        stage="negotiation",
+        days_past_due=35,
+    ),
 )
 
 CATALOG: Final[dict[str, TemplateSpec]] = {spec.name: spec for spec in _SPECS}
