@@ -19,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from outreach.errors import StoreUnavailable, TransientError
 from outreach.lua import lua_script
+from outreach.service import campaigns as campaign_service
 from outreach.service import dispatch as dispatch_service
 from outreach.service.inbox import apply_orphaned
 from outreach.service.journal import JournalUnavailable
@@ -106,6 +107,12 @@ class Clock:
             self.reconcile_orphaned, "interval", seconds=self.leases.ttl / 2, **common
         )
         self.scheduler.add_job(self.replan_all, "interval", minutes=10, **common)
+        self.scheduler.add_job(
+            self.advance_campaigns,
+            "interval",
+            seconds=campaign_service.ADVANCE_EVERY.total_seconds(),
+            **common,
+        )
         self.scheduler.start()
         log.info("clock started (%s)", "leader" if self.is_leader else "standby")
 
@@ -203,6 +210,23 @@ class Clock:
         except StoreUnavailable as error:
             log.warning("applying orphaned events skipped: %s", error)
             return 0
+
+    def advance_campaigns(self) -> list[str]:
+        """Campaigns whose start or end has come, or with nothing left to send, move on
+        (see `service.campaigns.advance`)."""
+        if not self.is_leader:
+            return []
+        try:
+            with transaction(self.sessions) as session:
+                moved = campaign_service.advance(
+                    session, self.services.campaigns, self.dispatcher.now()
+                )
+        except TransientError as error:
+            log.warning("campaign step skipped: %s", error)
+            return []
+        for campaign_id in moved:
+            log.info("campaign %s moved on", campaign_id)
+        return moved
 
     def replan_all(self, force: bool = False) -> int:
         """Re-evaluate every open loan's cadence, so stage changes and new steps appear."""

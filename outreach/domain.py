@@ -366,4 +366,6 @@ class PlannedMessage:
     send_at: dt.datetime
     fallback_from: Channel | None = None
     campaign_id: str | None = None
+    # the campaign arm (variant) a campaign message belongs to
+    variant: str | None = None
     refs: dict[str, str] = field(default_factory=dict)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,6 +54,15 @@ class Secret:
 class OpsToken:
     token: Secret
     role: str
+    # who the token is, as the audit log shows them; None: a fingerprint of the token
+    name: str | None = None
+
+    @property
+    def actor(self) -> str:
+        if self.name:
+            return self.name
+        digest = hashlib.sha256(self.token.reveal().encode()).hexdigest()[:8]
+        return f"{self.role}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -86,10 +97,17 @@ class Settings:
         return self.redis_url is None
 
     def role_for(self, token: str) -> str | None:
+        found = self.ops_token(token)
+        return found.role if found is not None else None
+
+    def ops_token(self, token: str) -> OpsToken | None:
+        """The configured token equal to `token` (compared in constant time)."""
+        given = token.encode("utf-8", "surrogateescape")
+        found = None
         for known in self.ops_tokens:
-            if known.token.reveal() == token:
-                return known.role
-        return None
+            if hmac.compare_digest(known.token.reveal().encode(), given):
+                found = known
+        return found
 
 
 def _shipped(relative: Path) -> Path:
@@ -151,15 +169,24 @@ def _ops_tokens(env: Mapping[str, str]) -> tuple[OpsToken, ...]:
         if not item:
             continue
         token, sep, role = item.rpartition(":")
+        name: str | None = None
+        if role not in ROLES and sep:
+            # token:role:name
+            head, sep_name, maybe_role = token.rpartition(":")
+            if sep_name and maybe_role in ROLES:
+                token, name, role = head, role, maybe_role
         if not sep or not token:
             raise ConfigurationError(
-                f"OUTREACH_OPS_TOKENS: entry {index + 1} must be token:role (role admin or viewer)"
+                f"OUTREACH_OPS_TOKENS: entry {index + 1} must be token:role or token:role:name"
+                " (role admin or viewer)"
             )
         if role not in ROLES:
             raise ConfigurationError(
                 f"OUTREACH_OPS_TOKENS: entry {index + 1} has role '{role}'; use admin or viewer"
             )
-        tokens.append(OpsToken(Secret(token), role))
+        if name is not None and not name.strip():
+            raise ConfigurationError(f"OUTREACH_OPS_TOKENS: entry {index + 1} has an empty name")
+        tokens.append(OpsToken(Secret(token), role, name.strip() if name else None))
     return tuple(tokens)
 
 

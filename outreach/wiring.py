@@ -12,6 +12,7 @@ from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
+from outreach.campaign_control import CampaignControl
 from outreach.caps import CapReserver, HistoryEntry
 from outreach.channels.base import Sender
 from outreach.channels.console import ConsoleSender
@@ -111,6 +112,7 @@ class Services:
     caps: CapReserver
     dispatcher: Dispatcher
     replies: ReplyIntake
+    campaigns: CampaignControl
 
     @classmethod
     def build(
@@ -124,7 +126,9 @@ class Services:
         policy = pol.load_policy(settings.policy_path)
         renderer = Renderer(settings.templates_dir)
         caps = cap_reserver(runtime.redis.client, policy, runtime.sessions)
+        campaigns = CampaignControl(runtime.redis.client)
         dispatcher = Dispatcher(
+            campaigns=campaigns,
             leases=MessageLeases(runtime.redis.client),
             sessions=runtime.sessions,
             policy=policy,
@@ -140,4 +144,4 @@ class Services:
         journal = ReplyJournal(runtime.redis.client)
         dispatcher.replies_pending = journal.held_senders
         replies = ReplyIntake(journal, runtime.sessions, policy, clock)
-        return cls(runtime, policy, renderer, caps, dispatcher, replies)
+        return cls(runtime, policy, renderer, caps, dispatcher, replies, campaigns)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from outreach import __version__
-from outreach.api import events, health, ops, providers
+from outreach.api import campaigns, events, health, ops, providers
 from outreach.api.schemas import Accepted, Problem
 from outreach.api.webhook import OPENAPI_PATH
 from outreach.wiring import Services
@@ -44,7 +44,7 @@ def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI
     )
     app.state.services = services
     app.state.broker = checked_broker
-    for router in (health.router, events.router, ops.router, providers.router):
+    for router in (health.router, events.router, ops.router, campaigns.router, providers.router):
         app.include_router(router)
     app.state.intake = events.mount_receiver(app, services)
 

@@ -10,14 +10,16 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from outreach.api.auth import Admin, ServicesDep, Viewer
+from outreach.api.auth import Admin, AdminActor, ServicesDep, Viewer
 from outreach.api.schemas import Problem
 from outreach.domain import Channel
 from outreach.errors import RenderError
 from outreach.render import preview as render_preview
+from outreach.render.preview import template_list
 from outreach.service import log as message_log
 from outreach.service.export import csv_rows
 from outreach.service.messages import MessageNotFound, MessageNotPending, cancel_by_ops
+from outreach.store import audit
 from outreach.store.db import transaction
 
 
@@ -110,21 +112,99 @@ def show_message(message_id: str, _: Viewer, services: ServicesDep) -> dict[str,
 )
 def cancel_message(
     message_id: str,
-    _: Admin,
+    actor: AdminActor,
     services: ServicesDep,
     request_body: CancelRequest | None = None,
 ) -> dict[str, Any]:
     note = request_body.note if request_body and request_body.note else None
+    now = services.dispatcher.now()
     try:
         with transaction(services.runtime.sessions) as session:
-            cancel_by_ops(session, message_id, services.dispatcher.now(), note)
+            cancel_by_ops(session, message_id, now, note)
+            audit.append(
+                session,
+                at=now,
+                actor=actor.name,
+                role=actor.role,
+                action="message.cancel",
+                target=message_id,
+                outcome="ok",
+                detail={"note": note} if note else None,
+            )
             cancelled = message_log.get_message(session, message_id)
     except MessageNotFound as error:
         raise HTTPException(404, str(error)) from error
     except MessageNotPending as error:
+        with transaction(services.runtime.sessions) as session:
+            audit.append(
+                session,
+                at=now,
+                actor=actor.name,
+                role=actor.role,
+                action="message.cancel",
+                target=message_id,
+                outcome="refused",
+                detail={"why": str(error)},
+            )
         raise HTTPException(409, str(error)) from error
     assert cancelled is not None
     return cancelled
+
+
+@router.get("/v1/audit", tags=["audit"], summary="Every ops write: who, when, what (admin)")
+def audit_log(
+    _: Admin,
+    services: ServicesDep,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    since: Annotated[str | None, Query(description="at ≥ (RFC 3339)")] = None,
+    until: Annotated[str | None, Query(description="at < (RFC 3339)")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the last page")] = None,
+) -> dict[str, Any]:
+    bounds = {}
+    for name, value in (("since", since), ("until", until)):
+        if value is not None:
+            try:
+                bounds[name] = message_log.parse_instant(name, value)
+            except message_log.MessageFilterError as error:
+                raise HTTPException(422, str(error)) from None
+    before_id = None
+    if cursor is not None:
+        if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
+            raise HTTPException(422, "cursor: not a cursor this API gave")
+        before_id = int(cursor)
+    with services.runtime.sessions() as session:
+        rows = audit.entries(
+            session,
+            actor=actor,
+            action=action,
+            target=target,
+            before_id=before_id,
+            limit=limit + 1,
+            **bounds,
+        )
+    items = [
+        {
+            "id": row.id,
+            "at": row.at.isoformat().replace("+00:00", "Z"),
+            "actor": row.actor,
+            "role": row.role,
+            "action": row.action,
+            "target": row.target,
+            "outcome": row.outcome,
+            "detail": row.detail,
+        }
+        for row in rows[:limit]
+    ]
+    next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get("/v1/templates", tags=["policy"], summary="Every shipped template")
+def list_templates(_: Viewer, services: ServicesDep) -> dict[str, Any]:
+    return {"items": template_list(services.renderer)}
 
 
 @router.get(

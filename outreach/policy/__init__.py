@@ -23,7 +23,7 @@ from outreach.policy.dunning import (
     delinquency_cycle,
     effective_days_past_due,
 )
-from outreach.policy.gate import counts_against_caps, gate, obeys_quiet_hours
+from outreach.policy.gate import campaign_end, counts_against_caps, gate, obeys_quiet_hours
 from outreach.policy.hours import (
     contact_rules,
     earliest_allowed,
@@ -65,6 +65,7 @@ __all__ = [
     "Step",
     "ages_alike",
     "borrower_countries",
+    "campaign_end",
     "candidate_zones",
     "choose_channel",
     "contact_rules",

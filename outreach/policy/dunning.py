@@ -45,9 +45,17 @@ def start_of_day(policy: Policy, day: dt.date) -> dt.datetime:
 
 def effective_days_past_due(policy: Policy, loan: LoanState, now: dt.datetime) -> int:
     """`days_past_due` aged to `now`; a loan with nothing owed does not age."""
-    if loan.is_current:
-        return loan.days_past_due
-    return loan.days_past_due + (local_day(policy, now) - local_day(policy, loan.as_of)).days
+    return aged_days_past_due(policy, loan.days_past_due, loan.as_of, not loan.is_current, now)
+
+
+def aged_days_past_due(
+    policy: Policy, reported: int, as_of: dt.datetime, owing: bool, now: dt.datetime
+) -> int:
+    """Days past due reported at `as_of`, aged to `now` (a loan with nothing owed does not
+    age): for reads that have the loan's columns, not its state."""
+    if not owing:
+        return reported
+    return reported + (local_day(policy, now) - local_day(policy, as_of)).days
 
 
 def ages_alike(policy: Policy, before: LoanState, after: LoanState) -> bool:

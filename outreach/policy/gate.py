@@ -89,6 +89,9 @@ def gate(
     purpose = message.purpose
     if purpose.is_direct_reply:
         return _direct_reply(borrower, message, optout_confirmations_sent)
+    campaign_ends = campaign_end(message)
+    if campaign_ends is not None and now >= campaign_ends:
+        return Decision.suppress(Reason.CAMPAIGN_ENDED)
 
     restrictions = borrower.active_restrictions
     for restriction, reason in _STOPPING_RESTRICTIONS:
@@ -117,6 +120,11 @@ def gate(
     if message.send_at > now:
         return Decision.wait(Reason.PLANNED, message.send_at)
     timing = next_allowed_instant(policy, borrower, now)
+    if campaign_ends is not None and timing.until is not None and timing.until >= campaign_ends:
+        return Decision.suppress(
+            Reason.CAMPAIGN_ENDED,
+            detail=f"no allowed hour before the campaign ends ({timing.reason})",
+        )
     if purpose is Purpose.VISIT_NOTICE and loan is not None and timing.until is not None:
         visit = _visit(loan, message)
         if visit is not None and timing.until >= visit:
@@ -124,6 +132,13 @@ def gate(
                 Reason.EXPIRED, detail="the visit comes before any allowed hour"
             )
     return timing
+
+
+def campaign_end(message: PlannedMessage) -> dt.datetime | None:
+    """The end of the campaign a message belongs to (`refs["campaign_end_at"]`), if it has
+    one: a campaign message not sent by then is withheld as `campaign_ended`."""
+    ends = message.refs.get("campaign_end_at") if message.purpose is Purpose.CAMPAIGN else None
+    return dt.datetime.fromisoformat(ends) if ends else None
 
 
 def _direct_reply(

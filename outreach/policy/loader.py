@@ -281,6 +281,7 @@ class _Reader:
                 "jurisdictions",
                 "cadence_tags",
                 "pauses",
+                "campaigns",
             ),
         )
         if "version" in top and top["version"] != 1:
@@ -322,6 +323,7 @@ class _Reader:
             events=self.events(top["events"], "events"),
             pauses=self.pauses(top.get("pauses", {}), "pauses"),
             search_horizon=dt.timedelta(days=horizon_days),
+            attribution_days=self.attribution_days(top.get("campaigns", {}), "campaigns"),
         )
 
     def senders(self, value: Any, path: str, locales: list[str]) -> Mapping[str, Lender]:
@@ -580,6 +582,13 @@ class _Reader:
             valid_days=valid_days,
             notice=notice,
         )
+
+    def attribution_days(self, value: Any, path: str) -> int:
+        section = self.mapping(value, path, optional=("attribution_days",))
+        days = self.integer(section.get("attribution_days", 7), _join(path, "attribution_days"), 1)
+        if days > 90:
+            self.fail(_join(path, "attribution_days"), "must be at most 90")
+        return days
 
     def pauses(self, value: Any, path: str) -> Pauses:
         section = self.mapping(value, path, optional=("instalment_grace_days",))

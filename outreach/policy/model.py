@@ -258,6 +258,9 @@ class Policy:
     pauses: Pauses
     # how far ahead an allowed contact instant is searched for before giving up
     search_horizon: dt.timedelta = dt.timedelta(days=7)
+    # a payment on a campaign message's loan within this many days after it was sent (for
+    # the holdout: after launch) is attributed to the campaign
+    attribution_days: int = 7
 
     def stage_for(self, days_past_due: int) -> str | None:
         stage = self.stage_at(days_past_due)
@@ -363,6 +366,7 @@ class Policy:
             "events": {str(purpose): rule.to_json() for purpose, rule in self.events.items()},
             "pauses": {"instalment_grace_days": self.pauses.instalment_grace_days},
             "search_horizon_days": self.search_horizon.days,
+            "campaigns": {"attribution_days": self.attribution_days},
             "templates": {
                 name: sorted(str(channel) for channel in channels)
                 for name, channels in sorted(self.templates_referenced().items())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from outreach.domain import Channel
 from outreach.errors import RenderError
+from outreach.render.catalog import spec_for
 from outreach.render.lint import (
     Finding,
     has_errors,
@@ -74,3 +76,28 @@ def preview(
         | rendered.to_dict()
         | {"ok": not has_errors(findings), "findings": [finding.to_dict() for finding in findings]}
     )
+
+
+def template_list(renderer: Renderer) -> list[dict[str, Any]]:
+    """Every template with its purpose, the channels and locales it has every part for, and
+    a version that changes when any of those files changes (GET /v1/templates)."""
+    found: dict[str, list[tuple[Channel, str]]] = {}
+    for template, channel, locale in renderer.available():
+        found.setdefault(template, []).append((channel, locale))
+    items = []
+    for template, parts in sorted(found.items()):
+        digest = hashlib.sha256()
+        for channel, locale in sorted(parts):
+            digest.update(
+                f"{channel}:{locale}:{renderer.version(template, channel, locale)};".encode()
+            )
+        items.append(
+            {
+                "name": template,
+                "purpose": spec_for(template).purpose.value,
+                "channels": sorted({channel.value for channel, _ in parts}),
+                "locales": sorted({locale for _, locale in parts}),
+                "version": digest.hexdigest()[:12],
+            }
+        )
+    return items

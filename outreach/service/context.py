@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+from outreach import policy as pol
 from outreach.domain import BorrowerState, LoanState, PlannedMessage
 
 
@@ -90,3 +91,28 @@ def render_context(
                     "amount_due_after": max(payment.amount_due_after, Decimal(0)),
                 }
     return context
+
+
+def message_context(
+    policy: pol.Policy,
+    borrower: BorrowerState,
+    loan: LoanState | None,
+    message: PlannedMessage,
+    now: dt.datetime,
+    unsubscribe_url: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """The locale a message is rendered in and its render context, on the state given, as
+    it would be handed over at `now`."""
+    locale = policy.locale_for(borrower.locale)
+    zones = pol.candidate_zones(policy, borrower)
+    context = render_context(
+        borrower=borrower,
+        loan=loan,
+        message=message,
+        locale=locale,
+        lender=policy.sender_for(locale),
+        timezone=zones[0].key if zones else policy.default_zone.key,
+        days_past_due=pol.days_past_due_at(policy, loan, now) if loan else None,
+        unsubscribe_url=unsubscribe_url,
+    )
+    return locale, context

@@ -31,6 +31,7 @@ from urllib.parse import quote
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
+from outreach.campaign_control import CampaignControl, HandOver
 from outreach.caps import CapRequest, CapReserver
 from outreach.channels.base import (
     OutcomeUnknown,
@@ -56,7 +57,7 @@ from outreach.errors import RenderError, TransientError
 from outreach.message_leases import MessageLeases
 from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
-from outreach.service.context import render_context
+from outreach.service.context import message_context
 from outreach.service.dispatch_answers import CHECK_RETRY_DELAY, ProviderAnswers
 from outreach.service.dispatch_outcome import MISSING, NOT_DUE, SENT, UNKNOWN, Outcome
 from outreach.service.dispatch_reconcile import STUCK_SENDING_AFTER, OrphanReconciler
@@ -69,6 +70,7 @@ from outreach.store.borrowers import (
     load_borrowers,
     load_loans,
 )
+from outreach.store.campaigns import CampaignState, campaign_states
 from outreach.store.db import transaction
 from outreach.store.inbox import DEAD_LETTER_OUTCOME, Unapplied
 from outreach.store.messages import (
@@ -89,6 +91,10 @@ DEAD_LETTER_HOLD = dt.timedelta(minutes=15)
 # a reply in the journal is applied within a clock tick or two of the database answering
 UNAPPLIED_REPLY_RETRY_DELAY = dt.timedelta(seconds=5)
 STALE_QUEUED_AFTER = dt.timedelta(minutes=2)
+# a message of a campaign being paused looks again this soon (the pause is then on record);
+# one of a paused campaign looks again after a day at the latest (a resume brings it forward)
+CAMPAIGN_HALT_RECHECK = dt.timedelta(seconds=5)
+PAUSED_RECHECK = dt.timedelta(days=1)
 # a batch's final gate stands for this long; after it (a paced provider), each message left is
 # gated again on its own, so "checked at the moment of sending" stays true
 BATCH_GATE_FRESH_FOR = 10.0  # seconds
@@ -169,6 +175,8 @@ class Dispatcher:
     leases: MessageLeases | None = None
     # this worker process's lease; None where nothing reconciles (the simulator)
     lease: WorkerLease | None = None
+    # campaigns' pause, cancel and throttle at hand-over; without it campaign messages wait
+    campaigns: CampaignControl | None = None
 
     def now(self) -> dt.datetime:
         return self.clock()
@@ -307,6 +315,9 @@ class Dispatcher:
             loans = load_loans(session, loan_ids)
             # read in the gate's transaction: when it cannot be read, nothing is gated
             unapplied = unapplied_about(session, borrower_ids, loan_ids, now)
+            campaigns = campaign_states(
+                session, {row.campaign_id for row in rows.values() if row.campaign_id}
+            )
             for message_id in dict.fromkeys(message_ids):
                 row = rows.get(message_id)
                 if row is None:
@@ -320,6 +331,7 @@ class Dispatcher:
                     loans.get(row.loan_id) if row.loan_id else None,
                     unapplied.get(("borrower", row.borrower_id))
                     or (unapplied.get(("loan", row.loan_id)) if row.loan_id else None),
+                    campaigns.get(row.campaign_id) if row.campaign_id else None,
                 )
                 if isinstance(gated, Outcome):
                     outcomes[message_id] = gated
@@ -352,6 +364,23 @@ class Dispatcher:
                     message_id, prepared, holder, *composed
                 )
         ready = self._hold_for_unapplied_replies(ready, outcomes, attempt.token)
+        ready, through = self._campaign_hand_over(ready, outcomes, attempt.token)
+        try:
+            self._hand_over(ready, accepted, outcomes, attempt, lease, now)
+        finally:
+            if through and self.campaigns is not None:
+                self.campaigns.handed_over(through)
+
+    def _hand_over(
+        self,
+        ready: list[tuple[str, Dispatcher._Prepared, _Composed]],
+        accepted: list[tuple[str, Receipt, dt.datetime]],
+        outcomes: dict[str, Outcome],
+        attempt: _Attempt,
+        lease: str | None,
+        now: dt.datetime,
+    ) -> None:
+        """Mark the messages `sending` (committed) and hand each to its provider."""
         not_marked = self._mark_sending_many(ready, now, lease)
         for message_id, prepared, composed in ready:
             holder = attempt.token if prepared.capped else None
@@ -395,23 +424,106 @@ class Dispatcher:
                 waiting[message_id] = (prepared, now + UNAPPLIED_REPLY_RETRY_DELAY)
             elif held is None or composed.outgoing.to in held.set_aside:
                 waiting[message_id] = (prepared, now + CHECK_RETRY_DELAY)
+        return self._hold_queued(
+            ready,
+            {
+                message_id: (
+                    prepared,
+                    Decision.wait(Reason.CHECK_UNAVAILABLE, until, check="unapplied_reply"),
+                )
+                for message_id, (prepared, until) in waiting.items()
+            },
+            outcomes,
+            attempt,
+        )
+
+    def _hold_queued(
+        self,
+        ready: list[tuple[str, Dispatcher._Prepared, _Composed]],
+        waiting: Mapping[str, tuple[Dispatcher._Prepared, Decision]],
+        outcomes: dict[str, Outcome],
+        attempt: str,
+    ) -> list[tuple[str, Dispatcher._Prepared, _Composed]]:
+        """Defer these messages of `ready` (still `queued`) as their decisions say, giving
+        back their cap slots; returns the rest of `ready`."""
         if not waiting:
             return ready
+        now = self.now()
         with transaction(self.sessions) as session:
             rows = held_by_ids(session, waiting)
-            for message_id, (_, until) in waiting.items():
+            for message_id, (_, decision) in waiting.items():
                 row = rows.get(message_id)
                 if row is None or row.status != Status.QUEUED.value:
                     outcomes[message_id] = Outcome.skipped(row.status if row else "missing")
                     continue
-                retry = Decision.wait(Reason.CHECK_UNAVAILABLE, until, check="unapplied_reply")
-                self._defer(row, retry, now)
-                outcomes[message_id] = Outcome.deferred(Reason.CHECK_UNAVAILABLE)
+                outcomes[message_id] = self._defer(row, decision, now)
             write_rows(session, [rows[i] for i in waiting if i in rows])
         for message_id, (prepared, _) in waiting.items():
             if prepared.capped:
                 self._release(prepared.borrower_id, message_id, attempt)
         return [item for item in ready if item[0] not in waiting]
+
+    def _campaign_hand_over(
+        self,
+        ready: list[tuple[str, Dispatcher._Prepared, _Composed]],
+        outcomes: dict[str, Outcome],
+        attempt: str,
+    ) -> tuple[list[tuple[str, Dispatcher._Prepared, _Composed]], list[tuple[str, str]]]:
+        """Campaign messages wait while their campaign is halted (a pause or a cancel not
+        yet seen by the gate) or its throttle is used up, and all of them while that cannot
+        be checked. Returns the messages that may go on, and the hand-overs let through (in
+        flight until `handed_over`)."""
+        asking = [item for item in ready if item[1].campaign_id is not None]
+        if not asking:
+            return ready, []
+        members = [f"{message_id}@{attempt}" for message_id, _, _ in asking]
+        answers = None
+        if self.campaigns is not None:
+            try:
+                answers = self.campaigns.hand_over(
+                    [
+                        HandOver(str(prepared.campaign_id), member, prepared.throttle_per_minute)
+                        for (_, prepared, _), member in zip(asking, members, strict=True)
+                    ],
+                    now_ms=self._now_ms(),
+                )
+            except TransientError as error:
+                log.warning("campaign checks unavailable: %s", error)
+        now = self.now()
+        waiting: dict[str, tuple[Dispatcher._Prepared, Decision]] = {}
+        through: list[tuple[str, str]] = []
+        throttled = 0
+        for index, (message_id, prepared, _) in enumerate(asking):
+            answer = answers[index] if answers is not None else None
+            if answer is None:
+                waiting[message_id] = (
+                    prepared,
+                    Decision.wait(
+                        Reason.CHECK_UNAVAILABLE, now + CHECK_RETRY_DELAY, check="campaign"
+                    ),
+                )
+            elif answer.allowed:
+                through.append((str(prepared.campaign_id), members[index]))
+            elif answer.halted:
+                waiting[message_id] = (
+                    prepared,
+                    Decision.wait(Reason.CAMPAIGN_PAUSED, now + CAMPAIGN_HALT_RECHECK),
+                )
+            else:
+                assert answer.until is not None and prepared.throttle_per_minute
+                # those refused together leave one by one after the minute frees
+                spacing = dt.timedelta(minutes=1) / prepared.throttle_per_minute
+                until = max(answer.until, now) + spacing * throttled
+                throttled += 1
+                waiting[message_id] = (
+                    prepared,
+                    Decision.wait(
+                        Reason.RATE_LIMITED,
+                        until,
+                        throttle_per_minute=str(prepared.throttle_per_minute),
+                    ),
+                )
+        return self._hold_queued(ready, waiting, outcomes, attempt), through
 
     @dataclass(frozen=True)
     class _Prepared:
@@ -427,6 +539,8 @@ class Dispatcher:
         planned: PlannedMessage
         # the end of the allowed stretch the gate decided in (None: exempt from quiet hours)
         window_closes_at: dt.datetime | None
+        campaign_id: str | None = None
+        throttle_per_minute: int | None = None
 
     def _gate_row(
         self,
@@ -436,9 +550,11 @@ class Dispatcher:
         borrower: BorrowerState | None,
         loan: LoanState | None,
         unapplied: Unapplied | None = None,
+        campaign: CampaignState | None = None,
     ) -> Outcome | Dispatcher._Prepared:
         """The final gate on a locked row, with the latest borrower and loan state; held
-        while an accepted event about them is `unapplied` (that state may be stale)."""
+        while an accepted event about them is `unapplied` (that state may be stale), and a
+        campaign message while its campaign is paused."""
         if row.status not in (Status.QUEUED.value, *DUE_STATUSES):
             return Outcome.skipped(row.status)
         if row.send_at > now:
@@ -452,8 +568,14 @@ class Dispatcher:
             hold = Decision.wait(
                 Reason.EVENT_PENDING, now + delay, event=unapplied.id, outcome=unapplied.outcome
             )
-            self._defer(row, hold, now)
-            return Outcome.deferred(Reason.EVENT_PENDING)
+            return self._defer(row, hold, now)
+        if row.campaign_id is not None:
+            held = _campaign_hold(campaign, now)
+            if held is not None and held.kind is DecisionKind.SUPPRESS:
+                withhold(row, held, now)
+                return Outcome.withheld(held.reason)
+            if held is not None:
+                return self._defer(row, held, now)
         if borrower is None:
             decision = Decision.suppress(Reason.NO_ADDRESS, detail="borrower unknown")
         elif row.loan_id is not None and loan is None:
@@ -473,8 +595,7 @@ class Dispatcher:
             withhold(row, decision, now)
             return Outcome.withheld(decision.reason)
         if decision.kind is DecisionKind.WAIT and decision.until is not None:
-            self._defer(row, decision, now)
-            return Outcome.deferred(decision.reason)
+            return self._defer(row, decision, now)
         capped = pol.counts_against_caps(Purpose(row.purpose))
         if row.status != Status.QUEUED.value:
             row.move(Status.QUEUED, Reason.DUE, now)
@@ -491,13 +612,31 @@ class Dispatcher:
             loan=loan,
             planned=planned_from_row(row),
             window_closes_at=pol.window_closes_at(self.policy, borrower, now),
+            campaign_id=row.campaign_id,
+            throttle_per_minute=campaign.throttle_per_minute if campaign else None,
         )
 
-    def _defer(self, row: MessageRow, decision: Decision, now: dt.datetime) -> None:
+    def _defer(self, row: MessageRow, decision: Decision, now: dt.datetime) -> Outcome:
+        """Hold a message until `decision.until`; a campaign message that would wait past
+        its campaign's end is withheld instead (`campaign_ended`), except for a pause, which
+        the campaign's end settles."""
         assert decision.until is not None
+        ends = pol.campaign_end(planned_from_row(row))
+        if (
+            ends is not None
+            and decision.until >= ends
+            and decision.reason is not Reason.CAMPAIGN_PAUSED
+        ):
+            row.cap_reserved_at = None
+            ended = Decision.suppress(
+                Reason.CAMPAIGN_ENDED, detail=f"held ({decision.reason}) past the campaign's end"
+            )
+            withhold(row, ended, now)
+            return Outcome.withheld(Reason.CAMPAIGN_ENDED)
         row.send_at = decision.until
         row.cap_reserved_at = None
         row.move(Status.DEFERRED, decision.reason, now, decision.detail_text())
+        return Outcome.deferred(decision.reason)
 
     def _reserve_group(
         self,
@@ -575,8 +714,9 @@ class Dispatcher:
             outcome = Outcome.withheld(window.reason)
         else:
             later = window.until or until
-            self._defer(row, Decision.wait(Reason.FREQUENCY_CAP, later, **decision.detail), now)
-            outcome = Outcome.deferred(Reason.FREQUENCY_CAP)
+            outcome = self._defer(
+                row, Decision.wait(Reason.FREQUENCY_CAP, later, **decision.detail), now
+            )
         write_rows(session, [row])
         return outcome
 
@@ -597,21 +737,12 @@ class Dispatcher:
         recipient = borrower.recipient(channel)
         if recipient is None:
             return Decision.suppress(Reason.NO_ADDRESS), Outcome.withheld(Reason.NO_ADDRESS), {}
-        locale = self.policy.locale_for(borrower.locale)
-        zones = pol.candidate_zones(self.policy, borrower)
         unsubscribe_url = None
         if channel is Channel.EMAIL:
             token = unsubscribe_token(self.link_secret, channel, recipient)
             unsubscribe_url = f"{self.public_url}/v1/unsubscribe/{token}"
-        context = render_context(
-            borrower=borrower,
-            loan=loan,
-            message=prepared.planned,
-            locale=locale,
-            lender=self.policy.sender_for(locale),
-            timezone=zones[0].key if zones else self.policy.default_zone.key,
-            days_past_due=pol.days_past_due_at(self.policy, loan, now) if loan else None,
-            unsubscribe_url=unsubscribe_url,
+        locale, context = message_context(
+            self.policy, borrower, loan, prepared.planned, now, unsubscribe_url
         )
         try:
             rendered = self.renderer.render(prepared.planned.template, channel, locale, context)
@@ -777,6 +908,24 @@ class Dispatcher:
         """Messages whose worker is gone: reconciled with their providers, or enqueued again
         (see `dispatch_reconcile.OrphanReconciler`)."""
         return OrphanReconciler(self).reconcile_orphaned(watch, limit)
+
+
+def _campaign_hold(campaign: CampaignState | None, now: dt.datetime) -> Decision | None:
+    """What the campaign's status says of its message: withheld once it is cancelled or
+    over, held while it is paused (until its end, when it is settled, or a day, when it
+    looks again); None: it may go as far as the rest of the gate allows."""
+    if campaign is None:
+        return Decision.suppress(Reason.CAMPAIGN_CANCELLED, detail="campaign unknown")
+    if campaign.status == "cancelled":
+        return Decision.suppress(Reason.CAMPAIGN_CANCELLED)
+    if campaign.status == "completed":
+        return Decision.suppress(Reason.CAMPAIGN_ENDED)
+    if campaign.status == "paused":
+        until = now + PAUSED_RECHECK
+        if campaign.end_at is not None:
+            until = min(until, max(campaign.end_at, now + CAMPAIGN_HALT_RECHECK))
+        return Decision.wait(Reason.CAMPAIGN_PAUSED, until)
+    return None
 
 
 def _fill(row: MessageRow, columns: Mapping[str, object]) -> None:

@@ -23,7 +23,7 @@ from outreach.channels.base import (
 )
 from outreach.domain import Decision, DecisionKind, Reason, Status
 from outreach.service.delivery_status import record_recipient_effect
-from outreach.service.dispatch_outcome import RETRY, Outcome
+from outreach.service.dispatch_outcome import RETRY, Outcome, OutcomeKind
 from outreach.service.planner import withhold
 from outreach.store.borrowers import load_borrower
 from outreach.store.db import transaction
@@ -130,14 +130,15 @@ class ProviderAnswers:
                     withhold(row, window, now)
                     outcome = Outcome.withheld(window.reason)
                 else:
-                    self.dispatcher._defer(
+                    outcome = self.dispatcher._defer(
                         row,
                         window
                         if window.until
                         else Decision.wait(Reason.QUIET_HOURS, now + CHECK_RETRY_DELAY),
                         now,
                     )
-                    outcome = Outcome.deferred("window_closed")
+                    if outcome.kind is OutcomeKind.DEFERRED:
+                        outcome = Outcome.deferred("window_closed")
             elif row.attempts >= PROVIDER_RETRY_LIMIT:
                 row.move(
                     Status.FAILED,

@@ -72,6 +72,7 @@ def planned_from_row(row: MessageRow) -> PlannedMessage:
         send_at=row.send_at,
         fallback_from=Channel(row.fallback_from) if row.fallback_from else None,
         campaign_id=row.campaign_id,
+        variant=row.variant,
         refs=dict(row.refs or {}),
     )
 
@@ -98,6 +99,7 @@ def plan_message(
         borrower_id=planned.borrower_id,
         loan_id=planned.loan_id,
         campaign_id=planned.campaign_id,
+        variant=planned.variant,
         stage=planned.stage,
         channel=planned.channel.value,
         template=planned.template,

@@ -36,6 +36,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
+from outreach.campaign_control import CampaignControl
 from outreach.channels.base import Sender
 from outreach.channels.simulated import SimulatedSender
 from outreach.domain import Channel
@@ -193,6 +194,7 @@ def environment(
             clock=clock,
             virtual_time=True,
             leases=MessageLeases(client, prefix=f"{prefix}lease:"),
+            campaigns=CampaignControl(client, prefix=f"{prefix}campaign:"),
         )
         yield SimulationEnvironment(clock, engine, sessions, policy, dispatcher, senders)
     finally:

@@ -93,6 +93,7 @@ class MessageRow:
     needs_human: bool = False
     provider_id: str | None = None
     sent_at: dt.datetime | None = None
+    variant: str | None = None
     worker_lease: str | None = None
     # -- not columns ---------------------------------------------------------------------------
     steps: list[dict[str, Any]] = field(default_factory=list)

@@ -216,9 +216,45 @@ class Campaign(Base):
     start_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     end_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     throttle_per_minute: Mapped[int | None] = mapped_column(Integer)
+    holdout_percent: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     status: Mapped[str] = mapped_column(String(20), index=True)
+    # who did what (an ops token's name, SPEC §3) and when; the full trail is the audit log
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    launched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    launched_by: Mapped[str | None] = mapped_column(String(100))
+    # when it became completed or cancelled
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # what launching it found: targeted, eligible, holdout, suppressed and deferred by reason,
+    # messages per variant (the figures a preview at the same instant shows)
+    launch_counts: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class CampaignHoldout(Base):
+    """A borrower a campaign held out on purpose (its control group): no message, and the
+    loan it would have been about, for the payments attributed to the holdout."""
+
+    __tablename__ = "campaign_holdouts"
+
+    campaign_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    borrower_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(String(100))
+
+
+class AuditEntry(Base):
+    """One ops write: who, when, what, on what and how it ended. Only ever inserted."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(100), index=True)
+    role: Mapped[str | None] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(60), index=True)
+    target: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(20))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class Message(Base):
@@ -237,6 +273,8 @@ class Message(Base):
     borrower_id: Mapped[str] = mapped_column(String(100))
     loan_id: Mapped[str | None] = mapped_column(String(100))
     campaign_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # the campaign variant (arm) the message belongs to
+    variant: Mapped[str | None] = mapped_column(String(100))
     stage: Mapped[str | None] = mapped_column(String(40), index=True)
     channel: Mapped[str] = mapped_column(String(10), index=True)
     template: Mapped[str] = mapped_column(String(100))

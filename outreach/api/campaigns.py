@@ -1,0 +1,206 @@
+"""Campaigns in the ops API (SPEC §8): admins create, preview, launch, pause, resume and
+cancel them; viewers read them and their progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query
+from fastapi.responses import JSONResponse
+
+from outreach.api.auth import AdminActor, ServicesDep, Viewer
+from outreach.api.schemas import Problem
+from outreach.campaign_control import CampaignCheckUnavailable
+from outreach.errors import StoreUnavailable
+from outreach.service import campaigns
+from outreach.store import audit
+from outreach.store.db import transaction
+from outreach.store.models import Campaign
+
+router = APIRouter(tags=["campaigns"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem},
+    403: {"model": Problem},
+    404: {"model": Problem},
+    409: {"model": Problem},
+    503: {"model": Problem},
+}
+
+
+def _invalid(error: campaigns.CampaignInvalid) -> JSONResponse:
+    return JSONResponse(
+        status_code=422,
+        content={
+            "detail": str(error),
+            "field": error.errors[0][0] if error.errors else None,
+            "errors": [{"field": name, "detail": detail} for name, detail in error.errors],
+        },
+    )
+
+
+@router.post(
+    "/v1/campaigns",
+    status_code=201,
+    summary="Create a campaign (a draft)",
+    responses={**_ERRORS, 422: {"description": "every invalid field, named"}},
+)
+def create_campaign(
+    actor: AdminActor,
+    services: ServicesDep,
+    body: Annotated[Any, Body(description="SPEC §8: name, channel, template or variants, …")],
+) -> Any:
+    now = services.dispatcher.now()
+    try:
+        spec = campaigns.parse_campaign(body, services.policy, services.renderer, now)
+    except campaigns.CampaignInvalid as error:
+        return _invalid(error)
+    with transaction(services.runtime.sessions) as session:
+        created = campaigns.create(session, spec, actor, now)
+        return campaigns.to_json(created)
+
+
+@router.get("/v1/campaigns", summary="Every campaign, newest first, with its progress")
+def list_campaigns(
+    _: Viewer,
+    services: ServicesDep,
+    status: Annotated[str | None, Query(description="one status or a comma list")] = None,
+) -> dict[str, Any]:
+    with services.runtime.sessions() as session:
+        return {"items": campaigns.list_all(session, services.policy, status=status)}
+
+
+@router.get(
+    "/v1/campaigns/{campaign_id}",
+    summary="One campaign with its progress per variant and holdout",
+    responses=_ERRORS,
+)
+def show_campaign(campaign_id: str, _: Viewer, services: ServicesDep) -> dict[str, Any]:
+    with services.runtime.sessions() as session:
+        try:
+            return campaigns.get(session, services.policy, campaign_id)
+        except campaigns.CampaignNotFound as error:
+            raise HTTPException(404, str(error)) from None
+
+
+@router.post(
+    "/v1/campaigns/{campaign_id}/preview",
+    summary="What launching now would do (changes nothing)",
+    responses=_ERRORS,
+)
+def preview_campaign(campaign_id: str, _: AdminActor, services: ServicesDep) -> dict[str, Any]:
+    now = services.dispatcher.now()
+    with services.runtime.sessions() as session:
+        try:
+            return campaigns.preview(
+                session,
+                services.policy,
+                services.renderer,
+                campaign_id,
+                now,
+                unsubscribe_url=f"{services.runtime.settings.public_url}/v1/unsubscribe/preview",
+            )
+        except campaigns.CampaignNotFound as error:
+            raise HTTPException(404, str(error)) from None
+
+
+def _transition(
+    services: ServicesDep,
+    actor: campaigns.Actor,
+    campaign_id: str,
+    action: str,
+    move: Callable[[Any], Campaign],
+) -> dict[str, Any]:
+    """Run a transition in one transaction; a refusal answers 409 with the status and is
+    recorded in the audit log all the same."""
+    try:
+        with transaction(services.runtime.sessions) as session:
+            moved = move(session)
+            return campaigns.get(session, services.policy, moved.id)
+    except campaigns.CampaignNotFound as error:
+        raise HTTPException(404, str(error)) from None
+    except campaigns.CampaignConflict as error:
+        _record_refusal(services, actor, campaign_id, action, error.status)
+        return JSONResponse(  # type: ignore[return-value]
+            status_code=409, content={"detail": str(error), "status": error.status}
+        )
+    except (CampaignCheckUnavailable, StoreUnavailable) as error:
+        raise HTTPException(503, f"{error}; nothing was changed, try again") from None
+
+
+def _record_refusal(
+    services: ServicesDep, actor: campaigns.Actor, campaign_id: str, action: str, status: str
+) -> None:
+    try:
+        with transaction(services.runtime.sessions) as session:
+            audit.append(
+                session,
+                at=services.dispatcher.now(),
+                actor=actor.name,
+                role=actor.role,
+                action=action,
+                target=campaign_id,
+                outcome="refused",
+                detail={"status": status},
+            )
+    except StoreUnavailable:
+        pass
+
+
+@router.post("/v1/campaigns/{campaign_id}/launch", summary="Launch a draft", responses=_ERRORS)
+def launch_campaign(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
+    now = services.dispatcher.now()
+    return _transition(
+        services,
+        actor,
+        campaign_id,
+        "campaign.launch",
+        lambda session: campaigns.launch(session, services.policy, campaign_id, actor, now),
+    )
+
+
+@router.post(
+    "/v1/campaigns/{campaign_id}/pause",
+    summary="Hold every unsent message (nothing reaches a provider after the answer)",
+    responses=_ERRORS,
+)
+def pause_campaign(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
+    now = services.dispatcher.now()
+    return _transition(
+        services,
+        actor,
+        campaign_id,
+        "campaign.pause",
+        lambda session: campaigns.pause(session, services.campaigns, campaign_id, actor, now),
+    )
+
+
+@router.post(
+    "/v1/campaigns/{campaign_id}/resume", summary="Resume a paused campaign", responses=_ERRORS
+)
+def resume_campaign(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
+    now = services.dispatcher.now()
+    return _transition(
+        services,
+        actor,
+        campaign_id,
+        "campaign.resume",
+        lambda session: campaigns.resume(session, services.campaigns, campaign_id, actor, now),
+    )
+
+
+@router.post(
+    "/v1/campaigns/{campaign_id}/cancel",
+    summary="Cancel: every unsent message withheld as campaign_cancelled",
+    responses=_ERRORS,
+)
+def cancel_campaign(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
+    now = services.dispatcher.now()
+    return _transition(
+        services,
+        actor,
+        campaign_id,
+        "campaign.cancel",
+        lambda session: campaigns.cancel(session, services.campaigns, campaign_id, actor, now),
+    )

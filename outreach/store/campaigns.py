@@ -1,0 +1,264 @@
+"""Campaigns in the database: their rows, the loans a segment reaches, their holdout groups,
+the set-based moves of their messages, and the reads their progress is counted from."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, NamedTuple, cast
+
+from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy.orm import Session
+
+from outreach.domain import PENDING_STATUSES, Reason, Status
+from outreach.store import models as m
+from outreach.store.bulk import insert_rows, update_rows
+from outreach.store.messages import MESSAGES, STEPS, timeline_step
+
+CAMPAIGNS = cast(Table, m.Campaign.__table__)
+HOLDOUTS = cast(Table, m.CampaignHoldout.__table__)
+LOANS = cast(Table, m.Loan.__table__)
+BORROWERS = cast(Table, m.Borrower.__table__)
+PAYMENTS = cast(Table, m.Payment.__table__)
+# messages moved per statement by a set-based move (each statement's ids are held in memory)
+MOVE_CHUNK = 5000
+_PENDING = sorted(status.value for status in PENDING_STATUSES)
+
+
+def insert_campaign(session: Session, values: Mapping[str, Any]) -> None:
+    session.execute(CAMPAIGNS.insert().values(**values))
+
+
+def get_campaign(session: Session, campaign_id: str, *, lock: bool = False) -> m.Campaign | None:
+    """One campaign; locked (on PostgreSQL) for a transition when `lock`."""
+    query = select(m.Campaign).where(m.Campaign.id == campaign_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def list_campaigns(session: Session, *, status: str | None = None) -> Sequence[m.Campaign]:
+    query = select(m.Campaign)
+    if status is not None:
+        query = query.where(m.Campaign.status.in_(status.split(",")))
+    return session.scalars(query.order_by(m.Campaign.created_at.desc(), m.Campaign.id)).all()
+
+
+class CampaignState(NamedTuple):
+    """What dispatch needs of a campaign to hand its messages over."""
+
+    status: str
+    throttle_per_minute: int | None
+    end_at: dt.datetime | None
+
+
+def campaign_states(session: Session, campaign_ids: Iterable[str]) -> dict[str, CampaignState]:
+    ids = sorted(set(campaign_ids))
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(
+            CAMPAIGNS.c.id, CAMPAIGNS.c.status, CAMPAIGNS.c.throttle_per_minute, CAMPAIGNS.c.end_at
+        ).where(CAMPAIGNS.c.id.in_(ids))
+    )
+    return {row.id: CampaignState(row.status, row.throttle_per_minute, row.end_at) for row in rows}
+
+
+class Candidate(NamedTuple):
+    """An open loan a segment may reach, with what its filters read."""
+
+    loan_id: str
+    borrower_id: str
+    product: str
+    amount_due: Decimal
+    days_past_due: int
+    as_of: dt.datetime
+    locale: str
+    tags: list[str]
+
+
+def segment_candidates(
+    session: Session,
+    *,
+    products: Sequence[str] | None,
+    amount_min: Decimal | None,
+    amount_max: Decimal | None,
+    batch: int = 5000,
+) -> Iterator[Candidate]:
+    """Every open loan with something owed that the segment's column filters admit, with its
+    borrower's locale and tags, in borrower order (so one pass can pick each borrower's
+    loan), streamed in batches. Days past due age with time, and locale and tags are read
+    in Python: the caller filters on those."""
+    query = (
+        select(
+            LOANS.c.id,
+            LOANS.c.borrower_id,
+            LOANS.c.product,
+            LOANS.c.amount_due,
+            LOANS.c.days_past_due,
+            LOANS.c.state_as_of,
+            BORROWERS.c.locale,
+            BORROWERS.c.tags,
+        )
+        .join(BORROWERS, BORROWERS.c.id == LOANS.c.borrower_id)
+        .where(LOANS.c.closed_reason.is_(None), LOANS.c.amount_due > 0)
+        .order_by(LOANS.c.borrower_id, LOANS.c.id)
+    )
+    if products:
+        query = query.where(LOANS.c.product.in_(list(products)))
+    if amount_min is not None:
+        query = query.where(LOANS.c.amount_due >= amount_min)
+    if amount_max is not None:
+        query = query.where(LOANS.c.amount_due <= amount_max)
+    result = session.connection().execution_options(stream_results=True, yield_per=batch)
+    for rows in result.execute(query).partitions(batch):
+        for row in rows:
+            yield Candidate(*row)
+
+
+def insert_holdouts(
+    session: Session, campaign_id: str, held_out: Sequence[tuple[str, str]]
+) -> None:
+    """The borrowers (and the loans) a campaign holds out as its control group."""
+    insert_rows(
+        session,
+        HOLDOUTS,
+        [
+            {"campaign_id": campaign_id, "borrower_id": borrower_id, "loan_id": loan_id}
+            for borrower_id, loan_id in held_out
+        ],
+    )
+
+
+def withhold_pending(
+    session: Session,
+    campaign_id: str,
+    status: Status,
+    reason: Reason,
+    now: dt.datetime,
+    detail: str | None = None,
+) -> int:
+    """Move every message of the campaign not handed over yet to `status` with `reason`, a
+    step on each timeline; in statements of MOVE_CHUNK messages. Returns how many."""
+    moved = 0
+    while True:
+        chosen = (
+            select(MESSAGES.c.id)
+            .where(MESSAGES.c.campaign_id == campaign_id, MESSAGES.c.status.in_(_PENDING))
+            .limit(MOVE_CHUNK)
+            .scalar_subquery()
+        )
+        ids = list(
+            session.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id.in_(chosen))
+                .values(status=status.value, reason=reason.value, updated_at=now)
+                .returning(MESSAGES.c.id)
+            ).scalars()
+        )
+        if not ids:
+            return moved
+        insert_rows(session, STEPS, [timeline_step(i, now, status, reason, detail) for i in ids])
+        moved += len(ids)
+
+
+def bring_paused_forward(
+    session: Session, campaign_id: str, now: dt.datetime, spacing: dt.timedelta | None
+) -> int:
+    """The campaign's messages held for its pause are due again: at `now`, or one every
+    `spacing` from `now` in id order (a throttled campaign). Returns how many."""
+    held = and_(
+        MESSAGES.c.campaign_id == campaign_id,
+        MESSAGES.c.status == Status.DEFERRED.value,
+        MESSAGES.c.reason == Reason.CAMPAIGN_PAUSED.value,
+    )
+    if spacing is None:
+        result = session.execute(update(MESSAGES).where(held).values(send_at=now))
+        return int(getattr(result, "rowcount", 0) or 0)
+    ids = list(session.execute(select(MESSAGES.c.id).where(held).order_by(MESSAGES.c.id)).scalars())
+    rows = [
+        {"id": message_id, "send_at": now + spacing * index} for index, message_id in enumerate(ids)
+    ]
+    update_rows(session, MESSAGES, "id", rows)
+    return len(ids)
+
+
+def counts_by_arm(
+    session: Session, campaign_id: str
+) -> list[tuple[str | None, str, str | None, int]]:
+    """(variant, status, reason, messages) of the campaign."""
+    rows = session.execute(
+        select(MESSAGES.c.variant, MESSAGES.c.status, MESSAGES.c.reason, func.count())
+        .where(MESSAGES.c.campaign_id == campaign_id)
+        .group_by(MESSAGES.c.variant, MESSAGES.c.status, MESSAGES.c.reason)
+    )
+    return [(row[0], row[1], row[2], int(row[3])) for row in rows]
+
+
+def pending_count(session: Session, campaign_id: str) -> int:
+    """Messages of the campaign not final and not handed over yet, or being handed over."""
+    statuses = [*_PENDING, Status.SENDING.value]
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(MESSAGES)
+            .where(MESSAGES.c.campaign_id == campaign_id, MESSAGES.c.status.in_(statuses))
+        ).scalar_one()
+    )
+
+
+def payments_after_sends(
+    session: Session, campaign_id: str
+) -> Iterator[tuple[str | None, str, dt.datetime, dt.datetime, Decimal]]:
+    """(variant, message id, sent_at, paid_at, amount) for every payment on a campaign
+    message's loan received after the message was handed over."""
+    query = (
+        select(
+            MESSAGES.c.variant,
+            MESSAGES.c.id,
+            MESSAGES.c.sent_at,
+            PAYMENTS.c.paid_at,
+            PAYMENTS.c.amount,
+        )
+        .join(PAYMENTS, PAYMENTS.c.loan_id == MESSAGES.c.loan_id)
+        .where(
+            MESSAGES.c.campaign_id == campaign_id,
+            MESSAGES.c.sent_at.is_not(None),
+            PAYMENTS.c.paid_at > MESSAGES.c.sent_at,
+        )
+    )
+    result = session.connection().execution_options(stream_results=True, yield_per=5000)
+    for row in result.execute(query):
+        yield row[0], row[1], row[2], row[3], row[4]
+
+
+def holdout_payments(
+    session: Session, campaign_id: str, since: dt.datetime, until: dt.datetime
+) -> tuple[int, int, Decimal]:
+    """(borrowers held out, of them with a payment in (since, until], the amount paid)."""
+    held = int(
+        session.execute(
+            select(func.count()).select_from(HOLDOUTS).where(HOLDOUTS.c.campaign_id == campaign_id)
+        ).scalar_one()
+    )
+    row = session.execute(
+        select(func.count(func.distinct(HOLDOUTS.c.borrower_id)), func.sum(PAYMENTS.c.amount))
+        .select_from(HOLDOUTS)
+        .join(PAYMENTS, PAYMENTS.c.loan_id == HOLDOUTS.c.loan_id)
+        .where(
+            HOLDOUTS.c.campaign_id == campaign_id,
+            PAYMENTS.c.paid_at > since,
+            PAYMENTS.c.paid_at <= until,
+        )
+    ).one()
+    return held, int(row[0] or 0), Decimal(row[1] or 0)
+
+
+def held_out(session: Session, campaign_id: str, borrower_id: str) -> bool:
+    found = session.execute(
+        select(HOLDOUTS.c.borrower_id).where(
+            HOLDOUTS.c.campaign_id == campaign_id, HOLDOUTS.c.borrower_id == borrower_id
+        )
+    ).first()
+    return found is not None
