@@ -734,8 +734,17 @@ class Actor:
     role: str | None = None
 
 
-def create(session: Session, spec: CampaignSpec, actor: Actor, now: dt.datetime) -> m.Campaign:
-    campaign_id = new_id("cmp_", now)
+def create(
+    session: Session,
+    spec: CampaignSpec,
+    actor: Actor,
+    now: dt.datetime,
+    *,
+    campaign_id: str | None = None,
+) -> m.Campaign:
+    """A draft campaign; `campaign_id` names it (the simulator's, from its input line),
+    else a new id."""
+    campaign_id = campaign_id or new_id("cmp_", now)
     variants = (
         None
         if spec.template is not None
