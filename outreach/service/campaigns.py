@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import policy as pol
 from outreach.campaign_control import CampaignControl
@@ -40,7 +40,7 @@ from outreach.domain import (
     Reason,
     Status,
 )
-from outreach.errors import PermanentError, RenderError
+from outreach.errors import PermanentError, RenderError, StoreUnavailable
 from outreach.policy.cap_forecast import cap_frees_at
 from outreach.policy.dunning import aged_days_past_due
 from outreach.render import Renderer
@@ -52,6 +52,7 @@ from outreach.store import audit
 from outreach.store import campaigns as store
 from outreach.store import models as m
 from outreach.store.borrowers import load_borrowers, load_loans
+from outreach.store.db import transaction
 from outreach.store.messages import CapHistory, NewMessage, insert_new
 
 # borrowers planned together: their state read in one set of queries, their rows in one insert
@@ -964,6 +965,23 @@ _PAST = {
 }
 
 
+def record_refusal(
+    sessions: sessionmaker[Session],
+    actor: Actor,
+    campaign_id: str,
+    action: str,
+    status: str,
+    now: dt.datetime,
+) -> None:
+    """A refused transition in the audit log, in a transaction of its own as the refused one
+    was rolled back; a store that cannot take it does not change the answer."""
+    try:
+        with transaction(sessions) as session:
+            _audit(session, actor, action, campaign_id, now, {"status": status}, "refused")
+    except StoreUnavailable:
+        pass
+
+
 def _audit(
     session: Session,
     actor: Actor,
@@ -1144,7 +1162,7 @@ def progress(
                 amounts[name] = amounts.get(name, Decimal(0)) + amount
         for name, arm in arms.items():
             arm["paid"] = len(paid.get(name, ()))
-            arm["paid_amount"] = str(amounts.get(name, Decimal(0)))
+            arm["paid_amount"] = _money(amounts.get(name, Decimal(0)))
             arm["paid_rate"] = _rate(arm["paid"], arm["sent"])
         held, held_paid, held_amount = (0, 0, Decimal(0))
         if campaign.launched_at is not None:
@@ -1152,7 +1170,7 @@ def progress(
                 session, campaign.id, campaign.launched_at, campaign.launched_at + window
             )
         document["holdout_paid"] = held_paid
-        document["holdout_paid_amount"] = str(held_amount)
+        document["holdout_paid_amount"] = _money(held_amount)
         document["holdout_paid_rate"] = _rate(held_paid, held)
         document["comparison"] = compare(
             {name: (arm["paid"], arm["sent"]) for name, arm in arms.items()}
@@ -1162,6 +1180,10 @@ def progress(
         arm["by_status"] = dict(sorted(arm["by_status"].items()))
     document["variants"] = arms
     return document
+
+
+def _money(amount: Decimal) -> str:
+    return str(amount.quantize(Decimal("0.01")))
 
 
 def _rate(part: int, whole: int) -> float | None:

@@ -17,6 +17,7 @@ COLUMNS = (
     "borrower_id",
     "loan_id",
     "campaign_id",
+    "variant",
     "stage",
     "channel",
     "template",

@@ -124,6 +124,7 @@ def as_record(
         "borrower_id": message.borrower_id,
         "loan_id": message.loan_id,
         "campaign_id": message.campaign_id,
+        "variant": message.variant,
         "stage": message.stage,
         "channel": message.channel,
         "template": message.template,

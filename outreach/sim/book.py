@@ -8,6 +8,11 @@ to them over the weeks: payments in full and in part, promises kept and broken, 
 plans kept and missed, field visits, cease-contact requests, disputes opened and closed,
 STOP, START and HELP replies. The loan system reports each loan again every
 `update_every` days, aged as the days pass.
+
+With `campaign`, ops launch a campaign a few days in (two variants and a holdout group, over
+the loans then in negotiation or late), and some of the borrowers it may reach pay part of
+what they owe in the days after it starts, whichever arm they fall in: the book does not
+know the arms, so any difference between them in the report is chance.
 """
 
 from __future__ import annotations
@@ -44,6 +49,16 @@ _US_PLACES = [
 MAGIC_NUMBERS = ["+15005550001", "+15005550004", "+15005550009", "+15005550002"]
 CURRENCY = {"zh-CN": "CNY", "zh-TW": "TWD", "en-US": "USD"}
 PRODUCTS = ["personal_loan", "credit_card", "auto_loan", "consumer_instalment"]
+# the demo's campaign: launched on this day of the book, at 09:00 in Beijing, to start an
+# hour later and run for two weeks
+CAMPAIGN_ID = "cmp_autumn_relief"
+CAMPAIGN_DAY = 3
+CAMPAIGN_WEEKS = 2
+CAMPAIGN_STAGES = ["negotiation", "late"]
+# those stages' days past due in the shipped policy: the borrowers who may hear of it
+CAMPAIGN_DAYS_PAST_DUE = range(16, 90)
+# of those (without another story), the share who pay part of what is due after it starts
+CAMPAIGN_RESPONSE = 0.3
 
 
 @dataclass
@@ -56,10 +71,14 @@ class BookGenerator:
     update_every: int = 7
     # share of borrowers given each kind of story (the rest just age)
     stories: bool = True
+    # a campaign launched a few days in, and borrowers who pay after it
+    campaign: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
+        # the campaign's draws apart: with it, the borrowers and their stories stay the same
+        self.campaign_random = random.Random(f"{self.seed}:campaign")
         self._ids = 0
 
     # -- helpers --------------------------------------------------------------------------
@@ -86,10 +105,50 @@ class BookGenerator:
 
     # -- the book -------------------------------------------------------------------------
 
+    @property
+    def campaign_starts(self) -> dt.datetime:
+        return self.start + dt.timedelta(days=CAMPAIGN_DAY, hours=2)
+
+    @property
+    def _with_campaign(self) -> bool:
+        return self.campaign and self.days > CAMPAIGN_DAY
+
     def generate(self) -> list[dict[str, Any]]:
         for index in range(self.borrowers):
             self._borrower(index)
+        if self._with_campaign:
+            self._launch_campaign()
         return self.events
+
+    def _launch_campaign(self) -> None:
+        starts = self.campaign_starts
+        self.events.append(
+            {
+                "id": CAMPAIGN_ID,
+                "type": "campaign.launched",
+                "occurred_at": _iso(starts - dt.timedelta(hours=1)),
+                "data": {
+                    "name": "Autumn relief offer",
+                    "channel": "sms",
+                    "segment": {"stages": CAMPAIGN_STAGES},
+                    "variants": [
+                        {
+                            "name": "hardship_relief",
+                            "template": "campaign_hardship_relief",
+                            "weight": 1,
+                        },
+                        {
+                            "name": "restructuring_offer",
+                            "template": "campaign_restructuring_offer",
+                            "weight": 1,
+                        },
+                    ],
+                    "holdout_percent": 20,
+                    "start_at": _iso(starts),
+                    "end_at": _iso(starts + dt.timedelta(weeks=CAMPAIGN_WEEKS)),
+                },
+            }
+        )
 
     def _borrower(self, index: int) -> None:
         rnd = self.random
@@ -165,6 +224,8 @@ class BookGenerator:
         paid_off_on: int | None = None
         if story is not None:
             paid_off_on = story(loan, amount, borrower)
+        elif self._with_campaign and dpd0 + CAMPAIGN_DAY in CAMPAIGN_DAYS_PAST_DUE:
+            self._pays_after_campaign(loan, amount)
         # the loan system reports the loan again as it ages, with what is still due
         for offset in range(self.update_every, self.days, self.update_every):
             if paid_off_on is not None and offset >= paid_off_on:
@@ -223,6 +284,15 @@ class BookGenerator:
                 {"loan_id": loan["id"], "reason": "paid_off"},
             )
         return day
+
+    def _pays_after_campaign(self, loan: dict[str, Any], amount: Decimal) -> None:
+        rnd = self.campaign_random
+        if rnd.random() >= CAMPAIGN_RESPONSE:
+            return
+        # within the attribution window of a message sent at the start, or a little after
+        at = self.campaign_starts + dt.timedelta(hours=rnd.uniform(6, 10 * 24))
+        part = (amount / 2).quantize(Decimal("0.01"))
+        self.emit("payment.received", at, _payment(self, loan["id"], part, at, amount - part))
 
     def _pays_in_part(self, loan: dict[str, Any], amount: Decimal, _: dict[str, Any]) -> None:
         at = self.day(self.random.randrange(2, max(3, self.days - 5)))
@@ -366,6 +436,7 @@ def generate_book(
     start: dt.datetime = DEMO_START,
     update_every: int = 7,
     stories: bool = True,
+    campaign: bool = False,
 ) -> list[dict[str, Any]]:
     """The events of a generated book, in the order generated (not sorted by time)."""
     generator = BookGenerator(
@@ -375,5 +446,6 @@ def generate_book(
         start=start,
         update_every=update_every,
         stories=stories,
+        campaign=campaign,
     )
     return generator.generate()

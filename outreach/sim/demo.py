@@ -11,7 +11,7 @@ from pathlib import Path
 from outreach import policy as pol
 from outreach.settings import Settings
 from outreach.sim.book import DEMO_START, generate_book
-from outreach.sim.report import check_lines, message_tables, reason_tables
+from outreach.sim.report import campaign_lines, check_lines, message_tables, reason_tables
 from outreach.sim.shards import simulate_file
 from outreach.sim_checks import read_jsonl, run_checks
 
@@ -29,7 +29,7 @@ def run_demo(
     """The report, and whether every compliance check passed."""
     policy_file = policy_path or settings.policy_path
     policy = pol.load_policy(policy_file)
-    events = generate_book(borrowers, days, seed, start=DEMO_START)
+    events = generate_book(borrowers, days, seed, start=DEMO_START, campaign=True)
     directory = keep or Path(tempfile.mkdtemp(prefix="outreach-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     try:
@@ -70,6 +70,7 @@ def run_demo(
     ]
     lines += message_tables(messages)
     lines += reason_tables(messages)
+    lines += campaign_lines(stats.campaigns, messages)
     lines += check_lines(checks)
     passed = all(check.passed for check in checks)
     lines.append("")

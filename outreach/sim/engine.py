@@ -1,13 +1,14 @@
 """The simulator: the live service's code on a virtual clock (SPEC §10).
 
 Nothing here decides anything about a message. Events go through the webhook's inbox and
-apply stages (`ingest_many`), replies through the inbound handler, due messages through the
-clock's `claim_due` and the worker's `Dispatcher`, provider outcomes through the status-
-callback code, and open loans are re-planned by `replan_loan` at every day boundary as the
-clock re-plans them. What the simulator adds is time: instead of ticking every second it
-jumps to the next instant at which anything can happen (the next event, the next due
-message, the next provider outcome, the next daily re-plan), which is why weeks run in
-seconds.
+apply stages (`ingest_many`), replies through the inbound handler, campaign launches through
+the ops API's create and launch (`outreach.sim.campaigns`), due messages through the clock's
+`claim_due` and the worker's `Dispatcher`, provider outcomes through the status-callback
+code; open loans are re-planned by `replan_loan` at every day boundary and campaigns moved
+by `campaigns.advance` as the clock does both. What the simulator adds is time: instead of
+ticking every second it jumps to the next instant at which anything can happen (the next
+event, the next due message, the next provider outcome, the next daily re-plan, a
+campaign's start or end), which is why weeks run in seconds.
 
 The store is a throw-away SQLite database migrated like any other (durability switched off,
 as nothing needs to survive the run); the caps are an embedded Redis under the same temporary
@@ -43,6 +44,7 @@ from outreach.domain import Channel
 from outreach.message_leases import MessageLeases
 from outreach.redis_server import PrivateRedisServer, RedisServerUnavailable
 from outreach.render import Renderer
+from outreach.service import campaigns
 from outreach.service.apply import ingest_many
 from outreach.service.delivery_status import StatusReport, record_statuses
 from outreach.service.dispatch import Dispatcher
@@ -51,7 +53,8 @@ from outreach.service.messages import records_of, seeded_ids
 from outreach.service.parse import Event, SmsInbound
 from outreach.service.planner import PlanWork, loans_of_many, plan_batch
 from outreach.settings import Settings
-from outreach.sim.inputs import EventBook
+from outreach.sim import campaigns as sim_campaigns
+from outreach.sim.inputs import CampaignLaunch, EventBook
 from outreach.sim.results import (
     ProgressBar,
     SimulationError,
@@ -117,6 +120,7 @@ class SimulationEnvironment:
     policy: pol.Policy
     dispatcher: Dispatcher
     senders: dict[Channel, SimulatedSender]
+    renderer: Renderer
 
 
 # the templates compiled by this process, while their files stay as they were (one set)
@@ -196,7 +200,7 @@ def environment(
             leases=MessageLeases(client, prefix=f"{prefix}lease:"),
             campaigns=CampaignControl(client, prefix=f"{prefix}campaign:"),
         )
-        yield SimulationEnvironment(clock, engine, sessions, policy, dispatcher, senders)
+        yield SimulationEnvironment(clock, engine, sessions, policy, dispatcher, senders, renderer)
     finally:
         if shared is not None:
             # a shared Redis keeps nothing of the run: its keys carry the run's own prefix
@@ -278,6 +282,10 @@ class Simulator:
         self.replan_every_loan = replan_every_loan
         self._replan_at: dict[str, dt.datetime | None] = {}
         self._dirty: set[str] = set()
+        # whether a launched campaign may still start, end or complete, and the starts and
+        # ends still ahead (instants the clock must visit, whatever else is due then)
+        self._campaigns_unfinished = False
+        self._campaign_marks: list[dt.datetime] = []
 
     @property
     def now(self) -> dt.datetime:
@@ -305,6 +313,8 @@ class Simulator:
                 if self.now >= self._next_replan:
                     self._replan_open_loans()
                     self._next_replan = self._day_boundary_after(self.now)
+                # before dispatch: at its end, a campaign's unsent messages are withheld
+                self._advance_campaigns()
                 self._dispatch_due()
                 self.stats.instants += 1
                 bar.update(self.now, sum(self.stats.dispatches.values()))
@@ -313,6 +323,10 @@ class Simulator:
                     break
                 self._advance(upcoming)
         self.stats.events_after_end = cursor.remaining
+        self.stats.campaigns_after_end = cursor.remaining_campaigns
+        if book.campaigns:
+            with self.env.sessions() as session:
+                self.stats.campaigns = sim_campaigns.reports(session, self.env.policy)
         self.stats.wall_seconds = time.perf_counter() - started
         return self.stats
 
@@ -331,14 +345,18 @@ class Simulator:
             due = connection.execute(_FIRST_DUE).scalar()
         if due is not None:
             candidates.append(due)
+        if self._campaign_marks:
+            self._campaign_marks = [mark for mark in self._campaign_marks if mark > self.now]
+            if self._campaign_marks:
+                candidates.append(min(self._campaign_marks))
         upcoming = min(candidates)
         # something left due now (a guard against a loop at one instant) waits a second
         return max(upcoming, self.now + _SECOND) if upcoming <= self.now else upcoming
 
     # -- what happens at an instant ---------------------------------------------------------
 
-    def _apply_events(self, due: Iterator[tuple[int, Event]]) -> None:
-        batch: list[tuple[int, Event]] = []
+    def _apply_events(self, due: Iterator[tuple[int, Event | CampaignLaunch]]) -> None:
+        batch: list[tuple[int, Event | CampaignLaunch]] = []
         for item in due:
             batch.append(item)
             if len(batch) >= EVENTS_PER_TRANSACTION:
@@ -347,20 +365,23 @@ class Simulator:
         if batch:
             self._apply_batch(batch)
 
-    def _apply_batch(self, batch: list[tuple[int, Event]]) -> None:
+    def _apply_batch(self, batch: list[tuple[int, Event | CampaignLaunch]]) -> None:
         """Events of one instant in one transaction: runs of webhook events through
-        `ingest_many`, replies through the inbound handler, in file order."""
+        `ingest_many`, replies through the inbound handler, campaign launches through the
+        ops API's use cases, in file order."""
         env = self.env
         with transaction(env.sessions) as session:
             run: list[tuple[int, Event]] = []
             for line, event in [*batch, (0, None)]:
-                if event is not None and not isinstance(event.data, SmsInbound):
+                if isinstance(event, Event) and not isinstance(event.data, SmsInbound):
                     run.append((line, event))
                     continue
                 if run:
                     self._ingest_run(session, run)
                     run = []
-                if event is not None:
+                if isinstance(event, CampaignLaunch):
+                    self._launch(session, event)
+                elif event is not None:
                     self._reply(session, line, event)
 
     def _ingest_run(self, session: Session, run: list[tuple[int, Event]]) -> None:
@@ -404,6 +425,27 @@ class Simulator:
         self.stats.replies[outcome.classification] += 1
         if outcome.borrower_id is not None:
             self._mark_borrowers(session, [outcome.borrower_id])
+
+    def _launch(self, session: Session, launched: CampaignLaunch) -> None:
+        env = self.env
+        try:
+            spec = sim_campaigns.launch(session, env.policy, env.renderer, launched, self.now)
+        except Exception as error:
+            raise SimulationError(
+                f"campaign on line {launched.line} failed: {type(error).__name__}: {error}"
+            ) from error
+        self._campaigns_unfinished = True
+        self._campaign_marks += [mark for mark in (spec.start_at, spec.end_at) if mark]
+
+    def _advance_campaigns(self) -> None:
+        """The clock's campaign step (scheduled to running at the start; completed at the
+        end, unsent messages withheld, or once nothing is pending), at every instant while
+        any campaign may still move."""
+        if not self._campaigns_unfinished:
+            return
+        with transaction(self.env.sessions) as session:
+            campaigns.advance(session, self.env.dispatcher.campaigns, self.now)
+            self._campaigns_unfinished = sim_campaigns.unfinished(session)
 
     def _mark_borrowers(self, session: Session, borrower_ids: Sequence[str]) -> None:
         """Every loan of these borrowers is re-planned at the next day boundary; read in one
@@ -564,6 +606,8 @@ def simulate(
         environment(settings, start, policy_path=policy_path, workdir=workdir) as env,
         _long_lived_heap(),
     ):
+        if not book.campaigns_checked:
+            book.check_campaigns(sim_campaigns.checker(env.policy, env.renderer))
         if on_environment is not None:
             on_environment(env)
         simulator = Simulator(

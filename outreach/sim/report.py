@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,11 @@ def summary_line(stats: SimulationStats, out: Path) -> str:
     after = (
         f", {stats.events_after_end} after the end not applied" if stats.events_after_end else ""
     )
+    launched = len(stats.campaigns)
+    if launched:
+        after = f" and {launched} campaign launch{'es' if launched > 1 else ''}{after}"
+    if stats.campaigns_after_end:
+        after += f", {stats.campaigns_after_end} campaign line(s) after the end not launched"
     processes = ""
     largest = ""
     if stats.processes > 1:
@@ -174,4 +179,136 @@ def check_lines(results: Sequence[CheckResult]) -> list[str]:
         )
         for violation in result.violations:
             lines.append(f"        - {violation}")
+    return lines
+
+
+# -- campaigns --------------------------------------------------------------------------------
+
+
+def _when(value: str | None) -> str:
+    """An RFC 3339 instant of a campaign document, shortly (they are all UTC)."""
+    return value.replace("T", " ").removesuffix("Z")[:16] + " UTC" if value else "-"
+
+
+def _percent(rate: float | None) -> str:
+    return f"{rate * 100:.1f}%" if rate is not None else "-"
+
+
+def _segment_text(segment: Mapping[str, Any]) -> str:
+    parts = []
+    for name, value in segment.items():
+        shown = ", ".join(str(item) for item in value) if isinstance(value, list) else value
+        parts.append(f"{name} {shown}")
+    return "; ".join(parts) or "every open loan"
+
+
+def campaign_summaries(reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per campaign of a run, for `simulate`."""
+    lines = []
+    for report in reports:
+        progress = report["progress"]
+        statuses = ", ".join(f"{count} {status}" for status, count in progress["by_status"].items())
+        arms = [
+            f"{name} {arm.get('paid', 0)}/{arm['sent']}"
+            for name, arm in progress["variants"].items()
+        ]
+        if progress.get("holdout"):
+            arms.append(f"holdout {progress.get('holdout_paid', 0)}/{progress['holdout']}")
+        lines.append(
+            f"campaign {report['id']} ({report['status']}): {progress['targeted']} targeted, "
+            f"{progress['holdout']} held out, messages {statuses or 'none'}; paid within "
+            f"{progress['attribution_days']} days: {', '.join(arms)}"
+        )
+    return lines
+
+
+def campaign_lines(
+    reports: Sequence[Mapping[str, Any]], messages: Sequence[Mapping[str, Any]] = ()
+) -> list[str]:
+    """Each campaign of a run as its progress (SPEC §8) shows it, for the demo report; with
+    the run's messages, why those of each campaign not sent were withheld."""
+    withheld_by: dict[str, Counter[str]] = {}
+    for message in messages:
+        if message.get("campaign_id") and message["status"] in ("suppressed", "cancelled"):
+            reason = message["reason"] or "-"
+            withheld_by.setdefault(message["campaign_id"], Counter())[reason] += 1
+    lines: list[str] = []
+    for report in reports:
+        progress = report["progress"]
+        templates = {variant["name"]: variant["template"] for variant in report["variants"]}
+        lines.append(
+            f"Campaign {report['name']!r} ({report['id']}, {report['channel']}, "
+            f"{report['status']}): {_segment_text(report['segment'])}; "
+            f"{report['holdout_percent']}% held out"
+        )
+        lines.append(
+            f"  launched {_when(report['launched_at'])}; runs from {_when(report['start_at'])} "
+            f"to {_when(report['end_at'])}; finished {_when(report['finished_at'])}"
+        )
+        withheld = ", ".join(
+            f"{reason} {_n(count)}"
+            for reason, count in sorted(
+                withheld_by.get(report["id"], Counter()).items(), key=lambda item: -item[1]
+            )
+        )
+        lines.append(
+            f"  targeted {_n(progress['targeted'])}, eligible {_n(progress['eligible'])}, "
+            f"held out {_n(progress['holdout'])}"
+            + (f"; messages withheld: {withheld}" if withheld else "")
+        )
+        lines.append("")
+        statuses = _ordered(
+            {status for arm in progress["variants"].values() for status in arm["by_status"]},
+            STATUS_ORDER,
+        )
+        rows = [
+            (
+                name,
+                *(
+                    _n(arm["by_status"][status]) if arm["by_status"].get(status) else "·"
+                    for status in statuses
+                ),
+                _n(arm["messages"]),
+            )
+            for name, arm in progress["variants"].items()
+        ]
+        lines += _table("  Messages by variant and status", rows, ("", *statuses, "total"))
+        lines.append("")
+        days = progress["attribution_days"]
+        paid_rows = [
+            (
+                name,
+                templates.get(name, "-"),
+                _n(arm["sent"]),
+                _n(arm.get("paid", 0)),
+                _percent(arm.get("paid_rate")),
+                arm.get("paid_amount", "-"),
+            )
+            for name, arm in progress["variants"].items()
+        ]
+        if progress["holdout"]:
+            paid_rows.append(
+                (
+                    "holdout",
+                    "(no message)",
+                    _n(progress["holdout"]),
+                    _n(progress.get("holdout_paid", 0)),
+                    _percent(progress.get("holdout_paid_rate")),
+                    progress.get("holdout_paid_amount", "-"),
+                )
+            )
+        lines += _table(
+            f"  Payments within {days} days of the message (holdout: of the launch)",
+            paid_rows,
+            ("arm", "template", "sent/held", "paid", "rate", "amount (currencies added)"),
+        )
+        comparison = progress.get("comparison")
+        if comparison:
+            p_value = comparison["p_value"]
+            lines.append(
+                f"  Leader: {comparison['leader']} ({_percent(comparison['leader_rate'])}) "
+                f"over {comparison['runner_up']} ({_percent(comparison['runner_up_rate'])}), "
+                f"p = {p_value if p_value is not None else '-'} ({comparison['test']})"
+            )
+        lines.append("")
     return lines

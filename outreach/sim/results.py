@@ -48,6 +48,9 @@ class SimulationStats:
     processes: int = 1
     peak_memory_bytes: int = 0
     largest_memory_bytes: int = 0
+    # each campaign launched, as the ops API shows it with its progress (SPEC §8)
+    campaigns: list[dict[str, Any]] = field(default_factory=list)
+    campaigns_after_end: int = 0
 
     @property
     def events_applied(self) -> int:

@@ -10,6 +10,13 @@ ids are derived from what they name, not from the order they were drawn in, and 
 depends on another borrower's messages (`claim_due` breaks ties by id), so the merged output
 is the output of one process: a test holds the two to the same bytes.
 
+A campaign reaches borrowers of every group, so its line goes to every process: each
+launches it over its own borrowers at the same instant, under the same id, and draws each
+borrower's arm from the campaign and borrower ids as one process would. Its figures are the
+sum of theirs. A throttled campaign is the exception: its pace is shared by all its messages
+(spread over the time its whole segment takes, at most so many a minute), so a book with one
+runs in one process.
+
 The parent reads each line once as JSON to find the group it belongs to; each process then
 reads the lines of its own groups with the webhook's parser, checks all of them before any
 runs (the first malformed line of the book stops the run, as in one process), simulates, and
@@ -56,6 +63,8 @@ SHARD_MIN_EVENTS = 20_000
 # At most this many processes, whatever the machine has.
 MAX_JOBS = 8
 _UNROUTED = 255  # a blank line: no process reads it
+_EVERY = 254  # a campaign line: every process reads it
+_CAMPAIGN_LAUNCHED = "campaign.launched"
 
 
 def default_jobs() -> int:
@@ -133,20 +142,22 @@ class ShardPlan:
     """Which process simulates each line of the book."""
 
     jobs: int
-    # by line number - 1: the process, or _UNROUTED for a blank line
+    # by line number - 1: the process, _UNROUTED for a blank line, _EVERY for a campaign
     shard_of_line: bytes
     events: list[int] = field(default_factory=list)
 
 
 def plan_shards(path: Path, jobs: int) -> ShardPlan | None:
     """Split the book's groups between `jobs` processes, largest groups first, each to the
-    process with the fewest events so far. None when the book is better run in one process:
-    too small, one group, or a line that is not JSON (one process reports it as usual)."""
+    process with the fewest events so far; campaign lines to all of them. None when the book
+    is better run in one process: too small, one group, a throttled campaign, or a line that
+    is not JSON (one process reports it as usual)."""
     if jobs < 2:
         return None
     groups = _Groups()
     joined: set[tuple[str, ...]] = set()  # a loan is reported daily: join its names once
     first_name: list[str | None] = []
+    every: set[int] = set()
     try:
         with path.open(encoding="utf-8") as handle, paused_collection():
             for raw in handle:
@@ -158,6 +169,12 @@ def plan_shards(path: Path, jobs: int) -> ShardPlan | None:
                     document = orjson.loads(text)
                 except orjson.JSONDecodeError:
                     return None
+                if isinstance(document, dict) and document.get("type") == _CAMPAIGN_LAUNCHED:
+                    if _throttled(document):
+                        return None
+                    every.add(len(first_name))
+                    first_name.append(None)
+                    continue
                 names = tuple(joining_names(document)) or ("unrouted",)
                 if names not in joined:
                     joined.add(names)
@@ -182,9 +199,17 @@ def plan_shards(path: Path, jobs: int) -> ShardPlan | None:
         load[shard] += count
     return ShardPlan(
         jobs,
-        bytes(_UNROUTED if root is None else shard_of_root[root] for root in root_of_line),
+        bytes(
+            _EVERY if index in every else _UNROUTED if root is None else shard_of_root[root]
+            for index, root in enumerate(root_of_line)
+        ),
         load,
     )
+
+
+def _throttled(document: dict[str, Any]) -> bool:
+    data = document.get("data")
+    return isinstance(data, dict) and data.get("throttle_per_minute") is not None
 
 
 @dataclass(frozen=True)
@@ -203,13 +228,16 @@ class _ShardSpec:
 
 def _run_shard(spec: _ShardSpec, connection: Connection, shared: Any) -> None:
     """A process's part: check its lines, wait for every process's check, simulate, write."""
+    from outreach.sim.campaigns import deferred_checker
     from outreach.sim.engine import simulate
     from outreach.sim.inputs import EventBook
 
     try:
         try:
             book = EventBook.from_file(
-                spec.path, keep=lambda line: spec.shard_of_line[line - 1] == spec.index
+                spec.path,
+                keep=lambda line: spec.shard_of_line[line - 1] in (spec.index, _EVERY),
+                check_campaign=deferred_checker(spec.settings, spec.policy_path),
             )
         except SimulationInputError as error:
             connection.send(("invalid", error.line, error.source, error.problem))
@@ -286,6 +314,7 @@ def simulate_file(
         _start_server(context)
     plan = plan_shards(path, jobs)
     from outreach import policy as pol
+    from outreach.sim.campaigns import deferred_checker
     from outreach.sim.engine import simulate
     from outreach.sim.inputs import EventBook
 
@@ -295,7 +324,7 @@ def simulate_file(
     if plan is None:
         return simulate(
             settings,
-            EventBook.from_file(path),
+            EventBook.from_file(path, check_campaign=deferred_checker(settings, policy_path)),
             start=start,
             days=days,
             out=out,
@@ -410,6 +439,8 @@ def _merge(parts: list[Path], out: IO[str]) -> None:
 
 
 def _combined(parts: list[SimulationStats]) -> SimulationStats:
+    from outreach.sim.campaigns import merged
+
     total = SimulationStats()
     for part in parts:
         total.events.update(part.events)
@@ -421,6 +452,9 @@ def _combined(parts: list[SimulationStats]) -> SimulationStats:
         total.replans += part.replans
         total.instants = max(total.instants, part.instants)
         total.messages += part.messages
+        # every process had every campaign line
+        total.campaigns_after_end = max(total.campaigns_after_end, part.campaigns_after_end)
+    total.campaigns = merged(part.campaigns for part in parts)
     return total
 
 

@@ -111,8 +111,8 @@ def segment_candidates(
         query = query.where(LOANS.c.amount_due >= amount_min)
     if amount_max is not None:
         query = query.where(LOANS.c.amount_due <= amount_max)
-    result = session.connection().execution_options(stream_results=True, yield_per=batch)
-    for rows in result.execute(query).partitions(batch):
+    streamed = query.execution_options(stream_results=True, yield_per=batch)
+    for rows in session.connection().execute(streamed).partitions(batch):
         for row in rows:
             yield Candidate(*row)
 
@@ -228,8 +228,8 @@ def payments_after_sends(
             PAYMENTS.c.paid_at > MESSAGES.c.sent_at,
         )
     )
-    result = session.connection().execution_options(stream_results=True, yield_per=5000)
-    for row in result.execute(query):
+    streamed = query.execution_options(stream_results=True, yield_per=5000)
+    for row in session.connection().execute(streamed):
         yield row[0], row[1], row[2], row[3], row[4]
 
 

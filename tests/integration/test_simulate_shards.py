@@ -1,4 +1,5 @@
-"""A simulation split between processes writes exactly what one process writes."""
+"""A simulation split between processes writes exactly what one process writes, a campaign
+launched over the whole book included."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from outreach.cli import app
 from outreach.settings import Settings, load_settings
 from outreach.sim import shards
-from outreach.sim.book import DEMO_START, generate_book
+from outreach.sim.book import CAMPAIGN_ID, DEMO_START, generate_book
 from outreach.sim.shards import simulate_file
 from outreach.sim_checks import parse_time, read_jsonl
 from tests.conftest import REPO_ROOT
@@ -86,7 +87,8 @@ def shared_number_story() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def book(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    events = generate_book(80, DAYS, 3, start=DEMO_START, update_every=1) + shared_number_story()
+    events = generate_book(80, DAYS, 3, start=DEMO_START, update_every=1, campaign=True)
+    events += shared_number_story()
     path = tmp_path_factory.mktemp("shards") / "EVENTS.jsonl"
     path.write_text("".join(json.dumps(event, ensure_ascii=False) + "\n" for event in events))
     return path
@@ -121,6 +123,27 @@ def test_three_processes_write_the_same_file_as_one(runs: dict[int, Any]) -> Non
     assert three.stats.replies == one.stats.replies
     assert three.stats.statuses == one.stats.statuses
     assert three.stats.peak_memory_bytes > one.stats.peak_memory_bytes > 0
+
+
+def test_a_campaign_is_launched_in_every_process_as_in_one(runs: dict[int, Any]) -> None:
+    one, three = runs[1], runs[3]
+    messages = read_jsonl(three.out)
+    of_campaign = [m for m in messages if m["campaign_id"] == CAMPAIGN_ID]
+    # the campaign reaches borrowers of more than one process
+    assert len({m["borrower_id"] for m in of_campaign}) > 10
+    assert {m["template"] for m in of_campaign} == {
+        "campaign_hardship_relief",
+        "campaign_restructuring_offer",
+    }
+    ((single,), (merged,)) = one.stats.campaigns, three.stats.campaigns
+    assert single["id"] == merged["id"] == CAMPAIGN_ID
+    assert merged["progress"] == single["progress"]
+    assert merged["launch"] == single["launch"]
+    assert merged["status"] == single["status"]
+    assert single["progress"]["holdout"] > 0
+    assert sum(arm["messages"] for arm in single["progress"]["variants"].values()) == len(
+        of_campaign
+    )
 
 
 def test_a_stop_from_a_shared_number_reaches_both_borrowers(runs: dict[int, Any]) -> None:

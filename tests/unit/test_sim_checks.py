@@ -13,6 +13,7 @@ from outreach.sim_checks import (
     check_after_opt_out,
     check_after_payment,
     check_after_restriction,
+    check_campaign_window,
     check_caps,
     check_contact_window,
     check_first_contact,
@@ -243,8 +244,112 @@ def test_run_checks_names_every_check(policy: pol.Policy) -> None:
         "after_restriction",
         "sent_once",
         "first_contact",
+        "campaign_window",
     ]
     assert all(r.passed for r in results)
+
+
+def launched(
+    at: dt.datetime,
+    start_at: dt.datetime,
+    end_at: dt.datetime | None = None,
+    campaign_id: str | None = "cmp_a",
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "Relief",
+        "channel": "sms",
+        "template": "campaign_hardship_relief",
+        "start_at": iso(start_at),
+    }
+    if end_at is not None:
+        data["end_at"] = iso(end_at)
+    document: dict[str, Any] = {
+        "type": "campaign.launched",
+        "occurred_at": iso(at),
+        "data": data,
+    }
+    if campaign_id is not None:
+        document["id"] = campaign_id
+    return document
+
+
+def of_campaign(
+    at: dt.datetime | None, campaign_id: str = "cmp_a", **fields: Any
+) -> dict[str, Any]:
+    record = message(at, purpose="campaign", borrower_id=fields.pop("borrower_id", "B1"))
+    return {**record, "campaign_id": campaign_id, **fields}
+
+
+def test_campaign_messages_go_only_inside_their_campaign_window() -> None:
+    starts, ends = NOON_NY, NOON_NY + dt.timedelta(days=2)
+    book = Book([upsert(), upsert("B2"), launched(starts - dt.timedelta(hours=1), starts, ends)])
+    inside = [of_campaign(starts), of_campaign(starts + dt.timedelta(days=1), borrower_id="B2")]
+    result = check_campaign_window(book, inside)
+    assert result.passed and result.checked == 2
+
+    early = check_campaign_window(book, [of_campaign(starts - dt.timedelta(minutes=1))])
+    assert not early.passed and "before campaign cmp_a opened" in early.violations[0]
+    late = check_campaign_window(book, [of_campaign(ends)])
+    assert not late.passed and "had ended" in late.violations[0]
+    twice = check_campaign_window(book, [of_campaign(starts), of_campaign(starts)])
+    assert not twice.passed and "a second message" in twice.violations[0]
+    unknown = check_campaign_window(book, [of_campaign(starts, campaign_id="cmp_b")])
+    assert not unknown.passed and "not launched" in unknown.violations[0]
+
+
+def test_a_campaign_message_still_waiting_after_the_end_fails() -> None:
+    starts, ends = NOON_NY, NOON_NY + dt.timedelta(days=2)
+    book = Book([launched(starts, starts, ends)])
+    waiting = of_campaign(None, status="deferred")
+    after = ends + dt.timedelta(hours=1)
+    assert not check_campaign_window(book, [waiting], until=after).passed
+    # the run ended before the campaign did: it may wait still
+    assert check_campaign_window(book, [waiting], until=ends - dt.timedelta(hours=1)).passed
+    withheld = of_campaign(None, status="suppressed", reason="campaign_ended")
+    assert check_campaign_window(book, [withheld], until=after).passed
+
+
+def test_a_campaign_line_without_an_id_is_named_by_its_line() -> None:
+    book = Book([upsert(), launched(NOON_NY, NOON_NY, campaign_id=None)])
+    assert check_campaign_window(book, [of_campaign(NOON_NY, campaign_id="cmp_line2")]).passed
+
+
+def test_campaign_messages_are_held_to_the_other_rules_as_well(policy: pol.Policy) -> None:
+    book = Book(
+        [
+            upsert(),
+            event(
+                "sms.inbound",
+                NOON_NY - dt.timedelta(hours=1),
+                **{"from": "+12125550143"},
+                body="STOP",
+            ),
+            event(
+                "contact.restricted",
+                NOON_NY - dt.timedelta(hours=1),
+                borrower_id="B1",
+                restriction="dispute",
+                active=True,
+            ),
+            event(
+                "payment.received",
+                NOON_NY - dt.timedelta(hours=1),
+                loan_id="L1",
+                amount="100.00",
+                amount_due_after="0.00",
+            ),
+        ]
+    )
+    night = sent_messages([of_campaign(T0 + dt.timedelta(hours=6))])
+    assert not check_contact_window(policy, book, night).passed
+    close = sent_messages(
+        [message(NOON_NY - dt.timedelta(hours=3)), of_campaign(NOON_NY - dt.timedelta(hours=2))]
+    )
+    assert not check_caps(policy, book, close).passed
+    after = sent_messages([of_campaign(NOON_NY)])
+    assert not check_after_opt_out(book, after, []).passed
+    assert not check_after_restriction(book, after).passed
+    assert not check_after_payment(book, after).passed
 
 
 def loan_reported(at: dt.datetime, days_past_due: int = 1, loan_id: str = "L1") -> dict[str, Any]:

@@ -109,6 +109,27 @@ def test_some_books_run_in_one_process(
     assert plan_shards(write(tmp_path / "EVENTS.jsonl", book), jobs=jobs) is None, why
 
 
+def campaign(**data: Any) -> dict[str, Any]:
+    return {"type": "campaign.launched", "data": {"name": "Relief", "start_at": AT, **data}}
+
+
+@pytest.mark.usefixtures("small_books_split")
+def test_a_campaign_line_goes_to_every_process(tmp_path: Path) -> None:
+    book = [*BOOK, campaign()]
+    plan = plan_shards(write(tmp_path / "EVENTS.jsonl", book), jobs=4)
+
+    assert plan is not None
+    assert plan.shard_of_line[len(book) - 1] == 254
+    # and is not counted among the events the processes are balanced by
+    assert sum(plan.events) == len(BOOK) - 1
+
+
+@pytest.mark.usefixtures("small_books_split")
+def test_a_book_with_a_throttled_campaign_runs_in_one_process(tmp_path: Path) -> None:
+    book = [*BOOK, campaign(throttle_per_minute=10)]
+    assert plan_shards(write(tmp_path / "EVENTS.jsonl", book), jobs=4) is None
+
+
 def test_a_small_book_runs_in_one_process(tmp_path: Path) -> None:
     assert len(BOOK) < shards.SHARD_MIN_EVENTS
     assert plan_shards(write(tmp_path / "EVENTS.jsonl", BOOK), jobs=4) is None
