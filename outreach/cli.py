@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from outreach.domain import CAMPAIGN_STATUSES
 from outreach.errors import ConfigurationError, OutreachError
 from outreach.settings import OpsToken, Settings, load_settings
 
@@ -416,7 +417,6 @@ def messages_export(
 
 # -- campaigns (SPEC §8 from a terminal: the service's use cases, not its HTTP API) ----------
 
-CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
 ACTOR_NAME_LONGEST = 100  # audit_log.actor, campaigns.created_by and launched_by
 
 CampaignIdArgument = Annotated[str, typer.Argument(metavar="ID", help="The campaign's id.")]
@@ -996,9 +996,11 @@ def simulate(
             jobs=jobs,
         )
     # imported now: it loads the simulator, which a split run's first process does not need
-    from outreach.sim.report import summary_line
+    from outreach.sim.report import campaign_summaries, summary_line
 
     typer.echo(summary_line(result.stats, out))
+    for line in campaign_summaries(result.stats.campaigns):
+        typer.echo(line)
 
 
 @app.command()

@@ -112,6 +112,21 @@ LOAN_PURPOSES = frozenset(
 )
 
 
+class CampaignStatus(StrEnum):
+    """draft → scheduled (launched, its start ahead) → running ↔ paused → completed or
+    cancelled (SPEC §8)."""
+
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+CAMPAIGN_STATUSES = tuple(status.value for status in CampaignStatus)
+
+
 class Restriction(StrEnum):
     CEASE_CONTACT = "cease_contact"
     DISPUTE = "dispute"

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 from outreach.api.auth import AdminActor, ServicesDep, Viewer
 from outreach.api.schemas import Problem
 from outreach.campaign_control import CampaignCheckUnavailable
+from outreach.domain import CAMPAIGN_STATUSES
 from outreach.errors import StoreUnavailable
 from outreach.service import campaigns
-from outreach.store import audit
 from outreach.store.db import transaction
 from outreach.store.models import Campaign
 
@@ -67,6 +67,11 @@ def list_campaigns(
     services: ServicesDep,
     status: Annotated[str | None, Query(description="one status or a comma list")] = None,
 ) -> dict[str, Any]:
+    if status is not None:
+        unknown = sorted(set(status.split(",")) - set(CAMPAIGN_STATUSES))
+        if unknown:
+            known = ", ".join(CAMPAIGN_STATUSES)
+            raise HTTPException(422, f"status: unknown {', '.join(unknown)} (known: {known})")
     with services.runtime.sessions() as session:
         return {"items": campaigns.list_all(session, services.policy, status=status)}
 
@@ -121,31 +126,19 @@ def _transition(
     except campaigns.CampaignNotFound as error:
         raise HTTPException(404, str(error)) from None
     except campaigns.CampaignConflict as error:
-        _record_refusal(services, actor, campaign_id, action, error.status)
+        campaigns.record_refusal(
+            services.runtime.sessions,
+            actor,
+            campaign_id,
+            action,
+            error.status,
+            services.dispatcher.now(),
+        )
         return JSONResponse(  # type: ignore[return-value]
             status_code=409, content={"detail": str(error), "status": error.status}
         )
     except (CampaignCheckUnavailable, StoreUnavailable) as error:
         raise HTTPException(503, f"{error}; nothing was changed, try again") from None
-
-
-def _record_refusal(
-    services: ServicesDep, actor: campaigns.Actor, campaign_id: str, action: str, status: str
-) -> None:
-    try:
-        with transaction(services.runtime.sessions) as session:
-            audit.append(
-                session,
-                at=services.dispatcher.now(),
-                actor=actor.name,
-                role=actor.role,
-                action=action,
-                target=campaign_id,
-                outcome="refused",
-                detail={"status": status},
-            )
-    except StoreUnavailable:
-        pass
 
 
 @router.post("/v1/campaigns/{campaign_id}/launch", summary="Launch a draft", responses=_ERRORS)

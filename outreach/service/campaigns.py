@@ -31,6 +31,7 @@ from outreach.campaign_control import CampaignControl
 from outreach.domain import (
     PENDING_STATUSES,
     BorrowerState,
+    CampaignStatus,
     Channel,
     Decision,
     DecisionKind,
@@ -78,15 +79,6 @@ CREATE_FIELDS = frozenset(
 SEGMENT_FIELDS = frozenset(
     {"stages", "dpd_min", "dpd_max", "amount_min", "amount_max", "products", "locales", "tags"}
 )
-
-
-class CampaignStatus:
-    DRAFT = "draft"
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
 
 
 # the statuses a campaign's messages may still go out in
@@ -764,7 +756,7 @@ def create(
             "end_at": spec.end_at,
             "throttle_per_minute": spec.throttle_per_minute,
             "holdout_percent": spec.holdout_percent,
-            "status": CampaignStatus.DRAFT,
+            "status": CampaignStatus.DRAFT.value,
             "created_by": actor.name,
             "created_at": now,
             "updated_at": now,
@@ -867,7 +859,7 @@ def launch(
     transaction: launched whole or not at all."""
     campaign = _found(session, campaign_id, lock=True)
     if campaign.status != CampaignStatus.DRAFT:
-        _refuse(session, actor, "campaign.launch", campaign, now)
+        _refuse("campaign.launch", campaign)
     spec = CampaignSpec.of(campaign)
     tally = Tally()
     for batch in _planned_batches(session, policy, spec, campaign.id, now):
@@ -882,7 +874,9 @@ def launch(
         insert_new(session, messages)
         store.insert_holdouts(session, campaign.id, held)
     counts = tally.to_json(spec)
-    campaign.status = CampaignStatus.SCHEDULED if spec.start_at > now else CampaignStatus.RUNNING
+    campaign.status = (
+        CampaignStatus.SCHEDULED.value if spec.start_at > now else CampaignStatus.RUNNING.value
+    )
     campaign.launched_at = now
     campaign.launched_by = actor.name
     campaign.launch_counts = counts
@@ -899,9 +893,9 @@ def pause(
     more of it reaches a provider (the control waits for hand-overs in flight)."""
     campaign = _found(session, campaign_id, lock=True)
     if campaign.status not in LIVE_STATUSES:
-        _refuse(session, actor, "campaign.pause", campaign, now)
+        _refuse("campaign.pause", campaign)
     control.halt(campaign.id)
-    campaign.status = CampaignStatus.PAUSED
+    campaign.status = CampaignStatus.PAUSED.value
     campaign.updated_at = now
     _audit(session, actor, "campaign.pause", campaign.id, now)
     session.flush()
@@ -913,9 +907,9 @@ def resume(
 ) -> m.Campaign:
     campaign = _found(session, campaign_id, lock=True)
     if campaign.status != CampaignStatus.PAUSED:
-        _refuse(session, actor, "campaign.resume", campaign, now)
+        _refuse("campaign.resume", campaign)
     campaign.status = (
-        CampaignStatus.SCHEDULED if campaign.start_at > now else CampaignStatus.RUNNING
+        CampaignStatus.SCHEDULED.value if campaign.start_at > now else CampaignStatus.RUNNING.value
     )
     campaign.updated_at = now
     spacing = (
@@ -936,12 +930,12 @@ def cancel(
     """Withhold every message of the campaign not handed over yet (`campaign_cancelled`)."""
     campaign = _found(session, campaign_id, lock=True)
     if campaign.status in FINISHED_STATUSES:
-        _refuse(session, actor, "campaign.cancel", campaign, now)
+        _refuse("campaign.cancel", campaign)
     control.halt(campaign.id)
     withheld = store.withhold_pending(
         session, campaign.id, Status.SUPPRESSED, Reason.CAMPAIGN_CANCELLED, now
     )
-    campaign.status = CampaignStatus.CANCELLED
+    campaign.status = CampaignStatus.CANCELLED.value
     campaign.finished_at = now
     campaign.updated_at = now
     _audit(session, actor, "campaign.cancel", campaign.id, now, {"messages_withheld": withheld})
@@ -949,11 +943,9 @@ def cancel(
     return campaign
 
 
-def _refuse(
-    session: Session, actor: Actor, action: str, campaign: m.Campaign, now: dt.datetime
-) -> NoReturn:
-    """A transition the status does not allow (the edge records the refusal in the audit log,
-    as this transaction is rolled back)."""
+def _refuse(action: str, campaign: m.Campaign) -> NoReturn:
+    """A transition the status does not allow (the edge records the refusal in the audit log
+    with `record_refusal`, as this transaction is rolled back)."""
     raise CampaignConflict(campaign.id, campaign.status, _PAST[action])
 
 
@@ -1028,7 +1020,7 @@ def advance(session: Session, control: CampaignControl | None, now: dt.datetime)
             moved.append(campaign.id)
             continue
         if campaign.status == CampaignStatus.SCHEDULED and campaign.start_at <= now:
-            campaign.status = CampaignStatus.RUNNING
+            campaign.status = CampaignStatus.RUNNING.value
             campaign.updated_at = now
             moved.append(campaign.id)
         if (
@@ -1050,7 +1042,7 @@ def advance(session: Session, control: CampaignControl | None, now: dt.datetime)
 
 
 def _finish(campaign: m.Campaign, now: dt.datetime) -> None:
-    campaign.status = CampaignStatus.COMPLETED
+    campaign.status = CampaignStatus.COMPLETED.value
     campaign.finished_at = now
     campaign.updated_at = now
 

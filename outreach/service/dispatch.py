@@ -44,6 +44,7 @@ from outreach.channels.base import (
 )
 from outreach.domain import (
     BorrowerState,
+    CampaignStatus,
     Channel,
     Decision,
     DecisionKind,
@@ -916,11 +917,11 @@ def _campaign_hold(campaign: CampaignState | None, now: dt.datetime) -> Decision
     looks again); None: it may go as far as the rest of the gate allows."""
     if campaign is None:
         return Decision.suppress(Reason.CAMPAIGN_CANCELLED, detail="campaign unknown")
-    if campaign.status == "cancelled":
+    if campaign.status == CampaignStatus.CANCELLED:
         return Decision.suppress(Reason.CAMPAIGN_CANCELLED)
-    if campaign.status == "completed":
+    if campaign.status == CampaignStatus.COMPLETED:
         return Decision.suppress(Reason.CAMPAIGN_ENDED)
-    if campaign.status == "paused":
+    if campaign.status == CampaignStatus.PAUSED:
         until = now + PAUSED_RECHECK
         if campaign.end_at is not None:
             until = min(until, max(campaign.end_at, now + CAMPAIGN_HALT_RECHECK))

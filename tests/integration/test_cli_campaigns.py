@@ -95,16 +95,18 @@ def daytime_borrower(
     ]
 
 
-# the book most tests use: five borrowers in the negotiation stage (one without consent to
-# email) and one in the early stage, outside the segment
-SMALL_BOOK = [
-    *daytime_borrower("b-1", "l-1", name="Ada Lovelace"),
-    *daytime_borrower("b-2", "l-2"),
-    *daytime_borrower("b-3", "l-3"),
-    *daytime_borrower("b-4", "l-4", locale="zh-CN"),
-    *daytime_borrower("b-nc", "l-nc", email_consent=False),
-    *daytime_borrower("b-early", "l-early", dpd=3),
-]
+def small_book() -> list[dict[str, Any]]:
+    """The book most tests use: five borrowers in the negotiation stage (one without consent
+    to email) and one in the early stage, outside the segment; built when the test starts, as
+    whose afternoon it is depends on the hour."""
+    return [
+        *daytime_borrower("b-1", "l-1", name="Ada Lovelace"),
+        *daytime_borrower("b-2", "l-2"),
+        *daytime_borrower("b-3", "l-3"),
+        *daytime_borrower("b-4", "l-4", locale="zh-CN"),
+        *daytime_borrower("b-nc", "l-nc", email_consent=False),
+        *daytime_borrower("b-early", "l-early", dpd=3),
+    ]
 
 
 def campaign_body(**overrides: Any) -> dict[str, Any]:
@@ -122,14 +124,19 @@ def campaign_body(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def book(postgres_engine: Engine, redis_client: redis.Redis) -> Iterator[Book]:
     truncate_all(postgres_engine)
-    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith(SETTING_PREFIXES)}
+    # none of the developer's own settings, but the test run's (its Redis database)
+    env: dict[str, str | None] = {
+        k: None
+        for k in os.environ
+        if k.startswith(SETTING_PREFIXES) and not k.startswith("OUTREACH_TEST_")
+    }
     env.update(
         OUTREACH_DATABASE_URL=postgres_engine.url.render_as_string(hide_password=False),
         OUTREACH_REDIS_URL=REDIS_URL,
         OUTREACH_POLICY=str(POLICY_PATH),
     )
     made = Book(env, make_session_factory(postgres_engine))
-    made.ingest(SMALL_BOOK)
+    made.ingest(small_book())
     yield made
     truncate_all(postgres_engine)
 
