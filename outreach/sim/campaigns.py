@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from outreach import policy as pol
+from outreach.domain import CampaignStatus
 from outreach.render import Renderer
 from outreach.service import campaigns
 from outreach.settings import Settings
@@ -31,15 +32,11 @@ from outreach.store import campaigns as store
 SIMULATION_ACTOR = campaigns.Actor("simulation")
 # a campaign's status where processes of a split run disagree: the least advanced, as one
 # process would still be there while any of its borrowers' messages is pending
-_PROGRESSION = [
-    campaigns.CampaignStatus.DRAFT,
-    campaigns.CampaignStatus.SCHEDULED,
-    campaigns.CampaignStatus.RUNNING,
-    campaigns.CampaignStatus.PAUSED,
-    campaigns.CampaignStatus.COMPLETED,
-    campaigns.CampaignStatus.CANCELLED,
-]
-UNFINISHED = ",".join((*campaigns.LIVE_STATUSES, campaigns.CampaignStatus.PAUSED))
+_PROGRESSION = [status.value for status in CampaignStatus]
+UNFINISHED = ",".join(
+    status.value
+    for status in (CampaignStatus.SCHEDULED, CampaignStatus.RUNNING, CampaignStatus.PAUSED)
+)
 
 
 def checker(policy: pol.Policy, renderer: Renderer) -> CampaignCheck:
@@ -166,7 +163,8 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 def _amount(parts: Iterable[str]) -> str:
-    return str(sum((Decimal(part) for part in parts), Decimal(0)))
+    # as `campaigns.progress` writes its amounts
+    return str(sum((Decimal(part) for part in parts), Decimal(0)).quantize(Decimal("0.01")))
 
 
 def _progress(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

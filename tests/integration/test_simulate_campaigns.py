@@ -216,14 +216,13 @@ def test_the_variants_split_the_segment_as_the_service_draws_them(
     templates = {v["name"]: v["template"] for v in RELIEF["variants"]}
     relief = [m for m in messages if m["campaign_id"] == "relief"]
     for message in relief:
-        assert message["template"] == templates[drawn[message["borrower_id"]][0]]
-    split = Counter(message["template"] for message in relief)
-    assert set(split) == set(templates.values())
+        assert message["variant"] == drawn[message["borrower_id"]][0]
+        assert message["template"] == templates[message["variant"]]
+    split = Counter(message["variant"] for message in relief)
+    assert set(split) == set(templates)
     assert min(split.values()) >= len(relief) / 4  # weights 1:1, ~50 borrowers
     variants = report(runs, "relief")["progress"]["variants"]
-    assert {name: arm["messages"] for name, arm in variants.items()} == {
-        name: split[template] for name, template in templates.items()
-    }
+    assert {name: arm["messages"] for name, arm in variants.items()} == dict(split)
 
 
 def test_payments_after_the_messages_are_attributed_per_arm_and_to_the_holdout(
@@ -375,3 +374,35 @@ def test_a_campaign_body_is_checked_against_the_run_when_the_book_was_read_witho
     assert raised.value.line == 3
     assert "data.segment.stages: unknown stage 'nowhere'" in raised.value.problem
     assert "data.holdout_percent" in raised.value.problem
+
+
+def test_a_throttled_campaign_runs_the_book_in_one_process_at_its_pace(
+    events: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shards, "SHARD_MIN_EVENTS", 0)
+    throttled = [
+        dict(event, data=dict(RELIEF, throttle_per_minute=5))
+        if event.get("id") == "relief"
+        else event
+        for event in events
+    ]
+    result = simulate_file(
+        sim_settings(),
+        write(throttled, tmp_path / "EVENTS.jsonl"),
+        start=T0,
+        days=DAYS,
+        out=tmp_path / "MESSAGES.jsonl",
+        seed=9,
+        jobs=2,
+    )
+    assert result.stats.processes == 1
+    # the throttle counts hand-overs in whole milliseconds, the virtual clock in microseconds
+    sent = [
+        moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+        for m in read_jsonl(result.out)
+        if m["campaign_id"] == "relief" and m["sent_at"]
+        for moment in [parse_time(m["sent_at"])]
+    ]
+    assert len(sent) > 20
+    for first in sent:
+        assert sum(first <= at < first + dt.timedelta(minutes=1) for at in sent) <= 5
