@@ -818,6 +818,8 @@ def _by(at: str | None, who: str | None) -> str:
 
 
 def _progress_lines(progress: dict[str, Any]) -> list[str]:
+    from outreach.service.campaigns import amounts_text, comparison_text
+
     lines = [
         f"targeted {progress['targeted']}, eligible {progress['eligible']},"
         f" holdout {progress['holdout']}"
@@ -832,7 +834,7 @@ def _progress_lines(progress: dict[str, Any]) -> list[str]:
     for name, arm in progress["variants"].items():
         row: list[Any] = [name, arm["messages"], arm["sent"], arm["delivered"]]
         if attributed:
-            row += [arm["paid"], arm["paid_amount"], _rate(arm["paid_rate"])]
+            row += [arm["paid"], amounts_text(arm["paid_amount"]), _rate(arm["paid_rate"])]
         rows.append(row)
     if attributed:
         rows.append(
@@ -842,22 +844,14 @@ def _progress_lines(progress: dict[str, Any]) -> list[str]:
                 "-",
                 "-",
                 progress["holdout_paid"],
-                progress["holdout_paid_amount"],
+                amounts_text(progress["holdout_paid_amount"]),
                 _rate(progress["holdout_paid_rate"]),
             ]
         )
     lines += ["", f"per variant (payments within {progress['attribution_days']} days of a send)"]
     lines += _indent(_table(header, rows))
     if attributed:
-        comparison = progress.get("comparison")
-        if comparison is None:
-            lines.append("comparison: none yet (two arms need sends to compare)")
-        else:
-            lines.append(
-                f"comparison: {comparison['leader']} {_rate(comparison['leader_rate'])}"
-                f" vs {comparison['runner_up']} {_rate(comparison['runner_up_rate'])},"
-                f" p-value {_number(comparison['p_value'])} ({comparison['test']})"
-            )
+        lines.append("comparison: " + comparison_text(progress.get("comparison")))
     return lines
 
 

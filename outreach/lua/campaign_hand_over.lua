@@ -18,10 +18,11 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local limit = tonumber(ARGV[2])
 if limit > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60000)
+  -- a hand-over exactly a minute old still counts: at most `limit` in any 60 s
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - 60000))
   if redis.call('ZCARD', KEYS[2]) >= limit then
     local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    return {2, tonumber(oldest[2]) + 60000}
+    return {2, tonumber(oldest[2]) + 60001}
   end
   redis.call('ZADD', KEYS[2], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[2], 120000)

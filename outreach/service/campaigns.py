@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ SAMPLES_PER_VARIANT_AND_LOCALE = 2
 MAX_THROTTLE_PER_MINUTE = 100_000
 MAX_HOLDOUT_PERCENT = 50
 DEFAULT_VARIANT = "default"
+CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
+# the arm of the borrowers held out (no variant may take the name)
+HOLDOUT_ARM = "holdout"
 
 CREATE_FIELDS = frozenset(
     {
@@ -428,7 +432,9 @@ def _variants(
         for unknown in sorted(set(item) - {"name", "template", "weight"}):
             fields.fail(f"{where}.{unknown}", "is not a variant field")
         name = fields.text(item.get("name"), f"{where}.name", longest=100)
-        if name is not None and name in seen:
+        if name == HOLDOUT_ARM:
+            fields.fail(f"{where}.name", f"{HOLDOUT_ARM!r} names the holdout group")
+        elif name is not None and name in seen:
             fields.fail(f"{where}.name", f"{name!r} is used by another variant")
         if name is not None:
             seen.add(name)
@@ -737,6 +743,8 @@ def create(
 ) -> m.Campaign:
     """A draft campaign; `campaign_id` names it (the simulator's, from its input line),
     else a new id."""
+    if campaign_id is not None and not CAMPAIGN_ID.fullmatch(campaign_id):
+        raise CampaignInvalid([("id", "must be 1 to 40 letters, digits or _ . : -")])
     campaign_id = campaign_id or new_id("cmp_", now)
     variants = (
         None
@@ -864,15 +872,16 @@ def launch(
     tally = Tally()
     for batch in _planned_batches(session, policy, spec, campaign.id, now):
         messages: list[NewMessage] = []
-        held: list[tuple[str, str]] = []
+        members: list[tuple[str, str, str]] = []
         for item in batch:
             tally.add(item)
-            if item.eligible and item.held_out:
-                held.append((item.target.borrower_id, item.target.loan_id))
-            else:
+            if item.eligible:
+                arm = HOLDOUT_ARM if item.held_out else item.variant.name
+                members.append((item.target.borrower_id, item.target.loan_id, arm))
+            if not (item.eligible and item.held_out):
                 messages.append(item.message)
         insert_new(session, messages)
-        store.insert_holdouts(session, campaign.id, held)
+        store.insert_members(session, campaign.id, members)
     counts = tally.to_json(spec)
     campaign.status = (
         CampaignStatus.SCHEDULED.value if spec.start_at > now else CampaignStatus.RUNNING.value
@@ -1144,29 +1153,31 @@ def progress(
     window = dt.timedelta(days=policy.attribution_days)
     if attribution:
         paid: dict[str, set[str]] = {name: set() for name in arms}
-        amounts: dict[str, Decimal] = {name: Decimal(0) for name in arms}
-        for variant, message_id, sent_at, paid_at, amount in store.payments_after_sends(
+        amounts: dict[str, dict[str, Decimal]] = {name: {} for name in arms}
+        for variant, message_id, sent_at, paid_at, amount, currency in store.payments_after_sends(
             session, campaign.id
         ):
             if paid_at - sent_at <= window:
                 name = variant or DEFAULT_VARIANT
                 paid.setdefault(name, set()).add(message_id)
-                amounts[name] = amounts.get(name, Decimal(0)) + amount
+                mine = amounts.setdefault(name, {})
+                mine[currency] = mine.get(currency, Decimal(0)) + amount
         for name, arm in arms.items():
             arm["paid"] = len(paid.get(name, ()))
-            arm["paid_amount"] = _money(amounts.get(name, Decimal(0)))
+            arm["paid_amount"] = _money(amounts.get(name, {}))
             arm["paid_rate"] = _rate(arm["paid"], arm["sent"])
-        held, held_paid, held_amount = (0, 0, Decimal(0))
+        by_arm: dict[str, store.ArmPayments] = {}
         if campaign.launched_at is not None:
-            held, held_paid, held_amount = store.holdout_payments(
-                session, campaign.id, campaign.launched_at, campaign.launched_at + window
-            )
-        document["holdout_paid"] = held_paid
-        document["holdout_paid_amount"] = _money(held_amount)
-        document["holdout_paid_rate"] = _rate(held_paid, held)
+            # launched ahead of its start, the campaign does nothing before it: the span of
+            # every arm is counted from whichever comes later
+            since = max(campaign.launched_at, campaign.start_at)
+            by_arm = store.payments_by_arm(session, campaign.id, since, since + window)
+        held = by_arm.get(HOLDOUT_ARM, store.ArmPayments(0, 0, {}))
+        document["holdout_paid"] = held.paid
+        document["holdout_paid_amount"] = _money(held.amounts)
+        document["holdout_paid_rate"] = _rate(held.paid, held.members)
         document["comparison"] = compare(
-            {name: (arm["paid"], arm["sent"]) for name, arm in arms.items()}
-            | ({"holdout": (held_paid, held)} if held else {})
+            {name: (found.paid, found.members) for name, found in sorted(by_arm.items())}
         )
     for arm in arms.values():
         arm["by_status"] = dict(sorted(arm["by_status"].items()))
@@ -1174,8 +1185,31 @@ def progress(
     return document
 
 
-def _money(amount: Decimal) -> str:
-    return str(amount.quantize(Decimal("0.01")))
+def _money(amounts: Mapping[str, Decimal]) -> dict[str, str]:
+    """Amounts by currency (loans of a segment may be in several; they are never added)."""
+    return {
+        currency: str(Decimal(amount).quantize(Decimal("0.01")))
+        for currency, amount in sorted(amounts.items())
+    }
+
+
+def amounts_text(amounts: Mapping[str, str]) -> str:
+    """Amounts by currency for people: `CNY 1200.00, USD 80.00` (`0` for none)."""
+    return ", ".join(f"{currency} {amount}" for currency, amount in amounts.items()) or "0"
+
+
+def comparison_text(comparison: Mapping[str, Any] | None) -> str:
+    """The comparison in a sentence (for the terminal and the demo report)."""
+    if comparison is None:
+        return "no comparison yet: two arms need members to compare"
+    rate = "{:.1%}".format
+    if comparison["leader"] is None:
+        return f"no arm leads: the best two pay alike ({rate(comparison['leader_rate'])})"
+    return (
+        f"{comparison['leader']} leads ({rate(comparison['leader_rate'])}) over"
+        f" {comparison['runner_up']} ({rate(comparison['runner_up_rate'])}),"
+        f" p = {comparison['p_value']} ({comparison['test']}; {comparison['basis']})"
+    )
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -1183,19 +1217,30 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 def compare(arms: Mapping[str, tuple[int, int]]) -> dict[str, Any] | None:
-    """Which arm has the highest payment rate, the next one, and the two-sided p-value of
-    a two-proportion z-test between them (the chance of a difference at least this large if
-    both arms paid alike): a figure to read, not a verdict."""
+    """Which arm pays most, the next one, and the two-sided p-value of a two-proportion
+    z-test between them (the chance of a difference at least this large if both arms paid
+    alike): a figure to read, not a verdict. `arms`: name -> (members who paid, members).
+
+    Every borrower eligible at launch counts in their arm, whether their message went out or
+    not (one who paid before it did is a success of the arm, as a holdout borrower who paid
+    is of the holdout), and every arm's payments are counted over the same span: like is
+    compared with like. With equal rates no arm leads."""
     measured = sorted(
         ((paid / whole, name, paid, whole) for name, (paid, whole) in arms.items() if whole),
         key=lambda item: (-item[0], item[1]),
     )
     if len(measured) < 2:
         return None
-    (rate_a, leader, paid_a, n_a), (rate_b, runner_up, paid_b, n_b) = measured[0], measured[1]
+    (rate_a, first, paid_a, n_a), (rate_b, second, paid_b, n_b) = measured[0], measured[1]
+    tied = rate_a == rate_b
     return {
-        "leader": leader,
-        "runner_up": runner_up,
+        "basis": "borrowers eligible at launch, by arm; payments in the attribution span",
+        "arms": {
+            name: {"members": whole, "paid": paid, "rate": round(rate, 6)}
+            for rate, name, paid, whole in sorted(measured, key=lambda item: item[1])
+        },
+        "leader": None if tied else first,
+        "runner_up": None if tied else second,
         "leader_rate": round(rate_a, 6),
         "runner_up_rate": round(rate_b, 6),
         "difference": round(rate_a - rate_b, 6),

@@ -162,9 +162,13 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 6) if whole else None
 
 
-def _amount(parts: Iterable[str]) -> str:
-    # as `campaigns.progress` writes its amounts
-    return str(sum((Decimal(part) for part in parts), Decimal(0)).quantize(Decimal("0.01")))
+def _amount(parts: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    # by currency, as `campaigns.progress` writes its amounts
+    totals: dict[str, Decimal] = {}
+    for part in parts:
+        for currency, amount in part.items():
+            totals[currency] = totals.get(currency, Decimal(0)) + Decimal(amount)
+    return {c: str(a.quantize(Decimal("0.01"))) for c, a in sorted(totals.items())}
 
 
 def _progress(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -198,9 +202,14 @@ def _progress(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         document["holdout_paid"] = held_paid
         document["holdout_paid_amount"] = _amount(part["holdout_paid_amount"] for part in parts)
         document["holdout_paid_rate"] = _rate(held_paid, held)
+        members: dict[str, list[int]] = {}
+        for part in parts:
+            for name, found in ((part.get("comparison") or {}).get("arms") or {}).items():
+                totals = members.setdefault(name, [0, 0])
+                totals[0] += found["paid"]
+                totals[1] += found["members"]
         document["comparison"] = campaigns.compare(
-            {name: (arm["paid"], arm["sent"]) for name, arm in variants.items()}
-            | ({"holdout": (held_paid, held)} if held else {})
+            {name: (paid, whole) for name, (paid, whole) in members.items()}
         )
     document["variants"] = variants
     return document

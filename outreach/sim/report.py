@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from outreach.service import campaigns
 from outreach.sim.engine import SimulationStats
 from outreach.sim_checks import CheckResult
 
@@ -282,7 +283,7 @@ def campaign_lines(
                 _n(arm["sent"]),
                 _n(arm.get("paid", 0)),
                 _percent(arm.get("paid_rate")),
-                arm.get("paid_amount", "-"),
+                campaigns.amounts_text(arm.get("paid_amount") or {}),
             )
             for name, arm in progress["variants"].items()
         ]
@@ -294,21 +295,14 @@ def campaign_lines(
                     _n(progress["holdout"]),
                     _n(progress.get("holdout_paid", 0)),
                     _percent(progress.get("holdout_paid_rate")),
-                    progress.get("holdout_paid_amount", "-"),
+                    campaigns.amounts_text(progress.get("holdout_paid_amount") or {}),
                 )
             )
         lines += _table(
-            f"  Payments within {days} days of the message (holdout: of the launch)",
+            f"  Payments within {days} days of the message (holdout: of the start)",
             paid_rows,
-            ("arm", "template", "sent/held", "paid", "rate", "amount (currencies added)"),
+            ("arm", "template", "sent/held", "paid", "rate", "amount"),
         )
-        comparison = progress.get("comparison")
-        if comparison:
-            p_value = comparison["p_value"]
-            lines.append(
-                f"  Leader: {comparison['leader']} ({_percent(comparison['leader_rate'])}) "
-                f"over {comparison['runner_up']} ({_percent(comparison['runner_up_rate'])}), "
-                f"p = {p_value if p_value is not None else '-'} ({comparison['test']})"
-            )
+        lines.append("  " + campaigns.comparison_text(progress.get("comparison")))
         lines.append("")
     return lines

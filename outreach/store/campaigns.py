@@ -17,7 +17,7 @@ from outreach.store.bulk import insert_rows, update_rows
 from outreach.store.messages import MESSAGES, STEPS, timeline_step
 
 CAMPAIGNS = cast(Table, m.Campaign.__table__)
-HOLDOUTS = cast(Table, m.CampaignHoldout.__table__)
+MEMBERS = cast(Table, m.CampaignMember.__table__)
 LOANS = cast(Table, m.Loan.__table__)
 BORROWERS = cast(Table, m.Borrower.__table__)
 PAYMENTS = cast(Table, m.Payment.__table__)
@@ -117,16 +117,16 @@ def segment_candidates(
             yield Candidate(*row)
 
 
-def insert_holdouts(
-    session: Session, campaign_id: str, held_out: Sequence[tuple[str, str]]
+def insert_members(
+    session: Session, campaign_id: str, members: Sequence[tuple[str, str, str]]
 ) -> None:
-    """The borrowers (and the loans) a campaign holds out as its control group."""
+    """The borrowers eligible at launch: (borrower id, loan id, arm)."""
     insert_rows(
         session,
-        HOLDOUTS,
+        MEMBERS,
         [
-            {"campaign_id": campaign_id, "borrower_id": borrower_id, "loan_id": loan_id}
-            for borrower_id, loan_id in held_out
+            {"campaign_id": campaign_id, "borrower_id": borrower, "loan_id": loan, "arm": arm}
+            for borrower, loan, arm in members
         ],
     )
 
@@ -210,9 +210,9 @@ def pending_count(session: Session, campaign_id: str) -> int:
 
 def payments_after_sends(
     session: Session, campaign_id: str
-) -> Iterator[tuple[str | None, str, dt.datetime, dt.datetime, Decimal]]:
-    """(variant, message id, sent_at, paid_at, amount) for every payment on a campaign
-    message's loan received after the message was handed over."""
+) -> Iterator[tuple[str | None, str, dt.datetime, dt.datetime, Decimal, str]]:
+    """(variant, message id, sent_at, paid_at, amount, currency) for every payment on a
+    campaign message's loan received after the message was handed over."""
     query = (
         select(
             MESSAGES.c.variant,
@@ -220,8 +220,10 @@ def payments_after_sends(
             MESSAGES.c.sent_at,
             PAYMENTS.c.paid_at,
             PAYMENTS.c.amount,
+            LOANS.c.currency,
         )
         .join(PAYMENTS, PAYMENTS.c.loan_id == MESSAGES.c.loan_id)
+        .join(LOANS, LOANS.c.id == MESSAGES.c.loan_id)
         .where(
             MESSAGES.c.campaign_id == campaign_id,
             MESSAGES.c.sent_at.is_not(None),
@@ -230,35 +232,50 @@ def payments_after_sends(
     )
     streamed = query.execution_options(stream_results=True, yield_per=5000)
     for row in session.connection().execute(streamed):
-        yield row[0], row[1], row[2], row[3], row[4]
+        yield row[0], row[1], row[2], row[3], row[4], row[5]
 
 
-def holdout_payments(
+class ArmPayments(NamedTuple):
+    """An arm's members, how many paid in a span, and the amounts paid, by currency."""
+
+    members: int
+    paid: int
+    amounts: dict[str, Decimal]
+
+
+def payments_by_arm(
     session: Session, campaign_id: str, since: dt.datetime, until: dt.datetime
-) -> tuple[int, int, Decimal]:
-    """(borrowers held out, of them with a payment in (since, until], the amount paid)."""
-    held = int(
+) -> dict[str, ArmPayments]:
+    """Per arm: its members, those with a payment on their loan in (since, until], and the
+    amount they paid in it by currency."""
+    sizes: dict[str, int] = dict(
         session.execute(
-            select(func.count()).select_from(HOLDOUTS).where(HOLDOUTS.c.campaign_id == campaign_id)
-        ).scalar_one()
+            select(MEMBERS.c.arm, func.count())
+            .where(MEMBERS.c.campaign_id == campaign_id)
+            .group_by(MEMBERS.c.arm)
+        ).all()
     )
-    row = session.execute(
-        select(func.count(func.distinct(HOLDOUTS.c.borrower_id)), func.sum(PAYMENTS.c.amount))
-        .select_from(HOLDOUTS)
-        .join(PAYMENTS, PAYMENTS.c.loan_id == HOLDOUTS.c.loan_id)
+    paid = session.execute(
+        select(
+            MEMBERS.c.arm,
+            LOANS.c.currency,
+            func.count(func.distinct(MEMBERS.c.borrower_id)),
+            func.sum(PAYMENTS.c.amount),
+        )
+        .select_from(MEMBERS)
+        .join(PAYMENTS, PAYMENTS.c.loan_id == MEMBERS.c.loan_id)
+        .join(LOANS, LOANS.c.id == MEMBERS.c.loan_id)
         .where(
-            HOLDOUTS.c.campaign_id == campaign_id,
+            MEMBERS.c.campaign_id == campaign_id,
             PAYMENTS.c.paid_at > since,
             PAYMENTS.c.paid_at <= until,
         )
-    ).one()
-    return held, int(row[0] or 0), Decimal(row[1] or 0)
-
-
-def held_out(session: Session, campaign_id: str, borrower_id: str) -> bool:
-    found = session.execute(
-        select(HOLDOUTS.c.borrower_id).where(
-            HOLDOUTS.c.campaign_id == campaign_id, HOLDOUTS.c.borrower_id == borrower_id
-        )
-    ).first()
-    return found is not None
+        .group_by(MEMBERS.c.arm, LOANS.c.currency)
+    ).all()
+    arms = {arm: ArmPayments(int(count), 0, {}) for arm, count in sizes.items()}
+    for arm, currency, payers, amount in paid:
+        found = arms.setdefault(arm, ArmPayments(0, 0, {}))
+        found.amounts[currency] = Decimal(amount or 0)
+        # a member has one loan, so one currency: the payers of each currency add up
+        arms[arm] = found._replace(paid=found.paid + int(payers))
+    return arms

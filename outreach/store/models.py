@@ -231,15 +231,17 @@ class Campaign(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
-class CampaignHoldout(Base):
-    """A borrower a campaign held out on purpose (its control group): no message, and the
-    loan it would have been about, for the payments attributed to the holdout."""
+class CampaignMember(Base):
+    """A borrower eligible for a campaign at its launch, the loan its message is (or would
+    have been) about, and its arm: a variant's name, or `holdout` for the control group that
+    gets nothing. Payments are compared arm by arm over these."""
 
-    __tablename__ = "campaign_holdouts"
+    __tablename__ = "campaign_members"
 
     campaign_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     borrower_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     loan_id: Mapped[str] = mapped_column(String(100))
+    arm: Mapped[str] = mapped_column(String(100))
 
 
 class AuditEntry(Base):

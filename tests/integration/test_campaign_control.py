@@ -24,7 +24,7 @@ def test_the_throttle_lets_through_at_most_its_number_a_minute(
     assert [answer.allowed for answer in answers] == [True] * 5 + [False] * 3
     refused = answers[5]
     assert not refused.halted and refused.until is not None
-    assert int(refused.until.timestamp() * 1000) == now_ms + 60_000
+    assert int(refused.until.timestamp() * 1000) == now_ms + 60_001
     # a minute after the first, its slot is free again
     later = first.hand_over([HandOver("cmp_t", "m9@a", 5)], now_ms=now_ms + 60_001)
     assert later[0].allowed

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, insert, select
 from outreach.service.apply import ingest_many
 from outreach.service.parse import parse_event
 from outreach.store.db import transaction
-from outreach.store.models import Borrower, Campaign, CampaignHoldout, Loan, Message
+from outreach.store.models import Borrower, Campaign, CampaignMember, Loan, Message
 from tests.factories import (
     borrower_upserted,
     envelope,
@@ -300,7 +300,11 @@ def test_preview_says_what_launch_then_does(varied_book: LiveService) -> None:
         if message["reason"] == "frequency_cap":
             assert message["borrower_id"].startswith("b-capped")
     with live.services.runtime.sessions() as session:
-        held = set(session.scalars(select(CampaignHoldout.borrower_id)))
+        held = set(
+            session.scalars(
+                select(CampaignMember.borrower_id).where(CampaignMember.arm == "holdout")
+            )
+        )
     assert len(held) == figures["holdout"]
     assert not held & {m["borrower_id"] for m in messages}
     progress = live.get(f"/v1/campaigns/{cid}").json()["progress"]
@@ -488,7 +492,9 @@ def test_arms_follow_the_weights_and_holdout_gets_nothing(big_live: LiveService)
     with live.services.runtime.sessions() as session:
         held = set(
             session.scalars(
-                select(CampaignHoldout.borrower_id).where(CampaignHoldout.campaign_id == cid)
+                select(CampaignMember.borrower_id).where(
+                    CampaignMember.campaign_id == cid, CampaignMember.arm == "holdout"
+                )
             )
         )
         messaged = set(
@@ -540,7 +546,9 @@ def test_payments_in_the_window_are_attributed_and_later_ones_are_not(live: Live
         ).all()
         held = (
             session.execute(
-                select(CampaignHoldout.loan_id).where(CampaignHoldout.campaign_id == cid)
+                select(CampaignMember.loan_id).where(
+                    CampaignMember.campaign_id == cid, CampaignMember.arm == "holdout"
+                )
             )
             .scalars()
             .all()
@@ -590,10 +598,15 @@ def test_payments_in_the_window_are_attributed_and_later_ones_are_not(live: Live
     progress = live.get(f"/v1/campaigns/{cid}").json()["progress"]
     arm = progress["variants"]["default"]
     assert arm["paid"] == 1
-    assert arm["paid_amount"] == "80.00"
+    assert arm["paid_amount"] == {"USD": "80.00"}
     assert progress["holdout_paid"] == 1
-    assert progress["holdout_paid_amount"] == "30.00"
+    assert progress["holdout_paid_amount"] == {"USD": "30.00"}
     assert progress["attribution_days"] == 7
     comparison = progress["comparison"]
     assert comparison is not None and 0 <= comparison["p_value"] <= 1
-    assert {comparison["leader"], comparison["runner_up"]} == {"default", "holdout"}
+    # every borrower eligible at launch counts in its arm, over the same span
+    arms = comparison["arms"]
+    assert set(arms) == {"default", "holdout"}
+    assert arms["default"]["paid"] == 1 and arms["holdout"]["paid"] == 1
+    assert arms["holdout"]["members"] == progress["holdout"]
+    assert arms["default"]["members"] == progress["eligible"] - progress["holdout"]

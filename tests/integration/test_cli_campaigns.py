@@ -22,6 +22,7 @@ from typer.testing import CliRunner, Result
 
 from outreach.cli import app
 from outreach.policy import load_policy
+from outreach.service import campaigns
 from outreach.service.apply import ingest_many
 from outreach.service.parse import parse_event
 from outreach.store.db import make_session_factory, transaction
@@ -440,8 +441,9 @@ def test_list_and_show_as_tables(book: Book) -> None:
     assert any(line.split() == ["no_consent", "1"] for line in lines)
     arm = json.loads(book.cli("show", running, "--json").stdout)["progress"]["variants"]["default"]
     variant_rows = [line.split() for line in lines if line.strip().startswith("default ")]
-    assert variant_rows == [["default", "5", "0", "0", "0", arm["paid_amount"], "-"]]
-    assert "comparison: none yet (two arms need sends to compare)" in lines
+    assert arm["paid_amount"] == {}
+    assert variant_rows == [["default", "5", "0", "0", "0", "0", "-"]]
+    assert "comparison: no comparison yet: two arms need members to compare" in lines
     audit_rows = [line.split()[1:] for line in lines[lines.index("audit") + 2 :]]
     assert audit_rows == [
         [f"cli:{getpass.getuser()}", "campaign.create", "ok"],
@@ -514,18 +516,20 @@ def test_show_attributes_payments_per_arm_and_compares_them(book: Book) -> None:
     lines = book.cli("show", campaign_id).stdout.splitlines()
     for name, arm in arms.items():
         row = next(line.split() for line in lines if line.strip().startswith(f"{name} "))
-        assert row[1:6] == [
+        amount = campaigns.amounts_text(arm["paid_amount"]).split()
+        assert row[1 : 5 + len(amount)] == [
             str(arm["messages"]),
             str(arm["sent"]),
             str(arm["delivered"]),
             str(arm["paid"]),
-            arm["paid_amount"],
+            *amount,
         ]
     holdout_row = next(line.split() for line in lines if line.strip().startswith("(holdout)"))
-    assert holdout_row[4:6] == [str(progress["holdout_paid"]), progress["holdout_paid_amount"]]
+    held_amount = campaigns.amounts_text(progress["holdout_paid_amount"]).split()
+    assert holdout_row[4 : 5 + len(held_amount)] == [str(progress["holdout_paid"]), *held_amount]
     summary = next(line for line in lines if line.startswith("comparison: "))
-    assert f"p-value {comparison['p_value']:g}" in summary
-    assert comparison["leader"] in summary and comparison["runner_up"] in summary
+    assert summary == "comparison: " + campaigns.comparison_text(comparison)
+    assert f"p = {comparison['p_value']}" in summary
 
 
 # -- on the embedded defaults -----------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_payments_after_the_messages_are_attributed_per_arm_and_to_the_holdout(
     progress = report(runs, "relief")["progress"]
     assert sum(arm["paid"] for arm in progress["variants"].values()) == 3
     assert progress["holdout_paid"] == 2
-    assert progress["holdout_paid_amount"] == "400.00"
+    assert progress["holdout_paid_amount"] == {"CNY": "400.00"}
     comparison = progress["comparison"]
     assert comparison is not None and 0 <= comparison["p_value"] <= 1
 

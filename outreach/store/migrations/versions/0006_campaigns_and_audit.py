@@ -5,9 +5,9 @@ Revises: 0005
 Create Date: 2026-12-03 15:00:00
 
 A campaign gains what ops set and what launching it records (holdout share, who created and
-launched it, the counts at launch); the borrowers held out of a campaign are kept as its
-control group; a campaign message records its variant; and every ops write is kept in an
-append-only audit log.
+launched it, the counts at launch); the borrowers eligible at launch are kept with their arm
+(a variant, or the holdout group: the control); a campaign message records its variant;
+and every ops write is kept in an append-only audit log.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("finished_at", UTCDateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("launch_counts", JSON, nullable=True))
     op.create_table(
-        "campaign_holdouts",
+        "campaign_members",
         sa.Column("campaign_id", sa.String(40), nullable=False),
         sa.Column("borrower_id", sa.String(100), nullable=False),
         sa.Column("loan_id", sa.String(100), nullable=False),
-        sa.PrimaryKeyConstraint("campaign_id", "borrower_id", name=op.f("pk_campaign_holdouts")),
+        sa.Column("arm", sa.String(100), nullable=False),
+        sa.PrimaryKeyConstraint("campaign_id", "borrower_id", name=op.f("pk_campaign_members")),
     )
     op.add_column("messages", sa.Column("variant", sa.String(100), nullable=True))
     op.create_table(
@@ -68,7 +69,7 @@ def downgrade() -> None:
     op.drop_table("audit_log")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("variant")
-    op.drop_table("campaign_holdouts")
+    op.drop_table("campaign_members")
     with op.batch_alter_table("campaigns") as batch:
         for column in (
             "launch_counts",
