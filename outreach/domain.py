@@ -282,6 +282,9 @@ class BorrowerState:
     invalid_addresses: frozenset[str] = frozenset()
     active_restrictions: frozenset[Restriction] = frozenset()
     inconvenient_windows: tuple[InconvenientWindow, ...] = ()
+    # what each phone number says of where the borrower is, as recorded when the number was
+    # stored (`policy.zones.phone_facts_text`; None or missing: worked out when asked)
+    phone_facts: tuple[str | None, ...] = ()
 
     def recipient(self, channel: Channel) -> str | None:
         """The address a message on this channel goes to, if the borrower has one at all."""

@@ -331,6 +331,30 @@ def _phone_facts(number: str) -> tuple[tuple[str, ...], str | None]:
     return (zones if len(zones) <= MAX_PHONE_ZONES else ()), country
 
 
+def phone_facts_text(number: str) -> str:
+    """What a number says of where its owner is, as one text to store beside it:
+    `zone,zone|CC` (`|` alone for a number that says nothing)."""
+    zones, country = _phone_facts(number)
+    return ",".join(zones) + "|" + (country or "")
+
+
+@functools.lru_cache(maxsize=65536)
+def _facts_from_text(text: str) -> tuple[tuple[str, ...], str | None]:
+    zones, _, country = text.partition("|")
+    return tuple(zone for zone in zones.split(",") if zone), country or None
+
+
+def _borrower_phone_facts(borrower: BorrowerState) -> list[tuple[tuple[str, ...], str | None]]:
+    """(zones, country) of each of the borrower's numbers: as recorded with the number when
+    it was stored, else worked out now."""
+    recorded = borrower.phone_facts
+    facts = []
+    for index, phone in enumerate(borrower.phones):
+        text = recorded[index] if index < len(recorded) else None
+        facts.append(_facts_from_text(text) if text is not None else _phone_facts(phone))
+    return facts
+
+
 @functools.lru_cache(maxsize=1024)
 def _zone(name: str) -> ZoneInfo | None:
     try:
@@ -347,8 +371,8 @@ def candidate_zones(policy: Policy, borrower: BorrowerState) -> tuple[ZoneInfo, 
         names.append(borrower.timezone.strip())
     if borrower.address is not None:
         names.extend(address_zones(borrower.address))
-    for phone in borrower.phones:
-        names.extend(phone_zones(phone))
+    for phone_zone_names, _ in _borrower_phone_facts(borrower):
+        names.extend(phone_zone_names)
     zones = tuple(zone for zone in (_zone(name) for name in _unique(names)) if zone is not None)
     return zones or (policy.default_zone,)
 
@@ -363,8 +387,7 @@ def borrower_countries(policy: Policy, borrower: BorrowerState) -> tuple[str, ..
         country = _zone_tab()[1].get(borrower.timezone.strip())
         if country is not None:
             countries.append(country)
-    for phone in borrower.phones:
-        phone_region = phone_country(phone)
+    for _, phone_region in _borrower_phone_facts(borrower):
         if phone_region is not None:
             countries.append(phone_region)
     return _unique(countries) or (policy.default_country,)

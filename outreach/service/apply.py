@@ -20,6 +20,7 @@ from outreach.domain import (
     Purpose,
     Restriction,
 )
+from outreach.policy.zones import phone_facts_text
 from outreach.service import parse, planner
 from outreach.service.parse import ContactRestricted, Event
 from outreach.store.borrowers import (
@@ -346,6 +347,9 @@ def apply_borrower(session: Session, event: parse.Event, now: dt.datetime) -> st
     row.state_as_of = event.occurred_at
     row.updated_at = now
     row.phones = tuple(dict.fromkeys(data.phones))
+    # worked out once here, stored with the number: planning a campaign over a whole book
+    # reads them instead of asking libphonenumber again for every number
+    row.phone_facts = tuple(phone_facts_text(phone) for phone in row.phones)
     return "applied"
 
 

@@ -118,7 +118,7 @@ class BorrowerRecord(HeldRecord):
     TABLE = _BORROWER_TABLE
     COLUMNS = BORROWER_COLUMNS
     HELD = "outreach.held_borrowers"
-    __slots__ = (*BORROWER_COLUMNS, "phones", "_phones_written")
+    __slots__ = (*BORROWER_COLUMNS, "phones", "phone_facts", "_phones_written")
 
     id: str
     name: str
@@ -140,6 +140,8 @@ class BorrowerRecord(HeldRecord):
         super().__init__(values, stored=stored)
         # set by `hold` for a stored borrower: its numbers as the database has them
         self.phones: tuple[str, ...] = ()
+        # beside each number when `phones` is set anew (`policy.zones.phone_facts_text`)
+        self.phone_facts: tuple[str, ...] = ()
         self._phones_written: tuple[str, ...] | None = () if stored else None
 
 
@@ -313,7 +315,12 @@ def _write_phones(session: Session, borrowers: list[BorrowerRecord]) -> None:
         session,
         _PHONE_TABLE,
         [
-            {"borrower_id": b.id, "position": position, "phone": phone}
+            {
+                "borrower_id": b.id,
+                "position": position,
+                "phone": phone,
+                "facts": b.phone_facts[position] if len(b.phone_facts) == len(b.phones) else None,
+            }
             for b in borrowers
             for position, phone in enumerate(b.phones)
         ],
@@ -595,6 +602,7 @@ def _compose_borrower(
     opted_out_listed: Iterable[Any],
     invalid_listed: Iterable[Any],
     restrictions: Sequence[Any],
+    phone_facts: tuple[str | None, ...] = (),
 ) -> BorrowerState:
     """The borrower's state from its rows; the listed opt-outs and invalid recipients may
     include other borrowers' addresses (a batch read), only this borrower's count."""
@@ -634,6 +642,7 @@ def _compose_borrower(
         invalid_addresses=frozenset(invalid),
         active_restrictions=active,
         inconvenient_windows=windows,
+        phone_facts=phone_facts,
     )
 
 
@@ -717,6 +726,7 @@ def load_borrowers(session: Session, borrower_ids: Iterable[str]) -> dict[str, B
         _rows_in(session, _PHONES, "borrower_id", ids, "borrower_id", "position"), "borrower_id"
     )
     phones_of = {row.id: tuple(p.phone for p in phones.get(row.id, ())) for row in rows}
+    facts_of = {row.id: tuple(p.facts for p in phones.get(row.id, ())) for row in rows}
     addresses = sorted({a for row in rows for a in _addresses(row, phones_of[row.id])})
     opted_out = [r for r in _rows_in(session, _OPT_OUTS, "recipient", addresses) if r.opted_out]
     invalid = _rows_in(session, _INVALID, "recipient", addresses)
@@ -732,6 +742,7 @@ def load_borrowers(session: Session, borrower_ids: Iterable[str]) -> dict[str, B
             [listed for address in mine for listed in opted_out_by.get(address, ())],
             [listed for address in mine for listed in invalid_by.get(address, ())],
             restrictions.get(row.id, []),
+            facts_of[row.id],
         )
     return states
 

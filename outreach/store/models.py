@@ -67,6 +67,9 @@ class BorrowerPhone(Base):
     )
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     phone: Mapped[str] = mapped_column(String(20), index=True)
+    # what the number says of where its owner is, worked out when it was stored:
+    # `zone,zone|CC` (`policy.zones.phone_facts_text`); NULL: stored before it was recorded
+    facts: Mapped[str | None] = mapped_column(Text)
 
 
 class ContactRestriction(Base):

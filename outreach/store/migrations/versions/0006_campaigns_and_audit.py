@@ -7,7 +7,8 @@ Create Date: 2026-12-03 15:00:00
 A campaign gains what ops set and what launching it records (holdout share, who created and
 launched it, the counts at launch); the borrowers eligible at launch are kept with their arm
 (a variant, or the holdout group: the control); a campaign message records its variant;
-and every ops write is kept in an append-only audit log.
+every ops write is kept in an append-only audit log; and a phone number keeps what it says
+of where its owner is (zones, country), worked out once when it is stored.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("campaign_id", "borrower_id", name=op.f("pk_campaign_members")),
     )
     op.add_column("messages", sa.Column("variant", sa.String(100), nullable=True))
+    op.add_column("borrower_phones", sa.Column("facts", sa.Text(), nullable=True))
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -67,6 +69,8 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_audit_log_actor"), table_name="audit_log")
     op.drop_index(op.f("ix_audit_log_at"), table_name="audit_log")
     op.drop_table("audit_log")
+    with op.batch_alter_table("borrower_phones") as batch:
+        batch.drop_column("facts")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("variant")
     op.drop_table("campaign_members")
