@@ -43,7 +43,7 @@ from outreach.policy.model import (
     Stage,
     Step,
 )
-from outreach.policy.zones import borrower_countries, candidate_zones
+from outreach.policy.zones import borrower_countries, candidate_zones, phone_facts_text
 
 
 def days_past_due_at(policy: Policy, loan: LoanState, now: dt.datetime) -> int:
@@ -80,6 +80,7 @@ __all__ = [
     "next_allowed_instant",
     "next_plan_change",
     "obeys_quiet_hours",
+    "phone_facts_text",
     "plan",
     "plan_items",
     "reply_message",

@@ -15,6 +15,7 @@ every worker; the database keeps the status, the control only carries it to hand
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import math
@@ -55,10 +56,10 @@ from outreach.store import campaigns as store
 from outreach.store import models as m
 from outreach.store.borrowers import load_borrowers, load_loans
 from outreach.store.db import transaction
-from outreach.store.messages import CapHistory, NewMessage, insert_new
+from outreach.store.messages import CapHistory, NewMessage, detail_text, insert_new
 
 # borrowers planned together: their state read in one set of queries, their rows in one insert
-PLAN_BATCH = 2000
+PLAN_BATCH = 5000
 SAMPLES_PER_VARIANT_AND_LOCALE = 2
 MAX_THROTTLE_PER_MINUTE = 100_000
 MAX_HOLDOUT_PERCENT = 50
@@ -492,6 +493,8 @@ class Target:
     loan_id: str
     stage: str | None
     days_past_due: int
+    # the loan has a promise or a payment plan, which the gate reads
+    has_terms: bool = False
 
 
 def targets(
@@ -505,6 +508,7 @@ def targets(
     best: store.Candidate | None = None
     best_key: tuple[int, Decimal] | None = None
     best_stage: str | None = None
+    best_terms = False
     borrower: str | None = None
     locale_of: dict[str, str] = {}
     for candidate in store.segment_candidates(
@@ -515,7 +519,7 @@ def targets(
     ):
         if candidate.borrower_id != borrower:
             if best is not None and best_key is not None:
-                yield Target(best.borrower_id, best.loan_id, best_stage, best_key[0])
+                yield Target(best.borrower_id, best.loan_id, best_stage, best_key[0], best_terms)
             borrower, best, best_key, best_stage = candidate.borrower_id, None, None, None
         if wanted_tags and not wanted_tags <= frozenset(candidate.tags or ()):
             continue
@@ -535,21 +539,22 @@ def targets(
             continue
         key = (dpd, candidate.amount_due)
         if best_key is None or key > best_key:
-            best, best_key, best_stage = candidate, key, stage
+            best, best_key, best_stage, best_terms = candidate, key, stage, candidate.has_terms
     if best is not None and best_key is not None:
-        yield Target(best.borrower_id, best.loan_id, best_stage, best_key[0])
+        yield Target(best.borrower_id, best.loan_id, best_stage, best_key[0], best_terms)
 
 
 @dataclass
 class PlannedTarget:
-    """What planning decided for one targeted borrower."""
+    """What planning decided for one targeted borrower; with the states it was decided on
+    when they were read for it (not for a borrower planned alike with another)."""
 
     target: Target
     variant: Variant
     held_out: bool
     message: NewMessage
-    borrower: BorrowerState
-    loan: LoanState
+    borrower: BorrowerState | None = None
+    loan: LoanState | None = None
 
     @property
     def eligible(self) -> bool:
@@ -573,6 +578,117 @@ def _send_at(
     return start + dt.timedelta(minutes=offset)
 
 
+# a key of what the final gate reads of a borrower and loan for a campaign message (see
+# `_alike`); borrowers with equal keys are decided alike
+AlikeKey = tuple[object, ...]
+
+
+@dataclass
+class PlanMemory:
+    """What one planning run of a campaign learns as it goes: the decision taken for each
+    kind of borrower (by `_alike` key: the message planned for the first of them, and the
+    state it was decided on), and the addresses on the opt-out and invalid lists."""
+
+    decided: dict[AlikeKey, tuple[NewMessage, BorrowerState]] = field(default_factory=dict)
+    listed: frozenset[str] | None = None
+
+
+def _alike(
+    facts: store.BorrowerFacts | None, target: Target, channel: Channel, listed: frozenset[str]
+) -> AlikeKey | None:
+    """Everything the final gate reads of a borrower and a loan for a campaign message sent
+    at one instant, when that is all it reads; None when it reads more (a promise or a plan
+    on the loan, inconvenient times, an address on an opt-out or invalid list), and the
+    borrower is planned on its own state.
+
+    Read from the rows: the zones and countries (the explicit zone, the address, what each
+    number says), the restrictions in force, whether there is an address on the channel and
+    consent to it. Two borrowers with equal keys get the same decision, the same deferral
+    and the same caps rules: planning decides once per key."""
+    if facts is None or target.has_terms or "inconvenient_times" in facts.restrictions:
+        return None
+    addresses = [phone.strip() for phone in facts.phones]
+    if facts.email:
+        addresses.append(facts.email.strip().lower())
+    if any(address in listed for address in addresses):
+        return None
+    if channel is Channel.SMS:
+        reachable = bool(facts.phones and facts.phones[0].strip())
+        consent = facts.consent_sms
+    else:
+        reachable = bool(facts.email and facts.email.strip())
+        consent = facts.consent_email
+    phone_facts = tuple(
+        recorded if recorded is not None else pol.phone_facts_text(phone)
+        for phone, recorded in zip(
+            facts.phones,
+            (*facts.phone_facts, *([None] * (len(facts.phones) - len(facts.phone_facts)))),
+            strict=True,
+        )
+    )
+    return (facts.timezone, facts.address, phone_facts, facts.restrictions, reachable, consent)
+
+
+def _planned_message(
+    spec: CampaignSpec,
+    campaign_id: str,
+    target: Target,
+    variant: Variant,
+    now: dt.datetime,
+    targeted: int,
+) -> PlannedMessage:
+    refs = {"campaign_end_at": spec.end_at.isoformat()} if spec.end_at is not None else {}
+    return PlannedMessage(
+        key=message_key(campaign_id, target.borrower_id),
+        purpose=Purpose.CAMPAIGN,
+        borrower_id=target.borrower_id,
+        loan_id=target.loan_id,
+        stage=target.stage,
+        channel=spec.channel,
+        template=variant.template,
+        send_at=_send_at(spec, campaign_id, target.borrower_id, now, targeted),
+        campaign_id=campaign_id,
+        variant=variant.name,
+        refs=refs,
+    )
+
+
+def _like(
+    decided: NewMessage, planned: PlannedMessage, locale: str, recipient: str | None
+) -> NewMessage:
+    """The row `plan_message` gives `planned` when the gate decides for it what it decided
+    for `decided`'s message: the same status, reason, send time and steps, its own id, key
+    and borrower."""
+    message_id = new_id("msg_", decided.created_at, name=planned.key)
+    message = NewMessage(
+        id=message_id,
+        idempotency_key=planned.key,
+        purpose=decided.purpose,
+        borrower_id=planned.borrower_id,
+        loan_id=planned.loan_id,
+        campaign_id=planned.campaign_id,
+        stage=planned.stage,
+        channel=decided.channel,
+        template=planned.template,
+        locale=locale,
+        recipient=recipient,
+        send_at=decided.send_at,
+        status=decided.status,
+        reason=decided.reason,
+        fallback_from=None,
+        refs=dict(planned.refs),
+        created_at=decided.created_at,
+        updated_at=decided.updated_at,
+        variant=planned.variant,
+    )
+    first, *rest = decided.steps
+    message.steps = [
+        {**first, "message_id": message_id, "detail": detail_text({"key": planned.key})},
+        *({**step, "message_id": message_id} for step in rest),
+    ]
+    return message
+
+
 def plan_targets(
     session: Session,
     policy: pol.Policy,
@@ -581,43 +697,77 @@ def plan_targets(
     batch: Sequence[Target],
     now: dt.datetime,
     targeted: int,
+    memory: PlanMemory | None = None,
+    *,
+    alike: bool = True,
 ) -> list[PlannedTarget]:
-    """The message each target would get, gated as the final gate would decide at its send
-    time (and held back as the caps would, by the log), and its arm. Writes nothing."""
-    borrowers = load_borrowers(session, [target.borrower_id for target in batch])
-    loans = load_loans(session, [target.loan_id for target in batch])
+    """The message each target (a run of borrowers in id order) would get, gated as the
+    final gate would decide at its send time (and held back as the caps would, by the log),
+    and its arm. Writes nothing.
+
+    The gate runs on each borrower's own state unless another borrower alike in everything
+    it reads (`_alike`) was decided before in this run (`memory`): then the decision is
+    that one's (`alike=False`: never, every borrower on its own state). A throttled
+    campaign's send times differ for everyone: each is its own."""
+    if not batch:
+        return []
+    memory = memory if memory is not None else PlanMemory()
+    if memory.listed is None:
+        memory.listed = store.listed_recipients(session)
+    keys: dict[str, AlikeKey] = {}
+    facts: dict[str, store.BorrowerFacts] = {}
+    if alike and spec.throttle_per_minute is None:
+        facts = store.borrower_facts(session, batch[0].borrower_id, batch[-1].borrower_id)
+        for target in batch:
+            key = _alike(facts.get(target.borrower_id), target, spec.channel, memory.listed)
+            if key is not None:
+                keys[target.borrower_id] = key
+    first_of: dict[AlikeKey, Target] = {}
+    for target in batch:
+        key = keys.get(target.borrower_id)
+        if key is not None and key not in memory.decided:
+            first_of.setdefault(key, target)
+    own = [t for t in batch if t.borrower_id not in keys or first_of.get(keys[t.borrower_id]) is t]
+    borrowers = load_borrowers(session, [target.borrower_id for target in own])
+    loans = load_loans(session, [target.loan_id for target in own])
     history = _CAP_HISTORY.of_many(
         session,
-        sorted(borrowers),
+        [target.borrower_id for target in batch],
         max(spec.start_at, now) - _LONGEST_CAP_WINDOW,
     )
-    refs = {"campaign_end_at": spec.end_at.isoformat()} if spec.end_at is not None else {}
+    locales: dict[str, str] = {}
     planned: list[PlannedTarget] = []
     for target in batch:
+        variant, held_out = arm_of(spec, campaign_id, target.borrower_id)
+        wanted = _planned_message(spec, campaign_id, target, variant, now, targeted)
+        key = keys.get(target.borrower_id)
+        earlier = memory.decided.get(key) if key is not None else None
+        if earlier is not None:
+            decided, decided_for = earlier
+            found = facts[target.borrower_id]
+            locale = locales.get(found.locale)
+            if locale is None:
+                locale = locales[found.locale] = policy.locale_for(found.locale)
+            recipient = (
+                (found.phones[0] if found.phones else None)
+                if spec.channel is Channel.SMS
+                else found.email
+            )
+            message = _like(decided, wanted, locale, recipient)
+            if Status(message.status) in PENDING_STATUSES:
+                # the caps of a borrower alike are the same rules over their own slots
+                _hold_for_caps(
+                    policy, spec, decided_for, message, history.get(target.borrower_id, ()), now
+                )
+            planned.append(PlannedTarget(target, variant, held_out, message))
+            continue
         borrower = borrowers.get(target.borrower_id)
         loan = loans.get(target.loan_id)
         if borrower is None or loan is None:
             continue  # gone since the segment was read (this transaction sees no such change)
-        variant, held_out = arm_of(spec, campaign_id, target.borrower_id)
-        message = plan_message(
-            policy,
-            borrower,
-            loan,
-            PlannedMessage(
-                key=message_key(campaign_id, target.borrower_id),
-                purpose=Purpose.CAMPAIGN,
-                borrower_id=target.borrower_id,
-                loan_id=target.loan_id,
-                stage=target.stage,
-                channel=spec.channel,
-                template=variant.template,
-                send_at=_send_at(spec, campaign_id, target.borrower_id, now, targeted),
-                campaign_id=campaign_id,
-                variant=variant.name,
-                refs=dict(refs),
-            ),
-            now,
-        )
+        message = plan_message(policy, borrower, loan, wanted, now)
+        if key is not None:
+            memory.decided[key] = (copy.deepcopy(message), borrower)
         if Status(message.status) in PENDING_STATUSES:
             _hold_for_caps(policy, spec, borrower, message, history.get(borrower.id, ()), now)
         planned.append(PlannedTarget(target, variant, held_out, message, borrower, loan))
@@ -712,14 +862,15 @@ def _planned_batches(
     targeted = 0
     if spec.throttle_per_minute is not None:
         targeted = sum(1 for _ in targets(session, policy, spec.segment, now))
+    memory = PlanMemory()
     batch: list[Target] = []
     for target in targets(session, policy, spec.segment, now):
         batch.append(target)
         if len(batch) >= PLAN_BATCH:
-            yield plan_targets(session, policy, spec, campaign_id, batch, now, targeted)
+            yield plan_targets(session, policy, spec, campaign_id, batch, now, targeted, memory)
             batch = []
     if batch:
-        yield plan_targets(session, policy, spec, campaign_id, batch, now, targeted)
+        yield plan_targets(session, policy, spec, campaign_id, batch, now, targeted, memory)
 
 
 # -- use cases --------------------------------------------------------------------------------
@@ -805,7 +956,7 @@ def preview(
                 key = (item.variant.name, item.message.locale)
                 taken = samples.setdefault(key, [])
                 if len(taken) < SAMPLES_PER_VARIANT_AND_LOCALE:
-                    taken.append(_sample(policy, renderer, spec, item, now, unsubscribe_url))
+                    taken.append(_sample(session, policy, renderer, spec, item, unsubscribe_url))
     document = tally.to_json(spec)
     document["campaign_id"] = campaign.id
     document["at"] = _rfc3339(max(spec.start_at, now))
@@ -814,14 +965,17 @@ def preview(
 
 
 def _sample(
+    session: Session,
     policy: pol.Policy,
     renderer: Renderer,
     spec: CampaignSpec,
     item: PlannedTarget,
-    now: dt.datetime,
     unsubscribe_url: str | None,
 ) -> dict[str, Any]:
+    """The message rendered for its own borrower and loan, as it would be sent."""
     message = item.message
+    borrower = item.borrower or load_borrowers(session, [message.borrower_id])[message.borrower_id]
+    loan = item.loan or load_loans(session, [item.target.loan_id])[item.target.loan_id]
     planned = PlannedMessage(
         key=message.idempotency_key,
         purpose=Purpose.CAMPAIGN,
@@ -835,7 +989,7 @@ def _sample(
         variant=message.variant,
     )
     locale, context = message_context(
-        policy, item.borrower, item.loan, planned, message.send_at, unsubscribe_url
+        policy, borrower, loan, planned, message.send_at, unsubscribe_url
     )
     sample: dict[str, Any] = {
         "variant": item.variant.name,

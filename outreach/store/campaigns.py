@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, and_, func, select, update
+from sqlalchemy import Table, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from outreach.domain import PENDING_STATUSES, Reason, Status
@@ -21,6 +21,12 @@ MEMBERS = cast(Table, m.CampaignMember.__table__)
 LOANS = cast(Table, m.Loan.__table__)
 BORROWERS = cast(Table, m.Borrower.__table__)
 PAYMENTS = cast(Table, m.Payment.__table__)
+PROMISES = cast(Table, m.PromiseToPay.__table__)
+PLANS = cast(Table, m.PaymentPlan.__table__)
+PHONES = cast(Table, m.BorrowerPhone.__table__)
+RESTRICTIONS = cast(Table, m.ContactRestriction.__table__)
+OPT_OUTS = cast(Table, m.OptOut.__table__)
+INVALID = cast(Table, m.InvalidRecipient.__table__)
 # messages moved per statement by a set-based move (each statement's ids are held in memory)
 MOVE_CHUNK = 5000
 _PENDING = sorted(status.value for status in PENDING_STATUSES)
@@ -66,7 +72,8 @@ def campaign_states(session: Session, campaign_ids: Iterable[str]) -> dict[str, 
 
 
 class Candidate(NamedTuple):
-    """An open loan a segment may reach, with what its filters read."""
+    """An open loan a segment may reach, with what its filters read, and whether it has a
+    promise or a payment plan (which the gate reads beyond the borrower)."""
 
     loan_id: str
     borrower_id: str
@@ -76,6 +83,7 @@ class Candidate(NamedTuple):
     as_of: dt.datetime
     locale: str
     tags: list[str]
+    has_terms: bool
 
 
 def segment_candidates(
@@ -100,6 +108,10 @@ def segment_candidates(
             LOANS.c.state_as_of,
             BORROWERS.c.locale,
             BORROWERS.c.tags,
+            or_(
+                exists().where(PROMISES.c.loan_id == LOANS.c.id),
+                exists().where(PLANS.c.loan_id == LOANS.c.id),
+            ),
         )
         .join(BORROWERS, BORROWERS.c.id == LOANS.c.borrower_id)
         .where(LOANS.c.closed_reason.is_(None), LOANS.c.amount_due > 0)
@@ -114,7 +126,90 @@ def segment_candidates(
     streamed = query.execution_options(stream_results=True, yield_per=batch)
     for rows in session.connection().execute(streamed).partitions(batch):
         for row in rows:
-            yield Candidate(*row)
+            loan_id, borrower_id, product, amount_due, dpd, as_of, locale, tags, terms = row
+            yield Candidate(
+                loan_id, borrower_id, product, amount_due, dpd, as_of, locale, tags, bool(terms)
+            )
+
+
+class BorrowerFacts(NamedTuple):
+    """What a campaign's plan reads of a borrower, from the rows as stored."""
+
+    id: str
+    locale: str
+    email: str | None
+    timezone: str | None
+    address: tuple[str | None, str | None, str | None, str | None]
+    consent_sms: bool
+    consent_email: bool
+    phones: tuple[str, ...]
+    phone_facts: tuple[str | None, ...]
+    restrictions: frozenset[str]
+
+
+def borrower_facts(session: Session, first: str, last: str) -> dict[str, BorrowerFacts]:
+    """Every borrower with an id from `first` to `last`, with numbers and active
+    restrictions, in three range reads (a campaign's batch of targets is a run of borrower
+    ids, so this reads each row once, with no list of keys)."""
+    between = BORROWERS.c.id.between(first, last)
+    phones: dict[str, list[tuple[str, str | None]]] = {}
+    for borrower_id, phone, facts in session.execute(
+        select(PHONES.c.borrower_id, PHONES.c.phone, PHONES.c.facts)
+        .where(PHONES.c.borrower_id.between(first, last))
+        .order_by(PHONES.c.borrower_id, PHONES.c.position)
+    ):
+        phones.setdefault(borrower_id, []).append((phone, facts))
+    restrictions: dict[str, set[str]] = {}
+    for borrower_id, restriction in session.execute(
+        select(RESTRICTIONS.c.borrower_id, RESTRICTIONS.c.restriction).where(
+            RESTRICTIONS.c.borrower_id.between(first, last), RESTRICTIONS.c.active.is_(True)
+        )
+    ):
+        restrictions.setdefault(borrower_id, set()).add(restriction)
+    found: dict[str, BorrowerFacts] = {}
+    for row in session.execute(
+        select(
+            BORROWERS.c.id,
+            BORROWERS.c.locale,
+            BORROWERS.c.email,
+            BORROWERS.c.timezone,
+            BORROWERS.c.address_country,
+            BORROWERS.c.address_region,
+            BORROWERS.c.address_city,
+            BORROWERS.c.address_postal_code,
+            BORROWERS.c.consent_sms,
+            BORROWERS.c.consent_email,
+        ).where(between)
+    ):
+        numbers = phones.get(row.id, [])
+        found[row.id] = BorrowerFacts(
+            id=row.id,
+            locale=row.locale,
+            email=row.email,
+            timezone=row.timezone,
+            address=(
+                row.address_country,
+                row.address_region,
+                row.address_city,
+                row.address_postal_code,
+            ),
+            consent_sms=bool(row.consent_sms),
+            consent_email=bool(row.consent_email),
+            phones=tuple(phone for phone, _ in numbers),
+            phone_facts=tuple(facts for _, facts in numbers),
+            restrictions=frozenset(restrictions.get(row.id, ())),
+        )
+    return found
+
+
+def listed_recipients(session: Session) -> frozenset[str]:
+    """Every address opted out of a channel or known not to receive, trimmed and lower-cased
+    (a borrower with one of these is planned on its own, as the gate reads the lists)."""
+    opted_out = session.execute(select(OPT_OUTS.c.recipient).where(OPT_OUTS.c.opted_out.is_(True)))
+    invalid = session.execute(select(INVALID.c.recipient))
+    return frozenset(
+        recipient.strip().lower() for (recipient,) in [*opted_out, *invalid] if recipient
+    )
 
 
 def insert_members(
