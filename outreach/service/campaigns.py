@@ -516,6 +516,8 @@ def targets(
         products=segment.products,
         amount_min=segment.amount_min,
         amount_max=segment.amount_max,
+        with_locale=locales is not None,
+        with_tags=bool(wanted_tags),
     ):
         if candidate.borrower_id != borrower:
             if best is not None and best_key is not None:
@@ -654,12 +656,17 @@ def _planned_message(
 
 
 def _like(
-    decided: NewMessage, planned: PlannedMessage, locale: str, recipient: str | None
+    decided: NewMessage,
+    planned: PlannedMessage,
+    locale: str,
+    recipient: str | None,
+    *,
+    row: bool = True,
 ) -> NewMessage:
     """The row `plan_message` gives `planned` when the gate decides for it what it decided
     for `decided`'s message: the same status, reason, send time and steps, its own id, key
-    and borrower."""
-    message_id = new_id("msg_", decided.created_at, name=planned.key)
+    and borrower (`row=False`: the decision only, without the id and steps a row needs)."""
+    message_id = new_id("msg_", decided.created_at, name=planned.key) if row else ""
     message = NewMessage(
         id=message_id,
         idempotency_key=planned.key,
@@ -681,6 +688,8 @@ def _like(
         updated_at=decided.updated_at,
         variant=planned.variant,
     )
+    if not row:
+        return message
     first, *rest = decided.steps
     message.steps = [
         {**first, "message_id": message_id, "detail": detail_text({"key": planned.key})},
@@ -700,6 +709,7 @@ def plan_targets(
     memory: PlanMemory | None = None,
     *,
     alike: bool = True,
+    rows: bool = True,
 ) -> list[PlannedTarget]:
     """The message each target (a run of borrowers in id order) would get, gated as the
     final gate would decide at its send time (and held back as the caps would, by the log),
@@ -707,7 +717,8 @@ def plan_targets(
 
     The gate runs on each borrower's own state unless another borrower alike in everything
     it reads (`_alike`) was decided before in this run (`memory`): then the decision is
-    that one's (`alike=False`: never, every borrower on its own state). A throttled
+    that one's (`alike=False`: never, every borrower on its own state; `rows=False`: those
+    decided alike get no id or steps, for a preview that writes nothing). A throttled
     campaign's send times differ for everyone: each is its own."""
     if not batch:
         return []
@@ -753,7 +764,7 @@ def plan_targets(
                 if spec.channel is Channel.SMS
                 else found.email
             )
-            message = _like(decided, wanted, locale, recipient)
+            message = _like(decided, wanted, locale, recipient, row=rows)
             if Status(message.status) in PENDING_STATUSES:
                 # the caps of a borrower alike are the same rules over their own slots
                 _hold_for_caps(
@@ -856,6 +867,8 @@ def _planned_batches(
     spec: CampaignSpec,
     campaign_id: str,
     now: dt.datetime,
+    *,
+    rows: bool = True,
 ) -> Iterator[list[PlannedTarget]]:
     """The whole segment planned, batch by batch; a throttled campaign counts its targets
     first, as the spread of its send times depends on how many there are."""
@@ -867,10 +880,14 @@ def _planned_batches(
     for target in targets(session, policy, spec.segment, now):
         batch.append(target)
         if len(batch) >= PLAN_BATCH:
-            yield plan_targets(session, policy, spec, campaign_id, batch, now, targeted, memory)
+            yield plan_targets(
+                session, policy, spec, campaign_id, batch, now, targeted, memory, rows=rows
+            )
             batch = []
     if batch:
-        yield plan_targets(session, policy, spec, campaign_id, batch, now, targeted, memory)
+        yield plan_targets(
+            session, policy, spec, campaign_id, batch, now, targeted, memory, rows=rows
+        )
 
 
 # -- use cases --------------------------------------------------------------------------------
@@ -949,7 +966,7 @@ def preview(
     spec = CampaignSpec.of(campaign)
     tally = Tally()
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for batch in _planned_batches(session, policy, spec, campaign.id, now):
+    for batch in _planned_batches(session, policy, spec, campaign.id, now, rows=False):
         for item in batch:
             tally.add(item)
             if item.eligible and not item.held_out:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, and_, exists, func, or_, select, update
+from sqlalchemy import Table, and_, exists, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from outreach.domain import PENDING_STATUSES, Reason, Status
@@ -92,12 +92,14 @@ def segment_candidates(
     products: Sequence[str] | None,
     amount_min: Decimal | None,
     amount_max: Decimal | None,
+    with_locale: bool = True,
+    with_tags: bool = True,
     batch: int = 5000,
 ) -> Iterator[Candidate]:
     """Every open loan with something owed that the segment's column filters admit, with its
     borrower's locale and tags, in borrower order (so one pass can pick each borrower's
     loan), streamed in batches. Days past due age with time, and locale and tags are read
-    in Python: the caller filters on those."""
+    in Python: the caller filters on those (`with_locale`, `with_tags`: read them at all)."""
     query = (
         select(
             LOANS.c.id,
@@ -106,8 +108,9 @@ def segment_candidates(
             LOANS.c.amount_due,
             LOANS.c.days_past_due,
             LOANS.c.state_as_of,
-            BORROWERS.c.locale,
-            BORROWERS.c.tags,
+            # read only when a filter asks (a JSON list per row costs more than the rest)
+            BORROWERS.c.locale if with_locale else null(),
+            BORROWERS.c.tags if with_tags else null(),
             or_(
                 exists().where(PROMISES.c.loan_id == LOANS.c.id),
                 exists().where(PLANS.c.loan_id == LOANS.c.id),
