@@ -70,6 +70,14 @@ def daytime_borrower(
     ]
 
 
+def borrower_zones(events: list[dict[str, Any]]) -> dict[str, str]:
+    return {
+        event["data"]["borrower"]["id"]: event["data"]["borrower"]["timezone"]
+        for event in events
+        if event["type"] == "borrower.upserted"
+    }
+
+
 def count_messages(live: LiveService, **where: Any) -> int:
     with live.services.runtime.sessions() as session:
         query = select(func.count()).select_from(Message)
@@ -338,10 +346,15 @@ def test_campaign_messages_go_inside_the_window_under_the_caps_and_stop_for_a_pa
     assert messages["b-late"]["reason"] == "quiet_hours"
     sent_ids = {m["id"] for m in messages.values() if m["status"] == "sent"}
     assert {call.message_id for call in live.senders["email"].calls} >= sent_ids
+    zones = {event_borrower: zone for event_borrower, zone in borrower_zones(events).items()}
     for message in messages.values():
         if message["sent_at"] is None:
             continue
-        assert dt.datetime.fromisoformat(message["sent_at"]) >= start
+        sent_at = dt.datetime.fromisoformat(message["sent_at"])
+        assert sent_at >= start
+        # inside the contact window where the borrower is
+        local = sent_at.astimezone(ZoneInfo(zones[message["borrower_id"]]))
+        assert 8 <= local.hour < 21, (message["borrower_id"], local)
     # every borrower's emails within the caps: at most one email a day, two messages in all
     for borrower_id in messages:
         sent = [m for m in live.messages(borrower_id=borrower_id) if m["sent_at"] is not None]
@@ -371,13 +384,11 @@ def test_pause_holds_within_a_second_resume_goes_on_cancel_withholds_the_rest(
 
     live.wait_for(lambda: len(campaign_calls()) >= 3, timeout=20)
     paused = post(live, f"/v1/campaigns/{cid}/pause")
-    answered = time.monotonic()
     assert paused.status_code == 200, paused.text
     assert paused.json()["status"] == "paused"
     calls_at_pause = len(campaign_calls())
     time.sleep(3)
     assert len(campaign_calls()) == calls_at_pause, "nothing handed over after the pause"
-    assert time.monotonic() - answered >= 3
     now = dt.datetime.now(dt.UTC)
     for message in campaign_messages(live, cid):
         if message["sent_at"] is None and dt.datetime.fromisoformat(
