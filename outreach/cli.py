@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -18,11 +18,8 @@ from outreach.errors import ConfigurationError, OutreachError
 from outreach.settings import OpsToken, Settings, load_settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from outreach.runtime import Runtime
     from outreach.service.campaigns import Actor
-    from outreach.store.models import Campaign
     from outreach.wiring import Services
 
 app = typer.Typer(
@@ -644,13 +641,7 @@ def campaign_preview(campaign_id: CampaignIdArgument, as_json: JsonOption = Fals
         typer.echo("\n".join(_preview_lines(document)))
 
 
-def _transition(
-    action: str,
-    campaign_id: str,
-    actor_name: str | None,
-    as_json: bool,
-    move: Callable[[Services, Session, Actor, datetime.datetime], Campaign],
-) -> None:
+def _transition(action: str, campaign_id: str, actor_name: str | None, as_json: bool) -> None:
     """One transition in one transaction, answered with the campaign; a refusal names the
     status and is recorded in the audit log all the same (as the API does)."""
     from outreach.campaign_control import CampaignCheckUnavailable
@@ -662,7 +653,15 @@ def _transition(
     with _campaign_services() as services:
         try:
             with transaction(services.runtime.sessions) as session:
-                moved = move(services, session, actor, services.dispatcher.now())
+                moved = campaigns.transition(
+                    session,
+                    services.policy,
+                    services.campaigns,
+                    action,
+                    campaign_id,
+                    actor,
+                    services.dispatcher.now(),
+                )
                 document = campaigns.get(session, services.policy, moved.id)
         except campaigns.CampaignNotFound as error:
             _refused(str(error), {"detail": str(error)}, as_json)
@@ -687,17 +686,7 @@ def campaign_launch(
     campaign_id: CampaignIdArgument, actor_name: ActorOption = None, as_json: JsonOption = False
 ) -> None:
     """Launch a draft: plan and write every message of its segment."""
-    from outreach.service import campaigns
-
-    _transition(
-        "launch",
-        campaign_id,
-        actor_name,
-        as_json,
-        lambda services, session, actor, now: campaigns.launch(
-            session, services.policy, campaign_id, actor, now
-        ),
-    )
+    _transition("launch", campaign_id, actor_name, as_json)
 
 
 @campaign_app.command("pause")
@@ -705,17 +694,7 @@ def campaign_pause(
     campaign_id: CampaignIdArgument, actor_name: ActorOption = None, as_json: JsonOption = False
 ) -> None:
     """Hold every unsent message: once this returns, nothing more reaches a provider."""
-    from outreach.service import campaigns
-
-    _transition(
-        "pause",
-        campaign_id,
-        actor_name,
-        as_json,
-        lambda services, session, actor, now: campaigns.pause(
-            session, services.campaigns, campaign_id, actor, now
-        ),
-    )
+    _transition("pause", campaign_id, actor_name, as_json)
 
 
 @campaign_app.command("resume")
@@ -723,17 +702,7 @@ def campaign_resume(
     campaign_id: CampaignIdArgument, actor_name: ActorOption = None, as_json: JsonOption = False
 ) -> None:
     """Resume a paused campaign."""
-    from outreach.service import campaigns
-
-    _transition(
-        "resume",
-        campaign_id,
-        actor_name,
-        as_json,
-        lambda services, session, actor, now: campaigns.resume(
-            session, services.campaigns, campaign_id, actor, now
-        ),
-    )
+    _transition("resume", campaign_id, actor_name, as_json)
 
 
 @campaign_app.command("cancel")
@@ -741,17 +710,7 @@ def campaign_cancel(
     campaign_id: CampaignIdArgument, actor_name: ActorOption = None, as_json: JsonOption = False
 ) -> None:
     """Cancel: every unsent message withheld as campaign_cancelled."""
-    from outreach.service import campaigns
-
-    _transition(
-        "cancel",
-        campaign_id,
-        actor_name,
-        as_json,
-        lambda services, session, actor, now: campaigns.cancel(
-            session, services.campaigns, campaign_id, actor, now
-        ),
-    )
+    _transition("cancel", campaign_id, actor_name, as_json)
 
 
 # -- how campaigns read in a terminal ---------------------------------------------------------

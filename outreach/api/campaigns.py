@@ -16,7 +16,6 @@ from outreach.domain import CAMPAIGN_STATUSES
 from outreach.errors import StoreUnavailable
 from outreach.service import campaigns
 from outreach.store.db import transaction
-from outreach.store.models import Campaign
 
 router = APIRouter(tags=["campaigns"])
 
@@ -110,90 +109,48 @@ def preview_campaign(campaign_id: str, _: AdminActor, services: ServicesDep) -> 
             raise HTTPException(404, str(error)) from None
 
 
-def _transition(
-    services: ServicesDep,
-    actor: campaigns.Actor,
-    campaign_id: str,
-    action: str,
-    move: Callable[[Any], Campaign],
-) -> dict[str, Any]:
-    """Run a transition in one transaction; a refusal answers 409 with the status and is
-    recorded in the audit log all the same."""
-    try:
-        with transaction(services.runtime.sessions) as session:
-            moved = move(session)
-            return campaigns.get(session, services.policy, moved.id)
-    except campaigns.CampaignNotFound as error:
-        raise HTTPException(404, str(error)) from None
-    except campaigns.CampaignConflict as error:
-        campaigns.record_refusal(
-            services.runtime.sessions,
-            actor,
-            campaign_id,
-            action,
-            error.status,
-            services.dispatcher.now(),
-        )
-        return JSONResponse(  # type: ignore[return-value]
-            status_code=409, content={"detail": str(error), "status": error.status}
-        )
-    except (CampaignCheckUnavailable, StoreUnavailable) as error:
-        raise HTTPException(503, f"{error}; nothing was changed, try again") from None
+_TRANSITION_SUMMARIES = {
+    "launch": "Launch a draft: every message planned, its holdout kept aside",
+    "pause": "Hold every unsent message (nothing reaches a provider after the answer)",
+    "resume": "Resume a paused campaign",
+    "cancel": "Cancel: every unsent message withheld as campaign_cancelled",
+}
 
 
-@router.post("/v1/campaigns/{campaign_id}/launch", summary="Launch a draft", responses=_ERRORS)
-def launch_campaign(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
-    now = services.dispatcher.now()
-    return _transition(
-        services,
-        actor,
-        campaign_id,
-        "campaign.launch",
-        lambda session: campaigns.launch(session, services.policy, campaign_id, actor, now),
-    )
+def _transition_route(name: str) -> Callable[..., dict[str, Any]]:
+    """POST /v1/campaigns/{id}/<name>: the transition in one transaction; a refusal answers
+    409 with the status and is recorded in the audit log all the same."""
+    action = f"campaign.{name}"
+
+    def move(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
+        now = services.dispatcher.now()
+        try:
+            with transaction(services.runtime.sessions) as session:
+                moved = campaigns.transition(
+                    session, services.policy, services.campaigns, name, campaign_id, actor, now
+                )
+                return campaigns.get(session, services.policy, moved.id)
+        except campaigns.CampaignNotFound as error:
+            raise HTTPException(404, str(error)) from None
+        except campaigns.CampaignConflict as error:
+            campaigns.record_refusal(
+                services.runtime.sessions, actor, campaign_id, action, error.status, now
+            )
+            return JSONResponse(  # type: ignore[return-value]
+                status_code=409, content={"detail": str(error), "status": error.status}
+            )
+        except (CampaignCheckUnavailable, StoreUnavailable) as error:
+            raise HTTPException(503, f"{error}; nothing was changed, try again") from None
+
+    move.__name__ = f"{name}_campaign"
+    return move
 
 
-@router.post(
-    "/v1/campaigns/{campaign_id}/pause",
-    summary="Hold every unsent message (nothing reaches a provider after the answer)",
-    responses=_ERRORS,
-)
-def pause_campaign(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
-    now = services.dispatcher.now()
-    return _transition(
-        services,
-        actor,
-        campaign_id,
-        "campaign.pause",
-        lambda session: campaigns.pause(session, services.campaigns, campaign_id, actor, now),
-    )
-
-
-@router.post(
-    "/v1/campaigns/{campaign_id}/resume", summary="Resume a paused campaign", responses=_ERRORS
-)
-def resume_campaign(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
-    now = services.dispatcher.now()
-    return _transition(
-        services,
-        actor,
-        campaign_id,
-        "campaign.resume",
-        lambda session: campaigns.resume(session, services.campaigns, campaign_id, actor, now),
-    )
-
-
-@router.post(
-    "/v1/campaigns/{campaign_id}/cancel",
-    summary="Cancel: every unsent message withheld as campaign_cancelled",
-    responses=_ERRORS,
-)
-def cancel_campaign(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
-    now = services.dispatcher.now()
-    return _transition(
-        services,
-        actor,
-        campaign_id,
-        "campaign.cancel",
-        lambda session: campaigns.cancel(session, services.campaigns, campaign_id, actor, now),
+for _name in campaigns.TRANSITIONS:
+    router.add_api_route(
+        f"/v1/campaigns/{{campaign_id}}/{_name}",
+        _transition_route(_name),
+        methods=["POST"],
+        summary=_TRANSITION_SUMMARIES[_name],
+        responses=_ERRORS,
     )

@@ -3,12 +3,14 @@ ops cancellation (SPEC §8)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from outreach.api.auth import Admin, AdminActor, ServicesDep, Viewer
 from outreach.api.schemas import Problem
@@ -17,6 +19,7 @@ from outreach.errors import RenderError
 from outreach.render import preview as render_preview
 from outreach.render.preview import template_list
 from outreach.service import log as message_log
+from outreach.service.campaigns import Actor
 from outreach.service.export import csv_rows
 from outreach.service.messages import MessageNotFound, MessageNotPending, cancel_by_ops
 from outreach.store import audit
@@ -121,34 +124,36 @@ def cancel_message(
     try:
         with transaction(services.runtime.sessions) as session:
             cancel_by_ops(session, message_id, now, note)
-            audit.append(
-                session,
-                at=now,
-                actor=actor.name,
-                role=actor.role,
-                action="message.cancel",
-                target=message_id,
-                outcome="ok",
-                detail={"note": note} if note else None,
-            )
+            _audit_cancel(session, actor, message_id, now, "ok", {"note": note} if note else None)
             cancelled = message_log.get_message(session, message_id)
     except MessageNotFound as error:
         raise HTTPException(404, str(error)) from error
     except MessageNotPending as error:
         with transaction(services.runtime.sessions) as session:
-            audit.append(
-                session,
-                at=now,
-                actor=actor.name,
-                role=actor.role,
-                action="message.cancel",
-                target=message_id,
-                outcome="refused",
-                detail={"why": str(error)},
-            )
+            _audit_cancel(session, actor, message_id, now, "refused", {"why": str(error)})
         raise HTTPException(409, str(error)) from error
     assert cancelled is not None
     return cancelled
+
+
+def _audit_cancel(
+    session: Session,
+    actor: Actor,
+    message_id: str,
+    now: dt.datetime,
+    outcome: str,
+    detail: dict[str, Any] | None,
+) -> None:
+    audit.append(
+        session,
+        at=now,
+        actor=actor.name,
+        role=actor.role,
+        action="message.cancel",
+        target=message_id,
+        outcome=outcome,
+        detail=detail,
+    )
 
 
 @router.get("/v1/audit", tags=["audit"], summary="Every ops write: who, when, what (admin)")

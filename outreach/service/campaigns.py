@@ -1123,6 +1123,26 @@ def cancel(
     return campaign
 
 
+# what ops may do to a launched (or launchable) campaign, and the audit action of each
+TRANSITIONS = ("launch", "pause", "resume", "cancel")
+
+
+def transition(
+    session: Session,
+    policy: pol.Policy,
+    control: CampaignControl,
+    name: str,
+    campaign_id: str,
+    actor: Actor,
+    now: dt.datetime,
+) -> m.Campaign:
+    """One of TRANSITIONS by name (the API's and the terminal's one way to them)."""
+    if name == "launch":
+        return launch(session, policy, campaign_id, actor, now)
+    moves = {"pause": pause, "resume": resume, "cancel": cancel}
+    return moves[name](session, control, campaign_id, actor, now)
+
+
 def _refuse(action: str, campaign: m.Campaign) -> NoReturn:
     """A transition the status does not allow (the edge records the refusal in the audit log
     with `record_refusal`, as this transaction is rolled back)."""

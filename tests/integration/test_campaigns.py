@@ -621,3 +621,43 @@ def test_payments_in_the_window_are_attributed_and_later_ones_are_not(live: Live
     assert arms["default"]["paid"] == 1 and arms["holdout"]["paid"] == 1
     assert arms["holdout"]["members"] == progress["holdout"]
     assert arms["default"]["members"] == progress["eligible"] - progress["holdout"]
+
+
+def test_templates_are_listed_with_their_purpose(live: LiveService) -> None:
+    response = live.get("/v1/templates", token=VIEWER_TOKEN)
+    assert response.status_code == 200
+    items = {item["name"]: item for item in response.json()["items"]}
+    for name in ("campaign_hardship_relief", "campaign_restructuring_offer"):
+        assert items[name]["purpose"] == "campaign"
+        assert items[name]["channels"] == ["email", "sms"]
+        assert items[name]["locales"] == ["en-US", "zh-CN", "zh-TW"]
+        assert len(items[name]["version"]) == 12
+    assert items["early_first_notice"]["purpose"] == "dunning"
+
+
+def test_the_audit_log_pages_and_filters_and_records_ops_cancellation(
+    live: LiveService,
+) -> None:
+    load_book(live, daytime_borrower("b-au", "l-au", hour=3))
+    pending = live.wait_for(
+        lambda: [m for m in live.messages(loan_id="l-au") if m["status"] == "deferred"]
+    )
+    message_id = pending[0]["id"]
+    assert post(live, f"/v1/messages/{message_id}/cancel", {"note": "asked"}).status_code == 200
+    assert post(live, f"/v1/messages/{message_id}/cancel").status_code == 409
+    for index in range(3):
+        post(live, "/v1/campaigns", campaign_body(name=f"c{index}"))
+    cancels = live.get("/v1/audit", action="message.cancel").json()["items"]
+    assert [(e["target"], e["outcome"]) for e in cancels] == [
+        (message_id, "refused"),
+        (message_id, "ok"),
+    ]
+    assert cancels[1]["detail"] == {"note": "asked"}
+    first = live.get("/v1/audit", limit=2).json()
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    rest = live.get("/v1/audit", limit=2, cursor=first["next_cursor"]).json()
+    seen = [e["id"] for e in first["items"] + rest["items"]]
+    assert seen == sorted(seen, reverse=True) and len(set(seen)) == len(seen)
+    since = live.get("/v1/audit", since=iso(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)))
+    assert since.json()["items"] == []
+    assert live.get("/v1/audit", since="yesterday").status_code == 422
