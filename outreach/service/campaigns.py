@@ -741,9 +741,10 @@ def plan_targets(
     own = [t for t in batch if t.borrower_id not in keys or first_of.get(keys[t.borrower_id]) is t]
     borrowers = load_borrowers(session, [target.borrower_id for target in own])
     loans = load_loans(session, [target.loan_id for target in own])
-    history = _CAP_HISTORY.of_many(
+    history = _CAP_HISTORY.of_range(
         session,
-        [target.borrower_id for target in batch],
+        batch[0].borrower_id,
+        batch[-1].borrower_id,
         max(spec.start_at, now) - _LONGEST_CAP_WINDOW,
     )
     locales: dict[str, str] = {}
