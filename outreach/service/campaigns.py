@@ -15,7 +15,7 @@ every worker; the database keeps the status, the control only carries it to hand
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import datetime as dt
 import hashlib
 import math
@@ -779,7 +779,11 @@ def plan_targets(
             continue  # gone since the segment was read (this transaction sees no such change)
         message = plan_message(policy, borrower, loan, wanted, now)
         if key is not None:
-            memory.decided[key] = (copy.deepcopy(message), borrower)
+            # as decided by the gate, before the caps hold this borrower's own slots
+            decided = dataclasses.replace(
+                message, refs=dict(message.refs), steps=[dict(step) for step in message.steps]
+            )
+            memory.decided[key] = (decided, borrower)
         if Status(message.status) in PENDING_STATUSES:
             _hold_for_caps(policy, spec, borrower, message, history.get(borrower.id, ()), now)
         planned.append(PlannedTarget(target, variant, held_out, message, borrower, loan))
