@@ -8,12 +8,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, and_, exists, func, null, or_, select, update
+from sqlalchemy import Select, Table, bindparam, exists, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from outreach.domain import PENDING_STATUSES, Reason, Status
 from outreach.store import models as m
 from outreach.store.bulk import insert_rows, update_rows
+from outreach.store.db import takes_row_locks
 from outreach.store.messages import MESSAGES, STEPS, timeline_step
 
 CAMPAIGNS = cast(Table, m.Campaign.__table__)
@@ -229,6 +230,43 @@ def insert_members(
     )
 
 
+def _pending_of_campaign(*statuses: str) -> tuple[Select[Any], Select[Any]]:
+    """The next MOVE_CHUNK messages of a campaign in these statuses after an id, in id
+    order; and the same locking them, skipping rows another transaction holds (a worker
+    dispatching one: the campaign's status, read by the final gate, settles it there)."""
+    query = (
+        select(MESSAGES.c.id)
+        .where(
+            MESSAGES.c.campaign_id == bindparam("campaign_id"),
+            MESSAGES.c.status.in_(statuses),
+            MESSAGES.c.id > bindparam("after"),
+        )
+        .order_by(MESSAGES.c.id)
+        .limit(MOVE_CHUNK)
+    )
+    return query, query.with_for_update(skip_locked=True)
+
+
+_PENDING_OF = _pending_of_campaign(*_PENDING)
+_PAUSED_OF = _pending_of_campaign(Status.DEFERRED.value)
+
+
+def _chunks_of(
+    session: Session, queries: tuple[Select[Any], Select[Any]], campaign_id: str
+) -> Iterator[list[str]]:
+    """The campaign's messages the query picks, MOVE_CHUNK at a time in id order, each run
+    locked (PostgreSQL) before the caller moves it: rows are locked in one order, as every
+    other writer of messages locks them, so a move of a whole campaign never deadlocks."""
+    query = queries[1] if takes_row_locks(session) else queries[0]
+    after = ""
+    while True:
+        ids = list(session.execute(query, {"campaign_id": campaign_id, "after": after}).scalars())
+        if not ids:
+            return
+        yield ids
+        after = ids[-1]
+
+
 def withhold_pending(
     session: Session,
     campaign_id: str,
@@ -240,25 +278,15 @@ def withhold_pending(
     """Move every message of the campaign not handed over yet to `status` with `reason`, a
     step on each timeline; in statements of MOVE_CHUNK messages. Returns how many."""
     moved = 0
-    while True:
-        chosen = (
-            select(MESSAGES.c.id)
-            .where(MESSAGES.c.campaign_id == campaign_id, MESSAGES.c.status.in_(_PENDING))
-            .limit(MOVE_CHUNK)
-            .scalar_subquery()
+    for ids in _chunks_of(session, _PENDING_OF, campaign_id):
+        session.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id.in_(ids))
+            .values(status=status.value, reason=reason.value, updated_at=now)
         )
-        ids = list(
-            session.execute(
-                update(MESSAGES)
-                .where(MESSAGES.c.id.in_(chosen))
-                .values(status=status.value, reason=reason.value, updated_at=now)
-                .returning(MESSAGES.c.id)
-            ).scalars()
-        )
-        if not ids:
-            return moved
         insert_rows(session, STEPS, [timeline_step(i, now, status, reason, detail) for i in ids])
         moved += len(ids)
+    return moved
 
 
 def bring_paused_forward(
@@ -266,20 +294,20 @@ def bring_paused_forward(
 ) -> int:
     """The campaign's messages held for its pause are due again: at `now`, or one every
     `spacing` from `now` in id order (a throttled campaign). Returns how many."""
-    held = and_(
-        MESSAGES.c.campaign_id == campaign_id,
-        MESSAGES.c.status == Status.DEFERRED.value,
-        MESSAGES.c.reason == Reason.CAMPAIGN_PAUSED.value,
-    )
-    if spacing is None:
-        result = session.execute(update(MESSAGES).where(held).values(send_at=now))
-        return int(getattr(result, "rowcount", 0) or 0)
-    ids = list(session.execute(select(MESSAGES.c.id).where(held).order_by(MESSAGES.c.id)).scalars())
-    rows = [
-        {"id": message_id, "send_at": now + spacing * index} for index, message_id in enumerate(ids)
-    ]
-    update_rows(session, MESSAGES, "id", rows)
-    return len(ids)
+    brought = 0
+    for ids in _chunks_of(session, _PAUSED_OF, campaign_id):
+        held = session.execute(
+            select(MESSAGES.c.id).where(
+                MESSAGES.c.id.in_(ids), MESSAGES.c.reason == Reason.CAMPAIGN_PAUSED.value
+            )
+        ).scalars()
+        rows = [
+            {"id": message_id, "send_at": now + spacing * (brought + index) if spacing else now}
+            for index, message_id in enumerate(held)
+        ]
+        update_rows(session, MESSAGES, "id", rows)
+        brought += len(rows)
+    return brought
 
 
 def counts_by_arm(

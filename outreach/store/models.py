@@ -270,6 +270,8 @@ class Message(Base):
         Index("ix_messages_status_send_at", "status", "send_at"),
         Index("ix_messages_borrower_created", "borrower_id", "id"),
         Index("ix_messages_loan_status", "loan_id", "status"),
+        # a campaign's messages, and runs of them in id order (its set-based moves)
+        Index("ix_messages_campaign", "campaign_id", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -277,7 +279,7 @@ class Message(Base):
     purpose: Mapped[str] = mapped_column(String(40))
     borrower_id: Mapped[str] = mapped_column(String(100))
     loan_id: Mapped[str | None] = mapped_column(String(100))
-    campaign_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    campaign_id: Mapped[str | None] = mapped_column(String(40))
     # the campaign variant (arm) the message belongs to
     variant: Mapped[str | None] = mapped_column(String(100))
     stage: Mapped[str | None] = mapped_column(String(40), index=True)

@@ -46,6 +46,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("campaign_id", "borrower_id", name=op.f("pk_campaign_members")),
     )
     op.add_column("messages", sa.Column("variant", sa.String(100), nullable=True))
+    # runs of a campaign's messages in id order (pause, cancel, end): the index on the id
+    # alone is superseded
+    op.create_index("ix_messages_campaign", "messages", ["campaign_id", "id"])
+    op.drop_index("ix_messages_campaign_id", table_name="messages")
     op.add_column("borrower_phones", sa.Column("facts", sa.Text(), nullable=True))
     op.create_table(
         "audit_log",
@@ -71,6 +75,8 @@ def downgrade() -> None:
     op.drop_table("audit_log")
     with op.batch_alter_table("borrower_phones") as batch:
         batch.drop_column("facts")
+    op.create_index("ix_messages_campaign_id", "messages", ["campaign_id"])
+    op.drop_index("ix_messages_campaign", table_name="messages")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("variant")
     op.drop_table("campaign_members")
