@@ -1236,11 +1236,18 @@ def advance(session: Session, control: CampaignControl | None, now: dt.datetime)
             moved.append(campaign.id)
     session.flush()
     if control is not None:
-        halted = [c.id for c in store.list_campaigns(session, status=CampaignStatus.PAUSED)]
+        # a campaign a pause or cancel is moving right now is left alone: its flag is set
+        # before its status is committed, and clearing it then would let hand-overs through
+        idle = set(store.idle_campaigns(session, [*LIVE_STATUSES, CampaignStatus.PAUSED]))
+        halted = [
+            c.id
+            for c in store.list_campaigns(session, status=CampaignStatus.PAUSED)
+            if c.id in idle
+        ]
         settled = [
             c.id
             for c in store.list_campaigns(session, status=",".join(LIVE_STATUSES))
-            if now - c.updated_at > dt.timedelta(minutes=1)
+            if c.id in idle and now - c.updated_at > dt.timedelta(minutes=1)
         ]
         control.sync(halted, settled)
     return moved

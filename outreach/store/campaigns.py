@@ -45,6 +45,16 @@ def get_campaign(session: Session, campaign_id: str, *, lock: bool = False) -> m
     return session.scalars(query).one_or_none()
 
 
+def idle_campaigns(session: Session, statuses: Sequence[str]) -> list[str]:
+    """Ids of the campaigns in these statuses that no transition is changing now: a pause or
+    a cancel holds its campaign's row for its whole transaction, so those are left out
+    (locked rows skipped, on PostgreSQL)."""
+    query = select(CAMPAIGNS.c.id).where(CAMPAIGNS.c.status.in_(list(statuses)))
+    if takes_row_locks(session):
+        query = query.with_for_update(skip_locked=True)
+    return list(session.execute(query).scalars())
+
+
 def list_campaigns(session: Session, *, status: str | None = None) -> Sequence[m.Campaign]:
     query = select(m.Campaign)
     if status is not None:
@@ -230,7 +240,9 @@ def insert_members(
     )
 
 
-def _pending_of_campaign(*statuses: str) -> tuple[Select[Any], Select[Any]]:
+def _pending_of_campaign(
+    *statuses: str, reason: str | None = None
+) -> tuple[Select[Any], Select[Any]]:
     """The next MOVE_CHUNK messages of a campaign in these statuses after an id, in id
     order; and the same locking them, skipping rows another transaction holds (a worker
     dispatching one: the campaign's status, read by the final gate, settles it there)."""
@@ -244,11 +256,13 @@ def _pending_of_campaign(*statuses: str) -> tuple[Select[Any], Select[Any]]:
         .order_by(MESSAGES.c.id)
         .limit(MOVE_CHUNK)
     )
+    if reason is not None:
+        query = query.where(MESSAGES.c.reason == reason)
     return query, query.with_for_update(skip_locked=True)
 
 
 _PENDING_OF = _pending_of_campaign(*_PENDING)
-_PAUSED_OF = _pending_of_campaign(Status.DEFERRED.value)
+_PAUSED_OF = _pending_of_campaign(Status.DEFERRED.value, reason=Reason.CAMPAIGN_PAUSED.value)
 
 
 def _chunks_of(
@@ -296,14 +310,9 @@ def bring_paused_forward(
     `spacing` from `now` in id order (a throttled campaign). Returns how many."""
     brought = 0
     for ids in _chunks_of(session, _PAUSED_OF, campaign_id):
-        held = session.execute(
-            select(MESSAGES.c.id).where(
-                MESSAGES.c.id.in_(ids), MESSAGES.c.reason == Reason.CAMPAIGN_PAUSED.value
-            )
-        ).scalars()
         rows = [
             {"id": message_id, "send_at": now + spacing * (brought + index) if spacing else now}
-            for index, message_id in enumerate(held)
+            for index, message_id in enumerate(ids)
         ]
         update_rows(session, MESSAGES, "id", rows)
         brought += len(rows)

@@ -409,7 +409,8 @@ def test_pause_holds_within_a_second_resume_goes_on_cancel_withholds_the_rest(
     unsent = [m for m in messages if m["sent_at"] is None]
     assert unsent
     assert all(m["status"] == "suppressed" and m["reason"] == "campaign_cancelled" for m in unsent)
-    progress = cancelled.json()["progress"]
+    assert cancelled.json()["status"] == "cancelled"
+    progress = live.get(f"/v1/campaigns/{cid}").json()["progress"]
     assert progress["by_reason"]["campaign_cancelled"] == len(unsent)
     # within any minute, at most the throttle's 60 went out
     times = sorted(
