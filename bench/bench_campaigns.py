@@ -49,6 +49,7 @@ import collections
 import contextlib
 import datetime as dt
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -270,7 +271,7 @@ LOAN_COLUMNS = (
 )
 COPY_COLUMNS = {
     "borrowers": BORROWER_COLUMNS,
-    "borrower_phones": "borrower_id, position, phone",
+    "borrower_phones": "borrower_id, position, phone, facts",
     "loans": LOAN_COLUMNS,
     "opt_outs": "channel, recipient, borrower_id, opted_out, source, updated_at",
     "invalid_recipients": "channel, recipient, code, recorded_at",
@@ -279,10 +280,37 @@ COPY_COLUMNS = {
     "payment_plans": "id, loan_id, instalments, created_at",
     "payments": "id, loan_id, amount, paid_at, amount_due_after",
     "field_visits": "id, loan_id, visit_at, collector_name, collector_id, created_at",
+    "messages": (
+        "id, idempotency_key, purpose, borrower_id, loan_id, stage, channel, template, "
+        "template_version, locale, recipient, body, subject, text, segments, encoding, send_at, "
+        "status, reason, refs, provider_id, cap_reserved_at, sent_at, attempts, needs_human, "
+        "created_at, updated_at"
+    ),
+    "message_events": "message_id, at, status, reason, detail",
+}
+# the message log of the weeks before: what cadence sent each open loan (one SMS for most,
+# an email for some), by stage
+HISTORY_TEMPLATES = {
+    "pre_due": "pre_due_reminder",
+    "early": "early_first_notice",
+    "negotiation": "negotiation_invitation",
+    "late": "late_formal_notice",
+    "pre_legal": "pre_legal_notice",
+}
+HISTORY_SMS = {
+    "zh-CN": "【海港信贷】您尾号5678的账户已逾期，应还金额请于方便时处理。回复TD退订。",
+    "zh-TW": "【海港信貸】您尾號5678的帳戶已逾期，請於方便時處理應繳金額。回覆T取消。",
+    "en-US": (
+        "Harbor Lending: your account ending 5678 is past due. Pay at "
+        "pay.harborlending.example/en or call 1-888-555-0142. Reply STOP to opt out."
+    ),
 }
 
 
 NULL = "\\N"  # COPY's text format
+# numbers are made from the borrower's index (unique, as the unique opt-out rows need); a
+# second number from the index plus this
+SECOND = 5_000_000
 
 
 def _ts(moment: dt.datetime) -> str:
@@ -371,10 +399,10 @@ class Book:
                 self.stats.rows[table] += len(rows)
             yield lines
 
-    def _us_phone(self, place: tuple[Any, ...]) -> str:
-        rnd = self.rnd
-        area = rnd.choice(place[1])
-        return f"+1{area}{rnd.randrange(200, 1000)}{rnd.randrange(10000):04d}"
+    def _us_phone(self, place: tuple[Any, ...], n: int) -> str:
+        """A number of the place's area codes; unique for n below 8,000,000."""
+        area = self.rnd.choice(place[1])
+        return f"+1{area}{200 + n // 10000 % 800}{n % 10000:04d}"
 
     def _borrower(self, i: int, out: dict[str, list[str]]) -> None:
         rnd = self.rnd
@@ -396,18 +424,18 @@ class Book:
         phones: list[str] = []
         if lives == "CN":
             place = rnd.choices(self.cn[0], self.cn[1])[0]
-            phones.append(f"+861{rnd.choice('35789')}{rnd.randrange(10**9):09d}")
+            phones.append(f"+861{rnd.choice('35789')}{i:09d}")
             if rnd.random() < 0.6:
                 timezone = "Asia/Shanghai"
             if rnd.random() < 0.7:
                 country, region, city = "CN", place[1], place[0]
                 postal = f"{place[2]}{rnd.randrange(1000):03d}"
             if rnd.random() < 0.05:
-                phones.append(f"+861{rnd.choice('35789')}{rnd.randrange(10**9):09d}")
+                phones.append(f"+861{rnd.choice('35789')}{SECOND + i:09d}")
             zkey: tuple[Any, ...] = ("CN", timezone)
         elif lives == "TW":
             place = rnd.choices(self.tw[0], self.tw[1])[0]
-            phones.append(f"+8869{rnd.randrange(10**8):08d}")
+            phones.append(f"+8869{i:08d}")
             if rnd.random() < 0.8:
                 timezone = "Asia/Taipei"
             if rnd.random() < 0.8:
@@ -416,7 +444,7 @@ class Book:
             zkey = ("TW", timezone)
         else:
             place = rnd.choices(self.us[0], self.us[1])[0]
-            phones.append(self._us_phone(place))
+            phones.append(self._us_phone(place, i))
             if rnd.random() < 0.85:
                 timezone = place[0]
             if rnd.random() < 0.9:
@@ -426,7 +454,7 @@ class Book:
             if rnd.random() < 0.08:
                 # a second number from another state: the borrower may be in either place
                 other = rnd.choices(self.us[0], self.us[1])[0]
-                phones.append(self._us_phone(other))
+                phones.append(self._us_phone(other, SECOND + i))
                 zkey = (*zkey, other[3])
         key_phones = list(phones)
         self.stats.zone_set_of.append(
@@ -487,9 +515,10 @@ class Book:
                 break
             restriction -= share
         # loans: one open loan each, a second for some; closed and current ones beside
-        plain = self._loan(f"L{i:07d}", borrower_id, locale, out, True) and plain
+        first = self._loan(f"L{i:07d}", borrower_id, locale, out, True, phones[0], email)
+        plain = first and plain
         if rnd.random() < 0.05 and self.stats.open_loans < self.loans:
-            self._loan(f"L{i:07d}-2", borrower_id, locale, out, True)
+            self._loan(f"L{i:07d}-2", borrower_id, locale, out, True, phones[0], email)
         extra = rnd.random()
         if extra < 0.03:
             self._loan(f"L{i:07d}-c", borrower_id, locale, out, False, closed=True)
@@ -504,6 +533,8 @@ class Book:
         locale: str,
         out: dict[str, list[str]],
         open_: bool,
+        phone: str | None = None,
+        email: str | None = None,
         *,
         closed: bool = False,
     ) -> bool:
@@ -536,6 +567,7 @@ class Book:
         )
         if not open_:
             return False
+        self._history(loan_id, borrower_id, locale, stage[0], dpd, phone, email, out)
         plain = True
         story = rnd.random()
         if dpd > 0 and story < 0.05:  # a promise pending
@@ -587,30 +619,96 @@ class Book:
             )
         return plain
 
+    def _history(
+        self,
+        loan_id: str,
+        borrower_id: str,
+        locale: str,
+        stage: str,
+        dpd: int,
+        phone: str | None,
+        email: str | None,
+        out: dict[str, list[str]],
+    ) -> None:
+        """The loan's messages of the last 30 days: an SMS for 60 %, an email for 30 %;
+        mostly delivered, some undelivered or failed, a few withheld."""
+        rnd = self.rnd
+        template = HISTORY_TEMPLATES[stage]
+        for number, (channel, share) in enumerate((("sms", 0.6), ("email", 0.3))):
+            recipient = phone if channel == "sms" else email
+            if recipient is None or rnd.random() >= share or (dpd < -1 and channel == "sms"):
+                continue
+            message_id = f"msg_h{loan_id}{number}"
+            sent = self.now - dt.timedelta(seconds=rnd.randrange(3600, 30 * 86400))
+            outcome = rnd.random()
+            status, reason = ("delivered", "provider_status")
+            if outcome < 0.03:
+                status, reason = "undelivered", "provider_status"
+            elif outcome < 0.05:
+                status, reason = "failed", "provider_error"
+            elif outcome < 0.09:
+                status, reason = "suppressed", "frequency_cap"
+            handed = status in ("delivered", "undelivered")
+            sent_text = _ts(sent) if handed else NULL
+            planned = _ts(sent - dt.timedelta(hours=1))
+            if channel == "sms":
+                body, subject, text = HISTORY_SMS[locale], NULL, NULL
+                segments, encoding = (1, "UCS-2") if locale != "en-US" else (1, "GSM-7")
+            else:
+                body, subject, text = NULL, "Your account / 您的账户", HISTORY_SMS[locale]
+                segments, encoding = NULL, NULL
+            provider = f"SMh{loan_id}{number}" if handed else NULL
+            touched = _ts(sent + dt.timedelta(seconds=5))
+            out["messages"].append(
+                f"{message_id}\thistory:{loan_id}:{number}\tdunning\t{borrower_id}\t{loan_id}\t"
+                f"{stage}\t{channel}\t{template}\t1\t{locale}\t{recipient}\t{body}\t{subject}\t"
+                f"{text}\t{segments}\t{encoding}\t{planned}\t{status}\t{reason}\t{{}}\t{provider}\t"
+                f"{sent_text}\t{sent_text}\t1\tf\t{planned}\t{touched}\n"
+            )
+            steps = out["message_events"]
+            steps.append(f"{message_id}\t{planned}\tscheduled\tplanned\t{NULL}\n")
+            if handed:
+                steps.append(f"{message_id}\t{sent_text}\tsent\taccepted\tprovider_id={provider}\n")
+                steps.append(f"{message_id}\t{touched}\t{status}\tprovider_status\t{NULL}\n")
+            else:
+                steps.append(f"{message_id}\t{_ts(sent)}\t{status}\t{reason}\t{NULL}\n")
+
     def _pay(self, loan_id: str, amount: int, at: str, due: int, out: dict[str, list[str]]) -> None:
         self._payment += 1
         out["payments"].append(f"PAY{self._payment:08d}\t{loan_id}\t{amount}.00\t{at}\t{due}.00\n")
 
 
+def _with_phone_facts(lines: list[str]) -> str:
+    from outreach.policy.zones import phone_facts_text
+
+    return "".join(
+        f"{line.rstrip(chr(10))}\t{phone_facts_text(line.rsplit(chr(9), 1)[1].strip())}\n"
+        for line in lines
+    )
+
+
 def load_book(database_url: str, loans: int, seed: int, now: dt.datetime) -> tuple[Book, float]:
-    """COPY the book into its tables: every table but the phones in a connection of its
-    own, all at once as the chunks are generated; the phones (a foreign key on borrowers)
-    once the borrowers are committed."""
+    """COPY the book into its tables: every table but two in a connection of its own, all
+    at once as the chunks are generated; the phones and the timeline steps (foreign keys on
+    borrowers and messages) once those are committed."""
     book = Book(loans, seed, now)
     started = time.perf_counter()
-    phones = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 - read after
+    later = {
+        table: tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115 - read after
+        for table in ("borrower_phones", "message_events")
+    }
     with contextlib.ExitStack() as stack:
         copies = {}
         for table, columns in COPY_COLUMNS.items():
-            if table == "borrower_phones":
+            if table in later:
                 continue
             connection = stack.enter_context(psycopg.connect(database_url))
             cursor = stack.enter_context(connection.cursor())
             copies[table] = stack.enter_context(cursor.copy(f"COPY {table} ({columns}) FROM STDIN"))
         for chunk in book.chunks():
             for table, rows in chunk.items():
-                if table == "borrower_phones":
-                    phones.writelines(rows)
+                if table in later:
+                    later[table].writelines(rows)
                 elif rows:
                     copies[table].write("".join(rows))
             print(
@@ -618,13 +716,26 @@ def load_book(database_url: str, loans: int, seed: int, now: dt.datetime) -> tup
                 end="",
                 flush=True,
             )
-    phones.seek(0)
-    with psycopg.connect(database_url) as connection, connection.cursor() as cursor:
+    for spool in later.values():
+        spool.seek(0)
+    # what each number says of where its owner is, as the webhook stores it beside the
+    # number (`policy.zones.phone_facts_text`): worked out on every core, a block at a time
+    with (
+        psycopg.connect(database_url) as connection,
+        connection.cursor() as cursor,
+        multiprocessing.get_context("fork").Pool() as pool,
+    ):
         columns = COPY_COLUMNS["borrower_phones"]
         with cursor.copy(f"COPY borrower_phones ({columns}) FROM STDIN") as copy:
-            while block := phones.read(1 << 20):
+            blocks = iter(lambda: later["borrower_phones"].readlines(1 << 20), [])
+            for block in pool.imap(_with_phone_facts, blocks):
                 copy.write(block)
-    phones.close()
+        columns = COPY_COLUMNS["message_events"]
+        with cursor.copy(f"COPY message_events ({columns}) FROM STDIN") as copy:
+            while block := later["message_events"].read(1 << 20):
+                copy.write(block)
+    for spool in later.values():
+        spool.close()
     print()
     return book, time.perf_counter() - started
 
@@ -1174,12 +1285,13 @@ def measure_dispatch(
     first_after = (first - since).total_seconds()
     last_check = 0.0
     due_at_first: int | None = None
+    checking = True
     while True:
         time.sleep(0.5)
         now = dt.datetime.now(dt.UTC)
         if (now - first).total_seconds() >= window:
             break
-        if time.monotonic() - last_check >= 3:
+        if checking and time.monotonic() - last_check >= 1:
             last_check = time.monotonic()
             waiting = connection.execute(
                 f"SELECT count(*) FROM messages WHERE {IN_FLIGHT} AND {where}",  # noqa: S608
@@ -1193,6 +1305,9 @@ def measure_dispatch(
                 due_at_first = waiting + due
             if waiting + due <= leave * due_at_first:
                 break
+            # counting a large backlog costs PostgreSQL what dispatch needs: with one that
+            # takes long to count, the window alone ends the measure
+            checking = time.monotonic() - last_check < 0.1
     end_row = connection.execute(
         f"SELECT max(sent_at) FROM messages WHERE sent_at >= %(since)s AND {where}",  # noqa: S608
         {**params, "since": since},
@@ -1241,16 +1356,20 @@ def cadence_phase(
     engine = make_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
     sessions = make_session_factory(engine)
     started = time.perf_counter()
-    for start in range(0, len(chosen), 256):
-        work = [PlanWork((f"L{i:07d}",)) for i in chosen[start : start + 256]]
-        with transaction(sessions) as session:
+    # in batches as applying events plans, in one transaction: the workers see the messages
+    # all at once, so their dispatch is measured apart from the planning
+    with transaction(sessions) as session:
+        for start in range(0, len(chosen), 256):
+            work = [PlanWork((f"L{i:07d}",)) for i in chosen[start : start + 256]]
             plan_batch(session, policy, work, dt.datetime.now(dt.UTC))
     seconds = time.perf_counter() - started
     engine.dispose()
     with psycopg.connect(database_url) as connection:
         due = connection.execute(
             "SELECT count(*) FROM messages WHERE purpose = 'dunning' AND send_at <= now() "
-            "AND status IN ('scheduled', 'deferred', 'queued', 'sending', 'sent', 'delivered')"
+            "AND created_at >= %s AND status IN "
+            "('scheduled', 'deferred', 'queued', 'sending', 'sent', 'delivered')",
+            (now,),
         ).fetchone()[0]
     return len(chosen), due, seconds, now
 
@@ -1322,6 +1441,14 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="py-spy raw profiles into this folder")
     parser.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    revision = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "outreach"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    revision += f" ({len(dirty.splitlines())} files under outreach/ changed)" if dirty else ""
     cadence_loans = args.cadence_loans or max(2000, min(20_000, args.loans // 50))
 
     run_started = time.perf_counter()
@@ -1418,6 +1545,8 @@ def main() -> int:
         )
 
         # -- the campaign over HTTP ---------------------------------------------------------
+        # autovacuum is off on this server: what it would have done after the cadence phase
+        monitor.execute("ANALYZE messages, message_events")
         api = Api(base)
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
 
@@ -1461,6 +1590,11 @@ def main() -> int:
 
         figures = asyncio.run(campaign())
         campaign_id = figures["id"]
+        # autovacuum is off on this server: analyse the table launching grew, as autovacuum
+        # would within its minute
+        started = time.perf_counter()
+        monitor.execute("ANALYZE messages, message_events, campaign_members")
+        analyze_after_launch = time.perf_counter() - started
         rows = monitor.execute(
             "SELECT count(*), count(send_at), count(*) FILTER (WHERE status IN "
             "('scheduled', 'deferred', 'queued', 'sending', 'sent', 'delivered')), "
@@ -1468,9 +1602,11 @@ def main() -> int:
             "WHERE campaign_id = %s",
             (campaign_id,),
         ).fetchone()
-        holdouts = monitor.execute(
-            "SELECT count(*) FROM campaign_holdouts WHERE campaign_id = %s", (campaign_id,)
-        ).fetchone()[0]
+        members, holdouts = monitor.execute(
+            "SELECT count(*), count(*) FILTER (WHERE arm = 'holdout') FROM campaign_members "
+            "WHERE campaign_id = %s",
+            (campaign_id,),
+        ).fetchone()
         steps = monitor.execute(
             "SELECT count(*) FROM message_events JOIN messages ON messages.id = "
             "message_events.message_id WHERE messages.campaign_id = %s "
@@ -1495,54 +1631,94 @@ def main() -> int:
             Phase("campaign dispatch", watch, sampler) as dispatch_phase,
             profiler.record("workers-dispatch", processes["worker.1"].pid, subprocesses=True),
         ):
-            dispatch, _, _ = measure_dispatch(
+            dispatch, dispatch_first, dispatch_last = measure_dispatch(
                 monitor,
                 where,
                 params,
                 figures["launched_since"],
                 window=args.dispatch_seconds,
-                leave=0.3,
+                leave=0.5,
             )
         print(
             f"campaign dispatch: {dispatch.sent:,} in {dispatch.seconds:.1f} s = "
             f"{dispatch.rate:,.0f}/s"
         )
+        all_sent = monitor.execute(
+            "SELECT purpose, count(*) FROM messages WHERE sent_at >= %s AND sent_at <= %s "
+            "GROUP BY 1 ORDER BY 2 DESC",
+            (dispatch_first, dispatch_last),
+        ).fetchall()
+        # the clock's claim of due rows, as it runs against this backlog (no FOR UPDATE: the
+        # plan is the same, and nothing is locked)
+        claim_plan = [
+            row[0]
+            for row in monitor.execute(
+                "EXPLAIN (ANALYZE, BUFFERS) SELECT id FROM messages WHERE status IN "
+                "('scheduled', 'deferred') AND send_at <= now() ORDER BY send_at, id LIMIT 500"
+            ).fetchall()
+        ]
         still_due = monitor.execute(
             "SELECT count(*) FROM messages WHERE campaign_id = %s AND (status IN "
             "('queued', 'sending') OR (status IN ('scheduled', 'deferred') AND send_at <= now()))",
             (campaign_id,),
         ).fetchone()[0]
 
+        def held_by_pause() -> dict[str, int]:
+            rows = monitor.execute(
+                "SELECT status || coalesce('/' || reason, ''), count(*) FROM messages "
+                "WHERE campaign_id = %s AND status IN ('scheduled', 'deferred', 'queued', "
+                "'sending') GROUP BY 1",
+                (campaign_id,),
+            ).fetchall()
+            return dict(rows)
+
         async def control() -> dict[str, Any]:
-            result: dict[str, Any] = {}
+            result: dict[str, Any] = {"attempts": {}}
+
+            async def move(session: aiohttp.ClientSession, name: str) -> tuple[float, float]:
+                """POST the transition; a 503 ("try again") is tried again, up to 5 times.
+                Returns (seconds of the answer that succeeded, when it was read)."""
+                attempts = result["attempts"].setdefault(name, [])
+                for _ in range(5):
+                    status, document, seconds, answered = await api.post(
+                        session, f"/v1/campaigns/{campaign_id}/{name}"
+                    )
+                    attempts.append((status, round(seconds, 2), str(document)[:200]))
+                    if status != 503:
+                        _check(status, document, 200, name)
+                        return seconds, answered
+                    await asyncio.sleep(1)
+                raise RuntimeError(f"{name}: 503 five times: {attempts}")
+
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 # sends in the 2 s before the pause: dispatch was running
-                before = time.time()
-                result["asked_at"] = before
-                status, paused, pause_s, answered = await api.post(
-                    session, f"/v1/campaigns/{campaign_id}/pause"
-                )
-                _check(status, paused, 200, "pause")
-                result.update(pause_s=pause_s, paused_at=answered)
+                result["asked_at"] = time.time()
+                sampler.phase = "pause"
+                result["pause_s"], result["paused_at"] = await move(session, "pause")
+                sampler.phase = "pause, resume, cancel"
                 await asyncio.sleep(5)
-                status, resumed, resume_s, resumed_at = await api.post(
-                    session, f"/v1/campaigns/{campaign_id}/resume"
-                )
-                _check(status, resumed, 200, "resume")
-                result.update(resume_s=resume_s, resumed_at=resumed_at)
+                result["held_by_pause"] = await asyncio.to_thread(held_by_pause)
+                sampler.phase = "resume"
+                result["resume_s"], result["resumed_at"] = await move(session, "resume")
+                sampler.phase = "pause, resume, cancel"
                 await asyncio.sleep(10)
-                status, cancelled, cancel_s, cancelled_at = await api.post(
-                    session, f"/v1/campaigns/{campaign_id}/cancel"
-                )
-                _check(status, cancelled, 200, "cancel")
-                result.update(cancel_s=cancel_s, cancelled_at=cancelled_at, final=cancelled)
+                try:
+                    sampler.phase = "cancel"
+                    result["cancel_s"], result["cancelled_at"] = await move(session, "cancel")
+                    sampler.phase = "pause, resume, cancel"
+                except RuntimeError as error:
+                    failures.append(str(error)[:500])
+                    result["cancel_s"], result["cancelled_at"] = None, time.time()
                 await asyncio.sleep(3)
                 status, shown, show_s = await api.get(session, f"/v1/campaigns/{campaign_id}")
                 _check(status, shown, 200, "get")
                 result.update(show_s=show_s)
             return result
 
-        with Phase("pause, resume, cancel", watch, sampler) as control_phase:
+        with (
+            Phase("pause, resume, cancel", watch, sampler) as control_phase,
+            profiler.record("web-control", processes["web"].pid),
+        ):
             control_figures = asyncio.run(control())
 
         def at(seconds: float) -> dt.datetime:
@@ -1578,8 +1754,26 @@ def main() -> int:
         cancel_margin = (latest - cancelled_at).total_seconds() if latest else None
         if sent_while_paused:
             failures.append(f"{sent_while_paused} campaign messages sent after the pause's 200")
+        late_sends: list[str] = []
         if sent_after_cancel:
             failures.append(f"{sent_after_cancel} campaign messages sent after the cancel's 200")
+            for message_id, status, reason, sent_at in monitor.execute(
+                "SELECT id, status, reason, sent_at FROM messages WHERE campaign_id = %s "
+                "AND sent_at > %s ORDER BY sent_at LIMIT 3",
+                (campaign_id, cancelled_at),
+            ).fetchall():
+                steps_of = monitor.execute(
+                    "SELECT at, status, reason, detail FROM message_events WHERE message_id = %s "
+                    "ORDER BY id",
+                    (message_id,),
+                ).fetchall()
+                late_sends.append(
+                    f"    {message_id} {status}/{reason} sent_at {sent_at:%H:%M:%S.%f}: "
+                    + "; ".join(
+                        f"{a:%H:%M:%S.%f} {st}/{rs} {dl or ''}".strip()
+                        for a, st, rs, dl in steps_of
+                    )
+                )
         final_counts = dict(
             monitor.execute(
                 "SELECT status || coalesce('/' || reason, ''), count(*) FROM messages "
@@ -1587,10 +1781,11 @@ def main() -> int:
                 (campaign_id,),
             ).fetchall()
         )
-        replanned = monitor.execute(
-            "SELECT count(*) FROM messages WHERE purpose = 'dunning' AND created_at > %s",
+        replanned, replanned_loans, replan_first, replan_last = monitor.execute(
+            "SELECT count(*), count(DISTINCT loan_id), min(created_at), max(created_at) "
+            "FROM messages WHERE purpose = 'dunning' AND created_at > %s",
             (cadence_planned_at,),
-        ).fetchone()[0]
+        ).fetchone()
         monitor.close()
         watch.stop()
         sampler.stop()
@@ -1621,7 +1816,7 @@ def main() -> int:
     launch_s = figures["launch_s"]
     create_launch_s = figures["create_s"] + launch_s
     targeted = preview["targeted"]
-    written = message_rows + steps + holdouts
+    written = message_rows + steps + members
     peak = max(watch.peaks.values(), default=0)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -1629,7 +1824,8 @@ def main() -> int:
         server = connection.info.server_version
     out.append(
         f"campaigns benchmark, {stamp}, {os.cpu_count()} cores, load average at start "
-        f"{load_at_start[0]:.2f} / end {os.getloadavg()[0]:.2f}; PostgreSQL {server}"
+        f"{load_at_start[0]:.2f} / end {os.getloadavg()[0]:.2f}; PostgreSQL {server}; "
+        f"code at {revision}"
     )
     out.append(
         f"book: {book.stats.borrowers:,} borrowers, {book.stats.open_loans:,} open loans; rows "
@@ -1668,12 +1864,14 @@ def main() -> int:
     out.append(
         f"  rows when it answered: {message_rows:,} messages (all with send_at; "
         f"{live_rows:,} to send, {suppressed_rows:,} suppressed), {steps:,} timeline steps, "
-        f"{holdouts:,} holdouts = {written:,} rows, {written / launch_s:,.0f} rows/s; ratio to "
+        f"{members:,} members ({holdouts:,} held out) = {written:,} rows, "
+        f"{written / launch_s:,.0f} rows/s; ratio to "
         f"raw executemany {_ratio(written / launch_s, executemany)}, to raw COPY of message rows "
         f"{_ratio(written / launch_s, copy_messages)} (those rows alone by COPY: "
         f"{written / copy_messages:.1f} s)"
     )
     out.append(f"  {figures['launch_phase'].cpu_line()}")
+    out.append(f"  (ANALYZE after launch, as autovacuum would: {analyze_after_launch:.1f} s)")
     out.extend(sampler.report("launch"))
     out.append(
         f"peak memory (VmHWM): largest process {_mib(peak)} (target 1 GiB: "
@@ -1699,35 +1897,74 @@ def main() -> int:
         f"asked); ratio to cadence {_ratio(dispatch.rate, cadence.rate)} ({verdict}), to raw "
         f"insert+commit {_ratio(dispatch.rate, insert_commit)}; {still_due:,} still due"
     )
+    out.append(
+        "  everything handed over in that span, by purpose: "
+        + ", ".join(f"{purpose} {count:,}" for purpose, count in all_sent)
+    )
     out.append(f"  {dispatch_phase.cpu_line()}")
+    out.append("  the clock's claim of due rows (EXPLAIN ANALYZE, after the window):")
+    out.extend(f"    {line}" for line in claim_plan if "->" in line or "Execution" in line)
     out.extend(sampler.report("campaign dispatch", top=5))
     out.append(
-        f"pause: answered in {control_figures['pause_s'] * 1000:.0f} ms; "
+        f"pause: answered in {control_figures['pause_s'] * 1000:.0f} ms (target 1 s: "
+        f"{'met' if control_figures['pause_s'] <= PAUSE_TARGET_S else 'NOT met'}); "
         f"{sent_before_pause} sent in the 2 s before it was asked, {sent_while_pausing} "
         f"while it was answering, {sent_while_paused} after its 200 (target 0 within 1 s: "
         f"{'met' if not sent_while_paused else 'NOT met'}); latest sent_at minus the 200: "
         + (f"{pause_margin * 1000:+.0f} ms" if pause_margin is not None else "none sent")
     )
+    if latest_before_resume:
+        halted_after = (latest_before_resume - asked_at).total_seconds()
+        out.append(
+            f"  the last hand-over came {halted_after * 1000:+.0f} ms after the pause was asked"
+        )
+    out.extend(sampler.report("pause", top=4))
     out.append(
         f"resume: answered in {control_figures['resume_s']:.2f} s, {sent_after_resume:,} sent "
         f"in the {(cancelled_at - resumed_at).total_seconds():.0f} s until the cancel"
     )
+    attempts = control_figures["attempts"]
     out.append(
-        f"cancel: answered in {control_figures['cancel_s']:.1f} s, {sent_after_cancel} sent "
+        "  held while paused (5 s after the pause's 200): "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(control_figures["held_by_pause"].items()))
+    )
+    out.append(
+        "  answers: "
+        + "; ".join(
+            f"{name} " + ", ".join(f"{status} in {seconds} s" for status, seconds, _ in tries)
+            for name, tries in attempts.items()
+        )
+    )
+    out.extend(sampler.report("resume", top=4))
+    cancel_s = control_figures["cancel_s"]
+    out.append(
+        ("cancel: FAILED" if cancel_s is None else f"cancel: answered in {cancel_s:.1f} s")
+        + f", {sent_after_cancel} sent "
         "after its 200"
         + (f" (latest sent_at minus the 200: {cancel_margin * 1000:+.0f} ms)" if latest else "")
         + f"; GET of the campaign {control_figures['show_s']:.2f} s"
     )
+    out.extend(sampler.report("cancel", top=4))
+    out.extend(late_sends)
     out.append(f"  {control_phase.cpu_line()}")
     out.extend(sampler.report("pause, resume, cancel", top=4))
     out.append(
         "  messages of the campaign at the end: "
         + ", ".join(f"{key} {value:,}" for key, value in final_counts.items())
     )
-    out.append(
-        f"clock's re-plan of every open loan (first at 10 min): {replanned:,} dunning "
-        f"messages planned besides the cadence phase's; processes up {clock_uptime:.0f} s"
+    replan_line = (
+        f"clock's re-plan of every open loan (its first 10 min after it starts): {replanned:,} "
+        f"dunning messages of {replanned_loans:,} loans planned besides the cadence phase's"
     )
+    if replanned and replan_last > replan_first:
+        span = (replan_last - replan_first).total_seconds()
+        replan_line += (
+            f", from {replan_first:%H:%M:%S} to {replan_last:%H:%M:%S} UTC "
+            f"({replanned_loans / span:,.0f} loans/s: a pass over {book.stats.open_loans:,} "
+            f"open loans would take {book.stats.open_loans / (replanned_loans / span) / 60:,.0f} "
+            "min)"
+        )
+    out.append(f"{replan_line}; processes up {clock_uptime:.0f} s")
     out.append(f"  {planning.cpu_line()} (cadence planning, in the bench process)")
     out.append(f"whole run {time.perf_counter() - run_started:.0f} s")
     out.extend(profiler.lines())
