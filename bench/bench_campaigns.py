@@ -1442,6 +1442,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the database (prints its URL)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+
+    def interrupted(number: int, _frame: object) -> None:
+        # stopped from outside: clean up (processes, database) on the way out
+        raise SystemExit(f"stopped by signal {number}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
     revision = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
