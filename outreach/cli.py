@@ -31,9 +31,13 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 messages_app = typer.Typer(help="The message log (ops API from a terminal).", no_args_is_help=True)
 campaign_app = typer.Typer(help="Campaigns (ops API from a terminal).", no_args_is_help=True)
+events_app = typer.Typer(
+    help="Loan-system events, sent to a running service.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(messages_app, name="messages")
 app.add_typer(campaign_app, name="campaign")
+app.add_typer(events_app, name="events")
 
 HostOption = Annotated[str, typer.Option(help="Interface to listen on.")]
 PortOption = Annotated[int, typer.Option(help="TCP port to listen on.")]
@@ -410,6 +414,61 @@ def messages_export(
                 stream.close()
     finally:
         engine.dispose()
+
+
+# -- events (SPEC §9: the loan system's side, from a file) -------------------------------------
+
+
+@events_app.command("post")
+def events_post(
+    events_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="EVENTS.jsonl",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="One event envelope (SPEC §4) per line.",
+        ),
+    ],
+    url: Annotated[
+        str | None,
+        typer.Option(help="The service's address; default OUTREACH_PUBLIC_URL."),
+    ] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(help="The webhook secret; default OUTREACH_WEBHOOK_SECRET."),
+    ] = None,
+) -> None:
+    """Sign and post a file of events through /v1/events/batch; exit 1 if any was invalid."""
+    from rich.progress import Progress
+
+    from outreach.events_post import PostFailed, post_file
+
+    settings = settings_or_exit()
+    address = url or settings.public_url
+    key = secret or (settings.webhook_secret.reveal() if settings.webhook_secret else None)
+    if not key:
+        fail("no webhook secret: pass --secret or set OUTREACH_WEBHOOK_SECRET")
+    with events_file.open("rb") as lines:
+        total = sum(1 for line in lines if line.strip())
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task(f"posting to {address}", total=total)
+            report = post_file(
+                events_file, address, key, progress=lambda n: progress.advance(task, n)
+            )
+    except PostFailed as error:
+        fail(str(error), code=1)
+    typer.echo(
+        f"{report.accepted} accepted, {report.duplicate} duplicate, "
+        f"{len(report.invalid)} invalid ({report.batches} batches to {address})"
+    )
+    for invalid in report.invalid:
+        named = f" ({invalid.event_id})" if invalid.event_id else ""
+        typer.echo(f"line {invalid.line}{named}: {invalid.detail}", err=True)
+    if report.invalid:
+        raise typer.Exit(1)
 
 
 # -- campaigns (SPEC §8 from a terminal: the service's use cases, not its HTTP API) ----------

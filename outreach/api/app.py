@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from outreach import __version__
 from outreach.api import campaigns, events, health, ops, providers
 from outreach.api.schemas import Accepted, Problem
-from outreach.api.webhook import OPENAPI_PATH
+from outreach.api.webhook import OPENAPI_BATCH_PATH, OPENAPI_PATH
 from outreach.wiring import Services
 from outreach.worker import build_broker
 
@@ -53,7 +53,11 @@ def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI
             schema = get_openapi(
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
-            schema["paths"] = {"/v1/events": OPENAPI_PATH, **schema["paths"]}
+            schema["paths"] = {
+                "/v1/events": OPENAPI_PATH,
+                "/v1/events/batch": OPENAPI_BATCH_PATH,
+                **schema["paths"],
+            }
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in (Accepted, Problem):
                 components[model.__name__] = model.model_json_schema()

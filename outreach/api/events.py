@@ -1,5 +1,5 @@
-"""The loan system's side: `POST /v1/events` (an ASGI route of its own, `webhook.py`) and the
-dead letters of events that failed to apply for good."""
+"""The loan system's side: `POST /v1/events` and `POST /v1/events/batch` (ASGI routes of their
+own, `webhook.py`) and the dead letters of events that failed to apply for good."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from outreach.api.auth import Admin, ServicesDep, Viewer
 from outreach.api.schemas import Problem
-from outreach.api.webhook import EventReceiver, quiet_accepted_events
+from outreach.api.webhook import BatchReceiver, EventReceiver, quiet_accepted_events
 from outreach.service.inbox import Intake, redrive
 from outreach.store.inbox import dead_letter_count, dead_letters
 from outreach.wiring import Services
@@ -19,15 +19,17 @@ router = APIRouter(tags=["webhooks"])
 
 
 def mount_receiver(app: FastAPI, services: Services) -> Intake:
-    """Serve `POST /v1/events` ahead of every framework route (see `webhook`); returns the
-    process's `Intake`, which stores the events arriving together in one commit."""
+    """Serve `POST /v1/events` and `POST /v1/events/batch` ahead of every framework route (see
+    `webhook`); returns the process's `Intake`, which stores the events arriving together in
+    one commit."""
     settings = services.runtime.settings
     secret = settings.webhook_secret.reveal().encode() if settings.webhook_secret else None
     intake = Intake(services.runtime.sessions, services.policy, services.dispatcher.now)
     quiet_accepted_events()
-    app.router.routes.insert(
-        0, Route("/v1/events", EventReceiver(secret, intake), methods=["POST"])
-    )
+    app.router.routes[0:0] = [
+        Route("/v1/events", EventReceiver(secret, intake), methods=["POST"]),
+        Route("/v1/events/batch", BatchReceiver(secret, intake), methods=["POST"]),
+    ]
     return intake
 
 

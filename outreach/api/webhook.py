@@ -1,4 +1,5 @@
-"""POST /v1/events (SPEC §4): the loan system's signed events, as a bare ASGI app.
+"""POST /v1/events and /v1/events/batch (SPEC §4): the loan system's signed events, as bare
+ASGI apps.
 
 It is by far the busiest route: the loan system posts every borrower and loan change, and a
 nightly run posts one report per open loan. Served through the framework's request handling
@@ -18,13 +19,17 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
+
 from outreach.errors import StoreUnavailable
 from outreach.service.inbox import Intake
-from outreach.service.parse import EventError, parse_event
+from outreach.service.parse import Event, EventError, parse_event
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 1024 * 1024
+MAX_BATCH_BYTES = 5 * 1024 * 1024
+MAX_BATCH_EVENTS = 1000
 SIGNATURE_TOLERANCE_SECONDS = 300
 SIGNATURE_HEADER = "X-Outreach-Signature"
 _SIGNATURE_KEY = SIGNATURE_HEADER.lower().encode()
@@ -36,12 +41,22 @@ Send = Callable[[Message], Awaitable[None]]
 
 Answer = tuple[int, dict[str, str | None]]
 
+Reply = tuple[int, dict[str, Any]]
+
 _TOO_LARGE: Answer = (413, {"detail": "body larger than 1 MiB"})
+_BATCH_TOO_LARGE: Answer = (413, {"detail": "body larger than 5 MiB"})
 _UNSIGNED: Answer = (
     401,
     {"detail": f"{SIGNATURE_HEADER} is missing, wrong or outside the 300 s window"},
 )
 _NOT_STORED: Answer = (503, {"detail": "the event could not be stored; retry later"})
+
+
+def signature_for(secret: bytes, body: bytes, at: float) -> str:
+    """The signature header's value for `body` sent at unix time `at`."""
+    timestamp = str(int(at))
+    digest = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
 
 
 def signature_valid(secret: bytes, header: str | None, body: bytes, now: float) -> bool:
@@ -68,6 +83,9 @@ def signature_valid(secret: bytes, header: str | None, body: bytes, now: float) 
 class EventReceiver:
     """The ASGI app of POST /v1/events: 202 accepted, 200 duplicate, 401 unsigned, 413 too
     large, 422 invalid (naming the field), 503 not stored."""
+
+    max_bytes = MAX_EVENT_BYTES
+    too_large = _TOO_LARGE
 
     def __init__(self, secret: bytes | None, intake: Intake) -> None:
         self.secret = secret
@@ -98,16 +116,18 @@ class EventReceiver:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _answer(
-        self, declared: int | None, signature: str | None, receive: Receive
-    ) -> Answer:
-        if declared is not None and declared > MAX_EVENT_BYTES:
-            return _TOO_LARGE
-        raw = await _read_body(receive)
+    async def _answer(self, declared: int | None, signature: str | None, receive: Receive) -> Reply:
+        if declared is not None and declared > self.max_bytes:
+            return self.too_large
+        raw = await _read_body(receive, self.max_bytes)
         if raw is None:
-            return _TOO_LARGE
+            return self.too_large
         if self.secret is None or not signature_valid(self.secret, signature, raw, time.time()):
             return _UNSIGNED
+        return await self.handle(raw)
+
+    async def handle(self, raw: bytes) -> Reply:
+        """The answer to a signed body of at most `max_bytes`."""
         try:
             event = parse_event(raw)
         except EventError as error:
@@ -121,12 +141,62 @@ class EventReceiver:
         return status, {"status": result.status, "id": result.id}
 
 
+class BatchReceiver(EventReceiver):
+    """The ASGI app of POST /v1/events/batch: up to MAX_BATCH_EVENTS events in one signed
+    body, stored in one transaction; 200 with each event's result in the order sent (an
+    invalid one is not stored and does not stop the others), 422 when the body is no object
+    with an `events` list, 401, 413 and 503 as for one event."""
+
+    max_bytes = MAX_BATCH_BYTES
+    too_large = _BATCH_TOO_LARGE
+
+    async def handle(self, raw: bytes) -> Reply:
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            return 422, {"detail": f"not valid JSON ({error})", "field": "body"}
+        items = document.get("events") if isinstance(document, dict) else None
+        if not isinstance(items, list):
+            return 422, {"detail": "must be an object with an `events` list", "field": "events"}
+        if len(items) > MAX_BATCH_EVENTS:
+            detail = f"{len(items)} events; at most {MAX_BATCH_EVENTS} per batch"
+            return 422, {"detail": detail, "field": "events"}
+        results: list[dict[str, Any]] = []
+        valid: list[tuple[int, Event]] = []
+        for index, item in enumerate(items):
+            try:
+                event = parse_event(item) if isinstance(item, dict) else None
+            except EventError as error:
+                # `item` is a dict here: parse_event raised on it
+                named = item.get("id")
+                problem = {"field": error.field, "detail": str(error)}
+                results.append(
+                    {"id": named if isinstance(named, str) else None, "status": "invalid"}
+                    | {"error": problem}
+                )
+                continue
+            if event is None:
+                problem = {"field": "body", "detail": "body: must be a JSON object"}
+                results.append({"id": None, "status": "invalid", "error": problem})
+                continue
+            results.append({"id": event.id, "status": "accepted"})
+            valid.append((index, event))
+        try:
+            stored = await self.intake.submit_many([event for _, event in valid])
+        except StoreUnavailable as error:
+            log.warning("a batch of %d events was not stored: %s", len(valid), error)
+            return _NOT_STORED
+        for (index, _), result in zip(valid, stored, strict=True):
+            results[index]["status"] = result.status
+        return 200, {"results": results}
+
+
 class _Disconnected(Exception):
     """The client went away before its whole body arrived."""
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body, or None once it passes MAX_EVENT_BYTES."""
+async def _read_body(receive: Receive, max_bytes: int) -> bytes | None:
+    """The whole body, or None once it passes `max_bytes`."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -135,7 +205,7 @@ async def _read_body(receive: Receive) -> bytes | None:
             raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_EVENT_BYTES:
+        if size > max_bytes:
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
@@ -201,6 +271,46 @@ OPENAPI_PATH: dict[str, Any] = {
         "responses": {
             "202": _accepted("accepted: stored, applied and planned"),
             "200": _accepted("already accepted (duplicate)"),
+            "401": _problem("Unauthorized"),
+            "413": _problem("Request Entity Too Large"),
+            "422": _problem("Unprocessable Entity"),
+            "503": _problem("Service Unavailable"),
+        },
+    }
+}
+
+
+OPENAPI_BATCH_PATH: dict[str, Any] = {
+    "post": {
+        "tags": ["webhooks"],
+        "summary": "Receive up to 1,000 loan-system events in one signed body",
+        "operationId": "receive_events_v1_events_batch_post",
+        "parameters": OPENAPI_PATH["post"]["parameters"],
+        "requestBody": {
+            "required": True,
+            "description": '`{"events": [event, …]}`, at most 1,000 events and 5 MiB',
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["events"],
+                        "properties": {
+                            "events": {
+                                "type": "array",
+                                "maxItems": MAX_BATCH_EVENTS,
+                                "items": {"type": "object"},
+                            }
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "each event's result, in the order sent, once every accepted "
+                "one is stored",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
             "401": _problem("Unauthorized"),
             "413": _problem("Request Entity Too Large"),
             "422": _problem("Unprocessable Entity"),

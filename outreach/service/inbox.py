@@ -145,6 +145,30 @@ class Intake:
             asyncio.get_running_loop().create_task(self._drain())
         return await future
 
+    async def submit_many(self, events: Sequence[Event]) -> list[IngestResult]:
+        """Store the events of one batch together, in one transaction (a batch is already as
+        large as a group commit), after what is waiting; their results in order. Raises
+        StoreUnavailable when any of them could not be stored (those that were stay stored:
+        sent again, they are duplicates)."""
+        if not events:
+            return []
+        loop = asyncio.get_running_loop()
+        while self.backlog >= self.max_backlog:
+            await asyncio.sleep(0.005)
+        outcomes = await loop.run_in_executor(self._store_thread, self.store, events)
+        for event, outcome in zip(events, outcomes, strict=True):
+            if isinstance(outcome, IngestResult) and outcome.status == "accepted":
+                self._to_apply.append(event)
+        self._start_applying()
+        results: list[IngestResult] = []
+        for outcome in outcomes:
+            if isinstance(outcome, StoreUnavailable):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                raise StoreUnavailable(f"an event of the batch was not stored: {outcome}")
+            results.append(outcome)
+        return results
+
     async def _drain(self) -> None:
         try:
             while self._waiting:
