@@ -6,6 +6,7 @@ them, because a suite that silently skips the real services proves nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -93,9 +94,10 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     truncate_all(pg_engine)
 
 
-@pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
-    """The real Redis server, on a database of its own, emptied before and after."""
+@contextlib.contextmanager
+def emptied_redis() -> Iterator[redis.Redis]:
+    """A client of the real Redis server, on the run's own database, emptied before and
+    after (a skip, or in CI a failure, when the server does not answer)."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
@@ -103,9 +105,18 @@ def redis_client() -> Iterator[redis.Redis]:
         client.close()
         service_missing("Redis", error)
     client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """The real Redis server, on a database of its own, emptied before and after."""
+    with emptied_redis() as client:
+        yield client
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -15,6 +15,7 @@ from outreach import __version__
 from outreach.api import campaigns, events, health, ops, providers
 from outreach.api.schemas import Accepted, Problem
 from outreach.api.webhook import OPENAPI_BATCH_PATH, OPENAPI_PATH
+from outreach.ui import mount as mount_pages
 from outreach.wiring import Services
 from outreach.worker import build_broker
 
@@ -46,6 +47,7 @@ def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI
     app.state.broker = checked_broker
     for router in (health.router, events.router, ops.router, campaigns.router, providers.router):
         app.include_router(router)
+    mount_pages(app)
     app.state.intake = events.mount_receiver(app, services)
 
     def openapi() -> dict[str, Any]:

@@ -3,14 +3,12 @@ ops cancellation (SPEC §8)."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from outreach.api.auth import Admin, AdminActor, ServicesDep, Viewer
 from outreach.api.schemas import Problem
@@ -19,11 +17,10 @@ from outreach.errors import RenderError
 from outreach.render import preview as render_preview
 from outreach.render.preview import template_list
 from outreach.service import log as message_log
-from outreach.service.campaigns import Actor
 from outreach.service.export import csv_rows
-from outreach.service.messages import MessageNotFound, MessageNotPending, cancel_by_ops
+from outreach.service.messages import MessageNotFound, MessageNotPending, cancel_audited
 from outreach.store import audit
-from outreach.store.db import transaction
+from outreach.wiring import Services
 
 
 class CancelRequest(BaseModel):
@@ -91,6 +88,12 @@ def list_messages(
 @router.get("/v1/messages/export.csv", tags=["messages"], summary="The filtered log as CSV")
 def export_messages(request: Request, _: Viewer, services: ServicesDep) -> StreamingResponse:
     criteria: message_log.MessageFilter = _filter_errors(lambda: _message_filter(request))
+    return csv_export(services, criteria)
+
+
+def csv_export(services: Services, criteria: message_log.MessageFilter) -> StreamingResponse:
+    """The messages `criteria` selects, as a CSV download, streamed (the API's and the
+    pages' export)."""
     return StreamingResponse(
         csv_rows(services.runtime.sessions, criteria),
         media_type="text/csv; charset=utf-8",
@@ -120,40 +123,23 @@ def cancel_message(
     request_body: CancelRequest | None = None,
 ) -> dict[str, Any]:
     note = request_body.note if request_body and request_body.note else None
-    now = services.dispatcher.now()
     try:
-        with transaction(services.runtime.sessions) as session:
-            cancel_by_ops(session, message_id, now, note)
-            _audit_cancel(session, actor, message_id, now, "ok", {"note": note} if note else None)
-            cancelled = message_log.get_message(session, message_id)
+        cancel_audited(
+            services.runtime.sessions,
+            message_id,
+            services.dispatcher.now(),
+            actor=actor.name,
+            role=actor.role,
+            note=note,
+        )
     except MessageNotFound as error:
         raise HTTPException(404, str(error)) from error
     except MessageNotPending as error:
-        with transaction(services.runtime.sessions) as session:
-            _audit_cancel(session, actor, message_id, now, "refused", {"why": str(error)})
         raise HTTPException(409, str(error)) from error
+    with services.runtime.sessions() as session:
+        cancelled = message_log.get_message(session, message_id)
     assert cancelled is not None
     return cancelled
-
-
-def _audit_cancel(
-    session: Session,
-    actor: Actor,
-    message_id: str,
-    now: dt.datetime,
-    outcome: str,
-    detail: dict[str, Any] | None,
-) -> None:
-    audit.append(
-        session,
-        at=now,
-        actor=actor.name,
-        role=actor.role,
-        action="message.cancel",
-        target=message_id,
-        outcome=outcome,
-        detail=detail,
-    )
 
 
 @router.get("/v1/audit", tags=["audit"], summary="Every ops write: who, when, what (admin)")

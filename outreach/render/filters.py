@@ -170,6 +170,17 @@ def mask(account_number: object) -> str:
     return "****" + last4(account_number)
 
 
+def mask_recipient(recipient: str | None) -> str:
+    """A phone number or email address as the ops pages show it: a number masked as account
+    numbers are (`****0006`), an address by its first letter and its domain (`a***@x.org`)."""
+    if not recipient:
+        return ""
+    local, at, domain = recipient.rpartition("@")
+    if at:
+        return f"{local[:1]}***@{domain}"
+    return mask(recipient)
+
+
 def _lookup(context: Context, name: str) -> Any:
     value = context.resolve_or_missing(name)
     if value is missing or value is None:

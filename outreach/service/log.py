@@ -11,11 +11,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from outreach.domain import Channel, Status
+from outreach.domain import BorrowerState, Channel, LoanState, PaymentPlan, Promise, Status
 from outreach.errors import PermanentError
+from outreach.policy.dunning import latest_plan, local_day, missed_instalment
+from outreach.policy.model import Policy
 from outreach.service.messages import as_record, iso
 from outreach.store import message_log as store
 from outreach.store import models as m
+from outreach.store.borrowers import load_borrower, load_loans
+from outreach.store.loans import loan_ids_of_borrowers
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
@@ -196,3 +200,44 @@ def borrower_timeline(session: Session, borrower_id: str) -> dict[str, Any] | No
         else {"id": borrower.id, "name": borrower.name, "locale": borrower.locale},
         "items": [entry[2] for entry in entries],
     }
+
+
+@dataclass(frozen=True)
+class BorrowerSummary:
+    """What holds or limits contact with a borrower now: their restrictions, the recipients
+    that opted out or cannot receive, consent, and the promises and payment plans in force."""
+
+    borrower: BorrowerState
+    loans: tuple[LoanState, ...]
+    # (loan id, promise) not kept whose date has not passed
+    promises: tuple[tuple[str, Promise], ...]
+    # (loan id, plan): each loan's latest plan, no instalment missed and some still to pay
+    plans: tuple[tuple[str, PaymentPlan], ...]
+
+
+def borrower_summary(
+    session: Session, policy: Policy, borrower_id: str, now: dt.datetime
+) -> BorrowerSummary | None:
+    borrower = load_borrower(session, borrower_id)
+    if borrower is None:
+        return None
+    loan_ids = loan_ids_of_borrowers(session, [borrower_id]).get(borrower_id, [])
+    loans = load_loans(session, loan_ids)
+    today = local_day(policy, now)
+    promises = []
+    plans = []
+    for loan_id in loan_ids:
+        loan = loans[loan_id]
+        for promise in loan.promises:
+            if not promise.kept and promise.promised_date >= today:
+                promises.append((loan_id, promise))
+        plan = latest_plan(loan)
+        if (
+            plan is not None
+            and missed_instalment(policy, plan, today) is None
+            and not all(instalment.paid for instalment in plan.instalments)
+        ):
+            plans.append((loan_id, plan))
+    return BorrowerSummary(
+        borrower, tuple(loans[i] for i in loan_ids), tuple(promises), tuple(plans)
+    )

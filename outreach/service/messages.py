@@ -13,12 +13,14 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from sqlalchemy import Row, Table, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from outreach.domain import DELIVERY_RANK, Reason, Status
 from outreach.errors import PermanentError
+from outreach.store import audit
 from outreach.store import models as m
 from outreach.store.bulk import row_tuple
+from outreach.store.db import transaction
 from outreach.store.keysets import keys_in
 from outreach.store.messages import held_by_id, write_rows
 
@@ -89,6 +91,54 @@ def cancel_by_ops(
         raise MessageNotPending(f"message is {row.status}; only pending ones cancel")
     row.move(Status.CANCELLED, Reason.OPS_CANCELLED, now, note)
     write_rows(session, [row])
+
+
+def cancel_audited(
+    sessions: sessionmaker[Session],
+    message_id: str,
+    now: dt.datetime,
+    *,
+    actor: str,
+    role: str | None,
+    note: str | None = None,
+    via: str | None = None,
+) -> None:
+    """`cancel_by_ops` with its row in the audit log (`message.cancel`, in the same
+    transaction); a refusal (the message has gone out) is recorded too, then raised. `via`
+    names where it was asked from when that is not the API (`ui`)."""
+    where = {"via": via} if via else {}
+    try:
+        with transaction(sessions) as session:
+            cancel_by_ops(session, message_id, now, note)
+            detail = {**({"note": note} if note else {}), **where}
+            _audit_cancel(session, actor, role, message_id, now, "ok", detail)
+    except MessageNotPending as error:
+        with transaction(sessions) as session:
+            _audit_cancel(
+                session, actor, role, message_id, now, "refused", {"why": str(error), **where}
+            )
+        raise
+
+
+def _audit_cancel(
+    session: Session,
+    actor: str,
+    role: str | None,
+    message_id: str,
+    now: dt.datetime,
+    outcome: str,
+    detail: dict[str, Any],
+) -> None:
+    audit.append(
+        session,
+        at=now,
+        actor=actor,
+        role=role,
+        action="message.cancel",
+        target=message_id,
+        outcome=outcome,
+        detail=detail or None,
+    )
 
 
 def may_move(current: Status, new: Status) -> bool:
