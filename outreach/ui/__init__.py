@@ -4,7 +4,8 @@ routes, working without JavaScript.
 Routes: `/` and `/ui` → `/ui/`; `GET`/`POST /ui/login`, `POST /ui/logout` (`login.py`); the
 overview `/ui/` (`overview.py`); the log `/ui/messages`, its CSV `/ui/messages/export.csv`,
 one message `/ui/messages/{id}` and its cancellation `GET`/`POST /ui/messages/{id}/cancel`
-(`messages.py`); a borrower `/ui/borrowers/{id}` (`borrowers.py`); static files under
+(`messages.py`); a borrower `/ui/borrowers/{id}` (`borrowers.py`); the campaigns
+`/ui/campaigns` (`campaigns.py`, a list so far); static files under
 `/ui/static/` (`static/`, shipped in the package).
 
 Adding a page (campaigns, say):
@@ -37,9 +38,15 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from outreach.ui import borrowers, login, messages, overview, pages
+from outreach.ui import borrowers, campaigns, login, messages, overview, pages
 
-ROUTERS: tuple[APIRouter, ...] = (login.router, overview.router, messages.router, borrowers.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    login.router,
+    overview.router,
+    messages.router,
+    borrowers.router,
+    campaigns.router,
+)
 
 
 def mount(app: FastAPI) -> None:

@@ -98,6 +98,9 @@ _TONES: dict[str, str] = {
     Status.CANCELLED: "muted",
 }
 
+# details a reader needs no words for: the zone is said with `until`; the planning key is
+# the idempotency key (still shown, as a code, on the message page)
+_UNSAID = frozenset({"zone", "key"})
 _KEY = re.compile(r"(?:^|(?<=\s))([a-z_]+)=")
 
 
@@ -172,7 +175,7 @@ def detail_words(detail: str | None, zone: ZoneInfo | None = None) -> str:
     where = _zone_or(named, zone)
     parts = []
     for key, value in pairs:
-        if key == "zone":
+        if key in _UNSAID:
             continue
         if key == "until":
             parts.append(_until(value, where))

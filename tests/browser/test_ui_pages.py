@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import SCREENSHOTS, log_in, screenshot
 from tests.factories import borrower_upserted, envelope, loan_updated, zone_at_local_hour
-from tests.live import LiveService
+from tests.live import ADMIN_TOKEN, LiveService
 
 SCRIPT_NAME = "<script>alert(1)</script>"
 TEMPLATE_NAME = "{{ 7*7 }}"
@@ -260,3 +260,66 @@ def test_an_admin_cancels_a_message_from_its_page(
     entry = ui_live.get("/v1/audit", action="message.cancel").json()["items"][0]
     assert (entry["target"], entry["outcome"]) == (pending["id"], "ok")
     assert entry["detail"] == {"note": "borrower called, paying today", "via": "ui"}
+
+
+def test_the_campaigns_list_links_each_to_its_messages(
+    ui_live: LiveService, admin: Page, book: dict[str, Any]
+) -> None:
+    body = {
+        "name": SCRIPT_NAME,
+        "channel": "email",
+        "template": "campaign_hardship_relief",
+        "segment": {"stages": ["negotiation"]},
+        "start_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+    }
+    created = ui_live.client.post(
+        "/v1/campaigns", json=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert created.status_code == 201, created.text
+    page = admin
+    page.get_by_role("link", name="Campaigns").click()
+    row = page.locator("table.log tbody tr").filter(has_text=created.json()["id"])
+    expect(row).to_contain_text(SCRIPT_NAME)
+    expect(row.locator(".badge").first).to_have_text("draft")
+    screenshot(page, "campaigns")
+    row.get_by_role("link", name="Its messages").click()
+    expect(page.get_by_label("Campaign id")).to_have_value(created.json()["id"])
+
+
+def test_on_a_tablet_the_pages_fit_the_screen(
+    ui_live: LiveService, browser: Browser, book: dict[str, Any]
+) -> None:
+    tablet = browser.new_context(viewport={"width": 820, "height": 1180})
+    page = tablet.new_page()
+    try:
+        log_in(page, ui_live)
+        for path, name in (
+            ("/ui/messages", "tablet-messages"),
+            (f"/ui/messages/{book['night']['id']}", "tablet-message"),
+            ("/ui/borrowers/b-deal", "tablet-borrower"),
+        ):
+            page.goto(f"{ui_live.base_url}{path}")
+            # nothing sticks out sideways: wide tables scroll inside their own box
+            assert page.evaluate("document.documentElement.scrollWidth") <= 820, path
+            screenshot(page, name)
+    finally:
+        tablet.close()
+
+
+def test_the_pages_work_from_the_keyboard(ui_live: LiveService, page: Page) -> None:
+    page.goto(f"{ui_live.base_url}/ui/login")
+    page.keyboard.type(ADMIN_TOKEN)  # the token field has the focus
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Log in")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to the content")).to_be_focused()
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Messages")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Messages")).to_be_visible()

@@ -31,6 +31,7 @@ def test_details_in_words() -> None:
         "rule sms per day, until 01:00 UTC, Fri 4 Dec"
     )
     assert detail_words("code=21211") == "provider code 21211"
+    assert detail_words("key=dunning:l-1:2026-11-17:early:d1:early_first_notice") == ""
     # a value may hold spaces; free text stays as it is
     assert detail_words("detail=a later step is due by=msg_1") == (
         "a later step is due, replaced by msg_1"
