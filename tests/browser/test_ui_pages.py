@@ -323,3 +323,25 @@ def test_the_pages_work_from_the_keyboard(ui_live: LiveService, page: Page) -> N
     expect(page.get_by_role("link", name="Messages")).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Messages")).to_be_visible()
+
+
+def test_a_time_range_from_the_form_is_read_in_utc(
+    ui_live: LiveService, admin: Page, book: dict[str, Any]
+) -> None:
+    page = admin
+    page.goto(f"{ui_live.base_url}/ui/messages")
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    since, until = now - dt.timedelta(hours=1), now + dt.timedelta(hours=1)
+    page.get_by_label("Due from (UTC)").fill(since.strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_label("Due before (UTC)").fill(until.strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_label("Borrower id").fill("b-sms")
+    page.get_by_role("button", name="Show").click()
+    expect(page).to_have_url(re.compile(r"since=\d{4}-\d\d-\d\dT\d\d%3A\d\d&until="))
+    expected = [
+        m
+        for m in ui_live.messages(borrower_id="b-sms")
+        if since <= dt.datetime.fromisoformat(m["send_at"]) < until
+    ]
+    assert expected, "the message sent just now is in the range"
+    expect(page.locator("table.log tbody tr")).to_have_count(len(expected))
+    expect(page.get_by_label("Due from (UTC)")).to_have_value(since.strftime("%Y-%m-%dT%H:%M"))
