@@ -116,10 +116,17 @@ def decode_cursor(cursor: str) -> str:
 def list_messages(
     session: Session, criteria: MessageFilter, *, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """One page, newest first; the cursor continues exactly after the last item shown."""
-    rows = store.page(session, criteria, limit + 1, decode_cursor(cursor) if cursor else None)
+    """One page, newest first; the cursor continues exactly after the last item shown, or
+    after the last message read where a text search the index cannot serve read its most
+    for one page (the page is then short, and the cursor reads on; `store.page_part`)."""
+    before = decode_cursor(cursor) if cursor else None
+    rows, read_to = store.page_part(session, criteria, limit + 1, before)
     page = rows[:limit]
-    next_cursor = encode_cursor(page[-1].id) if len(rows) > limit and page else None
+    next_cursor: str | None = None
+    if len(rows) > limit:
+        next_cursor = encode_cursor(page[-1].id)
+    elif read_to is not None:
+        next_cursor = encode_cursor(read_to)
     return [as_record(row) for row in page], next_cursor
 
 

@@ -6,18 +6,87 @@ loading of timelines reads clearest here. Filters and cursors are parsed in serv
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, false, or_, select
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Select,
+    String,
+    bindparam,
+    false,
+    literal_column,
+    or_,
+    select,
+)
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from outreach.store import models as m
+from outreach.store.keysets import keys_in
 
 if TYPE_CHECKING:
     from outreach.service.log import MessageFilter
 
 
-def filtered(query: Select[Any], criteria: MessageFilter) -> Select[Any]:
+def _like_pattern(q: str) -> str:
+    """`q` as a LIKE pattern matching it anywhere, its wildcards taken literally."""
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class Matches(ColumnElement[bool]):
+    """The log's text search: `q` found, ignoring case, in any of the searched columns
+    (`models.SEARCHED_COLUMNS`: the content, the recipient, the template and the ids).
+
+    On PostgreSQL it reads the columns as one text, `models.SEARCHED_SQL`, whose trigram
+    index (`ix_messages_search`) finds the rows; a unit separator stands between the
+    columns, so a `q` without one matches that text exactly where it matches a column (one
+    with one is searched column by column, as elsewhere). `indexed=False` searches column by
+    column everywhere: no index can then be chosen for it (`page_ids`)."""
+
+    inherit_cache = True
+    type = Boolean()
+    _is_implicitly_boolean = True
+    _traverse_internals = [  # noqa: RUF012 (SQLAlchemy's own declaration)
+        ("pattern", InternalTraversal.dp_clauseelement),
+        ("whole", InternalTraversal.dp_boolean),
+    ]
+
+    def __init__(self, q: str, *, indexed: bool = True) -> None:
+        self.pattern = bindparam("q_pattern", _like_pattern(q), type_=String())
+        # column by column (no index of that) where the index must not be read
+        self.whole = indexed and m.SEARCH_SEPARATOR not in q
+
+    def by_column(self) -> ColumnElement[bool]:
+        return or_(
+            *(
+                getattr(m.Message, name).ilike(self.pattern, escape="\\")
+                for name in m.SEARCHED_COLUMNS
+            )
+        )
+
+
+@compiles(Matches)
+def _matches_by_column(element: Matches, compiler: SQLCompiler, **kw: Any) -> str:
+    # in parentheses: the OR must not take the criteria ANDed with it
+    return f"({compiler.process(element.by_column(), **kw)})"
+
+
+@compiles(Matches, "postgresql")
+def _matches_as_one_text(element: Matches, compiler: SQLCompiler, **kw: Any) -> str:
+    if not element.whole:
+        return _matches_by_column(element, compiler, **kw)
+    searched = literal_column(m.SEARCHED_SQL, String())
+    matching = searched.ilike(element.pattern, escape="\\")
+    return f"({compiler.process(matching, **kw)})"
+
+
+def filtered(
+    query: Select[Any], criteria: MessageFilter, *, indexed_search: bool = True
+) -> Select[Any]:
     for name in ("borrower_id", "loan_id", "campaign_id", "channel", "stage", "reason", "purpose"):
         value = getattr(criteria, name)
         if value is not None:
@@ -31,52 +100,140 @@ def filtered(query: Select[Any], criteria: MessageFilter) -> Select[Any]:
     if criteria.until is not None:
         query = query.where(m.Message.send_at < criteria.until)
     if criteria.q:
-        pattern = "%" + criteria.q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern += "%"
-        query = query.where(
-            or_(
-                *(
-                    column.ilike(pattern, escape="\\")
-                    for column in (
-                        m.Message.body,
-                        m.Message.subject,
-                        m.Message.text,
-                        m.Message.recipient,
-                        m.Message.template,
-                        m.Message.borrower_id,
-                        m.Message.loan_id,
-                    )
-                )
-            )
-        )
+        query = query.where(Matches(criteria.q, indexed=indexed_search))
     return query
+
+
+# how many of the newest messages (after the cursor) a text search reads one by one before
+# it asks the trigram index for the older ones (see `page_part`)
+SEARCH_WINDOW = 4000
+# how many messages a text search the trigram index cannot serve (no three letters or
+# digits in a row, e.g. a name of two Chinese characters) reads for one page at most
+SEARCH_BUDGET = 10_000
+
+
+def ids_statement(
+    criteria: MessageFilter,
+    count: int,
+    before_id: str | None,
+    *,
+    from_id: str | None = None,
+    indexed_search: bool = True,
+) -> Select[Any]:
+    """The ids of up to `count` matching messages, newest first, below `before_id` and from
+    `from_id` on if given.
+
+    Ids alone, so that PostgreSQL may answer from an index without reading the rows it
+    passes over: a filter on one column from that column's index of (column, id)
+    (migration 0007), `since` and `until` from `ix_messages_id_send_at` read backwards,
+    which carries `send_at` (a range long ago is then a walk over index entries, not over
+    the rows of every message sent since)."""
+    query = filtered(select(m.Message.id), criteria, indexed_search=indexed_search)
+    if before_id is not None:
+        query = query.where(m.Message.id < before_id)
+    if from_id is not None:
+        query = query.where(m.Message.id >= from_id)
+    return query.order_by(m.Message.id.desc()).limit(count)
+
+
+def _nth_below(session: Session, before_id: str | None, n: int) -> str | None:
+    """The id of the n-th message below `before_id` (None: there are fewer)."""
+    query = select(m.Message.id)
+    if before_id is not None:
+        query = query.where(m.Message.id < before_id)
+    return session.scalar(query.order_by(m.Message.id.desc()).offset(n - 1).limit(1))
+
+
+def has_trigram(q: str) -> bool:
+    """Whether the trigram index can find `q`: three letters or digits in a row."""
+    run = 0
+    for char in q:
+        run = run + 1 if char.isalnum() else 0
+        if run >= 3:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Part:
+    """What one read of the log found: the ids of matching messages, newest first, and,
+    when it stopped short of a full page before the end of the log, the last id it read
+    (every message between the cursor and it was read: reading on goes below it)."""
+
+    ids: list[str]
+    read_to: str | None = None
+
+
+def page_ids(session: Session, criteria: MessageFilter, count: int, before_id: str | None) -> Part:
+    """The ids of up to `count` matching messages, newest first, below `before_id` if given;
+    in one read of bounded cost for every filter.
+
+    A text search reads the newest messages one by one first, without the index: a word in
+    one message of eighty fills a page within SEARCH_WINDOW of them, where the trigram
+    index would hand over every message it is in. One rarer than that is then asked of the
+    trigram index for the older ones. A search the index cannot serve reads SEARCH_BUDGET
+    messages at most, and says where it stopped when it found fewer than a page there."""
+    if not criteria.q:
+        return Part(list(session.scalars(ids_statement(criteria, count, before_id))))
+    indexable = has_trigram(criteria.q)
+    floor = _nth_below(session, before_id, SEARCH_WINDOW if indexable else SEARCH_BUDGET)
+    newest = ids_statement(criteria, count, before_id, from_id=floor, indexed_search=False)
+    ids = list(session.scalars(newest))
+    if floor is None or len(ids) >= count:
+        return Part(ids)
+    if not indexable:
+        return Part(ids, read_to=floor)
+    ids.extend(session.scalars(ids_statement(criteria, count - len(ids), floor)))
+    return Part(ids)
+
+
+def _rows(session: Session, ids: Sequence[str]) -> Sequence[m.Message]:
+    if not ids:
+        return []
+    query = (
+        select(m.Message)
+        .where(keys_in(m.Message.id, "ids"))
+        .order_by(m.Message.id.desc())
+        .options(selectinload(m.Message.events))
+    )
+    return session.scalars(query, {"ids": list(ids)}).all()
+
+
+def page_part(
+    session: Session, criteria: MessageFilter, count: int, before_id: str | None
+) -> tuple[Sequence[m.Message], str | None]:
+    """Up to `count` matching messages, newest first, below `before_id` if given, with their
+    timelines, in one read of bounded cost; and where reading should go on from when it
+    stopped short of `count` before the end of the log (`Part.read_to`), else None."""
+    found = page_ids(session, criteria, count, before_id)
+    return _rows(session, found.ids), found.read_to
 
 
 def page(
     session: Session, criteria: MessageFilter, count: int, before_id: str | None
 ) -> Sequence[m.Message]:
     """Up to `count` matching messages, newest first, after `before_id` if given; their
-    timelines read with them."""
-    query = filtered(select(m.Message), criteria).options(selectinload(m.Message.events))
-    if before_id is not None:
-        query = query.where(m.Message.id < before_id)
-    return session.scalars(query.order_by(m.Message.id.desc()).limit(count)).all()
+    timelines read with them (as many reads as that takes)."""
+    rows: list[m.Message] = []
+    while True:
+        found, read_to = page_part(session, criteria, count - len(rows), before_id)
+        rows.extend(found)
+        if read_to is None or len(rows) >= count:
+            return rows
+        before_id = read_to
 
 
 def iter_messages(
     session: Session, criteria: MessageFilter, batch: int = 500
 ) -> Iterator[m.Message]:
     """Every matching message, newest first, fetched in batches so exports stream."""
-    last_id: str | None = None
+    before_id: str | None = None
     while True:
-        query = filtered(select(m.Message), criteria)
-        if last_id is not None:
-            query = query.where(m.Message.id < last_id)
-        rows = session.scalars(query.order_by(m.Message.id.desc()).limit(batch)).all()
-        if not rows:
+        rows, read_to = page_part(session, criteria, batch, before_id)
+        if not rows and read_to is None:
             return
         yield from rows
-        last_id = rows[-1].id
+        before_id = read_to or rows[-1].id
         session.expunge_all()
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -28,6 +29,32 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# messages flagged for a person (`needs_human=true` in the log): a few among millions
+NEEDS_HUMAN = text("needs_human IS TRUE")
+# what the log's text search (`q`) reads: the searched columns as one text, a unit separator
+# between them (no pattern without one can match across two); the trigram index of it
+# (`ix_messages_search`) is built on this same expression, written here as PostgreSQL
+# writes it back (so that comparing the models with the database sees the same one)
+SEARCH_SEPARATOR = "\x1f"
+SEARCHED_COLUMNS = ("body", "subject", "text", "recipient", "template", "borrower_id", "loan_id")
+_TEXT_COLUMNS = ("body", "subject", "text")
+
+
+def _searched_sql() -> str:
+    def part(name: str) -> str:
+        if name in _TEXT_COLUMNS:
+            return f"COALESCE(messages.{name}, ''::text)"
+        return f"COALESCE(messages.{name}, ''::character varying)::text"
+
+    expression = part(SEARCHED_COLUMNS[0])
+    for name in SEARCHED_COLUMNS[1:]:
+        expression = f"(({expression} || chr(31)) || {part(name)})"
+    return expression
+
+
+SEARCHED_SQL = _searched_sql()
 
 
 class Base(DeclarativeBase):
@@ -272,6 +299,28 @@ class Message(Base):
         Index("ix_messages_loan_status", "loan_id", "status"),
         # a campaign's messages, and runs of them in id order (its set-based moves)
         Index("ix_messages_campaign", "campaign_id", "id"),
+        # the log filtered on one column, newest first, a page after a cursor: a range of
+        # one of these (migration 0007); the deferred by reason from the first alone
+        Index("ix_messages_status_id", "status", "id", postgresql_include=["reason"]),
+        Index("ix_messages_channel_id", "channel", "id"),
+        Index("ix_messages_stage_id", "stage", "id"),
+        Index("ix_messages_purpose_id", "purpose", "id"),
+        Index("ix_messages_reason_id", "reason", "id"),
+        Index(
+            "ix_messages_needs_human", "id", postgresql_where=NEEDS_HUMAN, sqlite_where=NEEDS_HUMAN
+        ),
+        # the overview's days read from the index alone
+        Index("ix_messages_send_at", "send_at", postgresql_include=["channel", "status", "reason"]),
+        # the log's since and until, newest first: read backwards from the index alone
+        Index("ix_messages_id_send_at", "id", "send_at"),
+        # the log's text search (`q`), on PostgreSQL: trigrams of the searched columns
+        # together (`message_log.SEARCHED_SQL`, the same expression)
+        Index(
+            "ix_messages_search",
+            literal_column(SEARCHED_SQL).label("searched"),
+            postgresql_using="gin",
+            postgresql_ops={"searched": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -282,8 +331,8 @@ class Message(Base):
     campaign_id: Mapped[str | None] = mapped_column(String(40))
     # the campaign variant (arm) the message belongs to
     variant: Mapped[str | None] = mapped_column(String(100))
-    stage: Mapped[str | None] = mapped_column(String(40), index=True)
-    channel: Mapped[str] = mapped_column(String(10), index=True)
+    stage: Mapped[str | None] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(10))
     template: Mapped[str] = mapped_column(String(100))
     template_version: Mapped[str | None] = mapped_column(String(40))
     locale: Mapped[str] = mapped_column(String(20))
@@ -297,7 +346,7 @@ class Message(Base):
     send_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(20))
     # the reason code of the latest timeline event, for filtering the log
-    reason: Mapped[str | None] = mapped_column(String(40), index=True)
+    reason: Mapped[str | None] = mapped_column(String(40))
     fallback_from: Mapped[str | None] = mapped_column(String(10))
     refs: Mapped[dict[str, str]] = mapped_column(JSONType, default=dict)
     provider_id: Mapped[str | None] = mapped_column(String(200), index=True)
