@@ -118,8 +118,10 @@ def start_worker(broker: RedisBroker, services: Services, threads: int) -> drama
 
 
 def stop_worker(worker: dramatiq.Worker, services: Services, timeout_ms: int) -> None:
-    """Stop the threads, then give the lease up (nothing is in flight any more)."""
+    """Stop the threads, then give the lease up (nothing is in flight any more) and the
+    providers' connections."""
     worker.stop(timeout=timeout_ms)
+    services.dispatcher.close_providers()
     lease = services.dispatcher.lease
     if lease is not None:
         services.dispatcher.lease = None

@@ -39,6 +39,7 @@ class RecordingSender:
     # what dispatch may rely on of it: as of any provider that waits on the network
     reports_status_by_callback = True
     hands_over_at_once = False
+    hand_over_run = 1
     finds_sent = True
 
     def __init__(self, channel: Channel) -> None:
@@ -199,5 +200,6 @@ def start_live_service(
         clock.stop()
         if worker is not None:
             stop_worker(worker, services, 5_000)
+        services.dispatcher.close_providers()
         broker.close()
         runtime.close()

@@ -96,6 +96,20 @@ def ensure_still_held(outgoing: Outgoing) -> None:
         )
 
 
+# longest run of messages marked `sending` together for a network provider, and about how long
+# handing one over may take
+MAX_HAND_OVER_RUN = 8
+RUN_SECONDS = 0.05
+
+
+def run_for_rate(rate_per_second: float | None) -> int:
+    """The hand-over run of a provider paced at `rate_per_second` across all workers (None:
+    not paced): what it takes in about RUN_SECONDS, from 1 to MAX_HAND_OVER_RUN."""
+    if rate_per_second is None:
+        return MAX_HAND_OVER_RUN
+    return max(1, min(MAX_HAND_OVER_RUN, int(rate_per_second * RUN_SECONDS)))
+
+
 class Sender(Protocol):
     """A provider for one channel, and what dispatch may rely on of it (its capabilities)."""
 
@@ -106,8 +120,15 @@ class Sender(Protocol):
     # acceptance is recorded at once; otherwise a batch's acceptances are recorded together
     reports_status_by_callback: bool
     # whether it answers in memory without waiting for anything: then a batch is marked
-    # `sending` together before the first is handed over; otherwise one message at a time
+    # `sending` together before the first is handed over; otherwise in runs (below)
     hands_over_at_once: bool
+    # for a provider that does not hand over at once: how many consecutive messages of a batch
+    # have their cap slots reserved and are marked `sending` together (committed) before the
+    # first of the run is handed over. 1: one at a time, each marked just before its own call.
+    # Longer runs save the database and Redis round trips of each; the price is that a payment
+    # or an opt-out arriving while a run is handed over no longer stops the rest of that run,
+    # so a run stays short: what a provider takes in about RUN_SECONDS (see `run_for_rate`).
+    hand_over_run: int
     # whether `find_sent` can tell if an interrupted attempt reached it (a relay cannot)
     finds_sent: bool
 

@@ -52,6 +52,7 @@ class SimulatedSender:
     # answers in memory without waiting for anything, so a batch may be marked `sending`
     # together before the first is handed over (see Dispatcher.dispatch_many)
     hands_over_at_once = True
+    hand_over_run = 0  # the whole batch at once
     finds_sent = True
 
     def __init__(self, channel: Channel, clock: Callable[[], dt.datetime]) -> None:

@@ -1,4 +1,10 @@
-"""Email through an SMTP relay: multipart text + HTML, one connection per message.
+"""Email through an SMTP relay: multipart text + HTML, over one connection per worker thread,
+kept open between messages.
+
+A kept connection the relay has dropped meanwhile (its idle timeout, a restart) shows when the
+next message's MAIL or RCPT fails: nothing of that message has gone out, so it is sent once
+more on a new connection. A connection idle longer than IDLE_SECONDS is not trusted at all and
+replaced before use; one that saw any error is closed.
 
 The conversation is driven step by step (MAIL, RCPT, DATA, end of data) rather than with
 `send_message`, because what a failure means depends on where it happened: before the final
@@ -15,12 +21,15 @@ import email.utils
 import re
 import smtplib
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
 
 from outreach.channels.base import (
+    MAX_HAND_OVER_RUN,
     ErrorEffect,
     OutcomeUnknown,
     Outgoing,
@@ -31,6 +40,10 @@ from outreach.channels.base import (
 from outreach.domain import Channel
 from outreach.errors import ConfigurationError
 from outreach.settings import Settings
+
+# a kept connection idle this long may have been dropped by the relay (RFC 5321 §4.5.3.2 lets
+# a server time out after 5 minutes): replaced, rather than tried
+IDLE_SECONDS = 60.0
 
 # RCPT replies that say the address itself cannot receive mail (RFC 5321 §4.2.2): no such
 # mailbox, user not local, mailbox name not allowed.
@@ -54,8 +67,9 @@ class SmtpSender:
     reports_status_by_callback = False
     # a relay cannot be asked what it accepted: `find_sent` knows nothing (see there)
     finds_sent = False
-    # waits on the network for the relay: one message at a time
+    # waits on the network for the relay: in short runs
     hands_over_at_once = False
+    hand_over_run = MAX_HAND_OVER_RUN
 
     channel = Channel.EMAIL
     provider = Channel.EMAIL.value
@@ -87,6 +101,18 @@ class SmtpSender:
         # STARTTLS verifies the relay's certificate and host name, as a mail client should.
         self._tls_context = tls_context or ssl.create_default_context()
         self._clock = clock
+        self._kept = threading.local()
+        self._open: set[smtplib.SMTP] = set()
+        self._open_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Say goodbye on every kept connection."""
+        with self._open_lock:
+            connections, self._open = self._open, set()
+        for connection in connections:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                connection.quit()
+            connection.close()
 
     # -- the message -----------------------------------------------------------------------------
 
@@ -124,10 +150,64 @@ class SmtpSender:
         return Receipt(provider_id=str(message["Message-ID"]), status="sent")
 
     def _transmit(self, recipient: str, payload: bytes, international: bool) -> None:
+        connection, kept = self._connection()
+        try:
+            self._conversation(connection, recipient, payload, international)
+        except _DroppedBeforeData as dropped:
+            self._discard(connection)
+            if not kept:
+                raise ProviderUnavailable("smtp_connection", _describe(dropped.error)) from None
+            # the relay had closed the kept connection; nothing of this message went out
+            connection, _ = self._connection()
+            try:
+                self._conversation(connection, recipient, payload, international)
+            except _DroppedBeforeData as again:
+                self._discard(connection)
+                raise ProviderUnavailable("smtp_connection", _describe(again.error)) from None
+            except (ProviderRejected, ProviderUnavailable):
+                self._reset_or_discard(connection)
+                raise
+            except BaseException:
+                self._discard(connection)
+                raise
+        except (ProviderRejected, ProviderUnavailable):
+            # the relay answered, and refused this message: the connection goes on
+            self._reset_or_discard(connection)
+            raise
+        except BaseException:
+            self._discard(connection)
+            raise
+        self._kept.last_used = time.monotonic()
+
+    def _reset_or_discard(self, connection: smtplib.SMTP) -> None:
+        """After a refused message: RSET, so the next one starts a clean transaction on the
+        same connection; closed when even that fails."""
+        try:
+            code, _ = connection.rset()
+        except (smtplib.SMTPException, OSError):
+            code = 0
+        if code != 250:
+            self._discard(connection)
+            return
+        self._kept.last_used = time.monotonic()
+
+    def _connection(self) -> tuple[smtplib.SMTP, bool]:
+        """This thread's connection, and whether it was kept from an earlier message; a new
+        one (greeted, TLS, logged in) when there is none or it sat idle too long."""
+        connection: smtplib.SMTP | None = getattr(self._kept, "connection", None)
+        if connection is not None:
+            if time.monotonic() - self._kept.last_used < IDLE_SECONDS:
+                return connection, True
+            self._discard(connection)
+        connection = self._connect()
+        self._kept.connection = connection
+        self._kept.last_used = time.monotonic()
+        with self._open_lock:
+            self._open.add(connection)
+        return connection, False
+
+    def _connect(self) -> smtplib.SMTP:
         settings = self._settings
-        delivered_data = False  # the final "." went out: from here a lost reply is unknown
-        # Not `with SMTP(...)`: its exit sends QUIT even after a timeout, waiting a second
-        # timeout for nothing; a failed conversation is simply closed.
         connection: smtplib.SMTP | None = None
         try:
             # connecting in the constructor also tells starttls() the host name to verify
@@ -138,6 +218,28 @@ class SmtpSender:
                 connection.ehlo()
             if settings.smtp_username and settings.smtp_password:
                 connection.login(settings.smtp_username, settings.smtp_password.reveal())
+            return connection
+        except Exception as error:
+            if connection is not None:
+                connection.close()
+            raise _connection_error(error) from error
+
+    def _discard(self, connection: smtplib.SMTP) -> None:
+        """Close a connection that saw an error (or idled too long); the next message opens
+        another. Not `quit()`: after a timeout it would wait a second timeout for nothing."""
+        if getattr(self._kept, "connection", None) is connection:
+            self._kept.connection = None
+        with self._open_lock:
+            self._open.discard(connection)
+        connection.close()
+
+    def _conversation(
+        self, connection: smtplib.SMTP, recipient: str, payload: bytes, international: bool
+    ) -> None:
+        """One message on an open connection. A failure of the connection before the final
+        "." is `_DroppedBeforeData` (the message may go again); after it, `OutcomeUnknown`."""
+        delivered_data = False  # the final "." went out: from here a lost reply is unknown
+        try:
             options: list[str] = []
             if international:
                 if not connection.has_extn("smtputf8"):
@@ -160,30 +262,17 @@ class SmtpSender:
             code, reply = connection.getreply()
             if code != 250:
                 raise _reply_error(code, reply, at_recipient=False)
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                connection.quit()  # it is accepted; a rude goodbye changes nothing
         except (ProviderRejected, ProviderUnavailable):
             raise
-        except smtplib.SMTPConnectError as error:
-            # a refusing greeting (421, 554) is about the relay, never about this message
-            raise ProviderUnavailable(str(error.smtp_code), _text(error.smtp_error)) from error
-        except smtplib.SMTPAuthenticationError as error:
-            # our credentials, not the message: wait for the operator rather than fail it
-            raise ProviderUnavailable(str(error.smtp_code), "SMTP login refused") from error
-        except smtplib.SMTPNotSupportedError as error:
-            raise ProviderUnavailable("smtp_unsupported", str(error)) from error
         except smtplib.SMTPResponseException as error:
             if delivered_data:
                 raise OutcomeUnknown(_lost_reply(error)) from error
             raise _reply_error(error.smtp_code, error.smtp_error, at_recipient=False) from error
         except (smtplib.SMTPException, OSError) as error:
-            # timeouts, refused or dropped connections, TLS failures
+            # timeouts, refused or dropped connections
             if delivered_data:
                 raise OutcomeUnknown(_lost_reply(error)) from error
-            raise ProviderUnavailable("smtp_connection", _describe(error)) from error
-        finally:
-            if connection is not None:
-                connection.close()
+            raise _DroppedBeforeData(error) from error
 
     def find_sent(self, outgoing: Outgoing, since: dt.datetime) -> Receipt | None:
         """Always None: SMTP has no way to ask a relay what it accepted.
@@ -193,6 +282,32 @@ class SmtpSender:
         a possibly missing reminder is better than a duplicate one to a borrower.
         """
         return None
+
+
+class _DroppedBeforeData(Exception):
+    """The connection failed before the final "." of a message: the relay cannot have it."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _connection_error(error: Exception) -> Exception:
+    """What a failure to open a connection means for the message: always "try later"."""
+    if isinstance(error, smtplib.SMTPConnectError):
+        # a refusing greeting (421, 554) is about the relay, never about this message
+        return ProviderUnavailable(str(error.smtp_code), _text(error.smtp_error))
+    if isinstance(error, smtplib.SMTPAuthenticationError):
+        # our credentials, not the message: wait for the operator rather than fail it
+        return ProviderUnavailable(str(error.smtp_code), "SMTP login refused")
+    if isinstance(error, smtplib.SMTPNotSupportedError):
+        return ProviderUnavailable("smtp_unsupported", str(error))
+    if isinstance(error, smtplib.SMTPResponseException):
+        return _reply_error(error.smtp_code, error.smtp_error, at_recipient=False)
+    if isinstance(error, smtplib.SMTPException | OSError):
+        # timeouts, refused connections, TLS failures
+        return ProviderUnavailable("smtp_connection", _describe(error))
+    return error
 
 
 def _dot_stuffed(payload: bytes) -> bytes:

@@ -182,6 +182,14 @@ class Dispatcher:
     def now(self) -> dt.datetime:
         return self.clock()
 
+    def close_providers(self) -> None:
+        """Let go of the providers' kept connections (an SMTP relay's, Twilio's session), once
+        nothing is sent any more."""
+        for sender in self.senders.values():
+            close = getattr(sender, "close", None)
+            if close is not None:
+                close()
+
     def _now_ms(self) -> int | None:
         return int(self.now().timestamp() * 1000) if self.virtual_time else None
 
@@ -200,9 +208,10 @@ class Dispatcher:
         Messages for a provider that hands over at once (`hands_over_at_once`) also have
         their cap slots reserved in one Redis round trip and are marked `sending` in one
         transaction before the first of them is handed over; any other provider (one that
-        paces sends or answers over the network) gets one message at a time, marked
-        `sending` just before its own call, so a payment or an opt-out arriving while
-        earlier ones were sent still stops it.
+        paces sends or answers over the network) gets them in short runs (its
+        `hand_over_run`, as long as it takes in about a twentieth of a second; one at a time
+        when it is paced slowly), each run marked `sending` just before its first call, so a
+        payment or an opt-out arriving while earlier runs were sent still stops the later.
 
         A message whose lease another attempt holds (it is being worked elsewhere) is left
         to that attempt, untouched: `skipped:leased`.
@@ -281,16 +290,23 @@ class Dispatcher:
         self, prepared: list[tuple[str, Dispatcher._Prepared]]
     ) -> list[list[tuple[str, Dispatcher._Prepared]]]:
         """The batch in order, in runs handed over together: consecutive messages whose
-        providers hand over at once form one run, every other message is a run of its own."""
+        providers hand over at once form one run; consecutive messages of one network
+        provider form runs of at most its `hand_over_run`."""
         groups: list[list[tuple[str, Dispatcher._Prepared]]] = []
-        together = False
+        run_of: Channel | None = None  # the channel of the last run, while it may grow
         for item in prepared:
-            at_once = self.senders[item[1].channel].hands_over_at_once
-            if at_once and together:
+            sender = self.senders[item[1].channel]
+            longest = 0 if sender.hands_over_at_once else max(1, sender.hand_over_run)
+            if (
+                run_of is not None
+                and groups
+                and self.senders[run_of] is sender
+                and (longest == 0 or len(groups[-1]) < longest)
+            ):
                 groups[-1].append(item)
             else:
                 groups.append([item])
-            together = at_once
+            run_of = item[1].channel
         return groups
 
     def _gate_holds(self, prepared: Dispatcher._Prepared, gated_at: float) -> bool:

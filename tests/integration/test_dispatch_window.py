@@ -34,6 +34,7 @@ class SlowProvider:
     # what dispatch may rely on of it: as of any provider that waits on the network
     reports_status_by_callback = True
     hands_over_at_once = False
+    hand_over_run = 1
     finds_sent = True
 
     def __init__(self, inner: Sender, clock: VirtualClock) -> None:

@@ -40,6 +40,31 @@ UNSUBSCRIBE = {
 }
 
 
+_senders: list[SmtpSender] = []
+
+
+class KeptSmtpSender(SmtpSender):
+    """An SmtpSender closed after the test, as a worker's are when it stops: it keeps its
+    connections open between messages."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _senders.append(self)
+
+
+def close_senders() -> None:
+    """Say goodbye on the test's kept connections (before its relay stops, so that no
+    connection is left for the relay to drop)."""
+    while _senders:
+        _senders.pop().close()
+
+
+@pytest.fixture(autouse=True)
+def senders_closed() -> Iterator[None]:
+    yield
+    close_senders()
+
+
 def email_message(to: str = BORROWER, **overrides: Any) -> Outgoing:
     fields: dict[str, Any] = {
         "message_id": "msg-42",
@@ -117,6 +142,7 @@ def relay() -> Iterator[Relay]:
     try:
         yield Relay(handler, port)
     finally:
+        close_senders()
         controller.stop()
 
 
@@ -140,7 +166,7 @@ def parsed(envelope: Envelope) -> EmailMessage:
 
 
 def test_multipart_message_with_one_click_unsubscribe(relay: Relay) -> None:
-    sender = SmtpSender(smtp_settings(relay.port), timeout=5)
+    sender = KeptSmtpSender(smtp_settings(relay.port), timeout=5)
 
     receipt = sender.send(email_message())
 
@@ -168,7 +194,7 @@ def test_multipart_message_with_one_click_unsubscribe(relay: Relay) -> None:
 
 
 def test_text_only_message_when_there_is_no_html(relay: Relay) -> None:
-    SmtpSender(smtp_settings(relay.port)).send(email_message(html=None))
+    KeptSmtpSender(smtp_settings(relay.port)).send(email_message(html=None))
 
     message = parsed(relay.handler.accepted[0])
     assert message.get_content_type() == "text/plain"
@@ -177,7 +203,7 @@ def test_text_only_message_when_there_is_no_html(relay: Relay) -> None:
 def test_login_when_a_username_is_set(relay: Relay) -> None:
     settings = smtp_settings(relay.port, SMTP_USERNAME="collections", SMTP_PASSWORD="s3cret")
 
-    SmtpSender(settings).send(email_message())
+    KeptSmtpSender(settings).send(email_message())
 
     assert relay.handler.logins == [("collections", "s3cret")]
     assert len(relay.handler.accepted) == 1
@@ -187,7 +213,7 @@ def test_refused_login_waits_for_the_operator(relay: Relay) -> None:
     settings = smtp_settings(relay.port, SMTP_USERNAME="collections", SMTP_PASSWORD="wrong")
 
     with pytest.raises(ProviderUnavailable) as raised:
-        SmtpSender(settings).send(email_message())
+        KeptSmtpSender(settings).send(email_message())
 
     assert raised.value.code == "535"
     assert relay.handler.accepted == []
@@ -207,7 +233,7 @@ def test_permanent_recipient_refusals(relay: Relay, reply: str, effect: str | No
     relay.handler.rcpt_replies[BORROWER] = reply
 
     with pytest.raises(ProviderRejected) as raised:
-        SmtpSender(smtp_settings(relay.port)).send(email_message())
+        KeptSmtpSender(smtp_settings(relay.port)).send(email_message())
 
     assert raised.value.code == reply[:3]
     assert raised.value.effect == effect
@@ -218,7 +244,7 @@ def test_temporary_recipient_refusal_is_unavailable(relay: Relay) -> None:
     relay.handler.rcpt_replies[BORROWER] = "452 4.2.2 Mailbox full, try later"
 
     with pytest.raises(ProviderUnavailable) as raised:
-        SmtpSender(smtp_settings(relay.port)).send(email_message())
+        KeptSmtpSender(smtp_settings(relay.port)).send(email_message())
 
     assert raised.value.code == "452"
 
@@ -231,7 +257,7 @@ def test_refusal_at_end_of_data(relay: Relay, reply: str, error: type[Exception]
     relay.handler.data_replies[BORROWER] = reply
 
     with pytest.raises(error) as raised:
-        SmtpSender(smtp_settings(relay.port)).send(email_message())
+        KeptSmtpSender(smtp_settings(relay.port)).send(email_message())
 
     assert getattr(raised.value, "code", None) == reply[:3]
     if isinstance(raised.value, ProviderRejected):
@@ -240,7 +266,7 @@ def test_refusal_at_end_of_data(relay: Relay, reply: str, error: type[Exception]
 
 def test_no_reply_after_the_data_is_an_unknown_outcome(relay: Relay) -> None:
     relay.handler.data_delay = 1.5
-    sender = SmtpSender(smtp_settings(relay.port), timeout=0.3)
+    sender = KeptSmtpSender(smtp_settings(relay.port), timeout=0.3)
     outgoing = email_message()
 
     with pytest.raises(OutcomeUnknown, match="not sent again"):
@@ -257,20 +283,20 @@ def test_a_relay_that_never_greets_is_unavailable() -> None:
         port = silent.getsockname()[1]
 
         with pytest.raises(ProviderUnavailable) as raised:
-            SmtpSender(smtp_settings(port), timeout=0.3).send(email_message())
+            KeptSmtpSender(smtp_settings(port), timeout=0.3).send(email_message())
 
     assert raised.value.code == "smtp_connection"
 
 
 def test_refused_connection_is_unavailable() -> None:
     with pytest.raises(ProviderUnavailable) as raised:
-        SmtpSender(smtp_settings(free_port()), timeout=2).send(email_message())
+        KeptSmtpSender(smtp_settings(free_port()), timeout=2).send(email_message())
 
     assert raised.value.code == "smtp_connection"
 
 
 def test_internationalized_address_uses_smtputf8(relay: Relay) -> None:
-    SmtpSender(smtp_settings(relay.port)).send(email_message(to="借款人@例子.example"))
+    KeptSmtpSender(smtp_settings(relay.port)).send(email_message(to="借款人@例子.example"))
 
     (envelope,) = relay.handler.accepted
     assert envelope.rcpt_tos == ["借款人@例子.example"]
@@ -278,7 +304,7 @@ def test_internationalized_address_uses_smtputf8(relay: Relay) -> None:
 
 
 def test_a_line_break_in_a_header_is_rejected_before_connecting() -> None:
-    sender = SmtpSender(smtp_settings(free_port()))
+    sender = KeptSmtpSender(smtp_settings(free_port()))
 
     with pytest.raises(ProviderRejected) as raised:
         sender.send(email_message(subject="Reminder\r\nBcc: everyone@example.org"))
@@ -288,9 +314,9 @@ def test_a_line_break_in_a_header_is_rejected_before_connecting() -> None:
 
 def test_configuration_is_checked_at_construction() -> None:
     with pytest.raises(ConfigurationError, match="EMAIL_FROM"):
-        SmtpSender(load_settings({"SMTP_HOST": "127.0.0.1"}))
+        KeptSmtpSender(load_settings({"SMTP_HOST": "127.0.0.1"}))
     with pytest.raises(ConfigurationError, match="SMTP_PASSWORD"):
-        SmtpSender(smtp_settings(25, SMTP_USERNAME="collections"))
+        KeptSmtpSender(smtp_settings(25, SMTP_USERNAME="collections"))
 
 
 # -- STARTTLS, with a certificate made for this test ---------------------------------------------
@@ -336,12 +362,85 @@ def test_starttls_then_login(certificate: tuple[Path, Path]) -> None:
             port, SMTP_STARTTLS="true", SMTP_USERNAME="collections", SMTP_PASSWORD="s3cret"
         )
         trusting = ssl.create_default_context(cafile=str(cert))
-        SmtpSender(settings, timeout=5, tls_context=trusting).send(email_message())
+        KeptSmtpSender(settings, timeout=5, tls_context=trusting).send(email_message())
         # without trusting the certificate the relay is not used at all
         with pytest.raises(ProviderUnavailable):
-            SmtpSender(settings, timeout=5).send(email_message())
+            KeptSmtpSender(settings, timeout=5).send(email_message())
     finally:
+        close_senders()
         controller.stop()
 
     assert handler.logins == [("collections", "s3cret")]
     assert len(handler.accepted) == 1
+
+
+@dataclass
+class CountingRelay(ScriptedRelay):
+    """Also counts the connections it greeted, and can drop one on its next MAIL."""
+
+    connections: int = 0
+    drop_mails: int = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.connections += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.drop_mails:
+            self.drop_mails -= 1
+            server.transport.close()  # as a relay's idle timeout or restart would
+            return "421 closing"
+        envelope.mail_from = address
+        return "250 OK"
+
+
+@pytest.fixture
+def counting_relay() -> Iterator[Relay]:
+    handler = CountingRelay()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield Relay(handler, port)
+    finally:
+        close_senders()
+        controller.stop()
+
+
+def test_one_connection_carries_a_thread_s_messages(counting_relay: Relay) -> None:
+    sender = KeptSmtpSender(smtp_settings(counting_relay.port), timeout=5)
+    for index in range(5):
+        sender.send(email_message(to=f"b{index}@example.org", message_id=f"msg-{index}"))
+    sender.close()
+    handler = counting_relay.handler
+    assert [e.rcpt_tos for e in handler.accepted] == [[f"b{i}@example.org"] for i in range(5)]
+    assert handler.connections == 1
+
+
+def test_a_dropped_kept_connection_sends_the_message_once_on_a_new_one(
+    counting_relay: Relay,
+) -> None:
+    sender = KeptSmtpSender(smtp_settings(counting_relay.port), timeout=5)
+    sender.send(email_message(to="first@example.org"))
+    counting_relay.handler.drop_mails = 1
+    sender.send(email_message(to="second@example.org", message_id="msg-43"))
+    sender.close()
+    handler = counting_relay.handler
+    assert [e.rcpt_tos for e in handler.accepted] == [["first@example.org"], ["second@example.org"]]
+    assert handler.connections == 2
+
+
+def test_a_connection_that_drops_twice_defers_the_message(counting_relay: Relay) -> None:
+    sender = KeptSmtpSender(smtp_settings(counting_relay.port), timeout=5)
+    sender.send(email_message(to="first@example.org"))
+    handler = counting_relay.handler
+    handler.drop_mails = 2  # the kept connection's, then the new one's
+    with pytest.raises(ProviderUnavailable):
+        sender.send(email_message(to="second@example.org", message_id="msg-43"))
+    assert [e.rcpt_tos for e in handler.accepted] == [["first@example.org"]]
+    assert handler.connections == 2

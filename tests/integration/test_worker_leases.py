@@ -46,6 +46,7 @@ class PacedProvider:
     # what dispatch may rely on of it: as of any provider that waits on the network
     reports_status_by_callback = True
     hands_over_at_once = False
+    hand_over_run = 1
 
     def __init__(self, inner: Sender, *, finds_sent: bool = True) -> None:
         self.inner = inner
