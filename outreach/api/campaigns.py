@@ -103,7 +103,9 @@ def preview_campaign(campaign_id: str, _: AdminActor, services: ServicesDep) -> 
                 services.renderer,
                 campaign_id,
                 now,
-                unsubscribe_url=f"{services.runtime.settings.public_url}/v1/unsubscribe/preview",
+                unsubscribe_url=campaigns.preview_unsubscribe_url(
+                    services.runtime.settings.public_url
+                ),
             )
         except campaigns.CampaignNotFound as error:
             raise HTTPException(404, str(error)) from None
@@ -120,24 +122,22 @@ _TRANSITION_SUMMARIES = {
 def _transition_route(name: str) -> Callable[..., dict[str, Any]]:
     """POST /v1/campaigns/{id}/<name>: the transition in one transaction; a refusal answers
     409 with the status and is recorded in the audit log all the same."""
-    action = f"campaign.{name}"
 
     def move(campaign_id: str, actor: AdminActor, services: ServicesDep) -> dict[str, Any]:
-        now = services.dispatcher.now()
         try:
-            with transaction(services.runtime.sessions) as session:
-                moved = campaigns.transition(
-                    session, services.policy, services.campaigns, name, campaign_id, actor, now
-                )
-                # the campaign without its progress: counting a large campaign's messages
-                # would hold the answer back (GET /v1/campaigns/{id} has it)
-                return campaigns.to_json(moved)
+            # the campaign without its progress (GET /v1/campaigns/{id} has it)
+            return campaigns.transition_audited(
+                services.runtime.sessions,
+                services.policy,
+                services.campaigns,
+                name,
+                campaign_id,
+                actor,
+                services.dispatcher.now(),
+            )
         except campaigns.CampaignNotFound as error:
             raise HTTPException(404, str(error)) from None
         except campaigns.CampaignConflict as error:
-            campaigns.record_refusal(
-                services.runtime.sessions, actor, campaign_id, action, error.status, now
-            )
             return JSONResponse(  # type: ignore[return-value]
                 status_code=409, content={"detail": str(error), "status": error.status}
             )

@@ -114,6 +114,8 @@ class CampaignConflict(PermanentError):
 
     def __init__(self, campaign_id: str, status: str, action: str) -> None:
         self.status = status
+        # what could not be done, in the past participle: `paused`, `launched`, …
+        self.action = action
         super().__init__(f"campaign {campaign_id} is {status}: it cannot be {action}")
 
 
@@ -900,10 +902,12 @@ def _planned_batches(
 
 @dataclass(frozen=True)
 class Actor:
-    """Who asks: an ops token's name and role (SPEC §3)."""
+    """Who asks: an ops token's name and role (SPEC §3), and where from when that is not
+    the API or the terminal (`via`: `ui` for the pages), which the audit log records."""
 
     name: str
     role: str | None = None
+    via: str | None = None
 
 
 def create(
@@ -918,7 +922,7 @@ def create(
     else a new id."""
     if campaign_id is not None and not CAMPAIGN_ID.fullmatch(campaign_id):
         raise CampaignInvalid([("id", "must be 1 to 40 letters, digits or _ . : -")])
-    campaign_id = campaign_id or new_id("cmp_", now)
+    campaign_id = campaign_id or new_campaign_id(now)
     variants = (
         None
         if spec.template is not None
@@ -949,6 +953,10 @@ def create(
     return campaign
 
 
+def new_campaign_id(now: dt.datetime) -> str:
+    return new_id("cmp_", now)
+
+
 def _found(session: Session, campaign_id: str, *, lock: bool = False) -> m.Campaign:
     campaign = store.get_campaign(session, campaign_id, lock=lock)
     if campaign is None:
@@ -969,9 +977,32 @@ def preview(
     nothing."""
     campaign = _found(session, campaign_id)
     spec = CampaignSpec.of(campaign)
+    return preview_spec(
+        session, policy, renderer, spec, campaign.id, now, unsubscribe_url=unsubscribe_url
+    )
+
+
+def preview_unsubscribe_url(public_url: str) -> str:
+    """The unsubscribe link a preview's samples carry (a preview's, which opts nobody out)."""
+    return f"{public_url}/v1/unsubscribe/preview"
+
+
+def preview_spec(
+    session: Session,
+    policy: pol.Policy,
+    renderer: Renderer,
+    spec: CampaignSpec,
+    campaign_id: str,
+    now: dt.datetime,
+    *,
+    unsubscribe_url: str | None = None,
+) -> dict[str, Any]:
+    """What launching `spec` now as campaign `campaign_id` would do, whether or not it is
+    stored yet (the pages preview a campaign before creating it, under the id it will be
+    created with: the arms are drawn from it); changes nothing."""
     tally = Tally()
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for batch in _planned_batches(session, policy, spec, campaign.id, now, rows=False):
+    for batch in _planned_batches(session, policy, spec, campaign_id, now, rows=False):
         for item in batch:
             tally.add(item)
             if item.eligible and not item.held_out:
@@ -980,7 +1011,7 @@ def preview(
                 if len(taken) < SAMPLES_PER_VARIANT_AND_LOCALE:
                     taken.append(_sample(session, policy, renderer, spec, item, unsubscribe_url))
     document = tally.to_json(spec)
-    document["campaign_id"] = campaign.id
+    document["campaign_id"] = campaign_id
     document["at"] = _rfc3339(max(spec.start_at, now))
     document["samples"] = [sample for _, found in sorted(samples.items()) for sample in found]
     return document
@@ -1148,6 +1179,28 @@ def transition(
     return moves[name](session, control, campaign_id, actor, now)
 
 
+def transition_audited(
+    sessions: sessionmaker[Session],
+    policy: pol.Policy,
+    control: CampaignControl,
+    name: str,
+    campaign_id: str,
+    actor: Actor,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """One of TRANSITIONS in a transaction of its own, answered with the campaign (without
+    its progress: counting a large campaign's messages would hold the answer back); a
+    refusal (`CampaignConflict`) is recorded in the audit log, then raised. The API's and the
+    pages' one way to them. Raises `CampaignNotFound`, `CampaignConflict`, and
+    `CampaignCheckUnavailable` or `StoreUnavailable` when nothing could be changed."""
+    try:
+        with transaction(sessions) as session:
+            return to_json(transition(session, policy, control, name, campaign_id, actor, now))
+    except CampaignConflict as error:
+        record_refusal(sessions, actor, campaign_id, f"campaign.{name}", error.status, now)
+        raise
+
+
 def _refuse(action: str, campaign: m.Campaign) -> NoReturn:
     """A transition the status does not allow (the edge records the refusal in the audit log
     with `record_refusal`, as this transaction is rolled back)."""
@@ -1188,6 +1241,8 @@ def _audit(
     detail: Mapping[str, Any] | None = None,
     outcome: str = "ok",
 ) -> None:
+    if actor.via is not None:
+        detail = {**(detail or {}), "via": actor.via}
     audit.append(
         session,
         at=now,
@@ -1310,27 +1365,41 @@ def get(session: Session, policy: pol.Policy, campaign_id: str) -> dict[str, Any
 def list_all(
     session: Session, policy: pol.Policy, *, status: str | None = None
 ) -> list[dict[str, Any]]:
+    """Every campaign (in these statuses), newest first, with its messages counted (by
+    status, reason and variant; no payments): every campaign's counts in one statement."""
+    found = store.list_campaigns(session, status=status)
+    counted = store.counts_by_arms(session, [campaign.id for campaign in found])
     items = []
-    for campaign in store.list_campaigns(session, status=status):
+    for campaign in found:
         document = to_json(campaign)
-        document["progress"] = progress(session, policy, campaign, attribution=False)
+        document["progress"] = progress(
+            session, policy, campaign, attribution=False, counted=counted.get(campaign.id, [])
+        )
         items.append(document)
     return items
 
 
 def progress(
-    session: Session, policy: pol.Policy, campaign: m.Campaign, *, attribution: bool = True
+    session: Session,
+    policy: pol.Policy,
+    campaign: m.Campaign,
+    *,
+    attribution: bool = True,
+    counted: Sequence[store.ArmCount] | None = None,
 ) -> dict[str, Any]:
     """Counts of the campaign's messages by status, reason and variant; sends, deliveries
-    and payments attributed per arm, the holdout beside them, and which arm leads."""
+    and payments attributed per arm, the holdout beside them, and which arm leads.
+    `counted`: its messages' counts, already read (`store.counts_by_arms`)."""
     spec = CampaignSpec.of(campaign)
+    if counted is None:
+        counted = store.counts_by_arm(session, campaign.id)
     by_status: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
     arms: dict[str, dict[str, Any]] = {
         v.name: {"messages": 0, "by_status": Counter(), "sent": 0, "delivered": 0}
         for v in spec.variants
     }
-    for variant, status, reason, count in store.counts_by_arm(session, campaign.id):
+    for variant, status, reason, count in counted:
         by_status[status] += count
         if reason:
             by_reason[reason] += count

@@ -319,16 +319,34 @@ def bring_paused_forward(
     return brought
 
 
-def counts_by_arm(
-    session: Session, campaign_id: str
-) -> list[tuple[str | None, str, str | None, int]]:
+ArmCount = tuple[str | None, str, str | None, int]
+
+
+def counts_by_arm(session: Session, campaign_id: str) -> list[ArmCount]:
     """(variant, status, reason, messages) of the campaign."""
+    return counts_by_arms(session, [campaign_id]).get(campaign_id, [])
+
+
+def counts_by_arms(session: Session, campaign_ids: Sequence[str]) -> dict[str, list[ArmCount]]:
+    """(variant, status, reason, messages) of each of these campaigns, in one grouped
+    statement (a list of campaigns counts them all at once, not one by one)."""
+    if not campaign_ids:
+        return {}
     rows = session.execute(
-        select(MESSAGES.c.variant, MESSAGES.c.status, MESSAGES.c.reason, func.count())
-        .where(MESSAGES.c.campaign_id == campaign_id)
-        .group_by(MESSAGES.c.variant, MESSAGES.c.status, MESSAGES.c.reason)
+        select(
+            MESSAGES.c.campaign_id,
+            MESSAGES.c.variant,
+            MESSAGES.c.status,
+            MESSAGES.c.reason,
+            func.count(),
+        )
+        .where(MESSAGES.c.campaign_id.in_(list(campaign_ids)))
+        .group_by(MESSAGES.c.campaign_id, MESSAGES.c.variant, MESSAGES.c.status, MESSAGES.c.reason)
     )
-    return [(row[0], row[1], row[2], int(row[3])) for row in rows]
+    found: dict[str, list[ArmCount]] = {}
+    for campaign_id, variant, status, reason, count in rows:
+        found.setdefault(campaign_id, []).append((variant, status, reason, int(count)))
+    return found
 
 
 def pending_count(session: Session, campaign_id: str) -> int:

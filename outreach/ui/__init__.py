@@ -5,8 +5,12 @@ Routes: `/` and `/ui` → `/ui/`; `GET`/`POST /ui/login`, `POST /ui/logout` (`lo
 overview `/ui/` (`overview.py`); the log `/ui/messages`, its CSV `/ui/messages/export.csv`,
 one message `/ui/messages/{id}` and its cancellation `GET`/`POST /ui/messages/{id}/cancel`
 (`messages.py`); a borrower `/ui/borrowers/{id}` (`borrowers.py`); the campaigns
-`/ui/campaigns` (`campaigns.py`, a list so far); static files under
-`/ui/static/` (`static/`, shipped in the package).
+`/ui/campaigns`, the create form `/ui/campaigns/new` with its preview
+`POST /ui/campaigns/preview` and `POST /ui/campaigns` (create), one campaign
+`/ui/campaigns/{id}` and an admin's `POST /ui/campaigns/{id}/launch|pause|resume|cancel`
+(cancel confirmed on `GET /ui/campaigns/{id}/cancel`) (`campaigns.py`, the form in
+`campaign_form.py`); static files under `/ui/static/` (`static/`, shipped in the package).
+Charts are SVG drawn on the server (`charts.py`), coloured by ui.css's `bar-<status>`.
 
 Adding a page (campaigns, say):
 
@@ -27,7 +31,8 @@ Adding a page (campaigns, say):
 - Refuse with `raise PageError(status, "what to say")`: an HTML page with that status. After
   a successful post, `return see_other(url)` (303).
 - Filters from `formats.py` are in every template: `utc`, `local(zone)`, `tone`,
-  `reason_words`, `step_words(zone)` (a timeline step in plain words).
+  `reason_words`, `step_words(zone)` (a timeline step in plain words), `money(currency)`,
+  `masked`, `share(whole)` (a percentage).
 
 Every answer under /ui/ carries a Content-Security-Policy without inline script, nosniff,
 no referrer, no framing and `no-store` (`pages.PageHeaders`); jinja2 escapes everything.

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from outreach.domain import Reason, Status
 from outreach.render.filters import format_money, mask_recipient
+from outreach.ui.charts import share
 
 # what each reason code means, as a phrase that follows the status
 REASON_WORDS: dict[str, str] = {
@@ -224,4 +225,5 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "detail_words": detail_words,
     "step_words": step_words,
     "masked": mask_recipient,
+    "share": share,
 }

@@ -148,8 +148,9 @@ def record_refusal(request: Request, session: UISession, why: str) -> None:
 
 
 def actor_of(session: UISession) -> Actor:
-    """The session's person as the audit log and the services name them."""
-    return Actor(session.actor, session.role)
+    """The session's person as the audit log and the services name them (`via: ui` in
+    what the audit log records of them)."""
+    return Actor(session.actor, session.role, via="ui")
 
 
 def render(

@@ -19,7 +19,15 @@ from tests.conftest import REDIS_URL
 from tests.factories import borrower_upserted, loan_updated, zone_at_local_hour
 from tests.live import ADMIN_TOKEN, VIEWER_TOKEN, LiveService
 
-PAGES = ("/ui/", "/ui/messages", "/ui/messages/msg-x", "/ui/borrowers/b-x")
+PAGES = (
+    "/ui/",
+    "/ui/messages",
+    "/ui/messages/msg-x",
+    "/ui/borrowers/b-x",
+    "/ui/campaigns",
+    "/ui/campaigns/new",
+    "/ui/campaigns/cmp-x",
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +54,9 @@ def test_without_a_session_every_page_sends_you_to_log_in(ui_live: LiveService) 
             answer = client.get(path)
             assert answer.status_code == 303, path
             assert answer.headers["location"].startswith("/ui/login"), path
-        posted = client.post("/ui/messages/msg-x/cancel", data={"csrf_token": "x"})
-        assert posted.status_code == 303
+        for path in ("/ui/messages/msg-x/cancel", "/ui/campaigns", "/ui/campaigns/cmp-x/pause"):
+            posted = client.post(path, data={"csrf_token": "x"})
+            assert posted.status_code == 303, path
         # the page asked for is where logging in leads back to
         assert client.get("/ui/borrowers/b-x").headers["location"] == (
             "/ui/login?next=%2Fui%2Fborrowers%2Fb-x"

@@ -320,7 +320,7 @@ def test_the_pages_work_from_the_keyboard(ui_live: LiveService, page: Page) -> N
     page.keyboard.press("Tab")
     page.keyboard.press("Tab")
     page.keyboard.press("Tab")
-    expect(page.get_by_role("link", name="Messages")).to_be_focused()
+    expect(page.get_by_role("link", name="Messages", exact=True)).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Messages")).to_be_visible()
 
