@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,10 +65,19 @@ def errors_as_one_line() -> Iterator[None]:
         fail(str(error), code=1)
 
 
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+def configure_logging(settings: Settings, process: str) -> None:
+    """The process's log as OUTREACH_LOG_LEVEL and OUTREACH_LOG_FORMAT say (outreach/logs.py)."""
+    from outreach.logs import configure_logging as configure
+
+    configure(settings.log_level, settings.log_format, process)
+
+
+def serve(app: Any, host: str, port: int, settings: Settings) -> None:
+    """uvicorn on the process's own log configuration (no dictConfig of its own: its lines
+    go through the same handler, format and filters as every other)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_config=None, log_level=settings.log_level.lower())
 
 
 def with_generated_defaults(settings: Settings) -> Settings:
@@ -120,16 +128,16 @@ def close_runtime(runtime: Runtime) -> None:
 @app.command()
 def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     """API, worker and clock in one process on the embedded defaults."""
-    import uvicorn
-
     from outreach.api.app import create_app
     from outreach.clock import Clock
+    from outreach.observe import observe_process
     from outreach.store.migrate import upgrade
     from outreach.worker import build_broker, enqueue, start_worker, stop_worker
 
-    configure_logging()
     settings = with_generated_defaults(settings_or_exit())
+    configure_logging(settings, "run")
     runtime, services = start_services(settings)
+    observer = observe_process(runtime, "run")
     broker = None
     worker_process = None
     clock_process = None
@@ -141,7 +149,7 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
         clock_process = Clock(services, lambda ids: enqueue(ready_broker, ids))
         clock_process.start()
         typer.echo(f"outreach listening on http://{host}:{port}")
-        uvicorn.run(create_app(services, broker), host=host, port=port, log_level="info")
+        serve(create_app(services, broker), host, port, settings)
     finally:
         if clock_process is not None:
             clock_process.stop()
@@ -149,21 +157,24 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
             stop_worker(worker_process, services, 10_000)
         if broker is not None:
             broker.close()
+        observer.stop()
         runtime.close()
 
 
 @app.command()
 def web(host: HostOption = "0.0.0.0", port: PortOption = 8000) -> None:
     """The HTTP API and pages (Procfile `web`)."""
-    import uvicorn
-
     from outreach.api.app import create_app
+    from outreach.observe import observe_process
 
-    configure_logging()
-    runtime, services = start_services(settings_or_exit())
+    settings = settings_or_exit()
+    configure_logging(settings, "web")
+    runtime, services = start_services(settings)
+    observer = observe_process(runtime, "web")
     try:
-        uvicorn.run(create_app(services), host=host, port=port, log_level="info")
+        serve(create_app(services), host, port, settings)
     finally:
+        observer.stop()
         runtime.close()
 
 
@@ -175,8 +186,8 @@ def worker(
     """Send due messages (Procfile `worker`, dramatiq)."""
     from outreach.worker import run_workers
 
-    configure_logging()
     settings = settings_or_exit()
+    configure_logging(settings, "worker")
     if settings.uses_embedded_redis:
         fail("OUTREACH_REDIS_URL: required for a separate worker (use `outreach run` otherwise)")
     runtime, _ = start_services(settings)
@@ -191,13 +202,15 @@ def clock() -> None:
     import threading
 
     from outreach.clock import Clock
+    from outreach.observe import observe_process
     from outreach.worker import build_broker, enqueue
 
-    configure_logging()
     settings = settings_or_exit()
+    configure_logging(settings, "clock")
     if settings.uses_embedded_redis:
         fail("OUTREACH_REDIS_URL: required for a separate clock (use `outreach run` otherwise)")
     runtime, services = start_services(settings)
+    observer = observe_process(runtime, "clock")
     broker = build_broker(runtime.redis.url)
     scheduler = Clock(services, lambda ids: enqueue(broker, ids))
     stop = threading.Event()
@@ -209,6 +222,7 @@ def clock() -> None:
     finally:
         scheduler.stop()
         broker.close()
+        observer.stop()
         runtime.close()
 
 

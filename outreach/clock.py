@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Sequence
 
 import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from outreach import meters
 from outreach.errors import StoreUnavailable, TransientError
 from outreach.lua import lua_script
 from outreach.service import campaigns as campaign_service
@@ -24,6 +27,7 @@ from outreach.service import dispatch as dispatch_service
 from outreach.service.inbox import apply_orphaned
 from outreach.service.journal import JournalUnavailable
 from outreach.service.planner import replan_loan
+from outreach.store import counts
 from outreach.store.db import transaction
 from outreach.store.loans import open_loan_ids
 from outreach.wiring import Services
@@ -87,6 +91,8 @@ class Clock:
         self.scheduler = BackgroundScheduler(timezone=dt.UTC)
         self._job_lock = threading.Lock()
         self._last_replan: dt.datetime | None = None
+        # how this clock is named in `outreach_clock_leader{clock}` (GET /metrics)
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def is_leader(self) -> bool:
@@ -94,6 +100,7 @@ class Clock:
 
     def start(self) -> None:
         self.lock.refresh()
+        self._publish()
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
         self.scheduler.add_job(self.heartbeat, "interval", seconds=RENEW_SECONDS, **common)
         self.scheduler.add_job(self.release_due, "interval", seconds=self.tick_seconds, **common)
@@ -119,12 +126,22 @@ class Clock:
     def stop(self) -> None:
         self.scheduler.shutdown(wait=True)
         self.lock.release()
+        with contextlib.suppress(redis.RedisError):
+            meters.withdraw_clock(self.lock.client, self.lock.token)
 
     def heartbeat(self) -> None:
         was = self.lock.held
         now = self.lock.refresh()
         if now != was:
             log.info("clock is now %s", "leader" if now else "standby")
+        self._publish()
+
+    def _publish(self) -> None:
+        """This clock's view for `outreach_clock_leader`, kept for three heartbeats."""
+        with contextlib.suppress(redis.RedisError):
+            meters.publish_clock(
+                self.lock.client, self.lock.token, self.name, self.is_leader, 3 * RENEW_SECONDS
+            )
 
     def release_due(self) -> int:
         if not self.is_leader:
@@ -160,6 +177,16 @@ class Clock:
             dispatch_service.touch_requeued(self.sessions, stale, now)
             self._enqueue(stale)
         self.apply_orphaned_events()
+        self.fold_counts()
+
+    def fold_counts(self) -> None:
+        """Fold the metrics' counts (`store.counts.fold`), so that they stay a few rows
+        between scrapes, or without any."""
+        try:
+            with transaction(self.sessions) as session:
+                counts.fold(session)
+        except StoreUnavailable as error:
+            log.warning("folding the metrics' counts skipped: %s", error)
 
     def apply_journaled_replies(self) -> int:
         """Replies and status callbacks kept in Redis while the database was unreachable,

@@ -21,6 +21,8 @@ DEFAULT_TEMPLATES = Path("templates")
 
 SMS_PROVIDERS = ("console", "twilio", "simulated")
 EMAIL_PROVIDERS = ("console", "smtp", "simulated")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 ROLES = ("admin", "viewer")
 
 
@@ -91,6 +93,9 @@ class Settings:
     var_dir: Path = VAR_DIR
     # seconds a worker's lease outlives its last heartbeat (see outreach/worker_leases.py)
     worker_lease_seconds: float = 20.0
+    # the level and the format of every process's log (outreach/logs.py)
+    log_level: str = "INFO"
+    log_format: str = "text"
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -286,4 +291,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # at least 8 s: the reconciler then asks the provider 1.5 leases (12 s) after the last
         # hand-over a dead worker can have started, more than a Twilio call may last (10 s)
         worker_lease_seconds=_number(env, "OUTREACH_WORKER_LEASE_SECONDS", 20.0, minimum=8),
+        log_level=_choice(env, "OUTREACH_LOG_LEVEL", "info", LOG_LEVELS).upper(),
+        log_format=_choice(env, "OUTREACH_LOG_FORMAT", "text", LOG_FORMATS),
     )

@@ -129,14 +129,16 @@ def stop_worker(worker: dramatiq.Worker, services: Services, timeout_ms: int) ->
 
 
 def _process_main(threads: int) -> None:
+    from outreach.logs import configure_logging
+    from outreach.observe import observe_process
     from outreach.runtime import Runtime
     from outreach.settings import load_settings
     from outreach.wiring import Services
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    runtime = Runtime.start(load_settings())
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format, "worker")
+    runtime = Runtime.start(settings)
+    observer = observe_process(runtime, "worker")
     services = Services.build(runtime)
     broker = build_broker(runtime.redis.url)
     worker = start_worker(broker, services, threads)
@@ -146,6 +148,7 @@ def _process_main(threads: int) -> None:
     stop.wait()
     stop_worker(worker, services, 30_000)
     broker.close()
+    observer.stop()
     runtime.close()
 
 

@@ -1,13 +1,14 @@
-"""Liveness and readiness, for a load balancer or an orchestrator."""
+"""Liveness and readiness, for a load balancer or an orchestrator; metrics, for Prometheus."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from outreach.api.auth import ServicesDep
+from outreach.api import metrics
+from outreach.api.auth import ServicesDep, Viewer
 from outreach.service.journal import JournalUnavailable
 from outreach.store.db import ping
 from outreach.store.inbox import dead_letter_count
@@ -67,3 +68,16 @@ def ready(request: Request, services: ServicesDep) -> JSONResponse:
         },
         status_code=200 if is_ready else 503,
     )
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (either role)",
+    response_class=Response,
+    responses={200: {"content": {metrics.CONTENT_TYPE: {}}}},
+)
+def metrics_text(_: Viewer, services: ServicesDep) -> Response:
+    """Messages by status and channel, due messages, inbox events by type and outcome (from
+    the database), provider requests and latencies, and which clock leads (through Redis):
+    the same totals from whichever web process answers."""
+    return Response(metrics.render(services), media_type=metrics.CONTENT_TYPE)

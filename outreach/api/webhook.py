@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from outreach.errors import StoreUnavailable
+from outreach.meters import EVENTS
 from outreach.service.inbox import Intake
 from outreach.service.parse import Event, EventError, parse_event
 
@@ -137,6 +138,7 @@ class EventReceiver:
         except StoreUnavailable as error:
             log.warning("event %s not stored: %s", event.id, error)
             return _NOT_STORED
+        EVENTS.count(result.status)
         status = 202 if result.status == "accepted" else 200
         return status, {"status": result.status, "id": result.id}
 
@@ -188,6 +190,7 @@ class BatchReceiver(EventReceiver):
             return _NOT_STORED
         for (index, _), result in zip(valid, stored, strict=True):
             results[index]["status"] = result.status
+        EVENTS.batch(results)
         return 200, {"results": results}
 
 

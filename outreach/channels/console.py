@@ -9,6 +9,7 @@ from typing import TextIO
 
 from outreach.channels.base import Outgoing, Receipt
 from outreach.domain import Channel
+from outreach.meters import metered
 
 
 class ConsoleSender:
@@ -28,6 +29,7 @@ class ConsoleSender:
         self._lock = threading.Lock()
         self._sent: dict[str, Receipt] = {}
 
+    @metered("console")
     def send(self, outgoing: Outgoing) -> Receipt:
         stream = self._stream or sys.stdout
         if outgoing.channel is Channel.SMS:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from outreach.channels.base import Outgoing, ProviderRejected, Receipt
 from outreach.channels.twilio_errors import recipient_effect
 from outreach.domain import Channel
+from outreach.meters import metered
 
 DELIVERY_DELAY = dt.timedelta(seconds=5)
 # how many of the latest sends a sender keeps (`SimulatedSender.sent`)
@@ -67,6 +68,7 @@ class SimulatedSender:
         # the latest sends, for reports and tests (all of them would grow without bound)
         self.sent: deque[SimulatedSend] = deque(maxlen=RECENT_SENDS)
 
+    @metered("simulated")
     def send(self, outgoing: Outgoing) -> Receipt:
         if self.channel is Channel.SMS and outgoing.to in MAGIC_REJECTIONS:
             code, detail = MAGIC_REJECTIONS[outgoing.to]

@@ -39,6 +39,7 @@ from outreach.channels.base import (
 )
 from outreach.domain import Channel
 from outreach.errors import ConfigurationError
+from outreach.meters import provider_request
 from outreach.settings import Settings
 
 # a kept connection idle this long may have been dropped by the relay (RFC 5321 §4.5.3.2 lets
@@ -146,7 +147,8 @@ class SmtpSender:
         international = not (self._envelope_from + outgoing.to).isascii()
         policy = SMTPUTF8_POLICY if international else SMTP_POLICY
         payload = message.as_bytes(policy=policy)
-        self._transmit(outgoing.to, payload, international)
+        with provider_request("smtp", outgoing):
+            self._transmit(outgoing.to, payload, international)
         return Receipt(provider_id=str(message["Message-ID"]), status="sent")
 
     def _transmit(self, recipient: str, payload: bytes, international: bool) -> None:

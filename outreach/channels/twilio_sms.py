@@ -34,6 +34,7 @@ from outreach.channels.rate_limit import RateLimitError, RateLimitTimeout, Segme
 from outreach.channels.twilio_errors import effect_of, recipient_effect
 from outreach.domain import Channel
 from outreach.errors import ConfigurationError
+from outreach.meters import provider_request
 from outreach.settings import Settings
 
 STATUS_CALLBACK_PATH = "/v1/providers/twilio/status"
@@ -206,17 +207,18 @@ class TwilioSender:
         if validity is not None:
             sender["validity_period"] = validity
         self._headers.clear()
-        try:
-            message = self._client.messages.create(
-                to=outgoing.to,
-                body=outgoing.body,
-                status_callback=self._status_callback,
-                **sender,
-            )
-        except (TwilioRestException, TwilioServiceException) as error:
-            raise self._translate(error) from error
-        except requests.exceptions.RequestException as error:
-            raise _transport_error(error) from error
+        with provider_request("twilio", outgoing):
+            try:
+                message = self._client.messages.create(
+                    to=outgoing.to,
+                    body=outgoing.body,
+                    status_callback=self._status_callback,
+                    **sender,
+                )
+            except (TwilioRestException, TwilioServiceException) as error:
+                raise self._translate(error) from error
+            except requests.exceptions.RequestException as error:
+                raise _transport_error(error) from error
         return Receipt(provider_id=str(message.sid), status=str(message.status or "queued"))
 
     def _wait_for_slot(self, outgoing: Outgoing) -> None:

@@ -235,10 +235,21 @@ class ReplyIntake:
                 log.warning("reply journal waits for the database: %s", error)
                 break
             except Exception:
-                # retrying cannot cure it: kept aside for a person, its number still held
-                log.exception("journaled callback set aside: %r", raw[:500])
+                # retrying cannot cure it: kept aside for a person, its number still held.
+                # Named by its ids, not its fields: those carry a phone number and a reply
+                log.exception("journaled callback set aside: %s", _named(raw))
                 set_aside = True
             if not self.journal.remove_head(raw, set_aside=set_aside):
                 break
             done += 1
         return done
+
+
+def _named(raw: bytes) -> str:
+    """A journal entry by its kind and ids, for a log line (never its fields' values)."""
+    try:
+        document = orjson.loads(raw)
+        sid = document.get("fields", {}).get("MessageSid")
+        return f"{document.get('kind')} entry {document.get('id')} (MessageSid {sid})"
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return f"an entry of {len(raw)} bytes that is not JSON"

@@ -60,9 +60,13 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
             DURABLE_SQLITE,
             connect_args={"timeout": 30, "check_same_thread": False},
             pool_pre_ping=True,
+            hide_parameters=True,
         )
     return create_engine(
         url,
+        # a statement's parameters (phone numbers, names, message text) stay out of the
+        # errors that reach logs and answers
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,

@@ -7,12 +7,15 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
+    Column,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     literal_column,
@@ -407,3 +410,23 @@ class InboundReply(Base):
     classification: Mapped[str] = mapped_column(String(20))
     needs_human: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# Counts for `GET /metrics`, kept on PostgreSQL by triggers on `messages` and
+# `received_events` (migration 0008): rows of differences, only appended, summed when read and
+# folded now and then (`store/counts.py`); empty on SQLite, where the counts are read with
+# GROUP BY. No key: nothing looks a row up.
+MESSAGE_COUNTS = Table(
+    "message_counts",
+    Base.metadata,
+    Column("status", String(20), nullable=False),
+    Column("channel", String(10), nullable=False),
+    Column("n", BigInteger, nullable=False),
+)
+EVENT_COUNTS = Table(
+    "event_counts",
+    Base.metadata,
+    Column("type", String(60), nullable=False),
+    Column("outcome", String(40), nullable=False),
+    Column("n", BigInteger, nullable=False),
+)

@@ -60,3 +60,42 @@ def test_ready_names_the_broker_when_its_redis_is_unreachable(services: Services
     assert checks["broker"].startswith("unreachable: ")
     # the same service with a broker that answers is ready
     assert ready(services, REDIS_URL) == (200, {"database": "ok", "redis": "ok", "broker": "ok"})
+
+
+def services_on(database_url: str, redis_url: str) -> Services:
+    settings = load_settings(
+        {
+            "OUTREACH_DATABASE_URL": database_url,
+            "OUTREACH_REDIS_URL": redis_url,
+            "OUTREACH_WEBHOOK_SECRET": "ready-test-secret",
+            "OUTREACH_OPS_TOKENS": "ready-test-token:admin",
+            "OUTREACH_POLICY": str(REPO_ROOT / "schedules" / "default.yaml"),
+        }
+    )
+    return Services.build(Runtime.start(settings))
+
+
+def test_ready_names_redis_when_it_is_unreachable(postgres_engine: Engine) -> None:
+    # caps, locks, the reply journal and the broker all on a Redis nothing listens on
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    services = services_on(postgres_engine.url.render_as_string(hide_password=False), dead_redis)
+    try:
+        status, checks = ready(services, dead_redis)
+    finally:
+        services.runtime.close()
+    assert status == 503
+    assert checks["database"] == "ok"
+    assert checks["redis"].startswith("unreachable: ")
+    assert checks["broker"].startswith("unreachable: ")
+
+
+def test_ready_names_the_database_when_it_is_unreachable(redis_client: redis.Redis) -> None:
+    dead_database = f"postgresql://postgres@127.0.0.1:{free_port()}/outreach"
+    services = services_on(dead_database, REDIS_URL)
+    try:
+        status, checks = ready(services, REDIS_URL)
+    finally:
+        services.runtime.close()
+    assert status == 503
+    assert checks["database"].startswith("unreachable: ")
+    assert checks["redis"] == "ok" and checks["broker"] == "ok"
