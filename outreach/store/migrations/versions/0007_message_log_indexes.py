@@ -74,8 +74,22 @@ def upgrade() -> None:
     if postgresql:
         op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         op.execute(
-            f"CREATE INDEX ix_messages_search ON messages USING gin (({SEARCHED_SQL}) gin_trgm_ops)"
+            "CREATE INDEX ix_messages_search ON messages "
+            f"USING gin (({SEARCHED_SQL}) {trigram_ops()})"
         )
+
+
+def trigram_ops() -> str:
+    """pg_trgm's operator class, named with the schema the extension lives in: it may be in
+    the database already, installed in a schema not on this connection's search path."""
+    bind = op.get_bind()
+    schema = bind.execute(
+        sa.text(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+            "WHERE e.extname = 'pg_trgm'"
+        )
+    ).scalar_one()
+    return f"{bind.dialect.identifier_preparer.quote(schema)}.gin_trgm_ops"
 
 
 def downgrade() -> None:
