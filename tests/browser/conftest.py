@@ -32,7 +32,10 @@ SCREENSHOTS = REPO_ROOT / "var" / "screenshots"
 _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
 
 
-@pytest.fixture(scope="session")
+# one per module, not per session: Playwright's sync API keeps an event loop marked running in
+# the main thread while it is started, and tests after the browser's (asyncio.run in unit
+# tests) would find it
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         service_missing("Chromium", FileNotFoundError(f"{CHROMIUM} (apt-get install chromium)"))
