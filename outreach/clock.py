@@ -27,7 +27,7 @@ from outreach.service import dispatch as dispatch_service
 from outreach.service.inbox import apply_orphaned
 from outreach.service.journal import JournalUnavailable
 from outreach.service.planner import replan_loan
-from outreach.store import counts
+from outreach.store import counts, overview
 from outreach.store.db import transaction
 from outreach.store.loans import open_loan_ids
 from outreach.wiring import Services
@@ -177,6 +177,7 @@ class Clock:
             dispatch_service.touch_requeued(self.sessions, stale, now)
             self._enqueue(stale)
         self.apply_orphaned_events()
+        self.fold_day_counts()
         self.fold_counts()
 
     def fold_counts(self) -> None:
@@ -187,6 +188,15 @@ class Clock:
                 counts.fold(session)
         except StoreUnavailable as error:
             log.warning("folding the metrics' counts skipped: %s", error)
+
+    def fold_day_counts(self) -> None:
+        """Sum the overview's counts (`store.overview.fold_day_counts`), so that they stay a
+        few rows a half hour."""
+        try:
+            with transaction(self.sessions) as session:
+                overview.fold_day_counts(session)
+        except StoreUnavailable as error:
+            log.warning("folding the overview's counts skipped: %s", error)
 
     def apply_journaled_replies(self) -> int:
         """Replies and status callbacks kept in Redis while the database was unreachable,

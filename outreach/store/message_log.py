@@ -16,7 +16,6 @@ from sqlalchemy import (
     String,
     bindparam,
     false,
-    literal_column,
     or_,
     select,
 )
@@ -41,10 +40,10 @@ class Matches(ColumnElement[bool]):
     """The log's text search: `q` found, ignoring case, in any of the searched columns
     (`models.SEARCHED_COLUMNS`: the content, the recipient, the template and the ids).
 
-    On PostgreSQL it reads the columns as one text, `models.SEARCHED_SQL`, whose trigram
-    index (`ix_messages_search`) finds the rows; a unit separator stands between the
-    columns, so a `q` without one matches that text exactly where it matches a column (one
-    with one is searched column by column, as elsewhere). `indexed=False` searches column by
+    On PostgreSQL it reads the columns as one text, kept in `message_search`, whose trigram
+    index finds the rows; a unit separator stands between the columns, so a `q` without one
+    matches that text exactly where it matches a column (one with one is searched column by
+    column, as elsewhere). `indexed=False` searches column by
     column everywhere: no index can then be chosen for it (`page_ids`)."""
 
     inherit_cache = True
@@ -76,12 +75,12 @@ def _matches_by_column(element: Matches, compiler: SQLCompiler, **kw: Any) -> st
 
 
 @compiles(Matches, "postgresql")
-def _matches_as_one_text(element: Matches, compiler: SQLCompiler, **kw: Any) -> str:
+def _matches_by_trigrams(element: Matches, compiler: SQLCompiler, **kw: Any) -> str:
     if not element.whole:
         return _matches_by_column(element, compiler, **kw)
-    searched = literal_column(m.SEARCHED_SQL, String())
-    matching = searched.ilike(element.pattern, escape="\\")
-    return f"({compiler.process(matching, **kw)})"
+    searched = m.MESSAGE_SEARCH.c.searched.ilike(element.pattern, escape="\\")
+    found = select(m.MESSAGE_SEARCH.c.message_id).where(searched)
+    return f"({compiler.process(m.Message.id.in_(found), **kw)})"
 
 
 def filtered(
@@ -104,9 +103,9 @@ def filtered(
     return query
 
 
-# how many of the newest messages (after the cursor) a text search reads one by one before
-# it asks the trigram index for the older ones (see `page_part`)
-SEARCH_WINDOW = 4000
+# how many messages a text search reads one by one (a stretch, then the next), newest first
+# from the cursor, before it asks the trigram index for the older ones (see `page_ids`)
+SEARCH_WINDOWS = (4000, 8000)
 # how many messages a text search the trigram index cannot serve (no three letters or
 # digits in a row, e.g. a name of two Chinese characters) reads for one page at most
 SEARCH_BUDGET = 10_000
@@ -168,22 +167,32 @@ def page_ids(session: Session, criteria: MessageFilter, count: int, before_id: s
     """The ids of up to `count` matching messages, newest first, below `before_id` if given;
     in one read of bounded cost for every filter.
 
-    A text search reads the newest messages one by one first, without the index: a word in
-    one message of eighty fills a page within SEARCH_WINDOW of them, where the trigram
-    index would hand over every message it is in. One rarer than that is then asked of the
-    trigram index for the older ones. A search the index cannot serve reads SEARCH_BUDGET
-    messages at most, and says where it stopped when it found fewer than a page there."""
+    A text search reads the newest messages one by one first, without the index, in two
+    stretches (SEARCH_WINDOWS): a word in one message of two hundred and fifty fills a page
+    there, where the trigram index would hand over every message it is in. One rarer than
+    that is then asked of the trigram index for the older ones (a few thousand at most in a
+    log of a million). A search the index cannot serve reads SEARCH_BUDGET messages at most,
+    and says where it stopped when it found fewer than a page there."""
     if not criteria.q:
         return Part(list(session.scalars(ids_statement(criteria, count, before_id))))
     indexable = has_trigram(criteria.q)
-    floor = _nth_below(session, before_id, SEARCH_WINDOW if indexable else SEARCH_BUDGET)
-    newest = ids_statement(criteria, count, before_id, from_id=floor, indexed_search=False)
-    ids = list(session.scalars(newest))
-    if floor is None or len(ids) >= count:
-        return Part(ids)
+    first = SEARCH_WINDOWS[0]
+    stretches = SEARCH_WINDOWS if indexable else (first, max(SEARCH_BUDGET - first, 0))
+    ids: list[str] = []
+    for size in stretches:
+        if not size:
+            continue
+        floor = _nth_below(session, before_id, size)
+        stretch = ids_statement(
+            criteria, count - len(ids), before_id, from_id=floor, indexed_search=False
+        )
+        ids.extend(session.scalars(stretch))
+        if floor is None or len(ids) >= count:
+            return Part(ids)
+        before_id = floor
     if not indexable:
-        return Part(ids, read_to=floor)
-    ids.extend(session.scalars(ids_statement(criteria, count - len(ids), floor)))
+        return Part(ids, read_to=before_id)
+    ids.extend(session.scalars(ids_statement(criteria, count - len(ids), before_id)))
     return Part(ids)
 
 

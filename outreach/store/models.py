@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -18,7 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    literal_column,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -36,28 +37,11 @@ NAMING_CONVENTION = {
 
 # messages flagged for a person (`needs_human=true` in the log): a few among millions
 NEEDS_HUMAN = text("needs_human IS TRUE")
-# what the log's text search (`q`) reads: the searched columns as one text, a unit separator
-# between them (no pattern without one can match across two); the trigram index of it
-# (`ix_messages_search`) is built on this same expression, written here as PostgreSQL
-# writes it back (so that comparing the models with the database sees the same one)
+# what the log's text search (`q`) reads: these columns of a message; on PostgreSQL as one
+# text, a unit separator between them (no pattern without one can match across two), kept in
+# `message_search` by triggers (migration 0007) and found there by its trigram index
 SEARCH_SEPARATOR = "\x1f"
 SEARCHED_COLUMNS = ("body", "subject", "text", "recipient", "template", "borrower_id", "loan_id")
-_TEXT_COLUMNS = ("body", "subject", "text")
-
-
-def _searched_sql() -> str:
-    def part(name: str) -> str:
-        if name in _TEXT_COLUMNS:
-            return f"COALESCE(messages.{name}, ''::text)"
-        return f"COALESCE(messages.{name}, ''::character varying)::text"
-
-    expression = part(SEARCHED_COLUMNS[0])
-    for name in SEARCHED_COLUMNS[1:]:
-        expression = f"(({expression} || chr(31)) || {part(name)})"
-    return expression
-
-
-SEARCHED_SQL = _searched_sql()
 
 
 class Base(DeclarativeBase):
@@ -312,18 +296,8 @@ class Message(Base):
         Index(
             "ix_messages_needs_human", "id", postgresql_where=NEEDS_HUMAN, sqlite_where=NEEDS_HUMAN
         ),
-        # the overview's days read from the index alone
-        Index("ix_messages_send_at", "send_at", postgresql_include=["channel", "status", "reason"]),
         # the log's since and until, newest first: read backwards from the index alone
         Index("ix_messages_id_send_at", "id", "send_at"),
-        # the log's text search (`q`), on PostgreSQL: trigrams of the searched columns
-        # together (`message_log.SEARCHED_SQL`, the same expression)
-        Index(
-            "ix_messages_search",
-            literal_column(SEARCHED_SQL).label("searched"),
-            postgresql_using="gin",
-            postgresql_ops={"searched": "gin_trgm_ops"},
-        ).ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -410,6 +384,70 @@ class InboundReply(Base):
     classification: Mapped[str] = mapped_column(String(20))
     needs_human: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# The log's text search on PostgreSQL: each message's searched columns as one text
+# (`SEARCHED_COLUMNS`, `SEARCH_SEPARATOR` between them), written by triggers on `messages`
+# in the same transaction as the message (migration 0007), found by the trigram index; kept
+# apart from `messages`, whose every move of a status would otherwise index every trigram
+# again. Empty on SQLite, where the search reads the columns themselves.
+MESSAGE_SEARCH = Table(
+    "message_search",
+    Base.metadata,
+    Column(
+        "message_id",
+        String(40),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("searched", Text, nullable=False),
+    Index(
+        "ix_message_search_searched",
+        "searched",
+        postgresql_using="gin",
+        postgresql_ops={"searched": "gin_trgm_ops"},
+    ),
+)
+
+
+# The overview's counts, kept on PostgreSQL by triggers on `messages` (migration 0007): rows
+# of differences, only appended, summed when read and folded now and then
+# (`store/overview.py`); empty on SQLite, where the overview counts from the log. Messages per
+# half hour of `send_at` by channel and status; the withheld (suppressed, cancelled) per UTC
+# day of `send_at` by status and reason. No key: nothing looks a row up.
+MESSAGE_DAY_COUNTS = Table(
+    "message_day_counts",
+    Base.metadata,
+    Column("bucket", UTCDateTime, nullable=False),
+    Column("channel", String(10), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("n", BigInteger, nullable=False),
+    # a sum of a key's rows (one a key), or a difference a statement appended
+    Column("folded", Boolean, nullable=False, server_default=false()),
+    Index("ix_message_day_counts_bucket", "bucket"),
+    Index(
+        "ix_message_day_counts_fresh",
+        "bucket",
+        postgresql_where=text("NOT folded"),
+        sqlite_where=text("NOT folded"),
+    ),
+)
+MESSAGE_WITHHELD_COUNTS = Table(
+    "message_withheld_counts",
+    Base.metadata,
+    Column("day", Date, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("reason", String(40)),
+    Column("n", BigInteger, nullable=False),
+    Column("folded", Boolean, nullable=False, server_default=false()),
+    Index("ix_message_withheld_counts_day", "day"),
+    Index(
+        "ix_message_withheld_counts_fresh",
+        "day",
+        postgresql_where=text("NOT folded"),
+        sqlite_where=text("NOT folded"),
+    ),
+)
 
 
 # Counts for `GET /metrics`, kept on PostgreSQL by triggers on `messages` and

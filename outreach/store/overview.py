@@ -2,11 +2,13 @@
 what was withheld and what is deferred, by reason, replies waiting for a person, what is due
 in the next hour, and the health of the queues the database can tell.
 
-Every figure is counted from the log itself, in the transaction of the session given, so it
-is always what the log says at that moment (no summary table to drift from it). They stay
-fast on a large log by reading indexes only (migration 0007): the messages of a day are a
-range of `ix_messages_send_at`, which carries their channel, status and reason; the deferred
-ones a range of `ix_messages_status_id`, which carries their reason.
+Every figure is what the log holds at the session's snapshot. They stay fast on a large log
+(migration 0007): the messages per day and the withheld by reason are summed, on PostgreSQL,
+from `message_day_counts` and `message_withheld_counts`, which triggers keep in the
+transaction of every change of a message (rows of differences, only appended;
+`fold_day_counts`, run by the clock each minute, sums them), and counted from the log on
+SQLite; the deferred are a range of `ix_messages_status_id`, which carries their reason; the
+rest reads short ranges of other indexes.
 
 A day is a calendar day in the zone asked for (UTC unless told), and a message belongs to
 the day of its `send_at`: the instant it was due (and, once handed over, the instant it was
@@ -17,12 +19,23 @@ shows with `since` and `until` at that day's bounds and the same channel and sta
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Integer, Table, and_, func, literal, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Table,
+    TextClause,
+    and_,
+    func,
+    literal,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from outreach.domain import FINAL_STATUSES, Status
@@ -37,6 +50,14 @@ UTC = ZoneInfo("UTC")
 # held back for good, by a rule (suppressed) or because it was no longer wanted (cancelled)
 WITHHELD_STATUSES = (Status.SUPPRESSED.value, Status.CANCELLED.value)
 DUE_STATUSES = (Status.SCHEDULED.value, Status.DEFERRED.value)
+DAY_COUNTS = m.MESSAGE_DAY_COUNTS
+WITHHELD_COUNTS = m.MESSAGE_WITHHELD_COUNTS
+# what `message_day_counts` counts in: half hours from this instant (migration 0007's
+# date_bin); every zone's midnight is one, but Nepal's and the Chatham Islands'
+HALF_HOUR = dt.timedelta(minutes=30)
+_HALF_HOURS_FROM = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+# pg_try_advisory_xact_lock key of a fold of `message_day_counts`: one at a time
+FOLD_LOCK = 0x6F757472_64617973  # "outr" "days"
 
 
 @dataclass(frozen=True)
@@ -62,10 +83,11 @@ class ReasonCount:
 class Activity:
     """The log's days from `days[0]` to `days[-1]` (today, in `zone`): `per_day` holds every
     (day, channel, status) with at least one message (a chart of final statuses keeps those
-    whose status is in `FINAL_STATUSES`, plus `sent`); `withheld` the suppressed and cancelled
-    ones of those days by reason, most first. `start` and `end` are the instants bounding
-    the days (the first day's midnight, the midnight after today): the log filtered with
-    `since=start`, `until=end` shows exactly these messages."""
+    whose status is in `FINAL_STATUSES`, plus `sent`). `start` and `end` are the instants
+    bounding the days (the first day's midnight, the midnight after today): the log filtered
+    with `since=start`, `until=end` shows exactly these messages. `withheld`: the suppressed
+    and cancelled messages by reason, most first, of as many days in UTC (from
+    `withheld_start` to `withheld_end`, the same days where `zone` is UTC)."""
 
     zone: str
     days: tuple[dt.date, ...]
@@ -73,6 +95,8 @@ class Activity:
     end: dt.datetime
     per_day: tuple[DayCount, ...]
     withheld: tuple[ReasonCount, ...]
+    withheld_start: dt.datetime
+    withheld_end: dt.datetime
 
     def bounds(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
         """The instants (UTC) a day runs from and to: the log's `since` and `until`."""
@@ -161,61 +185,111 @@ def _midnight(day: dt.date, zone: ZoneInfo) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(0), tzinfo=zone).astimezone(dt.UTC)
 
 
+def _kept_by_triggers(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _days(bounds: list[dt.datetime]) -> Any:
+    """The days between `bounds` as rows (number, start_at, end_at): a union, as SQLite
+    names no columns of a VALUES list."""
+    return union_all(
+        *(
+            select(
+                literal(number, Integer()).label("number"),
+                literal(bounds[number], UTCDateTime()).label("start_at"),
+                literal(bounds[number + 1], UTCDateTime()).label("end_at"),
+            )
+            for number in range(len(bounds) - 1)
+        )
+    ).subquery("days")
+
+
+def _per_day(
+    session: Session, bounds: list[dt.datetime], *, kept: bool
+) -> Iterable[tuple[int, str, str, int]]:
+    """(day number, channel, status, count) of the days between `bounds`: summed from
+    `message_day_counts` (`kept`: a range of half hours a day) or counted from the log (a
+    read of the messages of 30 days: for SQLite's small books)."""
+    days = _days(bounds)
+    source = DAY_COUNTS if kept else MESSAGES
+    moment = DAY_COUNTS.c.bucket if kept else MESSAGES.c.send_at
+    count: ColumnElement[Any] = func.sum(DAY_COUNTS.c.n) if kept else func.count()
+    query = (
+        select(days.c.number, source.c.channel, source.c.status, count)
+        .select_from(days)
+        .join(source, and_(moment >= days.c.start_at, moment < days.c.end_at))
+        .group_by(days.c.number, source.c.channel, source.c.status)
+    )
+    return cast(Iterable[tuple[int, str, str, int]], session.execute(query))
+
+
+def _withheld(
+    session: Session, first: dt.date, last: dt.date, *, kept: bool
+) -> Iterable[tuple[str, str | None, int]]:
+    """(status, reason, count) of the suppressed and cancelled messages of the UTC days from
+    `first` to `last`: summed from `message_withheld_counts`, or counted from the log."""
+    if kept:
+        table = WITHHELD_COUNTS
+        query = (
+            select(table.c.status, table.c.reason, func.sum(table.c.n))
+            .where(table.c.day >= first, table.c.day <= last)
+            .group_by(table.c.status, table.c.reason)
+        )
+    else:
+        start, end = _midnight(first, UTC), _midnight(last + dt.timedelta(days=1), UTC)
+        query = (
+            select(MESSAGES.c.status, MESSAGES.c.reason, func.count())
+            .where(
+                MESSAGES.c.status.in_(WITHHELD_STATUSES),
+                MESSAGES.c.send_at >= start,
+                MESSAGES.c.send_at < end,
+            )
+            .group_by(MESSAGES.c.status, MESSAGES.c.reason)
+        )
+    return cast(Iterable[tuple[str, str | None, int]], session.execute(query))
+
+
 def activity(
     session: Session, now: dt.datetime, *, days: int = 30, zone: ZoneInfo = UTC
 ) -> Activity:
     """Messages per day by channel and status over the `days` days up to today in `zone`,
-    and the suppressed and cancelled ones of those days by reason.
+    and the suppressed and cancelled ones of as many UTC days by reason.
 
-    One statement: a range of `ix_messages_send_at` per day (its channel, status and reason
-    carried in the index), grouped."""
+    On PostgreSQL summed from `message_day_counts` and `message_withheld_counts` (kept by
+    triggers in the transaction of every change, so exactly what the log holds): a few rows
+    a half hour or a day, whatever the size of the log. On SQLite, or for days that do not
+    start on a half hour, counted from the log."""
     today = now.astimezone(zone).date()
     calendar = tuple(today - dt.timedelta(days=n) for n in range(days - 1, -1, -1))
-    # the days as rows (a union: SQLite names no columns of a VALUES list)
-    spans = union_all(
-        *(
-            select(
-                literal(number, Integer()).label("number"),
-                literal(_midnight(day, zone), UTCDateTime()).label("start_at"),
-                literal(_midnight(day + dt.timedelta(days=1), zone), UTCDateTime()).label("end_at"),
-            )
-            for number, day in enumerate(calendar)
-        )
-    ).subquery("days")
-    # grouped by reason too (a few dozen pairs of status and reason occur), the reasons of
-    # the withheld kept
-    query = (
-        select(
-            spans.c.number,
-            MESSAGES.c.channel,
-            MESSAGES.c.status,
-            MESSAGES.c.reason,
-            func.count().label("count"),
-        )
-        .select_from(spans)
-        .join(
-            MESSAGES,
-            and_(MESSAGES.c.send_at >= spans.c.start_at, MESSAGES.c.send_at < spans.c.end_at),
-        )
-        .group_by(spans.c.number, MESSAGES.c.channel, MESSAGES.c.status, MESSAGES.c.reason)
+    bounds = [_midnight(day, zone) for day in calendar]
+    bounds.append(_midnight(today + dt.timedelta(days=1), zone))
+    kept = _kept_by_triggers(session)
+    on_half_hours = all(
+        (moment - _HALF_HOURS_FROM) % HALF_HOUR == dt.timedelta(0) for moment in bounds
     )
     per_day: dict[tuple[int, str, str], int] = {}
-    withheld: dict[tuple[str, str | None], int] = {}
-    for number, channel, status, reason, count in session.execute(query):
-        key = (number, channel, status)
-        per_day[key] = per_day.get(key, 0) + count
-        if status in WITHHELD_STATUSES:
-            withheld[(status, reason)] = withheld.get((status, reason), 0) + count
+    for number, channel, status, count in _per_day(session, bounds, kept=kept and on_half_hours):
+        if count:  # a key every message of which has moved on sums to 0
+            per_day[(number, channel, status)] = int(count)
+    last_utc = now.astimezone(dt.UTC).date()
+    first_utc = last_utc - dt.timedelta(days=days - 1)
+    withheld = {
+        (status, reason): int(count)
+        for status, reason, count in _withheld(session, first_utc, last_utc, kept=kept)
+        if count
+    }
     return Activity(
         zone=zone.key,
         days=calendar,
-        start=_midnight(calendar[0], zone),
-        end=_midnight(today + dt.timedelta(days=1), zone),
+        start=bounds[0],
+        end=bounds[-1],
         per_day=tuple(
             DayCount(calendar[number], channel, status, count)
             for (number, channel, status), count in sorted(per_day.items())
         ),
         withheld=_by_count(withheld),
+        withheld_start=_midnight(first_utc, UTC),
+        withheld_end=_midnight(last_utc + dt.timedelta(days=1), UTC),
     )
 
 
@@ -308,11 +382,17 @@ def queue_health(session: Session, now: dt.datetime) -> QueueHealth:
     claimed, and the inbox's events not applied (pending, failed, dead letters)."""
     queued, oldest_queued = _count_and_oldest(session, Status.QUEUED, "updated_at")
     sending, oldest_sending = _count_and_oldest(session, Status.SENDING, "updated_at")
-    oldest_due = session.execute(
-        select(func.min(MESSAGES.c.send_at)).where(
-            MESSAGES.c.status.in_(DUE_STATUSES), MESSAGES.c.send_at <= now
-        )
-    ).scalar_one()
+    # a status at a time: each the first entry of its range of (status, send_at)
+    due = [
+        session.execute(
+            select(func.min(MESSAGES.c.send_at)).where(
+                MESSAGES.c.status == status, MESSAGES.c.send_at <= now
+            )
+        ).scalar_one()
+        for status in DUE_STATUSES
+    ]
+    found_due = [aware for moment in due if (aware := _aware(moment)) is not None]
+    oldest_due = min(found_due) if found_due else None
     inbox: dict[str, tuple[int, Any]] = {}
     for outcome, count, oldest in session.execute(
         select(INBOX.c.outcome, func.count(), func.min(INBOX.c.received_at))
@@ -343,6 +423,57 @@ def _aware(value: Any) -> dt.datetime | None:
         value = dt.datetime.fromisoformat(value)
     assert isinstance(value, dt.datetime)
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _fold(table: str, key: tuple[str, ...]) -> TextClause:
+    """The statement that sums a counts table's differences into one folded row a key:
+    the differences its snapshot sees, and the folded rows of their keys, deleted; their
+    sums inserted (in key order, so that a key's rows of a day lie together)."""
+    names = ", ".join(key)
+    same = " AND ".join(f"summed.{name} IS NOT DISTINCT FROM keys.{name}" for name in key)
+    first = key[0]
+    # names from the tables above, never input
+    return text(
+        f"""
+WITH fresh AS (
+  DELETE FROM {table} WHERE NOT folded RETURNING {names}, n
+), keys AS (
+  SELECT DISTINCT {names} FROM fresh
+), kept AS (
+  DELETE FROM {table} AS summed USING keys
+  WHERE summed.folded AND summed.{first} = keys.{first} AND {same}
+  RETURNING {", ".join(f"summed.{name}" for name in key)}, summed.n
+)
+INSERT INTO {table} ({names}, n, folded)
+SELECT {names}, sum(n), true
+FROM (SELECT * FROM fresh UNION ALL SELECT * FROM kept) AS rows_of_keys
+GROUP BY {names}
+HAVING sum(n) <> 0
+ORDER BY {names}
+"""  # noqa: S608
+    )
+
+
+_FOLDS = (
+    _fold("message_day_counts", ("bucket", "channel", "status")),
+    _fold("message_withheld_counts", ("day", "status", "reason")),
+)
+_TRY_FOLD_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+
+
+def fold_day_counts(session: Session) -> bool:
+    """Sum the differences appended to the overview's counts since the last fold into their
+    keys' one folded row each (PostgreSQL; in the caller's transaction, to commit). One
+    statement: the rows its snapshot sees are deleted and their sums inserted, so a reader
+    sees the rows before or after it, the same sums; a change committed meanwhile stays a
+    difference for the next fold. False where another fold holds the lock, or on SQLite."""
+    if not _kept_by_triggers(session):
+        return False
+    if not session.execute(_TRY_FOLD_LOCK, {"key": FOLD_LOCK}).scalar_one():
+        return False
+    for statement in _FOLDS:
+        session.execute(statement)
+    return True
 
 
 def overview(session: Session, now: dt.datetime, *, zone: ZoneInfo = UTC) -> Overview:
@@ -380,6 +511,7 @@ __all__ = [
     "activity",
     "deferred_by_reason",
     "due_soon",
+    "fold_day_counts",
     "overview",
     "queue_health",
     "replies_waiting",

@@ -9,12 +9,18 @@ import itertools
 import random
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from outreach.service.log import MessageFilter
 from outreach.store import message_log, overview
-from outreach.store.models import InboundReply, Message, ReceivedEvent
+from outreach.store.models import (
+    MESSAGE_DAY_COUNTS,
+    MESSAGE_WITHHELD_COUNTS,
+    InboundReply,
+    Message,
+    ReceivedEvent,
+)
 
 NOW = dt.datetime(2026, 11, 23, 9, 30, tzinfo=dt.UTC)
 _ids = itertools.count(1)
@@ -45,7 +51,7 @@ def a_message(send_at: dt.datetime, **overrides: object) -> Message:
 
 
 def store(engine: Engine, *rows: object) -> None:
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         session.add_all(rows)
         session.commit()
 
@@ -249,3 +255,107 @@ def test_the_overview_of_an_empty_log(engine: Engine) -> None:
     assert found.activity.per_day == () and set(found.activity.totals().values()) == {0}
     assert found.deferred == () and found.replies.count == 0 and found.due.total == 0
     assert found.queues.queued == 0 and found.queues.oldest_due_at is None
+
+
+def counted_in_python(engine: Engine) -> dict[tuple[dt.date, str, str], int]:
+    """The log's messages of the 30 days up to NOW, counted one by one."""
+    first = dt.datetime.combine(NOW.date() - dt.timedelta(days=29), dt.time(0), tzinfo=dt.UTC)
+    end = dt.datetime.combine(NOW.date() + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC)
+    found: collections.Counter[tuple[dt.date, str, str]] = collections.Counter()
+    with Session(engine) as session:
+        for row in session.scalars(select(Message)):
+            if first <= row.send_at < end:
+                found[(row.send_at.date(), row.channel, row.status)] += 1
+    return dict(found)
+
+
+def test_the_days_follow_every_move_of_a_message(engine: Engine) -> None:
+    """Status changes, deferrals to another day, set-based moves, deletions and folds: the
+    chart says what the log holds after each."""
+    rnd = random.Random(5)
+    rows = [
+        a_message(
+            NOW - dt.timedelta(minutes=rnd.randrange(0, 29 * 24 * 60)),
+            status=rnd.choice(["scheduled", "deferred", "queued"]),
+            channel=rnd.choice(["sms", "email"]),
+        )
+        for _ in range(300)
+    ]
+    store(engine, *rows)
+    ids = [row.id for row in rows]
+
+    def chart() -> dict[tuple[dt.date, str, str], int]:
+        with Session(engine) as session:
+            found = overview.activity(session, NOW)
+        withheld = {(w.status, w.reason): w.count for w in found.withheld}
+        expected: collections.Counter[tuple[str, str | None]] = collections.Counter()
+        with Session(engine) as session:
+            for row in session.scalars(select(Message)):
+                within = found.withheld_start <= row.send_at < found.withheld_end
+                if row.status in ("suppressed", "cancelled") and within:
+                    expected[(row.status, row.reason)] += 1
+        assert withheld == dict(expected)
+        return {(e.day, e.channel, e.status): e.count for e in found.per_day}
+
+    def fold() -> None:
+        with Session(engine) as session:
+            overview.fold_day_counts(session)
+            session.commit()
+
+    assert chart() == counted_in_python(engine)
+    with Session(engine) as session:
+        # one by one, as dispatch and callbacks move them
+        for message_id in rnd.sample(ids, 80):
+            row = session.get_one(Message, message_id)
+            row.status = rnd.choice(["sending", "sent", "delivered", "suppressed", "cancelled"])
+            row.reason = {"suppressed": "opted_out", "cancelled": "loan_closed"}.get(
+                row.status, row.reason
+            )
+        session.commit()
+    assert chart() == counted_in_python(engine)
+    fold()
+    with Session(engine) as session:
+        # deferred to another day; a set-based move (the clock's claim); a deletion
+        for message_id in rnd.sample(ids, 40):
+            row = session.get_one(Message, message_id)
+            row.send_at = row.send_at + dt.timedelta(days=rnd.choice([-2, 1, 3]))
+        session.execute(
+            update(Message)
+            .where(Message.status == "scheduled", Message.send_at < NOW - dt.timedelta(days=9))
+            .values(status="queued", reason="due")
+        )
+        session.delete(session.get_one(Message, ids[0]))
+        session.commit()
+    assert chart() == counted_in_python(engine)
+    fold()
+    fold()
+    assert chart() == counted_in_python(engine)
+    if engine.dialect.name == "postgresql":
+        with Session(engine) as session:
+            for table, key in (
+                (MESSAGE_DAY_COUNTS, ("bucket", "channel", "status")),
+                (MESSAGE_WITHHELD_COUNTS, ("day", "status", "reason")),
+            ):
+                fresh = session.execute(
+                    select(func.count()).where(table.c.folded.is_(False))
+                ).scalar_one()
+                columns = [table.c[name] for name in key]
+                keys = session.execute(
+                    select(func.count()).select_from(
+                        select(*columns).group_by(*columns).having(func.count() > 1).subquery()
+                    )
+                ).scalar_one()
+                assert (fresh, keys) == (0, 0)  # folded: one row a key
+
+
+def test_a_day_in_a_zone_three_quarters_off_the_hour(engine: Engine) -> None:
+    # Kathmandu is 5:45 ahead of UTC: its days start on a quarter hour, not on an hour
+    store(engine, *(a_message(NOW - dt.timedelta(hours=h * 7)) for h in range(60)))
+    with Session(engine) as session:
+        kathmandu = overview.activity(session, NOW, zone=ZoneInfo("Asia/Kathmandu"))
+    expected: collections.Counter[dt.date] = collections.Counter()
+    for h in range(60):
+        local = (NOW - dt.timedelta(hours=h * 7)).astimezone(ZoneInfo("Asia/Kathmandu"))
+        if local.date() >= kathmandu.days[0]:
+            expected[local.date()] += 1
+    assert {d: n for d, n in kathmandu.totals().items() if n} == dict(expected)

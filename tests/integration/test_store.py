@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import warnings
 from decimal import Decimal
 
 import pytest
@@ -163,12 +162,7 @@ def test_a_message_keeps_its_timeline_in_order(engine: Engine) -> None:
 
 def test_migrations_build_the_schema_the_models_declare(engine: Engine) -> None:
     # an index a model declares (or one it dropped) and the migrations left out shows here
-    with engine.connect() as connection, warnings.catch_warnings():
-        # the log's trigram index is PostgreSQL's alone (compared there); SQLite reflects no
-        # expression index, and alembic says so
-        warnings.filterwarnings(
-            "ignore", message=".*expression-based index 'ix_messages_search'", category=UserWarning
-        )
+    with engine.connect() as connection:
         differences = compare_metadata(
             MigrationContext.configure(connection, opts={"compare_type": False}), Base.metadata
         )
