@@ -44,7 +44,7 @@ from outreach.render.filters import mask_recipient
 
 DEFAULT_PROCESS = "outreach"
 # loggers that narrate routine work at INFO: held back unless the level is DEBUG
-CHATTY_LOGGERS: Final = ("apscheduler",)
+CHATTY_LOGGERS: Final = ("apscheduler", "alembic.runtime.migration")
 # loggers never let through below WARNING: their INFO lines carry recipients (the twilio
 # client logs every request with its query string) and add nothing of ours
 NEVER_BELOW_WARNING: Final = ("twilio", "httpx", "httpcore")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -9,6 +10,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, inspect
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+log = logging.getLogger(__name__)
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -19,10 +22,22 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade to `revision`; one INFO line says from where to where when anything ran
+    (Alembic's line per migration is DEBUG, see `outreach.logs`)."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.begin() as connection:
+        before = MigrationContext.configure(connection).get_current_heads()
         config = alembic_config(engine)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+        after = MigrationContext.configure(connection).get_current_heads()
+    if set(before) != set(after):
+        log.info(
+            "database schema upgraded from %s to %s",
+            ", ".join(before) or "empty",
+            ", ".join(after),
+        )
 
 
 def downgrade(engine: Engine, revision: str) -> None:

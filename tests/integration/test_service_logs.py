@@ -93,11 +93,11 @@ class Procfile:
         self.env = env
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, *args: str, **env: str) -> None:
+    def start(self, name: str, *args: str, cwd: Path = REPO_ROOT, **env: str) -> None:
         output = (self.folder / f"{name}.log").open("wb")
         self.processes[name] = subprocess.Popen(
             [*OUTREACH, *args],
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env={**self.env, **env},
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -365,11 +365,13 @@ def test_a_run_logs_what_an_operator_needs_and_nothing_personal(
 
 
 def test_run_on_the_embedded_defaults_is_quiet(tmp_path: Path) -> None:
-    """`outreach run`: its start, and then nothing while nothing happens (APScheduler used
-    to write two lines a second)."""
+    """`outreach run` as on a fresh clone (no `var/` yet): its start, and then nothing while
+    nothing happens (APScheduler used to write two lines a second, Alembic one a migration)."""
     port = free_port()
     procfile = Procfile(tmp_path, clean_env())
-    procfile.start("run", "run", "--port", str(port))
+    fresh = tmp_path / "clone"
+    fresh.mkdir()
+    procfile.start("run", "run", "--port", str(port), cwd=fresh)
     try:
         wait_for(lambda: answering(f"http://127.0.0.1:{port}"), 60, "outreach run answering")
         started = len(procfile.output("run").splitlines())
@@ -383,4 +385,7 @@ def test_run_on_the_embedded_defaults_is_quiet(tmp_path: Path) -> None:
     output = procfile.output("run")
     assert "Running job" not in output and "executed successfully" not in output
     assert "clock started (leader)" in output
+    assert "Webhook secret (OUTREACH_WEBHOOK_SECRET)" in output  # made on first start
+    assert "database schema upgraded from empty to" in output
+    assert "Running upgrade" not in output
     assert len(output.splitlines()) <= 15, output
