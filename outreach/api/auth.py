@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, NoReturn
 
 from fastapi import Depends, HTTPException, Request
@@ -14,7 +15,9 @@ from outreach.store.db import transaction
 from outreach.wiring import Services
 
 bearer = HTTPBearer(
-    auto_error=False, description="An ops token: `token:role` in OUTREACH_OPS_TOKENS"
+    auto_error=False,
+    scheme_name="OpsToken",
+    description="An ops token of OUTREACH_OPS_TOKENS: a viewer reads, an admin also writes",
 )
 
 
@@ -58,19 +61,44 @@ def refuse_viewer(request: Request, current: OpsToken) -> NoReturn:
     `forbidden`), as the pages record theirs: a viewer trying admin actions is worth
     knowing, a viewer reading the audit log is not a write."""
     if request.method not in ("GET", "HEAD", "OPTIONS"):
-        services = services_of(request)
-        with transaction(services.runtime.sessions) as session:
-            audit.append(
-                session,
-                at=services.dispatcher.now(),
-                actor=current.actor,
-                role=current.role,
-                action="api.write",
-                target=request.url.path,
-                outcome="forbidden",
-                detail={"why": "role", "method": request.method},
-            )
+        record_forbidden(
+            request,
+            current.actor,
+            current.role,
+            "api.write",
+            {"why": "role", "method": request.method},
+        )
     raise HTTPException(403, "this action needs an admin token")
+
+
+def record_forbidden(
+    request: Request, actor: str, role: str, action: str, detail: dict[str, str]
+) -> None:
+    """A refused write in the audit log: `action` / `forbidden` on the request's path."""
+    record_action(services_of(request), actor, role, action, request.url.path, "forbidden", detail)
+
+
+def record_action(
+    services: Services,
+    actor: str,
+    role: str | None,
+    action: str,
+    target: str | None,
+    outcome: str,
+    detail: Mapping[str, str | None] | None,
+) -> None:
+    """One audit row, in a transaction of its own, at the service's time."""
+    with transaction(services.runtime.sessions) as session:
+        audit.append(
+            session,
+            at=services.dispatcher.now(),
+            actor=actor,
+            role=role,
+            action=action,
+            target=target,
+            outcome=outcome,
+            detail=detail,
+        )
 
 
 Viewer = Annotated[str, Depends(viewer)]

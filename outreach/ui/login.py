@@ -9,9 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from outreach.api.auth import ServicesDep
-from outreach.store import audit
-from outreach.store.db import transaction
+from outreach.api.auth import ServicesDep, record_action
 from outreach.ui.pages import (
     CSRF_FIELD,
     SESSION_COOKIE,
@@ -132,14 +130,4 @@ def _audit(
     *,
     action: str = "ui.login",
 ) -> None:
-    with transaction(services.runtime.sessions) as db:
-        audit.append(
-            db,
-            at=services.dispatcher.now(),
-            actor=actor,
-            role=role,
-            action=action,
-            target=None,
-            outcome=outcome,
-            detail=detail,
-        )
+    record_action(services, actor, role, action, None, outcome, detail)

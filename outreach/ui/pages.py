@@ -18,10 +18,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 
-from outreach.api.auth import services_of
+from outreach.api.auth import record_forbidden, services_of
 from outreach.service.campaigns import Actor
-from outreach.store import audit
-from outreach.store.db import transaction
 from outreach.ui import formats
 from outreach.ui.sessions import SessionStore, UISession
 
@@ -133,18 +131,7 @@ AdminForm = Annotated[UISession, Depends(admin_form)]
 
 def record_refusal(request: Request, session: UISession, why: str) -> None:
     """A refused post, in the audit log (`ui.post` / `forbidden`, why: `csrf` or `role`)."""
-    services = services_of(request)
-    with transaction(services.runtime.sessions) as db:
-        audit.append(
-            db,
-            at=services.dispatcher.now(),
-            actor=session.actor,
-            role=session.role,
-            action="ui.post",
-            target=request.url.path,
-            outcome="forbidden",
-            detail={"why": why},
-        )
+    record_forbidden(request, session.actor, session.role, "ui.post", {"why": why})
 
 
 def actor_of(session: UISession) -> Actor:

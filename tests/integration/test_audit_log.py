@@ -14,18 +14,21 @@ from outreach.store.db import make_session_factory, transaction
 from tests.live import VIEWER_TOKEN, LiveService
 
 
-def test_audit_rows_cannot_be_updated_or_deleted(engine: Engine) -> None:
-    sessions = make_session_factory(engine)
-    with transaction(sessions) as session:
+def append_by_alice(engine: Engine, action: str, *, minute: int) -> None:
+    with transaction(make_session_factory(engine)) as session:
         audit.append(
             session,
-            at=dt.datetime(2026, 12, 4, 9, 0, tzinfo=dt.UTC),
+            at=dt.datetime(2026, 12, 4, 9, minute, tzinfo=dt.UTC),
             actor="alice",
             role="admin",
-            action="campaign.launch",
+            action=action,
             target="c-1",
             outcome="ok",
         )
+
+
+def test_audit_rows_cannot_be_updated_or_deleted(engine: Engine) -> None:
+    append_by_alice(engine, "campaign.launch", minute=0)
     for change in (
         "UPDATE audit_log SET actor = 'mallory'",
         "UPDATE audit_log SET outcome = 'refused' WHERE action = 'campaign.launch'",
@@ -37,16 +40,7 @@ def test_audit_rows_cannot_be_updated_or_deleted(engine: Engine) -> None:
         rows = connection.execute(text("SELECT actor, outcome FROM audit_log")).all()
     assert [tuple(row) for row in rows] == [("alice", "ok")]
     # appending stays open
-    with transaction(sessions) as session:
-        audit.append(
-            session,
-            at=dt.datetime(2026, 12, 4, 9, 5, tzinfo=dt.UTC),
-            actor="alice",
-            role="admin",
-            action="campaign.pause",
-            target="c-1",
-            outcome="ok",
-        )
+    append_by_alice(engine, "campaign.pause", minute=5)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 2
 
