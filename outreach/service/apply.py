@@ -14,9 +14,7 @@ from sqlalchemy.orm import Session
 
 from outreach import policy as pol
 from outreach.domain import (
-    Channel,
     LoanState,
-    PlannedMessage,
     Purpose,
     Restriction,
 )
@@ -283,32 +281,13 @@ def follow_up(session: Session, policy: pol.Policy, event: Event, now: dt.dateti
 def plan_cease_confirmation(
     session: Session, policy: pol.Policy, borrower_id: str, event: Event, now: dt.datetime
 ) -> None:
-    """The one message a cease-contact request still allows: confirming it."""
+    """The one message a cease-contact request still allows: confirming it, on the policy's
+    channel for it (in writing: email by default), or the other one when the borrower cannot
+    receive that; when neither reaches them the gate records why, on the message."""
     borrower = load_borrower(session, borrower_id)
     if borrower is None:
         return
-    channel = next(
-        (
-            channel
-            for channel in (Channel.SMS, Channel.EMAIL)
-            if borrower.recipient(channel) is not None
-            and borrower.consents_to(channel)
-            and borrower.recipient(channel) not in borrower.opted_out
-        ),
-        None,
-    )
-    if channel is None:
-        return
-    planned = PlannedMessage(
-        key=f"cease_confirmation:{borrower_id}:{event.id}",
-        purpose=Purpose.CEASE_CONFIRMATION,
-        borrower_id=borrower_id,
-        loan_id=None,
-        stage=None,
-        channel=channel,
-        template="cease_confirmation",
-        send_at=now,
-    )
+    planned = pol.reply_message(policy, borrower, Purpose.CEASE_CONFIRMATION, now, about=event.id)
     planner.insert_message(
         session,
         policy,
