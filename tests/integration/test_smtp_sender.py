@@ -200,6 +200,25 @@ def test_text_only_message_when_there_is_no_html(relay: Relay) -> None:
     assert message.get_content_type() == "text/plain"
 
 
+def test_chinese_names_subjects_and_bodies_arrive_as_written(relay: Relay) -> None:
+    settings = smtp_settings(relay.port, EMAIL_FROM="海港信贷 <kefu@harborlending.example>")
+    subject = "海港信贷：关于您账户的还款安排与协商方案（分期、延期、降低每期还款额）"
+    text = "尊敬的王芳：\n您的账户已逾期 16 天，应还金额 ¥2,450.00。\n.以点开头的一行\n"
+    html = "<p>尊敬的王芳：应还金额 <b>¥2,450.00</b></p>"
+    KeptSmtpSender(settings).send(email_message(subject=subject, text=text, html=html))
+
+    content = relay.handler.accepted[0].original_content or b""
+    assert content.isascii()  # encoded words and base64: any relay carries it
+    assert all(len(line) <= 998 for line in content.split(b"\r\n"))
+    message = parsed(relay.handler.accepted[0])
+    assert message["From"] == "海港信贷 <kefu@harborlending.example>"
+    assert message["Subject"] == subject
+    plain, rich = message.iter_parts()
+    assert plain.get_content() == text
+    assert "<b>¥2,450.00</b>" in rich.get_content()
+    assert message["List-Unsubscribe"] == "<https://outreach.example/v1/unsubscribe/tok3n>"
+
+
 def test_login_when_a_username_is_set(relay: Relay) -> None:
     settings = smtp_settings(relay.port, SMTP_USERNAME="collections", SMTP_PASSWORD="s3cret")
 
