@@ -3,6 +3,7 @@ ops cancellation (SPEC §8)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from outreach.api.auth import Admin, AdminActor, ServicesDep, Viewer
+from outreach.api.auth import Admin, AdminActor, ServicesDep, Viewer, services_of
 from outreach.api.schemas import Problem
 from outreach.domain import Channel
 from outreach.errors import RenderError
@@ -36,9 +37,20 @@ class PreviewRequest(BaseModel):
 
 router = APIRouter()
 
+# the query parameters of GET /v1/messages (its CSV export takes the filters)
+MESSAGE_QUERY = frozenset(
+    {item.name for item in dataclasses.fields(message_log.MessageFilter)} | {"limit", "cursor"}
+)
+
 
 def _message_filter(request: Request) -> message_log.MessageFilter:
-    return message_log.MessageFilter.parse(dict(request.query_params))
+    # the pages' forms send every field, empty ones too; a client of the API leaves a filter
+    # out instead, and an empty one is refused rather than read as "any"
+    for name, value in request.query_params.multi_items():
+        if value == "" and name in MESSAGE_QUERY:
+            raise message_log.MessageFilterError(name, "must not be empty (leave it out)")
+    stages = [stage.name for stage in services_of(request).policy.stages]
+    return message_log.MessageFilter.parse(dict(request.query_params), stages=stages)
 
 
 def _filter_errors(call: Callable[[], Any]) -> Any:

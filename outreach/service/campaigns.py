@@ -233,6 +233,8 @@ class _Fields:
         return value.strip()
 
     def integer(self, value: Any, name: str, low: int, high: int) -> int | None:
+        if type(value) is float and value.is_integer():
+            value = int(value)  # JSON has one kind of number: 60.0 is the integer 60
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(name, f"must be a whole number, not {value!r}")
             return None

@@ -5,13 +5,22 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from outreach.domain import BorrowerState, Channel, LoanState, PaymentPlan, Promise, Status
+from outreach.domain import (
+    BorrowerState,
+    Channel,
+    LoanState,
+    PaymentPlan,
+    Promise,
+    Purpose,
+    Reason,
+    Status,
+)
 from outreach.errors import PermanentError
 from outreach.policy.dunning import latest_plan, local_day, missed_instalment
 from outreach.policy.model import Policy
@@ -49,7 +58,11 @@ class MessageFilter:
     q: str | None = None
 
     @classmethod
-    def parse(cls, params: dict[str, str | None]) -> MessageFilter:
+    def parse(
+        cls, params: dict[str, str | None], *, stages: Sequence[str] | None = None
+    ) -> MessageFilter:
+        """The filters of a query string; `stages`, when given, are the ones a `stage` may
+        name (the policy's)."""
         values: dict[str, Any] = {}
         for item in fields(cls):
             raw = params.get(item.name)
@@ -64,6 +77,16 @@ class MessageFilter:
                     raise MessageFilterError("status", f"'{status}' is not a status ({known})")
         if "channel" in values and values["channel"] not in (c.value for c in Channel):
             raise MessageFilterError("channel", f"'{values['channel']}' is not sms or email")
+        checked: tuple[tuple[str, list[str] | None], ...] = (
+            ("purpose", [purpose.value for purpose in Purpose]),
+            ("reason", [reason.value for reason in Reason]),
+            ("stage", list(stages) if stages is not None else None),
+        )
+        for name, allowed in checked:
+            if allowed is not None and name in values and values[name] not in allowed:
+                raise MessageFilterError(
+                    name, f"'{values[name]}' is not a {name} ({', '.join(allowed)})"
+                )
         if "needs_human" in values:
             flag = values["needs_human"].lower()
             if flag not in ("true", "false"):

@@ -50,6 +50,8 @@ MAX_NAME_LENGTH = 100
 
 def _decimal_string(value: Any) -> Decimal:
     # JSON gives exactly str (or int): checked first, as every event carries amounts
+    if type(value) is float and value.is_integer():
+        value = int(value)  # JSON has one kind of number: 120.0 is the integer 120
     if type(value) is not str and (isinstance(value, bool) or not isinstance(value, str | int)):
         raise ValueError('must be a decimal string such as "120.50"')
     try:
@@ -128,13 +130,33 @@ def _email(value: str) -> str:
     return value.strip()
 
 
+def _text(value: Any) -> Any:
+    # pydantic would read a number as unix seconds or days: times and dates are RFC 3339 text
+    if not isinstance(value, str):
+        raise ValueError("must be RFC 3339 text, e.g. 2026-11-23T09:00:00Z or 2026-11-23")
+    return value
+
+
 Money = Annotated[Decimal, BeforeValidator(_decimal_string)]
-Instant = Annotated[dt.datetime, AfterValidator(_aware)]
+Instant = Annotated[dt.datetime, BeforeValidator(_text), AfterValidator(_aware)]
 Phone = Annotated[str, AfterValidator(_e164)]
 Zone = Annotated[str, AfterValidator(_zone)]
 Email = Annotated[str, AfterValidator(_email)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100)]
-CalendarDate = Annotated[dt.date, AfterValidator(_calendar_date)]
+CalendarDate = Annotated[dt.date, BeforeValidator(_text), AfterValidator(_calendar_date)]
+ClockTime = Annotated[dt.time, BeforeValidator(_text)]
+# true or false, not 0, 1, "yes" or "off" (which pydantic would read as one)
+StrictFlag = Annotated[bool, Field(strict=True)]
+
+
+def _not_flag(value: Any) -> Any:
+    # pydantic would read true and false as 1 and 0
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true or false")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_not_flag)]
 PersonName = Annotated[str, AfterValidator(_person_name)]
 
 
@@ -161,8 +183,8 @@ class AddressIn(Lenient):
 
 
 class ConsentIn(Lenient):
-    sms: bool = False
-    email: bool = False
+    sms: StrictFlag = False
+    email: StrictFlag = False
 
 
 class BorrowerIn(Lenient):
@@ -184,7 +206,7 @@ class LoanIn(Lenient):
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
     amount_due: Money
     balance: Money
-    days_past_due: Annotated[int, Field(ge=-MAX_DAYS_PAST_DUE, le=MAX_DAYS_PAST_DUE)]
+    days_past_due: Annotated[Whole, Field(ge=-MAX_DAYS_PAST_DUE, le=MAX_DAYS_PAST_DUE)]
     due_date: CalendarDate
     account_number: Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -232,15 +254,15 @@ class VisitScheduled(Lenient):
 
 
 class WindowIn(Lenient):
-    start: dt.time
-    end: dt.time
-    days: list[Annotated[int, Field(ge=1, le=7)]] = Field(default_factory=list)
+    start: ClockTime
+    end: ClockTime
+    days: list[Annotated[Whole, Field(ge=1, le=7)]] = Field(default_factory=list)
 
 
 class ContactRestricted(Lenient):
     borrower_id: Identifier
     restriction: Restriction
-    active: bool
+    active: StrictFlag
     windows: list[WindowIn] | None = None
 
 
