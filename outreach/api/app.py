@@ -9,12 +9,10 @@ from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from outreach import __version__
-from outreach.api import campaigns, events, health, ops, providers
-from outreach.api.schemas import Accepted, Problem
-from outreach.api.webhook import OPENAPI_BATCH_PATH, OPENAPI_PATH
+from outreach.api import campaigns, events, health, ops, problems, providers
+from outreach.api import openapi as openapi_document
 from outreach.ui import mount as mount_pages
 from outreach.wiring import Services
 from outreach.worker import build_broker
@@ -48,22 +46,12 @@ def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI
     for router in (health.router, events.router, ops.router, campaigns.router, providers.router):
         app.include_router(router)
     mount_pages(app)
+    problems.install(app)
     app.state.intake = events.mount_receiver(app, services)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, summary=app.summary, routes=app.routes
-            )
-            schema["paths"] = {
-                "/v1/events": OPENAPI_PATH,
-                "/v1/events/batch": OPENAPI_BATCH_PATH,
-                **schema["paths"],
-            }
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (Accepted, Problem):
-                components[model.__name__] = model.model_json_schema()
-            app.openapi_schema = schema
+            app.openapi_schema = openapi_document.build(app, services)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -6,7 +6,7 @@ nightly run posts one report per open loan. Served through the framework's reque
 (dependency solving, response models, exception middleware) it spent about as much CPU per
 event as storing and planning a borrower's event; as a plain ASGI app it reads the body,
 checks the signature, validates and hands the event to the process's `Intake`, nothing else.
-It is mounted ahead of the framework's routes; `OPENAPI_PATH` documents it in /openapi.json.
+It is mounted ahead of the framework's routes; `api/openapi.py` documents it in /openapi.json.
 """
 
 from __future__ import annotations
@@ -236,88 +236,3 @@ def quiet_accepted_events() -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, QuietAcceptedEvents) for f in access.filters):
         access.addFilter(QuietAcceptedEvents())
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
-    }
-
-
-def _accepted(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}},
-    }
-
-
-OPENAPI_PATH: dict[str, Any] = {
-    "post": {
-        "tags": ["webhooks"],
-        "summary": "Receive a loan-system event (signed)",
-        "operationId": "receive_event_v1_events_post",
-        "parameters": [
-            {
-                "name": SIGNATURE_HEADER,
-                "in": "header",
-                "required": True,
-                "description": 't=<unix seconds>,v1=<hex HMAC-SHA256 of "t." + body>',
-                "schema": {"type": "string"},
-            }
-        ],
-        "requestBody": {
-            "required": True,
-            "description": "One event: id, type, occurred_at and data (SPEC §4)",
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        },
-        "responses": {
-            "202": _accepted("accepted: stored, applied and planned"),
-            "200": _accepted("already accepted (duplicate)"),
-            "401": _problem("Unauthorized"),
-            "413": _problem("Request Entity Too Large"),
-            "422": _problem("Unprocessable Entity"),
-            "503": _problem("Service Unavailable"),
-        },
-    }
-}
-
-
-OPENAPI_BATCH_PATH: dict[str, Any] = {
-    "post": {
-        "tags": ["webhooks"],
-        "summary": "Receive up to 1,000 loan-system events in one signed body",
-        "operationId": "receive_events_v1_events_batch_post",
-        "parameters": OPENAPI_PATH["post"]["parameters"],
-        "requestBody": {
-            "required": True,
-            "description": '`{"events": [event, …]}`, at most 1,000 events and 5 MiB',
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["events"],
-                        "properties": {
-                            "events": {
-                                "type": "array",
-                                "maxItems": MAX_BATCH_EVENTS,
-                                "items": {"type": "object"},
-                            }
-                        },
-                    }
-                }
-            },
-        },
-        "responses": {
-            "200": {
-                "description": "each event's result, in the order sent, once every accepted "
-                "one is stored",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
-            "401": _problem("Unauthorized"),
-            "413": _problem("Request Entity Too Large"),
-            "422": _problem("Unprocessable Entity"),
-            "503": _problem("Service Unavailable"),
-        },
-    }
-}
