@@ -24,10 +24,11 @@ from outreach.errors import StoreUnavailable, TransientError
 from outreach.lua import lua_script
 from outreach.service import campaigns as campaign_service
 from outreach.service import dispatch as dispatch_service
+from outreach.service.delivery_status import apply_parked
 from outreach.service.inbox import apply_orphaned
 from outreach.service.journal import JournalUnavailable
 from outreach.service.planner import replan_loan
-from outreach.store import counts, overview
+from outreach.store import callbacks, counts, overview
 from outreach.store.db import transaction
 from outreach.store.loans import open_loan_ids
 from outreach.wiring import Services
@@ -177,8 +178,31 @@ class Clock:
             dispatch_service.touch_requeued(self.sessions, stale, now)
             self._enqueue(stale)
         self.apply_orphaned_events()
+        self.apply_parked_statuses()
         self.fold_day_counts()
         self.fold_counts()
+
+    def apply_parked_statuses(self) -> None:
+        """Delivery statuses parked for a message whose acceptance is on record by now but
+        whose own claim did not run (a process stopped between two commits); those no
+        message claimed in a day are dropped, said in the log (`delivery_status`)."""
+        now = self.dispatcher.now()
+        try:
+            applied = apply_parked(self.sessions, None, now)
+            with transaction(self.sessions) as session:
+                dropped = callbacks.drop_unclaimed(session, now)
+        except StoreUnavailable as error:
+            log.warning("parked delivery statuses wait: %s", error)
+            return
+        if applied:
+            log.info("%d parked delivery statuses applied by the sweep", len(applied))
+        for status in dropped:
+            log.warning(
+                "a %s status %s for %s was never claimed by a message: dropped",
+                status.provider,
+                status.status,
+                status.provider_id,
+            )
 
     def fold_counts(self) -> None:
         """Fold the metrics' counts (`store.counts.fold`), so that they stay a few rows

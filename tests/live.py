@@ -36,8 +36,6 @@ VIEWER_TOKEN = "viewer-token-for-tests"
 class RecordingSender:
     """A provider that accepts at once and remembers every call (to count them)."""
 
-    # what dispatch may rely on of it: as of any provider that waits on the network
-    reports_status_by_callback = True
     hands_over_at_once = False
     hand_over_run = 1
     finds_sent = True

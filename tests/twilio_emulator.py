@@ -78,6 +78,8 @@ class Script:
     `fail_status` is answered `fail_times` times (with `Retry-After` when `retry_after` is set),
     then `reject_code` (400 with that Twilio code) if set, else the message is accepted.
     `delay` seconds pass before the answer; an accepted message already exists by then.
+    `call_back_first`: statuses sent to the message's StatusCallback before the create is
+    answered, as Twilio's callbacks can overtake its answer.
     """
 
     reject_code: int | None = None
@@ -85,6 +87,7 @@ class Script:
     fail_times: int = 0
     retry_after: float | None = None
     delay: float = 0.0
+    call_back_first: tuple[str, ...] = ()
 
 
 @dataclass
@@ -217,12 +220,15 @@ class TwilioEmulator:
         fail_times: int = 0,
         retry_after: float | None = None,
         delay: float = 0.0,
+        call_back_first: tuple[str, ...] = (),
     ) -> None:
         """Decide how messages to `to` are answered (see Script)."""
         if fail_status is not None and fail_times == 0:
             fail_times = 1
         with self._lock:
-            self._scripts[to] = Script(reject_code, fail_status, fail_times, retry_after, delay)
+            self._scripts[to] = Script(
+                reject_code, fail_status, fail_times, retry_after, delay, call_back_first
+            )
 
     @property
     def create_requests(self) -> list[RecordedRequest]:
@@ -417,7 +423,10 @@ class TwilioEmulator:
         )
         with self._lock:
             self._messages[message.sid] = message
-        return 201, message.as_json(), {}, script.delay
+        answer = message.as_json()
+        for status in script.call_back_first:
+            self.send_status(message.sid, status)
+        return 201, answer, {}, script.delay
 
     def _list(self, query: dict[str, str]) -> dict[str, Any]:
         with self._lock:

@@ -116,9 +116,6 @@ class Sender(Protocol):
     channel: Channel
     # the name its status reports are recorded under (as its status callbacks are)
     provider: str
-    # whether a status callback may arrive before its acceptance is recorded: then each
-    # acceptance is recorded at once; otherwise a batch's acceptances are recorded together
-    reports_status_by_callback: bool
     # whether it answers in memory without waiting for anything: then a batch is marked
     # `sending` together before the first is handed over; otherwise in runs (below)
     hands_over_at_once: bool

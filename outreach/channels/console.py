@@ -13,9 +13,6 @@ from outreach.meters import metered
 
 
 class ConsoleSender:
-    # no status callback can arrive before its acceptance is recorded, so a batch's
-    # acceptances may be recorded together (see Dispatcher.dispatch_many)
-    reports_status_by_callback = False
     # answers in memory without waiting for anything, so a batch may be marked `sending`
     # together before the first is handed over (see Dispatcher.dispatch_many)
     hands_over_at_once = True

@@ -47,9 +47,6 @@ class SimulatedSend:
 class SimulatedSender:
     """A Sender for one channel whose outcomes the simulator pulls with `due_outcomes`."""
 
-    # no status callback can arrive before its acceptance is recorded, so a batch's
-    # acceptances may be recorded together (see Dispatcher.dispatch_many)
-    reports_status_by_callback = False
     # answers in memory without waiting for anything, so a batch may be marked `sending`
     # together before the first is handed over (see Dispatcher.dispatch_many)
     hands_over_at_once = True

@@ -66,9 +66,6 @@ def _utc_now() -> dt.datetime:
 class SmtpSender:
     """The Sender for Channel.EMAIL through the relay in SMTP_HOST / SMTP_PORT."""
 
-    # no status callback can arrive before its acceptance is recorded, so a batch's
-    # acceptances may be recorded together (see Dispatcher.dispatch_many)
-    reports_status_by_callback = False
     # a relay cannot be asked what it accepted: `find_sent` knows nothing (see there)
     finds_sent = False
     # waits on the network for the relay: in short runs

@@ -131,8 +131,6 @@ class TwilioSender:
     channel = Channel.SMS
     # the name its status reports are recorded under (as the status callbacks are)
     provider = "twilio"
-    # its status callbacks may arrive before the acceptance is recorded
-    reports_status_by_callback = True
     # waits on the network (and its pacing): in runs as long as the pacing allows
     hands_over_at_once = False
     finds_sent = True

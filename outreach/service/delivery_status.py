@@ -4,27 +4,37 @@ A callback is recorded by its provider, message, status and error code before it
 applied, so a duplicate changes nothing; a status moves a message only forward (a late
 `sent` never undoes `delivered`); an error code that says the number opted out or cannot
 receive texts (channels/twilio_errors.py) is recorded against the number.
+
+A status for a provider id no message carries yet is parked (`store/callbacks.py`): workers
+record a run of acceptances together after handing the run over, and the provider's callback
+can come first. `apply_parked` runs after each commit that records provider ids and after
+each that parks a status, so whichever of the two commits last finds the other's work.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from outreach.channels.base import ErrorEffect
 from outreach.channels.twilio_errors import recipient_effect
 from outreach.domain import Channel, Reason, Status
 from outreach.service.messages import may_move
+from outreach.store import callbacks
 from outreach.store.borrowers import mark_invalid, set_opt_out
+from outreach.store.db import transaction
 from outreach.store.messages import (
     MessageRow,
     first_callbacks,
     held_by_provider_ids,
     write_rows,
 )
+
+# the outcome of a status kept for a message not known by its provider id yet
+PARKED = "parked"
 
 # Twilio message statuses → ours. queued/accepted/sending say nothing new after acceptance.
 TWILIO_STATUSES = {
@@ -72,6 +82,7 @@ def record_statuses(
     if fresh:
         messages = held_by_provider_ids(session, (report.provider_id for report in reports))
     outcomes: list[str] = []
+    parked: list[callbacks.Parked] = []
     for key, report in zip(keys, reports, strict=True):
         if key not in fresh:
             outcomes.append("duplicate")
@@ -79,10 +90,39 @@ def record_statuses(
         fresh.discard(key)  # a second copy in the same batch is a duplicate
         message = messages.get(report.provider_id)
         if message is None:
-            outcomes.append("unknown_message")
+            parked.append(
+                callbacks.Parked(
+                    key, provider, report.provider_id, report.status, report.error_code, now
+                )
+            )
+            outcomes.append(PARKED)
             continue
         outcomes.append(_apply_status(session, message, report, now))
+    callbacks.park(session, parked)
     write_rows(session, messages.values())
+    return outcomes
+
+
+def apply_parked(
+    sessions: sessionmaker[Session], provider_ids: Iterable[str] | None, now: dt.datetime
+) -> list[str]:
+    """Apply, in a transaction of its own, the parked statuses whose message now carries
+    their provider id (of these ids; None: of all), in the order they arrived."""
+    with transaction(sessions) as session:
+        claimed = callbacks.claim(session, provider_ids)
+        if not claimed:
+            return []
+        messages = held_by_provider_ids(session, {status.provider_id for status in claimed})
+        outcomes = [
+            _apply_status(
+                session,
+                messages[status.provider_id],
+                StatusReport(status.provider_id, status.status, status.error_code),
+                now,
+            )
+            for status in claimed
+        ]
+        write_rows(session, messages.values())
     return outcomes
 
 

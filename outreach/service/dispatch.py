@@ -854,9 +854,9 @@ class Dispatcher:
         lease: str | None = None,
     ) -> Outcome:
         """Hand the message to its provider and record the answer; an acceptance is added
-        to `accepted` (recorded with others later) when the provider sends no status
-        callbacks that could arrive before it is recorded. `holder` is the attempt holding
-        the message's cap slot (None: it holds none)."""
+        to `accepted` when given (recorded with the rest of its run; a status callback that
+        comes first is parked for it, see `delivery_status`). `holder` is the attempt
+        holding the message's cap slot (None: it holds none)."""
         sender = self.senders[outgoing.channel]
         if self.lease is not None and lease is not None:
             outgoing = replace(outgoing, still_held=partial(self.lease.may_hand_over, lease))
@@ -873,7 +873,7 @@ class Dispatcher:
             # ends, so the reconciler asks the provider; never resent on a guess
             log.warning("outcome unknown for %s: %s", message_id, unknown)
             return UNKNOWN
-        if accepted is not None and not sender.reports_status_by_callback:
+        if accepted is not None:
             accepted.append((message_id, receipt, self.now()))
         else:
             self.record_accepted(message_id, receipt, self.now())

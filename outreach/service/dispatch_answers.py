@@ -11,6 +11,8 @@ it waited. Its cap slot is given back whenever it was not handed over.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +24,8 @@ from outreach.channels.base import (
     Receipt,
 )
 from outreach.domain import Decision, DecisionKind, Reason, Status
-from outreach.service.delivery_status import record_recipient_effect
+from outreach.errors import StoreUnavailable
+from outreach.service.delivery_status import apply_parked, record_recipient_effect
 from outreach.service.dispatch_outcome import RETRY, Outcome, OutcomeKind
 from outreach.service.planner import withhold
 from outreach.store.borrowers import load_borrower
@@ -31,6 +34,8 @@ from outreach.store.messages import MessageRow, held_by_id, held_by_ids, write_r
 
 if TYPE_CHECKING:
     from outreach.service.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
 
 PROVIDER_RETRY_LIMIT = 8
 # refusals that come from our side of the provider (pacing, the borrower's window closing
@@ -63,6 +68,7 @@ class ProviderAnswers:
                 return
             _accept(row, receipt, now, reason)
             write_rows(session, [row])
+        self._claim_parked([receipt.provider_id])
 
     def record_accepted_many(self, accepted: list[tuple[str, Receipt, dt.datetime]]) -> None:
         """`record_accepted` for many messages in one transaction; empties the list."""
@@ -82,6 +88,16 @@ class ProviderAnswers:
                 _accept(row, receipt, at, Reason.ACCEPTED)
                 moved.append(row)
             write_rows(session, moved)
+        self._claim_parked(receipt.provider_id for _, receipt, _ in batch)
+
+    def _claim_parked(self, provider_ids: Iterable[str | None]) -> None:
+        """Statuses the provider called back with before these acceptances committed, applied
+        now (see `delivery_status`); the clock's sweep takes any this cannot."""
+        known = [provider_id for provider_id in provider_ids if provider_id]
+        try:
+            apply_parked(self.dispatcher.sessions, known, self.dispatcher.now())
+        except StoreUnavailable as error:
+            log.warning("parked statuses wait for the clock's sweep: %s", error)
 
     def record_rejection(
         self, message_id: str, rejected: ProviderRejected, *, holder: str | None

@@ -30,7 +30,7 @@ from outreach import policy as pol
 from outreach.domain import Channel
 from outreach.errors import StoreUnavailable, TransientError
 from outreach.lua import lua_script
-from outreach.service.delivery_status import record_status
+from outreach.service.delivery_status import PARKED, apply_parked, record_status
 from outreach.service.inbound import handle_sms_reply
 from outreach.store.borrowers import normalize_recipient
 from outreach.store.db import transaction
@@ -211,9 +211,12 @@ class ReplyIntake:
         if not behind:
             try:
                 with transaction(self.sessions) as session:
-                    return apply_entry(session, self.policy, entry, self.now())
+                    outcome = apply_entry(session, self.policy, entry, self.now())
             except StoreUnavailable as error:
                 log.warning("database unavailable, journaling a %s: %s", entry.kind, error)
+            else:
+                self._claim_if_parked(entry, outcome)
+                return outcome
         try:
             self.journal.append(entry)
         except JournalUnavailable as error:
@@ -230,7 +233,7 @@ class ReplyIntake:
             try:
                 entry = JournalEntry.decode(raw)
                 with transaction(self.sessions) as session:
-                    apply_entry(session, self.policy, entry, self.now())
+                    outcome = apply_entry(session, self.policy, entry, self.now())
             except TransientError as error:
                 log.warning("reply journal waits for the database: %s", error)
                 break
@@ -241,8 +244,21 @@ class ReplyIntake:
                 set_aside = True
             if not self.journal.remove_head(raw, set_aside=set_aside):
                 break
+            if not set_aside:
+                self._claim_if_parked(entry, outcome)
             done += 1
         return done
+
+    def _claim_if_parked(self, entry: JournalEntry, outcome: str) -> None:
+        """A status parked for want of its message: claimed at once if the worker's record
+        of the acceptance committed meanwhile (see `delivery_status`); otherwise that record
+        claims it, or the clock's sweep does."""
+        if entry.kind != TWILIO_STATUS or outcome != PARKED:
+            return
+        try:
+            apply_parked(self.sessions, [entry.fields["MessageSid"]], self.now())
+        except StoreUnavailable as error:
+            log.warning("a parked status waits for the clock's sweep: %s", error)
 
 
 def _named(raw: bytes) -> str:

@@ -369,6 +369,21 @@ class ProviderCallback(Base):
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class ParkedCallback(Base):
+    """A delivery status that arrived before the acceptance of its message was recorded (the
+    provider's callback can overtake the worker's write): kept, and applied as soon as the
+    message carries the provider's id; those never claimed are dropped after a day."""
+
+    __tablename__ = "parked_callbacks"
+
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20))
+    provider_id: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(20))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class InboundReply(Base):
     """Something a borrower sent us (SMS reply), matched to the borrower by number."""
 

@@ -31,8 +31,6 @@ START = dt.datetime(2026, 3, 10, 20, 59, tzinfo=SHANGHAI).astimezone(dt.UTC)
 class SlowProvider:
     """Accepts like the wrapped sender, but its first call takes three minutes."""
 
-    # what dispatch may rely on of it: as of any provider that waits on the network
-    reports_status_by_callback = True
     hands_over_at_once = False
     hand_over_run = 1
     finds_sent = True

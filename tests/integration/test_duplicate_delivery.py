@@ -51,8 +51,6 @@ HOLD_SECONDS = 30
 class HeldSender:
     """The wrapped provider, except that the call for `held_id` waits until `let_go`."""
 
-    # what dispatch may rely on of it: as of any provider that waits on the network
-    reports_status_by_callback = True
     hands_over_at_once = False
     hand_over_run = 1
     finds_sent = True

@@ -263,14 +263,11 @@ def live_without_worker(
     yield from serve(postgres_engine, run_worker=False)
 
 
-@pytest.mark.parametrize("batched_acceptances", [False, True])
 def test_a_released_batch_is_sent_once_each_and_a_payment_after_release_still_stops_one(
-    live_without_worker: LiveService, batched_acceptances: bool
+    live_without_worker: LiveService,
 ) -> None:
     live = live_without_worker
     sender = live.senders["sms"]
-    # a provider without status callbacks may have a batch's acceptances recorded together
-    sender.reports_status_by_callback = not batched_acceptances  # type: ignore[attr-defined]
     zone = zone_at_local_hour(14)
     for number in range(6):
         live.post_event(borrower_upserted(f"b-batch{number}", timezone=zone))

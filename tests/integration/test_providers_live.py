@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 from aiosmtpd.controller import Controller
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tests.conftest import REDIS_URL, truncate_all
 from tests.factories import borrower_upserted, loan_updated, zone_at_local_hour
@@ -327,3 +327,41 @@ def test_sends_pace_to_the_configured_segment_rate(
         for _ in service:
             pass
         truncate_all(postgres_engine)
+
+
+def test_statuses_that_overtake_the_acceptance_are_applied_once_it_is_recorded(
+    live: LiveService, emulator: TwilioEmulator, postgres_engine: Engine
+) -> None:
+    # Twilio calls back `sent` and `delivered` before it answers the create: the worker has
+    # not recorded the sid yet, and the statuses must wait for it, not be lost
+    emulator.script("+15005550131", call_back_first=("sent", "delivered"))
+    daytime_borrower(live, "b-fast", "+15005550131")
+    live.post_event(loan_updated("l-fast", "b-fast", days_past_due=1))
+
+    delivered = first_sms(live, "l-fast", "delivered")
+    steps = live.get(f"/v1/messages/{delivered['id']}").json()["events"]
+    assert [step["status"] for step in steps][-3:] == ["sending", "sent", "delivered"]
+    assert "provider_status=delivered" in steps[-1]["detail"]
+    with postgres_engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM parked_callbacks")).scalar() == 0
+
+    # one for no message of ours stays parked, changes nothing, and is dropped after a day
+    emulator.script("+15005550132")
+    daytime_borrower(live, "b-late", "+15005550132")
+    live.post_event(loan_updated("l-late", "b-late", days_past_due=1))
+    sent = first_sms(live, "l-late", "sent")
+    stranger = {"MessageSid": "SM" + "f" * 32, "MessageStatus": "failed", "ErrorCode": "30003"}
+    url = f"{live.base_url}/v1/providers/twilio/status"
+    answer = httpx.post(
+        url, data=stranger, headers={"X-Twilio-Signature": emulator.sign(url, stranger)}
+    )
+    assert answer.status_code == 200 and answer.json() == {"status": "parked"}
+    assert live.get(f"/v1/messages/{sent['id']}").json()["status"] == "sent"
+    clock = live.clock
+    clock.apply_parked_statuses()
+    with postgres_engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM parked_callbacks")).scalar() == 1
+    live.services.dispatcher.now = lambda: dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    clock.apply_parked_statuses()
+    with postgres_engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM parked_callbacks")).scalar() == 0

@@ -43,8 +43,6 @@ class PacedProvider:
     """Waits, like a rate-limited provider, until `go` is set; then hands over, unless the
     worker's lease lapsed meanwhile (as TwilioSender checks after its wait)."""
 
-    # what dispatch may rely on of it: as of any provider that waits on the network
-    reports_status_by_callback = True
     hands_over_at_once = False
     hand_over_run = 1
 
