@@ -81,6 +81,7 @@ PG_SERVER = os.environ.get("BENCH_POSTGRES_SERVER", "postgresql://postgres@127.0
 ADMIN_DB = "postgres"  # where CREATE/DROP DATABASE run; never the `test` database
 REDIS_URL = os.environ.get("BENCH_REDIS") or claim_redis_database()
 SECRET = "bench-campaigns-secret"
+LINK_SECRET = "bench-link-secret-0123456789"
 TOKEN = "bench-" + secrets.token_hex(8)
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -1475,6 +1476,7 @@ def main() -> int:
         "OUTREACH_DATABASE_URL": database_url,
         "OUTREACH_REDIS_URL": REDIS_URL,
         "OUTREACH_WEBHOOK_SECRET": SECRET,
+        "OUTREACH_LINK_SECRET": LINK_SECRET,
         "OUTREACH_OPS_TOKENS": f"{TOKEN}:admin:bench",
         "OUTREACH_SMS_PROVIDER": "simulated",
         "OUTREACH_EMAIL_PROVIDER": "simulated",

@@ -77,6 +77,7 @@ PG_SERVER = os.environ.get("BENCH_POSTGRES_SERVER", "postgresql://postgres@127.0
 ADMIN_DB = "postgres"  # where CREATE/DROP DATABASE run; never the `test` database
 REDIS_URL = os.environ.get("BENCH_REDIS") or claim_redis_database()
 SECRET = "bench-pages-secret"
+LINK_SECRET = "bench-link-secret-0123456789"
 TOKEN = "bench-" + secrets.token_hex(8)
 TARGET_MS = 300.0
 PAGE_SIZE = 50
@@ -1275,6 +1276,7 @@ def main() -> int:
         OUTREACH_DATABASE_URL=database_url.replace("postgresql://", "postgresql+psycopg://"),
         OUTREACH_REDIS_URL=REDIS_URL,
         OUTREACH_WEBHOOK_SECRET=SECRET,
+        OUTREACH_LINK_SECRET=LINK_SECRET,
         OUTREACH_OPS_TOKENS=f"{TOKEN}:viewer:bench",
         OUTREACH_SMS_PROVIDER="simulated",
         OUTREACH_EMAIL_PROVIDER="simulated",

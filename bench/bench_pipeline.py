@@ -40,6 +40,7 @@ from tests.support import claim_redis_database, free_port  # noqa: E402
 PG_ADMIN = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS") or claim_redis_database()
 SECRET = "bench-secret"
+LINK_SECRET = "bench-link-secret-0123456789"
 
 
 def raw_redis_rate(seconds: float = 2.0) -> float:
@@ -205,7 +206,8 @@ def main() -> None:
         "OUTREACH_DATABASE_URL": database_url,
         "OUTREACH_REDIS_URL": REDIS_URL,
         "OUTREACH_WEBHOOK_SECRET": SECRET,
-        "OUTREACH_OPS_TOKENS": "bench:admin",
+        "OUTREACH_LINK_SECRET": LINK_SECRET,
+        "OUTREACH_OPS_TOKENS": "bench-pipeline-admin:admin",
         "OUTREACH_SMS_PROVIDER": "simulated",
         "OUTREACH_EMAIL_PROVIDER": "simulated",
     }

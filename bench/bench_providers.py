@@ -49,6 +49,7 @@ PG_SERVER = os.environ.get("BENCH_POSTGRES_SERVER", "postgresql://postgres@127.0
 ADMIN_DB = "postgres"
 REDIS_URL = os.environ.get("BENCH_REDIS") or claim_redis_database()
 SECRET = "bench-secret"
+LINK_SECRET = "bench-link-secret-0123456789"
 ACCOUNT_SID = "AC" + "b" * 32
 AUTH_TOKEN = "bench-twilio-token"
 RAW_SECONDS = 6.0
@@ -390,6 +391,7 @@ def main() -> int:
             OUTREACH_DATABASE_URL=database_url,
             OUTREACH_REDIS_URL=REDIS_URL,
             OUTREACH_WEBHOOK_SECRET=SECRET,
+            OUTREACH_LINK_SECRET=LINK_SECRET,
             OUTREACH_OPS_TOKENS="bench-token-0123456789:admin:bench",
             OUTREACH_PUBLIC_URL=base,
             OUTREACH_SMS_PROVIDER="twilio",

@@ -24,6 +24,8 @@ EMAIL_PROVIDERS = ("console", "smtp", "simulated")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
 ROLES = ("admin", "viewer")
+# shorter ops tokens and link secrets are refused at start: guessable by anyone who can ask
+MIN_SECRET_LENGTH = 16
 
 
 class Secret:
@@ -89,6 +91,9 @@ class Settings:
     smtp_starttls: bool
     email_from: str | None
     policy_path: Path
+    # keys of the signed links in messages (unsubscribe), newest first: links are signed with
+    # the first and verified against each, so a rotated-out key keeps its links working
+    link_secrets: tuple[Secret, ...] = ()
     templates_dir: Path = field(default_factory=lambda: _shipped(DEFAULT_TEMPLATES))
     var_dir: Path = VAR_DIR
     # seconds a worker's lease outlives its last heartbeat (see outreach/worker_leases.py)
@@ -191,8 +196,27 @@ def _ops_tokens(env: Mapping[str, str]) -> tuple[OpsToken, ...]:
             )
         if name is not None and not name.strip():
             raise ConfigurationError(f"OUTREACH_OPS_TOKENS: entry {index + 1} has an empty name")
+        if len(token) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(
+                f"OUTREACH_OPS_TOKENS: entry {index + 1} has a token shorter than "
+                f"{MIN_SECRET_LENGTH} characters"
+            )
         tokens.append(OpsToken(Secret(token), role, name.strip() if name else None))
     return tuple(tokens)
+
+
+def _link_secrets(env: Mapping[str, str]) -> tuple[Secret, ...]:
+    raw = _optional(env, "OUTREACH_LINK_SECRET")
+    if raw is None:
+        return ()
+    keys = [part.strip() for part in raw.split(",") if part.strip()]
+    for index, key in enumerate(keys):
+        if len(key) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(
+                f"OUTREACH_LINK_SECRET: entry {index + 1} is shorter than "
+                f"{MIN_SECRET_LENGTH} characters"
+            )
+    return tuple(Secret(key) for key in keys)
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -272,6 +296,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=_redis_url(env),
         webhook_secret=Secret(v) if (v := _optional(env, "OUTREACH_WEBHOOK_SECRET")) else None,
         ops_tokens=_ops_tokens(env),
+        link_secrets=_link_secrets(env),
         public_url=_url(env, "OUTREACH_PUBLIC_URL", DEFAULT_PUBLIC_URL) or DEFAULT_PUBLIC_URL,
         sms_provider=sms_provider,
         email_provider=email_provider,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,10 +76,9 @@ def cap_reserver(
     )
 
 
-def link_secret(settings: Settings) -> bytes:
-    """Key for signed unsubscribe links, derived so it never equals the webhook secret."""
-    base = settings.webhook_secret.reveal() if settings.webhook_secret else "outreach-dev"
-    return hashlib.sha256(b"unsubscribe-links:" + base.encode()).digest()
+def link_keys(settings: Settings) -> tuple[bytes, ...]:
+    """The keys of signed links (OUTREACH_LINK_SECRET), newest first: the first signs."""
+    return tuple(secret.reveal().encode() for secret in settings.link_secrets)
 
 
 def build_senders(
@@ -138,7 +136,7 @@ class Services:
             if senders is not None
             else build_senders(settings, runtime.redis.client, clock),
             public_url=settings.public_url,
-            link_secret=link_secret(settings),
+            link_keys=link_keys(settings),
             clock=clock,
         )
         journal = ReplyJournal(runtime.redis.client)

@@ -29,6 +29,7 @@ from tests.support import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WEBHOOK_SECRET = "test-webhook-secret"
+LINK_SECRET = "test-link-secret-0123456789"
 ADMIN_TOKEN = "admin-token-for-tests"
 VIEWER_TOKEN = "viewer-token-for-tests"
 
@@ -156,6 +157,7 @@ def start_live_service(
             "OUTREACH_DATABASE_URL": database_url,
             "OUTREACH_REDIS_URL": redis_url,
             "OUTREACH_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "OUTREACH_LINK_SECRET": LINK_SECRET,
             "OUTREACH_OPS_TOKENS": f"{ADMIN_TOKEN}:admin,{VIEWER_TOKEN}:viewer",
             "OUTREACH_POLICY": str(REPO_ROOT / "schedules" / "default.yaml"),
             **(env or {}),

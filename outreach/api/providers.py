@@ -16,8 +16,9 @@ from outreach.errors import StoreUnavailable
 from outreach.service.dispatch import verify_unsubscribe_token
 from outreach.service.inbound import handle_unsubscribe
 from outreach.service.journal import SMS_REPLY, TWILIO_STATUS, JournalEntry
+from outreach.service.messages import MessageNotFound
 from outreach.store.db import transaction
-from outreach.wiring import Services, link_secret
+from outreach.wiring import Services, link_keys
 
 router = APIRouter(tags=["providers"])
 
@@ -109,25 +110,23 @@ async def twilio_inbound(request: Request, services: ServicesDep) -> Response:
 
 @router.get("/v1/unsubscribe/{token}", summary="Unsubscribe page")
 def unsubscribe_page(token: str, services: ServicesDep) -> HTMLResponse:
-    if verify_unsubscribe_token(link_secret(services.runtime.settings), token) is None:
+    if verify_unsubscribe_token(link_keys(services.runtime.settings), token) is None:
         return HTMLResponse(UNSUBSCRIBE_INVALID, status_code=404)
     return HTMLResponse(UNSUBSCRIBE_FORM.format(token=html.escape(token)))
 
 
 @router.post("/v1/unsubscribe/{token}", summary="Unsubscribe (one-click)")
 def unsubscribe(token: str, services: ServicesDep) -> HTMLResponse:
-    found = verify_unsubscribe_token(link_secret(services.runtime.settings), token)
-    if found is None:
+    message_id = verify_unsubscribe_token(link_keys(services.runtime.settings), token)
+    if message_id is None:
         return HTMLResponse(UNSUBSCRIBE_INVALID, status_code=404)
-    channel, recipient = found
-    with transaction(services.runtime.sessions) as session:
-        handle_unsubscribe(
-            session,
-            services.policy,
-            channel=channel,
-            recipient=recipient,
-            now=services.dispatcher.now(),
-        )
+    try:
+        with transaction(services.runtime.sessions) as session:
+            handle_unsubscribe(
+                session, services.policy, message_id=message_id, now=services.dispatcher.now()
+            )
+    except MessageNotFound:
+        return HTMLResponse(UNSUBSCRIBE_INVALID, status_code=404)
     return HTMLResponse(UNSUBSCRIBE_DONE)
 
 

@@ -20,13 +20,13 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
-from urllib.parse import quote
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,7 +54,7 @@ from outreach.domain import (
     Reason,
     Status,
 )
-from outreach.errors import RenderError, TransientError
+from outreach.errors import ConfigurationError, RenderError, TransientError
 from outreach.message_leases import MessageLeases
 from outreach.render import Renderer, lint_rendered
 from outreach.render.lint import ERROR
@@ -112,24 +112,34 @@ HANDED_OVER = frozenset(
 )
 
 
-def unsubscribe_token(secret: bytes, channel: Channel, recipient: str) -> str:
-    payload = f"{channel.value}:{recipient.strip().lower()}"
-    signature = hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()[:32]
-    return f"{quote(payload, safe='')}.{signature}"
+def unsubscribe_token(key: bytes, message_id: str) -> str:
+    """The token of a message's unsubscribe link, `<message id>.<signature>`: it names the
+    message, never the address (which would land in access logs and browser histories)."""
+    return f"{message_id}.{_link_signature(key, message_id)}"
 
 
-def verify_unsubscribe_token(secret: bytes, token: str) -> tuple[Channel, str] | None:
-    from urllib.parse import unquote
-
-    payload_quoted, _, signature = token.rpartition(".")
-    payload = unquote(payload_quoted)
-    expected = hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()[:32]
-    if not payload or not hmac.compare_digest(expected, signature):
+def verify_unsubscribe_token(keys: Sequence[bytes], token: str) -> str | None:
+    """The id of the message whose link this is, when one of `keys` signed it; None for
+    anything else, whatever its length or characters."""
+    if len(token) > _LONGEST_TOKEN or not token.isascii():
         return None
-    channel, _, recipient = payload.partition(":")
-    if channel not in (c.value for c in Channel) or not recipient:
+    match = _UNSUBSCRIBE_TOKEN.fullmatch(token)
+    if match is None:
         return None
-    return Channel(channel), recipient
+    message_id, signature = match.group(1), match.group(2).encode()
+    valid = False
+    for key in keys:
+        valid |= hmac.compare_digest(_link_signature(key, message_id).encode(), signature)
+    return message_id if valid else None
+
+
+def _link_signature(key: bytes, message_id: str) -> str:
+    digest = hmac.new(key, b"unsubscribe:" + message_id.encode(), hashlib.sha256)
+    return digest.hexdigest()[:32]
+
+
+_UNSUBSCRIBE_TOKEN = re.compile(r"([0-9A-Za-z_]{1,64})\.([0-9a-f]{32})")
+_LONGEST_TOKEN = 64 + 1 + 32
 
 
 def stale_queued(session: Session, now: dt.datetime, limit: int = 500) -> list[str]:
@@ -162,7 +172,8 @@ class Dispatcher:
     caps: CapReserver
     senders: Mapping[Channel, Sender]
     public_url: str
-    link_secret: bytes
+    # keys of OUTREACH_LINK_SECRET, newest first (wiring.link_keys); the first signs
+    link_keys: tuple[bytes, ...]
     clock: Callable[[], dt.datetime]
     # the simulator runs the caps on its virtual clock; the live service uses Redis time
     virtual_time: bool = False
@@ -756,7 +767,9 @@ class Dispatcher:
             return Decision.suppress(Reason.NO_ADDRESS), Outcome.withheld(Reason.NO_ADDRESS), {}
         unsubscribe_url = None
         if channel is Channel.EMAIL:
-            token = unsubscribe_token(self.link_secret, channel, recipient)
+            if not self.link_keys:
+                raise ConfigurationError("OUTREACH_LINK_SECRET: required to send email")
+            token = unsubscribe_token(self.link_keys[0], message_id)
             unsubscribe_url = f"{self.public_url}/v1/unsubscribe/{token}"
         locale, context = message_context(
             self.policy, borrower, loan, prepared.planned, now, unsubscribe_url

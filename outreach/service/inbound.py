@@ -13,13 +13,14 @@ from sqlalchemy.orm import Session
 from outreach import policy as pol
 from outreach.domain import Channel, PlannedMessage, Purpose, Reason, Status
 from outreach.service import planner
+from outreach.service.messages import MessageNotFound
 from outreach.store.borrowers import (
     load_borrower,
     lock_addresses,
     normalize_recipient,
     set_opt_out,
 )
-from outreach.store.messages import last_sms_sent_to, write_rows
+from outreach.store.messages import addressed_to, last_sms_sent_to, write_rows
 from outreach.store.replies import borrower_for_email, borrower_for_phone, record_reply
 
 OPT_OUT = "opt_out"
@@ -215,10 +216,16 @@ def flag_for_a_human(
 
 
 def handle_unsubscribe(
-    session: Session, policy: pol.Policy, *, channel: Channel, recipient: str, now: dt.datetime
+    session: Session, policy: pol.Policy, *, message_id: str, now: dt.datetime
 ) -> bool:
-    """A signed unsubscribe link was used: opt the address out and confirm once."""
-    recipient = normalize_recipient(channel, recipient)
+    """The signed unsubscribe link of a message was used: opt out the address that message
+    went to and confirm once; whether that changed anything. MessageNotFound when there is
+    no such message or it was never rendered for an address."""
+    addressed = addressed_to(session, message_id)
+    if addressed is None:
+        raise MessageNotFound(f"no message {message_id} with a recipient")
+    channel = Channel(addressed[0])
+    recipient = normalize_recipient(channel, addressed[1])
     lock_addresses(session, [recipient])
     borrower_id = (
         borrower_for_email(session, recipient)

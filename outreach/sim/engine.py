@@ -67,7 +67,7 @@ from outreach.store.db import THROWAWAY_SQLITE, make_session_factory, sqlite_eng
 from outreach.store.keysets import keys_in
 from outreach.store.messages import DUE_STATUSES, claim_due
 from outreach.store.migrate import upgrade
-from outreach.wiring import cap_reserver, link_secret
+from outreach.wiring import cap_reserver
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ CLAIM_BATCH = 500
 MAX_CLAIMS_PER_INSTANT = 3
 _DAY = dt.timedelta(days=1)
 _SECOND = dt.timedelta(seconds=1)
+# A simulation's messages are never sent: the unsubscribe links in their text are signed with
+# a key of their own, so that none of them opens on a live service, and so that the same seed
+# gives the same text
+SIMULATION_LINK_KEY = b"outreach-simulation: links never sent"
 # the borrowers of messages, by message id and by provider id
 _BORROWERS_OF_MESSAGES = (
     select(m.Message.borrower_id).where(keys_in(m.Message.id, "ids")).distinct()
@@ -194,7 +198,7 @@ def environment(
             caps=caps,
             senders=plain_senders,
             public_url=settings.public_url,
-            link_secret=link_secret(settings),
+            link_keys=(SIMULATION_LINK_KEY,),
             clock=clock,
             virtual_time=True,
             leases=MessageLeases(client, prefix=f"{prefix}lease:"),

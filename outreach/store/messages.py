@@ -242,6 +242,20 @@ def held_by_id(session: Session, message_id: str) -> MessageRow | None:
     return held_by_ids(session, [message_id]).get(message_id)
 
 
+_ADDRESSED_TO = select(MESSAGES.c.channel, MESSAGES.c.recipient).where(
+    MESSAGES.c.id == bindparam("id")
+)
+
+
+def addressed_to(session: Session, message_id: str) -> tuple[str, str] | None:
+    """The channel and recipient a message was rendered for; None when there is no such
+    message or it was never rendered (an unsubscribe link names its message)."""
+    found = session.execute(_ADDRESSED_TO, {"id": message_id}).first()
+    if found is None or not found.recipient:
+        return None
+    return found.channel, found.recipient
+
+
 PENDING = tuple(status.value for status in PENDING_STATUSES)
 _PENDING_OF = {
     column: Lockable(

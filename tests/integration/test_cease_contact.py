@@ -31,9 +31,7 @@ def test_the_confirmation_goes_in_writing_and_falls_back_only_when_it_must(
     live: LiveService,
 ) -> None:
     daytime = zone_at_local_hour(11)
-    live.post_event(
-        borrower_upserted("b-both", timezone=daytime, email="both@example.com")
-    )
+    live.post_event(borrower_upserted("b-both", timezone=daytime, email="both@example.com"))
     live.post_event(borrower_upserted("b-phone", timezone=daytime))
     live.post_event(
         borrower_upserted(

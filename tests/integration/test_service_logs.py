@@ -36,7 +36,7 @@ from outreach.store import models as m
 from tests import twilio_emulator
 from tests.conftest import REDIS_URL, REPO_ROOT, truncate_all
 from tests.factories import borrower_upserted, loan_updated, zone_at_local_hour
-from tests.live import WEBHOOK_SECRET, sign
+from tests.live import LINK_SECRET, WEBHOOK_SECRET, sign
 from tests.smtp_relay import Relay, running_relay
 from tests.support import OUTREACH, clean_env, free_port
 from tests.twilio_emulator import TwilioEmulator
@@ -198,6 +198,7 @@ def run(
         OUTREACH_DATABASE_URL=postgres_engine.url.render_as_string(hide_password=False),
         OUTREACH_REDIS_URL=REDIS_URL,
         OUTREACH_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        OUTREACH_LINK_SECRET=LINK_SECRET,
         OUTREACH_OPS_TOKENS=f"{ADMIN}:admin,{VIEWER}:viewer",
         OUTREACH_PUBLIC_URL=urls[0],
         OUTREACH_EMAIL_PROVIDER="smtp",

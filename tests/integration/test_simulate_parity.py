@@ -40,6 +40,7 @@ from outreach.service.inbound import handle_sms_reply
 from outreach.service.messages import as_record, seeded_ids
 from outreach.settings import load_settings
 from outreach.sim import VirtualClock
+from outreach.sim.engine import SIMULATION_LINK_KEY
 from outreach.store import models as m
 from outreach.store.db import make_session_factory, transaction
 from outreach.store.messages import DUE_STATUSES
@@ -64,6 +65,8 @@ def settings_for(database_url: str) -> Any:
             "OUTREACH_DATABASE_URL": database_url,
             "OUTREACH_REDIS_URL": REDIS_URL,
             "OUTREACH_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            # the simulator's own key: the same unsubscribe links in both runs' text
+            "OUTREACH_LINK_SECRET": SIMULATION_LINK_KEY.decode(),
             "OUTREACH_SMS_PROVIDER": "simulated",
             "OUTREACH_EMAIL_PROVIDER": "simulated",
             "OUTREACH_POLICY": str(REPO_ROOT / "schedules" / "default.yaml"),

@@ -25,7 +25,7 @@ from outreach.worker import enqueue
 from tests.conftest import REDIS_URL, REPO_ROOT
 from tests.factories import borrower_upserted, loan_updated, zone_at_local_hour
 from tests.integration.conftest import serve
-from tests.live import WEBHOOK_SECRET, LiveService
+from tests.live import LINK_SECRET, WEBHOOK_SECRET, LiveService
 from tests.support import OUTREACH, clean_env
 from tests.twilio_emulator import TwilioEmulator
 from tests.twilio_fixtures import twilio_env
@@ -68,6 +68,7 @@ def start_worker_process(
         OUTREACH_DATABASE_URL=settings.database_url.reveal(),
         OUTREACH_REDIS_URL=REDIS_URL,
         OUTREACH_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        OUTREACH_LINK_SECRET=LINK_SECRET,
         OUTREACH_PUBLIC_URL=settings.public_url,
         **service_env(emulator),
     )
