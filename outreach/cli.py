@@ -92,7 +92,36 @@ def with_generated_defaults(settings: Settings) -> Settings:
         token, _ = generated_secret(settings.var_dir, "admin_token")
         typer.echo(f"Admin token (Authorization: Bearer ...): {token.reveal()}")
         settings = replace(settings, ops_tokens=(OpsToken(token, "admin"),))
+    if not settings.link_secrets:
+        # kept, not printed: no one outside needs it, but links already sent verify against
+        # it, so web and worker processes set up later take it over as OUTREACH_LINK_SECRET
+        link_secret, _ = generated_secret(settings.var_dir, "link_secret")
+        settings = replace(settings, link_secrets=(link_secret,))
     return settings
+
+
+# the secrets each Procfile process cannot work without (only `outreach run` makes its own)
+REQUIRED_SECRETS = {
+    "web": ("OUTREACH_WEBHOOK_SECRET", "OUTREACH_OPS_TOKENS", "OUTREACH_LINK_SECRET"),
+    "worker": ("OUTREACH_LINK_SECRET",),
+}
+
+
+def require_secrets(settings: Settings, process: str) -> None:
+    """Refuse to start, in one line, without a secret the process needs: the webhook
+    secret to verify events, ops tokens for the ops API and pages, the link secret to sign
+    (worker) and verify (web) unsubscribe links."""
+    present = {
+        "OUTREACH_WEBHOOK_SECRET": settings.webhook_secret is not None,
+        "OUTREACH_OPS_TOKENS": bool(settings.ops_tokens),
+        "OUTREACH_LINK_SECRET": bool(settings.link_secrets),
+    }
+    for name in REQUIRED_SECRETS[process]:
+        if not present[name]:
+            fail(
+                f"configuration error: {name}: required for `outreach {process}` "
+                "(only `outreach run` generates its own, under var/)"
+            )
 
 
 def start_services(settings: Settings) -> tuple[Runtime, Services]:
@@ -168,6 +197,7 @@ def web(host: HostOption = "0.0.0.0", port: PortOption = 8000) -> None:
     from outreach.observe import observe_process
 
     settings = settings_or_exit()
+    require_secrets(settings, "web")
     configure_logging(settings, "web")
     runtime, services = start_services(settings)
     observer = observe_process(runtime, "web")
@@ -187,6 +217,7 @@ def worker(
     from outreach.worker import run_workers
 
     settings = settings_or_exit()
+    require_secrets(settings, "worker")
     configure_logging(settings, "worker")
     if settings.uses_embedded_redis:
         fail("OUTREACH_REDIS_URL: required for a separate worker (use `outreach run` otherwise)")

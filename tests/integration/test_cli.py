@@ -8,6 +8,7 @@ from sqlalchemy import create_engine, inspect, text
 from typer.testing import CliRunner
 
 from outreach.cli import app
+from tests.conftest import REDIS_URL
 from tests.support import clean_env, free_port, run_outreach, running
 
 
@@ -30,6 +31,39 @@ def test_a_malformed_setting_fails_at_start_in_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "OUTREACH_DATABASE_URL" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+SECRETS = {
+    "OUTREACH_WEBHOOK_SECRET": "cli-webhook-secret-0123",
+    "OUTREACH_OPS_TOKENS": "cli-admin-token-0123456:admin",
+    "OUTREACH_LINK_SECRET": "cli-link-secret-0123456",
+}
+
+
+@pytest.mark.parametrize(
+    ("process", "missing"),
+    [
+        ("web", "OUTREACH_LINK_SECRET"),
+        ("web", "OUTREACH_WEBHOOK_SECRET"),
+        ("web", "OUTREACH_OPS_TOKENS"),
+        ("worker", "OUTREACH_LINK_SECRET"),
+    ],
+)
+def test_a_procfile_process_refuses_to_start_without_a_secret_it_needs(
+    tmp_path: Path, process: str, missing: str
+) -> None:
+    env = clean_env(
+        **{name: value for name, value in SECRETS.items() if name != missing},
+        OUTREACH_DATABASE_URL=f"sqlite:///{tmp_path / 'outreach.db'}",
+        OUTREACH_REDIS_URL=REDIS_URL,
+    )
+    listen = ["--host", "127.0.0.1", "--port", str(free_port())] if process == "web" else []
+    result = run_outreach(process, *listen, cwd=tmp_path, env=env, timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert missing in lines[0] and "outreach run" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
 
 
