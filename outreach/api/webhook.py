@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -62,23 +63,35 @@ def signature_for(secret: bytes, body: bytes, at: float) -> str:
 
 def signature_valid(secret: bytes, header: str | None, body: bytes, now: float) -> bool:
     """`t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`, within the replay window; more
-    than one v1 is allowed while the secret is rotated."""
-    if not header:
+    than one v1 is allowed while the secret is rotated. Anything else is not valid, however
+    long or whatever its characters: only ASCII digits for `t`, lowercase or uppercase hex
+    of the digest's length for each `v1`, compared as bytes."""
+    if not header or len(header) > _LONGEST_SIGNATURE_HEADER or not header.isascii():
         return False
     timestamp: str | None = None
-    candidates: list[str] = []
+    candidates: list[bytes] = []
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
         if key == "t":
             timestamp = value
-        elif key == "v1":
-            candidates.append(value)
-    if timestamp is None or not timestamp.isdigit() or not candidates:
+        elif key == "v1" and _HEX_DIGEST.fullmatch(value):
+            candidates.append(value.lower().encode())
+    if timestamp is None or not _UNIX_SECONDS.fullmatch(timestamp) or not candidates:
         return False
     if abs(now - int(timestamp)) > SIGNATURE_TOLERANCE_SECONDS:
         return False
     expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+    valid = False
+    for candidate in candidates:
+        valid |= hmac.compare_digest(expected.encode(), candidate)
+    return valid
+
+
+# a header with a few v1 values during a rotation is well under this
+_LONGEST_SIGNATURE_HEADER = 1024
+# `t` within the replay window of any date this side of year 2286 has at most 10 digits
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class EventReceiver:
