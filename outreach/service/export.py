@@ -47,10 +47,24 @@ def csv_rows(sessions: sessionmaker[Session], criteria: MessageFilter) -> Iterat
     with sessions() as session:
         for count, message in enumerate(iter_messages(session, criteria), start=1):
             record = as_record(message, with_events=False)
-            writer.writerow(["" if record[c] is None else record[c] for c in COLUMNS])
+            writer.writerow([_cell(record[c]) for c in COLUMNS])
             if count % 200 == 0:
                 yield _drain(buffer)
         yield _drain(buffer)
+
+
+# A spreadsheet reads a cell that starts with one of these as a formula (`=HYPERLINK(…)` in a
+# borrower id becomes a live link) or a signed number (`+86…` loses its plus): OWASP's CSV
+# injection advice, a leading single quote that makes the cell text
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_LEADS):
+        return "'" + value
+    return value
 
 
 def _drain(buffer: io.StringIO) -> str:
