@@ -94,6 +94,8 @@ class Settings:
     # keys of the signed links in messages (unsubscribe), newest first: links are signed with
     # the first and verified against each, so a rotated-out key keeps its links working
     link_secrets: tuple[Secret, ...] = ()
+    # SMTP AUTH over a connection without STARTTLS (a relay on this machine or a private net)
+    smtp_allow_plaintext_auth: bool = False
     templates_dir: Path = field(default_factory=lambda: _shipped(DEFAULT_TEMPLATES))
     var_dir: Path = VAR_DIR
     # seconds a worker's lease outlives its last heartbeat (see outreach/worker_leases.py)
@@ -311,6 +313,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         smtp_username=_optional(env, "SMTP_USERNAME"),
         smtp_password=Secret(v) if (v := _optional(env, "SMTP_PASSWORD")) else None,
         smtp_starttls=_bool(env, "SMTP_STARTTLS", False),
+        smtp_allow_plaintext_auth=_bool(env, "SMTP_ALLOW_PLAINTEXT_AUTH", False),
         email_from=email_from,
         policy_path=policy_path,
         # at least 8 s: the reconciler then asks the provider 1.5 leases (12 s) after the last

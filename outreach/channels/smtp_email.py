@@ -92,6 +92,14 @@ class SmtpSender:
             )
         if settings.smtp_username and not settings.smtp_password:
             raise ConfigurationError("SMTP_PASSWORD: required when SMTP_USERNAME is set")
+        if settings.smtp_username and not (
+            settings.smtp_starttls or settings.smtp_allow_plaintext_auth
+        ):
+            raise ConfigurationError(
+                "SMTP_USERNAME: logging in without SMTP_STARTTLS sends SMTP_PASSWORD in clear; "
+                "set SMTP_STARTTLS=true, or SMTP_ALLOW_PLAINTEXT_AUTH=true for a relay on this "
+                "machine or a private network"
+            )
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self._settings = settings

@@ -67,6 +67,24 @@ def test_a_procfile_process_refuses_to_start_without_a_secret_it_needs(
     assert "Traceback" not in result.stderr + result.stdout
 
 
+def test_smtp_login_without_tls_refuses_to_start(tmp_path: Path) -> None:
+    env = clean_env(
+        **SECRETS,
+        OUTREACH_DATABASE_URL=f"sqlite:///{tmp_path / 'outreach.db'}",
+        OUTREACH_REDIS_URL=REDIS_URL,
+        OUTREACH_EMAIL_PROVIDER="smtp",
+        EMAIL_FROM="Collections <care@lender.example>",
+        SMTP_USERNAME="collections",
+        SMTP_PASSWORD="smtp-password-value",
+    )
+    result = run_outreach("worker", cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "SMTP_USERNAME" in lines[0] and "SMTP_ALLOW_PLAINTEXT_AUTH" in lines[0]
+    assert "smtp-password-value" not in result.stderr + result.stdout
+
+
 def test_db_upgrade_on_sqlite(tmp_path: Path) -> None:
     result = run_outreach("db", "upgrade", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

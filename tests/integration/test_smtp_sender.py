@@ -219,8 +219,23 @@ def test_chinese_names_subjects_and_bodies_arrive_as_written(relay: Relay) -> No
     assert message["List-Unsubscribe"] == "<https://outreach.example/v1/unsubscribe/tok3n>"
 
 
-def test_login_when_a_username_is_set(relay: Relay) -> None:
+def test_no_login_in_clear_unless_allowed(relay: Relay) -> None:
     settings = smtp_settings(relay.port, SMTP_USERNAME="collections", SMTP_PASSWORD="s3cret")
+    with pytest.raises(ConfigurationError) as raised:
+        KeptSmtpSender(settings).send(email_message())
+    message = str(raised.value)
+    assert message.startswith("SMTP_USERNAME:") and "SMTP_STARTTLS" in message
+    assert "s3cret" not in message
+    assert relay.handler.logins == [] and relay.handler.accepted == []
+
+
+def test_login_when_a_username_is_set(relay: Relay) -> None:
+    settings = smtp_settings(
+        relay.port,
+        SMTP_USERNAME="collections",
+        SMTP_PASSWORD="s3cret",
+        SMTP_ALLOW_PLAINTEXT_AUTH="true",  # the test relay has no TLS
+    )
 
     KeptSmtpSender(settings).send(email_message())
 
@@ -229,7 +244,12 @@ def test_login_when_a_username_is_set(relay: Relay) -> None:
 
 
 def test_refused_login_waits_for_the_operator(relay: Relay) -> None:
-    settings = smtp_settings(relay.port, SMTP_USERNAME="collections", SMTP_PASSWORD="wrong")
+    settings = smtp_settings(
+        relay.port,
+        SMTP_USERNAME="collections",
+        SMTP_PASSWORD="wrong",
+        SMTP_ALLOW_PLAINTEXT_AUTH="true",
+    )
 
     with pytest.raises(ProviderUnavailable) as raised:
         KeptSmtpSender(settings).send(email_message())
