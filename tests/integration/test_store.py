@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from outreach.store.db import make_engine
 from outreach.store.keysets import KeyList, keys_in
 from outreach.store.migrate import downgrade, is_current, upgrade
 from outreach.store.models import Base, Loan, Message, MessageEvent, ReceivedEvent
@@ -190,3 +192,14 @@ def test_a_key_list_finds_the_rows_an_in_list_finds(engine: Engine) -> None:
 def test_a_key_list_refuses_keys_that_are_not_text() -> None:
     with pytest.raises(TypeError, match="text keys only"):
         KeyList().process_bind_param([1, 2], None)
+
+
+def test_the_embedded_sqlite_syncs_every_commit_to_disk(tmp_path: Path) -> None:
+    # the served store (`outreach run`): an event answered 202 is on disk, power cut or not
+    engine = make_engine(f"sqlite:///{tmp_path / 'outreach.db'}")
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert connection.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    finally:
+        engine.dispose()
