@@ -124,6 +124,15 @@ def require_secrets(settings: Settings, process: str) -> None:
             )
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the process as Ctrl-C does, through every `finally`: uvicorn stops
+    serving on it, then raises it again, and the default action would end the process there
+    and then, leaving the embedded redis-server running with no owner."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def start_services(settings: Settings) -> tuple[Runtime, Services]:
     """Runtime and services, or one line naming what is wrong (policy, templates, settings)."""
     from outreach.runtime import Runtime
@@ -163,6 +172,7 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
     from outreach.store.migrate import upgrade
     from outreach.worker import build_broker, enqueue, start_worker, stop_worker
 
+    stop_on_sigterm()
     settings = with_generated_defaults(settings_or_exit())
     configure_logging(settings, "run")
     runtime, services = start_services(settings)
@@ -196,6 +206,7 @@ def web(host: HostOption = "0.0.0.0", port: PortOption = 8000) -> None:
     from outreach.api.app import create_app
     from outreach.observe import observe_process
 
+    stop_on_sigterm()
     settings = settings_or_exit()
     require_secrets(settings, "web")
     configure_logging(settings, "web")

