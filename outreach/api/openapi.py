@@ -90,7 +90,13 @@ AMOUNT = {
     "pattern": "^(?:0|[1-9][0-9]{0,14})(?:\\.[0-9]{1,4})?$",
     "description": 'a decimal string, zero or more, such as "50.00"',
 }
-IDENTIFIER = {"type": "string", "minLength": 1, "maxLength": 100}
+IDENTIFIER = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 100,
+    "pattern": "^[^/]+$",
+    "description": "no '/': an id is a path segment of its pages and routes",
+}
 PHONE = {
     "type": "string",
     "pattern": "^\\+[1-9][0-9]{6,14}$",
@@ -227,7 +233,7 @@ def event_data_schemas() -> dict[str, dict[str, Any]]:
                 "visit_id": IDENTIFIER,
                 "visit_at": INSTANT,
                 "collector_name": PERSON_NAME,
-                "collector_id": {"type": "string", "minLength": 1, "maxLength": 100},
+                "collector_id": IDENTIFIER,
             },
             ["loan_id", "visit_id", "visit_at", "collector_name", "collector_id"],
         ),

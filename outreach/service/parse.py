@@ -124,10 +124,22 @@ def _zone(value: str) -> str:
 
 
 def _email(value: str) -> str:
-    local, at, domain = value.strip().rpartition("@")
-    if not at or not local or "." not in domain or " " in value.strip():
+    # a line break in an address is a header injected into the mail (`Bcc:` …), wherever it is
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain a line break (CR or LF)")
+    address = value.strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in address):
         raise ValueError(f"'{value}' is not an email address")
-    return value.strip()
+    return address
+
+
+def _identifier(value: str) -> str:
+    # an id is a path segment of its pages and API routes (/ui/borrowers/{id}): with a `/` in it
+    # they cannot be reached, even percent-encoded
+    if "/" in value:
+        raise ValueError("must not contain '/'")
+    return value
 
 
 def _text(value: Any) -> Any:
@@ -142,7 +154,7 @@ Instant = Annotated[dt.datetime, BeforeValidator(_text), AfterValidator(_aware)]
 Phone = Annotated[str, AfterValidator(_e164)]
 Zone = Annotated[str, AfterValidator(_zone)]
 Email = Annotated[str, AfterValidator(_email)]
-Identifier = Annotated[str, Field(min_length=1, max_length=100)]
+Identifier = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_identifier)]
 CalendarDate = Annotated[dt.date, BeforeValidator(_text), AfterValidator(_calendar_date)]
 ClockTime = Annotated[dt.time, BeforeValidator(_text)]
 # true or false, not 0, 1, "yes" or "off" (which pydantic would read as one)
@@ -250,7 +262,7 @@ class VisitScheduled(Lenient):
     visit_id: Identifier
     visit_at: Instant
     collector_name: PersonName
-    collector_id: Annotated[str, Field(min_length=1, max_length=100)]
+    collector_id: Identifier
 
 
 class WindowIn(Lenient):
