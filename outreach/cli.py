@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,12 +81,17 @@ def serve(app: Any, host: str, port: int, settings: Settings) -> None:
     uvicorn.run(app, host=host, port=port, log_config=None, log_level=settings.log_level.lower())
 
 
+# the files under var/ that `outreach run` keeps its generated secrets in
+WEBHOOK_SECRET_FILE = "webhook_secret"
+REPLY_TOKEN_FILE = "console_reply_token"
+
+
 def with_generated_defaults(settings: Settings) -> Settings:
     """Embedded defaults: a webhook secret and an admin token kept under var/ and printed."""
     from outreach.runtime import generated_secret
 
     if settings.webhook_secret is None:
-        secret, _ = generated_secret(settings.var_dir, "webhook_secret")
+        secret, _ = generated_secret(settings.var_dir, WEBHOOK_SECRET_FILE)
         typer.echo(f"Webhook secret (OUTREACH_WEBHOOK_SECRET): {secret.reveal()}")
         settings = replace(settings, webhook_secret=secret)
     if not settings.ops_tokens:
@@ -97,6 +103,11 @@ def with_generated_defaults(settings: Settings) -> Settings:
         # it, so web and worker processes set up later take it over as OUTREACH_LINK_SECRET
         link_secret, _ = generated_secret(settings.var_dir, "link_secret")
         settings = replace(settings, link_secrets=(link_secret,))
+    if settings.twilio_auth_token is None and settings.sms_provider == "console":
+        # the console stands in for Twilio, and replies to it are signed as Twilio signs
+        # them: `outreach events post` signs a file's sms.inbound lines with this token
+        reply_token, _ = generated_secret(settings.var_dir, REPLY_TOKEN_FILE)
+        settings = replace(settings, twilio_auth_token=reply_token)
     return settings
 
 
@@ -122,6 +133,51 @@ def require_secrets(settings: Settings, process: str) -> None:
                 f"configuration error: {name}: required for `outreach {process}` "
                 "(only `outreach run` generates its own, under var/)"
             )
+
+
+FIRST_STEPS_BOOK = Path("examples") / "first-steps.jsonl"
+
+
+def first_steps(url: str, *, generated_token: bool) -> str:
+    """What to try next, printed by `outreach run` under its secrets: commands that work as
+    printed from another terminal in the same directory."""
+    from outreach.settings import DEFAULT_PUBLIC_URL
+
+    address = "" if url == DEFAULT_PUBLIC_URL else f" --url {url}"
+    book = FIRST_STEPS_BOOK if FIRST_STEPS_BOOK.is_file() else Path("EVENTS.jsonl")
+    login = "the admin token above" if generated_token else "an ops token"
+    command = this_command()
+    return "\n".join(
+        (
+            "Try next, from another terminal in this directory:",
+            f"  {command} events post {book}{address}   # a small book: every kind of message",
+            f"  open {url}/ui/ and log in with {login}",
+            f"  {command} messages list",
+        )
+    )
+
+
+def this_command() -> str:
+    """How to run this `outreach` from the current directory: its name when the shell finds
+    this very program by it, else its path (`.venv/bin/outreach` after `scripts/run`)."""
+    import shutil
+
+    program = Path(sys.argv[0])
+    if program.name != "outreach":
+        return "outreach"  # `python -m outreach`: the installed name is the one to show
+    found = shutil.which("outreach")
+    if found is not None and Path(found).resolve() == program.resolve():
+        return "outreach"
+    try:
+        return str(program.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(program.resolve())
+
+
+def local_url(host: str, port: int) -> str:
+    """The address of a service listening on `host`:`port`, as a command beside it reaches it."""
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"http://{reachable}:{port}"
 
 
 def stop_on_sigterm() -> None:
@@ -174,6 +230,10 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
 
     stop_on_sigterm()
     settings = with_generated_defaults(settings_or_exit())
+    if "OUTREACH_PUBLIC_URL" not in os.environ:
+        # links in messages and the URL Twilio's signatures are made over: where this
+        # process is, unless the operator said where it is reached from
+        settings = replace(settings, public_url=local_url(host, port))
     configure_logging(settings, "run")
     runtime, services = start_services(settings)
     observer = observe_process(runtime, "run")
@@ -188,6 +248,8 @@ def run(host: HostOption = "127.0.0.1", port: PortOption = 8000) -> None:
         clock_process = Clock(services, lambda ids: enqueue(ready_broker, ids))
         clock_process.start()
         typer.echo(f"outreach listening on http://{host}:{port}")
+        generated_token = "OUTREACH_OPS_TOKENS" not in os.environ
+        typer.echo(first_steps(local_url(host, port), generated_token=generated_token))
         serve(create_app(services, broker), host, port, settings)
     finally:
         if clock_process is not None:
@@ -484,7 +546,7 @@ def events_post(
             exists=True,
             dir_okay=False,
             readable=True,
-            help="One event envelope (SPEC §4) per line.",
+            help="One event envelope (SPEC §4) or sms.inbound reply (SPEC §10) per line.",
         ),
     ],
     url: Annotated[
@@ -496,29 +558,54 @@ def events_post(
         typer.Option(help="The webhook secret; default OUTREACH_WEBHOOK_SECRET."),
     ] = None,
 ) -> None:
-    """Sign and post a file of events through /v1/events/batch; exit 1 if any was invalid."""
+    """Sign and post a file of events through /v1/events/batch; exit 1 if any was invalid.
+
+    `{now-2h}` and `{today+1d}` in the file become times relative to now; `sms.inbound`
+    lines are posted as Twilio posts a borrower's reply (signed with TWILIO_AUTH_TOKEN).
+    Beside `outreach run`, the secrets it made under var/ are used when none is given."""
+    import datetime as dt
+
     from rich.progress import Progress
 
-    from outreach.events_post import PostFailed, post_file
+    from outreach.events_post import Destination, Moment, PostFailed, post_file
+    from outreach.policy.loader import load_policy
+    from outreach.runtime import stored_secret
 
     settings = settings_or_exit()
     address = url or settings.public_url
-    key = secret or (settings.webhook_secret.reveal() if settings.webhook_secret else None)
+    key = (
+        secret
+        or (settings.webhook_secret.reveal() if settings.webhook_secret else None)
+        or stored_secret(settings.var_dir, WEBHOOK_SECRET_FILE)
+    )
     if not key:
         fail("no webhook secret: pass --secret or set OUTREACH_WEBHOOK_SECRET")
+    twilio_token = (
+        settings.twilio_auth_token.reveal()
+        if settings.twilio_auth_token
+        else stored_secret(settings.var_dir, REPLY_TOKEN_FILE)
+    )
+    with errors_as_one_line():
+        day_zone = load_policy(settings.policy_path).day_boundary_zone
+    # the service checks Twilio's signatures over its OUTREACH_PUBLIC_URL; without one it
+    # is reached where it listens, as `outreach run` assumes
+    signed_url = settings.public_url if "OUTREACH_PUBLIC_URL" in os.environ else address
+    destination = Destination(address, key, twilio_token, signed_url=signed_url)
+    moment = Moment(dt.datetime.now(dt.UTC), day_zone)
     with events_file.open("rb") as lines:
         total = sum(1 for line in lines if line.strip())
     try:
         with Progress(transient=True) as progress:
             task = progress.add_task(f"posting to {address}", total=total)
             report = post_file(
-                events_file, address, key, progress=lambda n: progress.advance(task, n)
+                events_file, destination, moment, progress=lambda n: progress.advance(task, n)
             )
     except PostFailed as error:
         fail(str(error), code=1)
+    replies = f", {report.replies} replies" if report.replies else ""
     typer.echo(
         f"{report.accepted} accepted, {report.duplicate} duplicate, "
-        f"{len(report.invalid)} invalid ({report.batches} batches to {address})"
+        f"{len(report.invalid)} invalid{replies} ({report.batches} batches to {address})"
     )
     for invalid in report.invalid:
         named = f" ({invalid.event_id})" if invalid.event_id else ""

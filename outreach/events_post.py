@@ -3,7 +3,17 @@ posted to a running service through `POST /v1/events/batch`.
 
 Lines go in batches of at most MAX_BATCH_EVENTS events and MAX_BATCH_BYTES, in file order (the
 service applies the events of one loan in the order they arrive). A line that is not a JSON
-object is reported with its number and not sent. A batch the service could not store (503,
+object is reported with its number and not sent.
+
+Two things make a file usable any day and with the simulator's inputs (SPEC §10):
+- a string value that is exactly `{now}`, `{now-3d}`, `{now+90m}` (units `d`, `h`, `m`,
+  combinable: `{now-1d2h}`) becomes that instant in RFC 3339 UTC, and `{today}`, `{today+2d}`
+  that date in the lender's day (the policy's `day_boundary_zone`): the shipped `examples/`
+  are written that way;
+- an `sms.inbound` line (`data`: `from`, `body`, optional `to`) is a borrower's reply: it is
+  posted, in its place in the file, to the Twilio inbound route as Twilio would post it,
+  signed with the Twilio auth token, with a MessageSid derived from its `id` (posting the
+  file again records it once). A batch the service could not store (503,
 or no answer at all) is sent again after a pause: events it stored meanwhile come back as
 duplicates, so nothing is applied twice. A 401, 413 or 422 for a whole batch is not worth
 retrying and ends the run.
@@ -11,18 +21,30 @@ retrying and ends the run.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import requests
+from twilio.request_validator import RequestValidator
 
 from outreach.api.webhook import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, SIGNATURE_HEADER, signature_for
 
 BATCH_PATH = "/v1/events/batch"
+INBOUND_PATH = "/v1/providers/twilio/inbound"
+INBOUND_TYPE = "sms.inbound"
+# the number a reply is addressed to when its line names none: Twilio's test "from" number
+DEFAULT_REPLY_TO = "+15005550006"
+_RELATIVE = re.compile(r"\{(now|today)((?:[+-]\d{1,5}[dhm])*)\}")
+_OFFSET = re.compile(r"([+-])(\d{1,5})([dhm])")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 # a batch the service could not store is sent again after these pauses (seconds), then the
 # run gives up
 RETRY_PAUSES = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
@@ -52,10 +74,62 @@ class PostReport:
     invalid: list[Invalid] = field(default_factory=list)
     batches: int = 0
     retries: int = 0
+    replies: int = 0
 
     @property
     def sent(self) -> int:
-        return self.accepted + self.duplicate + len(self.invalid)
+        return self.accepted + self.duplicate + len(self.invalid) + self.replies
+
+
+@dataclass(frozen=True)
+class Moment:
+    """What `{now…}` and `{today…}` stand for in this run."""
+
+    now: dt.datetime
+    day_zone: ZoneInfo
+
+    def fill(self, value: Any) -> Any:
+        """`value` with every relative time in it made absolute."""
+        if isinstance(value, str):
+            found = _RELATIVE.fullmatch(value)
+            return self._instant(found) if found else value
+        if isinstance(value, dict):
+            return {key: self.fill(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.fill(item) for item in value]
+        return value
+
+    def _instant(self, found: re.Match[str]) -> str:
+        base, offsets = found.groups()
+        shift = dt.timedelta()
+        for sign, amount, unit in _OFFSET.findall(offsets):
+            step = dt.timedelta(**{_UNITS[unit]: int(amount)})
+            shift += step if sign == "+" else -step
+        if base == "today":
+            return (self.now.astimezone(self.day_zone) + shift).date().isoformat()
+        instant = (self.now + shift).astimezone(dt.UTC).replace(microsecond=0)
+        return instant.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A borrower's SMS reply (an `sms.inbound` line), as Twilio would post it."""
+
+    line: int
+    event_id: str | None
+    form: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where and how the file goes: the service's address, the webhook secret, and for
+    replies the Twilio auth token and the URL the service checks Twilio's signature with
+    (its OUTREACH_PUBLIC_URL, which behind a proxy is not the address posted to)."""
+
+    url: str
+    secret: str
+    twilio_token: str | None = None
+    signed_url: str | None = None
 
 
 @dataclass
@@ -68,8 +142,9 @@ class _Batch:
         return b'{"events":[' + b",".join(self.documents) + b"]}"
 
 
-def read_batches(path: Path, report: PostReport) -> Iterator[_Batch]:
-    """The file's events in batches; lines that are no JSON object go to `report.invalid`."""
+def read_batches(path: Path, report: PostReport, moment: Moment) -> Iterator[_Batch | Reply]:
+    """The file's events in batches, and its replies between them in file order; lines that
+    are no JSON object go to `report.invalid`."""
     batch = _Batch()
     with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
@@ -86,6 +161,15 @@ def read_batches(path: Path, report: PostReport) -> Iterator[_Batch]:
             if not isinstance(document, dict):
                 report.invalid.append(Invalid(number, None, "body", "body: must be a JSON object"))
                 continue
+            document = moment.fill(document)
+            if document.get("type") == INBOUND_TYPE:
+                reply = _reply(number, document, report)
+                if reply is not None:
+                    if batch.documents:
+                        yield batch
+                        batch = _Batch()
+                    yield reply
+                continue
             encoded = orjson.dumps(document)
             # the envelope around the events, and a comma between two
             if batch.documents and (
@@ -101,25 +185,51 @@ def read_batches(path: Path, report: PostReport) -> Iterator[_Batch]:
         yield batch
 
 
+def _reply(number: int, document: dict[str, Any], report: PostReport) -> Reply | None:
+    event_id = document.get("id") if isinstance(document.get("id"), str) else None
+    data = document.get("data")
+    sender = data.get("from") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(sender, str) or not sender:
+        report.invalid.append(
+            Invalid(number, event_id, "data.from", "data.from: the number the reply came from")
+        )
+        return None
+    body = data.get("body", "")
+    addressed = data.get("to") or DEFAULT_REPLY_TO
+    # the same line posted twice is the same Twilio message: recorded once
+    seed = event_id or orjson.dumps(document).decode()
+    sid = "SM" + hashlib.sha256(seed.encode()).hexdigest()[:32]
+    form = {"From": sender, "To": str(addressed), "Body": str(body), "MessageSid": sid}
+    return Reply(number, event_id, form)
+
+
 def post_file(
     path: Path,
-    url: str,
-    secret: str,
+    destination: Destination,
+    moment: Moment,
     *,
     progress: Callable[[int], None] | None = None,
     session: requests.Session | None = None,
     pauses: Iterable[float] = RETRY_PAUSES,
 ) -> PostReport:
-    """Post every event of the file; `progress` is told how many events each batch held."""
+    """Post every event and reply of the file; `progress` is told how many lines each
+    batch or reply held."""
     report = PostReport()
-    endpoint = url.rstrip("/") + BATCH_PATH
+    base = destination.url.rstrip("/")
     http = session or requests.Session()
     retry_pauses = tuple(pauses)
     try:
-        for batch in read_batches(path, report):
-            results = _post_batch(http, endpoint, secret.encode(), batch, retry_pauses, report)
+        for part in read_batches(path, report, moment):
+            if isinstance(part, Reply):
+                _post_reply(http, base, destination, part, retry_pauses, report)
+                if progress is not None:
+                    progress(1)
+                continue
+            results = _post_batch(
+                http, base + BATCH_PATH, destination.secret.encode(), part, retry_pauses, report
+            )
             report.batches += 1
-            for number, result in zip(batch.lines, results, strict=True):
+            for number, result in zip(part.lines, results, strict=True):
                 status = result.get("status")
                 if status == "accepted":
                     report.accepted += 1
@@ -136,12 +246,43 @@ def post_file(
                         )
                     )
             if progress is not None:
-                progress(len(batch.lines))
+                progress(len(part.lines))
     finally:
         if session is None:
             http.close()
     report.invalid.sort(key=lambda invalid: invalid.line)
     return report
+
+
+def _post_reply(
+    http: requests.Session,
+    base: str,
+    destination: Destination,
+    reply: Reply,
+    pauses: tuple[float, ...],
+    report: PostReport,
+) -> None:
+    if not destination.twilio_token:
+        report.invalid.append(
+            Invalid(
+                reply.line,
+                reply.event_id,
+                "type",
+                "sms.inbound: no Twilio auth token to sign the reply with (TWILIO_AUTH_TOKEN)",
+            )
+        )
+        return
+    signed = (destination.signed_url or base).rstrip("/") + INBOUND_PATH
+    signature = RequestValidator(destination.twilio_token).compute_signature(signed, reply.form)
+    _post_until_stored(
+        http,
+        base + INBOUND_PATH,
+        lambda: {"data": reply.form, "headers": {"X-Twilio-Signature": signature}},
+        pauses,
+        report,
+        f"line {reply.line}",
+    )
+    report.replies += 1
 
 
 def _post_batch(
@@ -153,25 +294,44 @@ def _post_batch(
     report: PostReport,
 ) -> list[dict[str, Any]]:
     body = batch.body()
-    for attempt in range(len(pauses) + 1):
+
+    def signed() -> dict[str, Any]:
         # signed afresh each try: the signature's time must stay inside the service's window
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: signature_for(secret, body, time.time()),
         }
+        return {"data": body, "headers": headers}
+
+    where = f"lines {batch.lines[0]}–{batch.lines[-1]}"
+    response = _post_until_stored(http, endpoint, signed, pauses, report, where)
+    results = response.json().get("results")
+    if not isinstance(results, list) or len(results) != len(batch.lines):
+        raise PostFailed(f"{endpoint} answered 200 without a result per event")
+    return results
+
+
+def _post_until_stored(
+    http: requests.Session,
+    endpoint: str,
+    request: Callable[[], dict[str, Any]],
+    pauses: tuple[float, ...],
+    report: PostReport,
+    where: str,
+) -> requests.Response:
+    """The 200 of `endpoint`, asked again after each pause while it could not store (503 or
+    no answer); any other answer ends the run."""
+    for attempt in range(len(pauses) + 1):
         try:
-            response = http.post(endpoint, data=body, headers=headers, timeout=TIMEOUT_SECONDS)
+            response = http.post(endpoint, timeout=TIMEOUT_SECONDS, **request())
         except requests.RequestException as error:
             problem = f"no answer from {endpoint} ({type(error).__name__})"
         else:
             if response.status_code == 200:
-                results = response.json().get("results")
-                if not isinstance(results, list) or len(results) != len(batch.lines):
-                    raise PostFailed(f"{endpoint} answered 200 without a result per event")
-                return results
+                return response
             problem = f"{endpoint} answered {response.status_code}: {_detail(response)}"
             if response.status_code != 503:
-                raise PostFailed(f"{problem} (lines {batch.lines[0]}–{batch.lines[-1]})")
+                raise PostFailed(f"{problem} ({where})")
         if attempt == len(pauses):
             raise PostFailed(f"{problem}; gave up after {attempt + 1} tries")
         report.retries += 1

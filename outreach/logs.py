@@ -309,7 +309,27 @@ def configure_logging(
     migration = logging.getLogger("alembic.runtime.migration")
     if not any(isinstance(f, _AlembicContextFilter) for f in migration.filters):
         migration.addFilter(_AlembicContextFilter())
+    server = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _ServerLifecycleFilter) for f in server.filters):
+        server.addFilter(_ServerLifecycleFilter())
     return handler
+
+
+class _ServerLifecycleFilter(logging.Filter):
+    """uvicorn narrates each step of starting and stopping at INFO; where it listens and
+    that it is shutting down are kept, the four steps around each are not."""
+
+    ROUTINE: Final = (
+        "Started server process",
+        "Waiting for application startup",
+        "Application startup complete",
+        "Waiting for application shutdown",
+        "Application shutdown complete",
+        "Finished server process",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not str(record.msg).startswith(self.ROUTINE)
 
 
 class _AlembicContextFilter(logging.Filter):

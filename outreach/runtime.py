@@ -37,6 +37,15 @@ class Runtime:
         self.redis.close()
 
 
+def stored_secret(var_dir: Path, name: str) -> str | None:
+    """The secret `outreach run` keeps in var/<name>, if it made one (for commands run beside
+    it in the same directory)."""
+    try:
+        return (var_dir / name).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def generated_secret(var_dir: Path, name: str) -> tuple[Secret, bool]:
     """A secret kept in var/<name> for the embedded defaults; (secret, newly created)."""
     path = var_dir / name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import os
 import signal
@@ -65,17 +66,19 @@ def wait_until_answering(url: str, process: subprocess.Popen[str], timeout: floa
 
 @contextmanager
 def running(
-    *args: str, cwd: Path, env: Mapping[str, str], port: int
+    *args: str, cwd: Path, env: Mapping[str, str], port: int, output: Path | None = None
 ) -> Iterator[subprocess.Popen[str]]:
-    """Start a long-running outreach process and stop it with SIGINT, as a terminal would."""
-    process = subprocess.Popen(
-        [*OUTREACH, *args],
-        cwd=cwd,
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    """Start a long-running outreach process and stop it with SIGINT, as a terminal would;
+    what it prints goes to `output` when given (readable while it runs), else to a pipe."""
+    with output.open("wb") if output is not None else contextlib.nullcontext() as written:
+        process = subprocess.Popen(
+            [*OUTREACH, *args],
+            cwd=cwd,
+            env=dict(env),
+            stdout=written if written is not None else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         wait_until_answering(f"http://127.0.0.1:{port}/health", process)
         yield process

@@ -389,4 +389,8 @@ def test_run_on_the_embedded_defaults_is_quiet(tmp_path: Path) -> None:
     assert "Webhook secret (OUTREACH_WEBHOOK_SECRET)" in output  # made on first start
     assert "database schema upgraded from empty to" in output
     assert "Running upgrade" not in output
+    assert "Application startup complete" not in output
+    # and what to try next, as commands that work from there
+    assert f"outreach events post EVENTS.jsonl --url http://127.0.0.1:{port}" in output
+    assert f"open http://127.0.0.1:{port}/ui/ and log in with the admin token above" in output
     assert len(output.splitlines()) <= 15, output
