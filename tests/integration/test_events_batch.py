@@ -207,9 +207,10 @@ def test_events_post_without_a_secret_or_with_the_wrong_one_fails_clearly(
     wrong = run_post(live, path, "--secret", "wrong")
     assert wrong.returncode == 1
     assert "answered 401" in wrong.stderr
+    # in a directory where `outreach run` keeps no secret of its own either
     missing = subprocess.run(
         [sys.executable, "-m", "outreach", "events", "post", str(path), "--url", live.base_url],
-        cwd=REPO_ROOT,
+        cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
