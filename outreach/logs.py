@@ -11,8 +11,9 @@
   per job run (every second), the twilio client's request dumps (numbers in their query
   strings), Alembic naming its database at every `/ready`; at DEBUG APScheduler speaks
   again, the twilio client never.
-- uvicorn's access lines carry the path without its query string (a text search, a name),
-  an unsubscribe link's token replaced by `…`, and none for a successful `/health`,
+- uvicorn's access lines carry the path without its query string (a text search, a name,
+  a number: every filter of the log), an unsubscribe link's token and a borrower's id in a
+  path replaced by `…`, and none for a successful `/health`,
   `/ready` or `/metrics` (probes and scrapes every few seconds would bury the rest).
 - Nothing personal at INFO: the service's own lines name messages, events and borrowers by
   id and recipients masked as the pages mask them (`render.filters.mask_recipient`:
@@ -51,6 +52,9 @@ NEVER_BELOW_WARNING: Final = ("twilio", "httpx", "httpcore")
 # successful answers to these are not access-logged: probes and scrapes
 QUIET_PATHS: Final = frozenset({"/health", "/ready", "/metrics"})
 UNSUBSCRIBE_PREFIX: Final = "/v1/unsubscribe/"
+# a borrower's id in a path (`/v1/borrowers/<id>/timeline`, `/ui/borrowers/<id>`) is the loan
+# system's, which may have made it of a phone number, a national id or a name: left out
+_BORROWER_ID: Final = re.compile(r"(/borrowers/)[^/]+")
 
 _EMAIL: Final = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 # a number written with its `+` (E.164 or with separators), or URL-encoded (`%2B…`)
@@ -197,6 +201,8 @@ class AccessLogFilter(logging.Filter):
         path = str(path).split("?", 1)[0]
         if path.startswith(UNSUBSCRIBE_PREFIX):
             path = UNSUBSCRIBE_PREFIX + "…"
+        elif "/borrowers/" in path:
+            path = _BORROWER_ID.sub(r"\1…", path)
         if path in QUIET_PATHS and isinstance(status, int) and 200 <= status < 300:
             return False
         record.args = (client, method, path, version, status)

@@ -24,7 +24,11 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
-        engine = make_engine(settings.database_url.reveal())
+        engine = make_engine(
+            settings.database_url.reveal(),
+            connect_timeout=settings.database_connect_timeout,
+            statement_timeout=settings.database_statement_timeout,
+        )
         redis_url = settings.redis_url.reveal() if settings.redis_url else None
         redis = RedisHandle(redis_url, settings.var_dir)
         return cls(settings, engine, make_session_factory(engine), redis)

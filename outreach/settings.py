@@ -70,6 +70,33 @@ class OpsToken:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """At most `count` in any fixed window of `seconds` (count 0: no limit)."""
+
+    count: int
+    seconds: int
+
+    @property
+    def limited(self) -> bool:
+        return self.count > 0
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Per client address (see README, Configuration). The webhook's is a flood guard far
+    above what a loan system sends (a nightly run is thousands of events a second from a few
+    addresses): its backpressure is the intake's bounded queue (503 with Retry-After)."""
+
+    webhook: Rate = Rate(600_000, 60)
+    twilio: Rate = Rate(60_000, 60)
+    unsubscribe: Rate = Rate(300, 60)
+    # answers refusing a signature (401 on the webhook, 403 on Twilio's callbacks)
+    unsigned: Rate = Rate(1_000, 60)
+    # failed logins to the pages (401 from POST /ui/login)
+    login_failures: Rate = Rate(10, 900)
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: Secret
     redis_url: Secret | None
@@ -103,6 +130,11 @@ class Settings:
     # the level and the format of every process's log (outreach/logs.py)
     log_level: str = "INFO"
     log_format: str = "text"
+    # seconds to reach PostgreSQL, and that one statement may run (0: unbounded); store/db.py
+    database_connect_timeout: float = 5.0
+    database_statement_timeout: float = 60.0
+    # requests per client address on the public routes (outreach/api/limits.py)
+    rate_limits: RateLimits = field(default_factory=lambda: RateLimits())
 
     @property
     def uses_embedded_redis(self) -> bool:
@@ -263,6 +295,32 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
     return raw.rstrip("/")
 
 
+def _rate(env: Mapping[str, str], name: str, default: Rate) -> Rate:
+    raw = _optional(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("0", "off"):
+        return Rate(0, default.seconds)
+    count, sep, seconds = raw.partition("/")
+    digits = count.isascii() and count.isdigit() and seconds.isascii() and seconds.isdigit()
+    if not (sep and digits):
+        raise ConfigurationError(f"{name}: '{raw}' is not COUNT/SECONDS (e.g. 10/900) or off")
+    if int(seconds) < 1 or int(seconds) > 86_400:
+        raise ConfigurationError(f"{name}: the window must be 1 to 86400 seconds, got {seconds}")
+    return Rate(int(count), int(seconds))
+
+
+def _rate_limits(env: Mapping[str, str]) -> RateLimits:
+    defaults = RateLimits()
+    return RateLimits(
+        webhook=_rate(env, "OUTREACH_RATE_LIMIT_WEBHOOK", defaults.webhook),
+        twilio=_rate(env, "OUTREACH_RATE_LIMIT_TWILIO", defaults.twilio),
+        unsubscribe=_rate(env, "OUTREACH_RATE_LIMIT_UNSUBSCRIBE", defaults.unsubscribe),
+        unsigned=_rate(env, "OUTREACH_RATE_LIMIT_UNSIGNED", defaults.unsigned),
+        login_failures=_rate(env, "OUTREACH_RATE_LIMIT_LOGIN_FAILURES", defaults.login_failures),
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigurationError naming the first bad one."""
     env = os.environ if env is None else env
@@ -321,4 +379,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker_lease_seconds=_number(env, "OUTREACH_WORKER_LEASE_SECONDS", 20.0, minimum=8),
         log_level=_choice(env, "OUTREACH_LOG_LEVEL", "info", LOG_LEVELS).upper(),
         log_format=_choice(env, "OUTREACH_LOG_FORMAT", "text", LOG_FORMATS),
+        database_connect_timeout=_number(env, "OUTREACH_DATABASE_CONNECT_TIMEOUT", 5.0, minimum=1),
+        database_statement_timeout=_number(
+            env, "OUTREACH_DATABASE_STATEMENT_TIMEOUT", 60.0, minimum=0
+        ),
+        rate_limits=_rate_limits(env),
     )

@@ -12,7 +12,10 @@ from tests.support import free_port
 
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `upstream`; `cut` refuses new connections and closes
-    the open ones, as a server that went away; `restore` listens again on the same port."""
+    the open ones, as a server that went away; `blackhole` keeps every connection, old and
+    new, open and forwards nothing either way, as a server whose packets are dropped (the
+    client's statements and connection attempts get no answer); `restore` ends either and
+    listens again on the same port."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -20,6 +23,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._open: set[socket.socket] = set()
+        self._blackholed = threading.Event()
 
     def __enter__(self) -> TcpProxy:
         self.restore()
@@ -28,7 +32,15 @@ class TcpProxy:
     def __exit__(self, *exc: object) -> None:
         self.cut()
 
+    def blackhole(self) -> None:
+        self._blackholed.set()
+
     def restore(self) -> None:
+        if self._blackholed.is_set():
+            self.cut()  # what was said into the hole is lost: those connections are broken
+            self._blackholed.clear()
+        if self._listener is not None:
+            return  # listening already
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -56,6 +68,10 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
+            if self._blackholed.is_set():
+                with self._lock:
+                    self._open.add(client)  # held open, never answered
+                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError:
@@ -74,7 +90,8 @@ class TcpProxy:
     def _pump(self, source: socket.socket, target: socket.socket) -> None:
         try:
             while data := source.recv(65536):
-                target.sendall(data)
+                if not self._blackholed.is_set():
+                    target.sendall(data)
         except OSError:
             pass
         finally:

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from outreach import __version__
 from outreach.api import campaigns, events, health, ops, problems, providers
 from outreach.api import openapi as openapi_document
+from outreach.api.edge import install as install_edge
 from outreach.ui import mount as mount_pages
 from outreach.wiring import Services
 from outreach.worker import build_broker
@@ -40,6 +41,10 @@ def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI
         title="outreach",
         version=__version__,
         summary="Collections outreach: lawful, humane SMS and email for delinquent loans.",
+        # no Swagger UI or ReDoc: FastAPI's load their scripts from a CDN at run time, and the
+        # service fetches nothing from outside; /openapi.json stays for any viewer or client
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.state.broker = checked_broker
@@ -48,6 +53,7 @@ def create_app(services: Services, broker: RedisBroker | None = None) -> FastAPI
     mount_pages(app)
     problems.install(app)
     app.state.intake = events.mount_receiver(app, services)
+    install_edge(app, services)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

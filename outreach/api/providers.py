@@ -4,6 +4,7 @@ and the unsubscribe links of our emails (RFC 8058 one-click, and a page for peop
 from __future__ import annotations
 
 import html
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -25,13 +26,40 @@ router = APIRouter(tags=["providers"])
 INBOUND_PATH = "/v1/providers/twilio/inbound"
 
 
+FORM_TYPE = "application/x-www-form-urlencoded"
+# a callback has a few dozen fields; more is no callback of Twilio's
+MAX_FORM_FIELDS = 200
+
+
+class _NotAForm(Exception):
+    """A body that is not a callback's form: the answer to it (415, 413)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.answer = JSONResponse({"detail": detail}, status_code=status)
+
+
 async def _signed_twilio_form(
     request: Request, services: Services, path: str
 ) -> dict[str, str] | None:
-    """The callback's form fields, or None when X-Twilio-Signature does not match."""
+    """The callback's form fields, or None when X-Twilio-Signature does not match. Only
+    Twilio's form encoding is read, and only as a plain string of at most 64 KiB (the edge's
+    bound, `api.limits`): no multipart, no file spilled to disk before the signature is
+    checked. Raises _NotAForm for any other body."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != FORM_TYPE:
+        raise _NotAForm(415, f"the body must be {FORM_TYPE}")
+    body = await request.body()
+    try:
+        pairs = parse_qsl(
+            body.decode("utf-8", "replace"),
+            keep_blank_values=True,
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except ValueError:
+        raise _NotAForm(413, f"more than {MAX_FORM_FIELDS} form fields") from None
+    params = dict(pairs)
     settings = services.runtime.settings
-    form = await request.form()
-    params = {key: str(value) for key, value in form.multi_items()}
     token = settings.twilio_auth_token.reveal() if settings.twilio_auth_token else ""
     signature = request.headers.get("X-Twilio-Signature")
     if not twilio_signature_valid(token, settings.public_url + path, params, signature):
@@ -63,7 +91,10 @@ def _not_stored() -> JSONResponse:
     responses={403: {"model": Problem}},
 )
 async def twilio_status(request: Request, services: ServicesDep) -> JSONResponse:
-    params = await _signed_twilio_form(request, services, STATUS_CALLBACK_PATH)
+    try:
+        params = await _signed_twilio_form(request, services, STATUS_CALLBACK_PATH)
+    except _NotAForm as refused:
+        return refused.answer
     if params is None:
         return JSONResponse(_BAD_SIGNATURE, status_code=403)
     sid = params.get("MessageSid") or params.get("SmsSid")
@@ -88,7 +119,10 @@ async def twilio_status(request: Request, services: ServicesDep) -> JSONResponse
     responses={403: {"model": Problem}},
 )
 async def twilio_inbound(request: Request, services: ServicesDep) -> Response:
-    params = await _signed_twilio_form(request, services, INBOUND_PATH)
+    try:
+        params = await _signed_twilio_form(request, services, INBOUND_PATH)
+    except _NotAForm as refused:
+        return refused.answer
     if params is None:
         return JSONResponse(_BAD_SIGNATURE, status_code=403)
     sender = params.get("From")

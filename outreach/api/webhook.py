@@ -24,7 +24,7 @@ import orjson
 
 from outreach.errors import StoreUnavailable
 from outreach.meters import EVENTS
-from outreach.service.inbox import Intake
+from outreach.service.inbox import RETRY_AFTER_SECONDS, Intake
 from outreach.service.parse import Event, EventError, parse_event
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ _UNSIGNED: Answer = (
     {"detail": f"{SIGNATURE_HEADER} is missing, wrong or outside the 300 s window"},
 )
 _NOT_STORED: Answer = (503, {"detail": "the event could not be stored; retry later"})
+_RETRY_AFTER = str(RETRY_AFTER_SECONDS).encode()
 
 
 def signature_for(secret: bytes, body: bytes, at: float) -> str:
@@ -118,16 +119,14 @@ class EventReceiver:
         except _Disconnected:
             return  # nothing was stored; no one is left to answer
         body = json.dumps(payload, separators=(",", ":")).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if status == 503:
+            # not stored (the database, or a full backlog): the loan system sends it again
+            headers.append((b"retry-after", _RETRY_AFTER))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _answer(self, declared: int | None, signature: str | None, receive: Receive) -> Reply:

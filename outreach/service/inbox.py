@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,15 @@ APPLY_BATCH = 256
 # their senders for an answer): a sender faster than applying is slowed down instead of
 # growing the backlog without bound
 MAX_BACKLOG = 4096
+# events waiting to be stored, per process, beyond which a new one is refused at once (503
+# with Retry-After): what waits is held in memory and answered only once stored
+MAX_WAITING = 4096
+# seconds a request waits for its event to be stored (behind a full backlog, or a database
+# that takes the statement and answers nothing): past it, 503 with Retry-After and the
+# event is not accepted; a loan system's client waits longer than this before it gives up
+STORE_WAIT_SECONDS = 10.0
+# what a refused sender is told to wait before it tries again
+RETRY_AFTER_SECONDS = 2
 # a deadlock or serialization failure between two web processes is tried again this often
 CONFLICT_ATTEMPTS = 3
 # while the store is unreachable, applying is tried again after this long (doubling)
@@ -78,6 +88,16 @@ HOLD_PENDING_AFTER = dt.timedelta(seconds=5)
 
 Outcome = IngestResult | BaseException
 T = TypeVar("T")
+
+
+class IntakeBusy(StoreUnavailable):
+    """The event was not accepted in time (the backlog is full, or the database does not
+    answer): nothing the answer names as accepted is lost; the sender tries again after
+    `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int = RETRY_AFTER_SECONDS) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def is_conflict(error: BaseException) -> bool:
@@ -114,6 +134,8 @@ class Intake:
         max_batch: int = MAX_BATCH,
         apply_batch: int = APPLY_BATCH,
         max_backlog: int = MAX_BACKLOG,
+        max_waiting: int = MAX_WAITING,
+        wait_seconds: float = STORE_WAIT_SECONDS,
     ) -> None:
         self.sessions = sessions
         self.policy = policy
@@ -121,8 +143,13 @@ class Intake:
         self.max_batch = max_batch
         self.apply_batch = apply_batch
         self.max_backlog = max_backlog
+        self.max_waiting = max_waiting
+        self.wait_seconds = wait_seconds
+        # when the store thread took up the work it is on (None: idle)
+        self._store_started: float | None = None
         self._waiting: list[tuple[Event, asyncio.Future[IngestResult]]] = []
         self._storing = False
+        self._drainer: asyncio.Task[None] | None = None
         self._to_apply: deque[Event] = deque()
         self._applying: asyncio.Task[None] | None = None
         # one thread each, so storing never waits behind a long apply (and a plain executor
@@ -137,29 +164,54 @@ class Intake:
 
     async def submit(self, event: Event) -> IngestResult:
         """Store the event with whatever else is waiting; its own result (accepted or
-        duplicate), or its own error (StoreUnavailable: it was not stored)."""
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._waiting.append((event, future))
+        duplicate), or its own error (StoreUnavailable: it was not stored; IntakeBusy: it was
+        not stored in time, and may be by the time the sender tries again, which then finds
+        it a duplicate)."""
+        if len(self._waiting) >= self.max_waiting:
+            raise IntakeBusy(f"{len(self._waiting)} events are waiting to be stored")
+        if self._stuck():
+            raise IntakeBusy(f"storing is stuck ({self._why_slow()})")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[IngestResult] = loop.create_future()
+        # answered or not, its outcome is taken (no "exception never retrieved" for a
+        # request that stopped waiting)
+        future.add_done_callback(_taken)
+        entry = (event, future)
+        self._waiting.append(entry)
         if not self._storing:
             self._storing = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return await future
+            self._drainer = loop.create_task(self._drain())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.wait_seconds)
+        except TimeoutError:
+            if entry in self._waiting:
+                self._waiting.remove(entry)  # never stored: it is the sender's to send again
+            raise IntakeBusy(
+                f"not stored within {self.wait_seconds:g} s ({self._why_slow()})"
+            ) from None
 
     async def submit_many(self, events: Sequence[Event]) -> list[IngestResult]:
         """Store the events of one batch together, in one transaction (a batch is already as
         large as a group commit), after what is waiting; their results in order. Raises
         StoreUnavailable when any of them could not be stored (those that were stay stored:
-        sent again, they are duplicates)."""
+        sent again, they are duplicates), IntakeBusy when they were not stored in time."""
         if not events:
             return []
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_seconds
         while self.backlog >= self.max_backlog:
+            if loop.time() >= deadline:
+                raise IntakeBusy(f"not stored within {self.wait_seconds:g} s (backlog full)")
             await asyncio.sleep(0.005)
-        outcomes = await loop.run_in_executor(self._store_thread, self.store, events)
-        for event, outcome in zip(events, outcomes, strict=True):
-            if isinstance(outcome, IngestResult) and outcome.status == "accepted":
-                self._to_apply.append(event)
-        self._start_applying()
+        stored = self._store_in_thread(events)
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.shield(stored), max(0.0, deadline - loop.time())
+            )
+        except TimeoutError:
+            raise IntakeBusy(
+                f"not stored within {self.wait_seconds:g} s ({self._why_slow()})"
+            ) from None
         results: list[IngestResult] = []
         for outcome in outcomes:
             if isinstance(outcome, StoreUnavailable):
@@ -169,24 +221,61 @@ class Intake:
             results.append(outcome)
         return results
 
+    def _store_in_thread(self, events: Sequence[Event]) -> asyncio.Future[list[Outcome]]:
+        """`store(events)` on the store thread; whenever it ends (even after its requests
+        stopped waiting), what it accepted is queued to be applied. Refused at once while
+        the thread is stuck on a store older than a request's wait: no work piles up behind
+        a database that answers nothing."""
+        loop = asyncio.get_running_loop()
+        if self._stuck():
+            raise IntakeBusy(f"storing is stuck ({self._why_slow()})")
+
+        def run() -> list[Outcome]:
+            self._store_started = time.monotonic()
+            try:
+                return self.store(events)
+            finally:
+                self._store_started = None
+
+        stored = loop.run_in_executor(self._store_thread, run)
+
+        def queue_accepted(done: asyncio.Future[list[Outcome]]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            for event, outcome in zip(events, done.result(), strict=True):
+                if isinstance(outcome, IngestResult) and outcome.status == "accepted":
+                    self._to_apply.append(event)
+            self._start_applying()
+
+        stored.add_done_callback(queue_accepted)
+        return stored
+
+    def _stuck(self) -> bool:
+        started = self._store_started
+        return started is not None and time.monotonic() - started > self.wait_seconds
+
+    def _why_slow(self) -> str:
+        if self.backlog >= self.max_backlog:
+            return f"{self.backlog} accepted events wait to be applied"
+        if self._store_started is not None:
+            waited = time.monotonic() - self._store_started
+            return f"the database has not answered for {waited:.0f} s"
+        return f"{len(self._waiting)} events wait to be stored"
+
     async def _drain(self) -> None:
         try:
             while self._waiting:
-                while self.backlog >= self.max_backlog:
+                while self.backlog >= self.max_backlog and self._waiting:
                     await asyncio.sleep(0.005)
                 batch = self._waiting[: self.max_batch]
                 del self._waiting[: self.max_batch]
+                if not batch:
+                    break
                 events = [event for event, _ in batch]
                 try:
-                    outcomes = await asyncio.get_running_loop().run_in_executor(
-                        self._store_thread, self.store, events
-                    )
+                    outcomes = await self._store_in_thread(events)
                 except Exception as error:  # every waiter learns of it
                     outcomes = [error] * len(batch)
-                for event, outcome in zip(events, outcomes, strict=True):
-                    if isinstance(outcome, IngestResult) and outcome.status == "accepted":
-                        self._to_apply.append(event)
-                self._start_applying()
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
@@ -247,6 +336,11 @@ class Intake:
     def apply(self, events: Sequence[Event]) -> None:
         """Apply stored events (see `apply_events`)."""
         apply_events(self.sessions, self.policy, events, self.clock)
+
+
+def _taken(future: asyncio.Future[IngestResult]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def apply_events(

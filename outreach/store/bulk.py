@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Dialect, Table, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from outreach.store.keysets import keys_in
@@ -83,10 +84,28 @@ def _unnest_update(table: Table, key: str, columns: tuple[str, ...], dialect: Di
 
 def _binary(session: Session, sql: str, params: dict[str, list[Any]]) -> Any:
     """Run `sql` with psycopg in the session's transaction, parameters in binary; returns
-    the driver's cursor."""
-    connection: Any = session.connection().connection.dbapi_connection
-    cursor = connection.cursor()
-    cursor.execute(sql, params, binary=True)
+    the driver's cursor. The driver's errors are raised as SQLAlchemy raises them (a lost
+    server as OperationalError, a deadlock with its SQLSTATE on `.orig`, parameters hidden),
+    so `store.db.transaction` maps an outage to StoreUnavailable and the inbox's conflict
+    retries see a deadlock here as they see one anywhere else."""
+    import psycopg
+
+    connection = session.connection()
+    driver: Any = connection.connection.dbapi_connection
+    cursor = driver.cursor()
+    try:
+        cursor.execute(sql, params, binary=True)
+    except psycopg.Error as error:
+        dialect = connection.dialect
+        raise DBAPIError.instance(
+            sql,
+            None,
+            error,
+            psycopg.Error,
+            hide_parameters=True,
+            connection_invalidated=dialect.is_disconnect(cast(Any, error), driver, cursor),
+            dialect=dialect,
+        ) from error
     return cursor
 
 

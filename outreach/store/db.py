@@ -12,6 +12,7 @@ from sqlalchemy import Engine, Select, Table, bindparam, create_engine, event, t
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach.errors import StoreUnavailable
@@ -52,7 +53,49 @@ THROWAWAY_SQLITE = (
 )
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
+# seconds to reach PostgreSQL and be let in: past it, a connection attempt fails (503) instead
+# of waiting on a server that does not answer
+DEFAULT_CONNECT_TIMEOUT = 5.0
+# seconds one statement may run on PostgreSQL (0: unbounded); generous, the longest of the
+# service's own (a campaign's segment read on a large book) take a few seconds
+DEFAULT_STATEMENT_TIMEOUT = 60.0
+# seconds sent data may stay unacknowledged, and keepalive probes on an idle connection: a
+# server whose packets are dropped (a blackhole, a vanished host) is noticed on a pooled
+# connection in seconds, not after the kernel's 15 minutes of retransmissions
+TCP_USER_TIMEOUT = 15.0
+KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+# seconds a request waits for a pooled connection while every one is busy
+POOL_TIMEOUT = 10.0
+
+# what a database that cannot be reached (or cannot answer in time) raises through SQLAlchemy
+UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
+
+
+def postgres_connect_args(connect_timeout: float, statement_timeout: float) -> dict[str, Any]:
+    """libpq's connection parameters: the timeouts above (`statement_timeout` as a session
+    setting of every connection)."""
+    args: dict[str, Any] = {
+        "connect_timeout": max(1, round(connect_timeout)),
+        "tcp_user_timeout": int(TCP_USER_TIMEOUT * 1000),
+        **KEEPALIVE,
+    }
+    if statement_timeout > 0:
+        args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+    return args
+
+
+def make_engine(
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -73,6 +116,8 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        pool_timeout=POOL_TIMEOUT,
+        connect_args=postgres_connect_args(connect_timeout, statement_timeout),
         **JSON_CODEC,
     )
 
@@ -114,9 +159,10 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     try:
         yield session
         session.commit()
-    except (OperationalError, InterfaceError) as error:
+    except UNREACHABLE as error:
         session.rollback()
-        raise StoreUnavailable(f"database unavailable: {type(error.orig).__name__}") from error
+        cause = getattr(error, "orig", None) or error
+        raise StoreUnavailable(f"database unavailable: {type(cause).__name__}") from error
     except BaseException:
         session.rollback()
         raise

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Connection, Engine, inspect
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -27,6 +27,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic.runtime.migration import MigrationContext
 
     with engine.begin() as connection:
+        _unbounded_statements(connection)
         before = MigrationContext.configure(connection).get_current_heads()
         config = alembic_config(engine)
         config.attributes["connection"] = connection
@@ -42,9 +43,17 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     with engine.begin() as connection:
+        _unbounded_statements(connection)
         config = alembic_config(engine)
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
+
+
+def _unbounded_statements(connection: Connection) -> None:
+    """No statement timeout for this transaction: a migration rewriting a large table runs
+    as long as it needs (the service's own statements keep theirs, `store.db`)."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
 
 
 def is_current(engine: Engine) -> bool:

@@ -35,7 +35,8 @@ Adding a page (campaigns, say):
   `masked`, `share(whole)` (a percentage).
 
 Every answer under /ui/ carries a Content-Security-Policy without inline script, nosniff,
-no referrer, no framing and `no-store` (`pages.PageHeaders`); jinja2 escapes everything.
+no referrer, no framing and `no-store` (`api.headers`, as every answer of the app does);
+jinja2 escapes everything.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -16,7 +15,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
 
 from outreach.api.auth import record_forbidden, services_of
 from outreach.service.campaigns import Actor
@@ -35,12 +33,6 @@ CONTENT_SECURITY_POLICY = (
 # in the frame, whose sandbox allows none
 EMAIL_PREVIEW_POLICY = CONTENT_SECURITY_POLICY.replace(
     "style-src 'self'", "style-src 'self' 'unsafe-inline'"
-)
-PAGE_HEADERS = (
-    ("content-security-policy", CONTENT_SECURITY_POLICY),
-    ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
-    ("x-frame-options", "DENY"),
 )
 
 log = logging.getLogger(__name__)
@@ -196,39 +188,6 @@ def new_form_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-class PageHeaders:
-    """Adds the pages' security headers (and `no-store`) to every answer under /ui/ and to
-    `/`; other routes pass straight through. A page may set its own Content-Security-Policy
-    (the message page does, for an email's styles)."""
-
-    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
-        self.app = app
-
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[Any]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    ) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not (path == "/" or path == "/ui" or path.startswith("/ui/")):
-            await self.app(scope, receive, send)
-            return
-        static = path.startswith("/ui/static/")
-
-        async def with_headers(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in PAGE_HEADERS:
-                    if name not in headers:
-                        headers[name] = value
-                if not static:
-                    headers["cache-control"] = "no-store"
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
 _SEARCH_TEXT = re.compile(r"([?&]q=)[^&]*")
 
 
@@ -250,9 +209,9 @@ def hide_search_text() -> None:
 
 
 def install(app: FastAPI) -> None:
-    """The session store, the headers and the two answers of the pages, on `app`."""
+    """The session store and the two answers of the pages, on `app` (their headers are
+    every answer's, `api.headers`)."""
     app.state.ui_sessions = SessionStore(app.state.services.runtime.redis.client)
-    app.add_middleware(PageHeaders)
     hide_search_text()
 
     async def login_required(request: Request, error: Exception) -> Response:

@@ -148,6 +148,14 @@ def test_the_access_log_leaves_out_queries_tokens_and_successful_probes() -> Non
     token = access_record("/v1/unsubscribe/email%3Aada%40example.org.abc123", 200)
     assert quiet.filter(token)
     assert "ada" not in token.getMessage()
+    for path, shown in (
+        ("/v1/borrowers/8613812345678/timeline?since=2026-01-01", "/v1/borrowers/…/timeline"),
+        ("/ui/borrowers/Alex%20Chen", "/ui/borrowers/…"),
+        ("/ui/messages/msg_01?q=%2B8613812345678&borrower_id=Alex", "/ui/messages/msg_01"),
+    ):
+        line = access_record(path, 200)
+        assert quiet.filter(line)
+        assert line.getMessage() == f'127.0.0.1:5000 - "GET {shown} HTTP/1.1" 200'
     for path in ("/health", "/ready", "/metrics"):
         assert not quiet.filter(access_record(path, 200))
     assert quiet.filter(access_record("/ready", 503))
