@@ -196,6 +196,9 @@ class Reason(StrEnum):
     CONTENT_REJECTED = "content_rejected"
     # the template did not render at dispatch (a missing part or a broken template)
     RENDER_ERROR = "render_error"
+    # its dispatch failed the same way, on an error retrying cannot cure (a bug, a row the
+    # code cannot read), DISPATCH_ATTEMPTS times: dead-lettered, for a person (worker.py)
+    DISPATCH_FAILED = "dispatch_failed"
     # provider outcomes
     PROVIDER_ERROR = "provider_error"
     PROVIDER_RETRY = "provider_retry"

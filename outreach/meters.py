@@ -41,7 +41,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 import redis
@@ -61,6 +61,8 @@ events_log = logging.getLogger("outreach.events")
 PROVIDER_REQUESTS_KEY: Final = "outreach:metrics:provider_requests"
 PROVIDER_SECONDS_KEY: Final = "outreach:metrics:provider_seconds"
 CLOCKS_KEY: Final = "outreach:metrics:clocks"
+# messages dead-lettered by a worker (worker.py), by channel: rare, added to Redis at once
+DISPATCH_DEAD_LETTERS_KEY: Final = "outreach:metrics:dispatch_dead_letters"
 # seconds; a Twilio call times out at 10 s, an SMTP conversation at 30 s
 BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RESULTS: Final = ("accepted", "rejected", "unavailable", "unknown", "error")
@@ -318,3 +320,13 @@ def read_clocks(client: redis.Redis) -> dict[str, bool]:
     if expired:
         client.hdel(CLOCKS_KEY, *expired)
     return found
+
+
+def count_dispatch_dead_letter(client: redis.Redis, channel: str) -> None:
+    """One message dead-lettered by a worker (`outreach_dispatch_dead_letters_total`)."""
+    client.hincrby(DISPATCH_DEAD_LETTERS_KEY, channel, 1)
+
+
+def read_dispatch_dead_letters(client: redis.Redis) -> dict[str, int]:
+    found = cast(dict[bytes, bytes], client.hgetall(DISPATCH_DEAD_LETTERS_KEY))
+    return {_text(channel): int(count) for channel, count in found.items()}

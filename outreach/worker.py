@@ -8,6 +8,7 @@ transaction for the batch instead of one each.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
@@ -26,7 +28,11 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from outreach import meters
+from outreach.channels.twilio_sms import DEFAULT_RATE_WAIT_SECONDS, REQUEST_TIMEOUT_SECONDS
 from outreach.errors import TransientError
+from outreach.logs import fields
+from outreach.service.messages import dead_letter_dispatch
 from outreach.worker_leases import WorkerLease
 
 if TYPE_CHECKING:  # wiring builds the dispatcher this module's actor calls
@@ -41,13 +47,27 @@ BATCH_ACTOR = "send_messages"
 IDS_PER_BROKER_MESSAGE = 20
 NAMESPACE = "outreach"
 
+# the longest a broker message may take: each of its messages may wait for its SMS slot as
+# long as a paced send waits and then for Twilio's answer, plus a minute for the gate's and
+# the records' transactions (each bounded by the statement timeout of store/db.py). Past it
+# dramatiq interrupts the actor, which must never happen to a batch still paced normally
+BATCH_TIME_LIMIT_SECONDS = (
+    IDS_PER_BROKER_MESSAGE * (DEFAULT_RATE_WAIT_SECONDS + REQUEST_TIMEOUT_SECONDS) + 60
+)
+# failures of one message's dispatch on an error retrying cannot cure (not TransientError:
+# a bug, a row the code cannot read) after which it is dead-lettered instead of enqueued
+# again by the clock every STALE_QUEUED_AFTER, forever; counted in Redis for a day
+DISPATCH_ATTEMPTS = 3
+FAILED_DISPATCH_KEY = "outreach:dispatch:failures:"
+FAILED_DISPATCH_TTL = 24 * 3600
+
 _services: Services | None = None
 
 
 def build_broker(redis_url: str) -> RedisBroker:
     middleware = [
         AgeLimit(),
-        TimeLimit(time_limit=120_000),
+        TimeLimit(time_limit=int(BATCH_TIME_LIMIT_SECONDS * 1000)),
         ShutdownNotifications(),
         Callbacks(),
         Pipelines(),
@@ -70,7 +90,81 @@ def send_messages(message_ids: list[str]) -> None:
         # redelivered whole: the messages already past `queued` are skipped the second time
         log.warning("dispatch of %s will be retried: %s", ", ".join(message_ids), error)
         raise
+    except Exception as error:  # a poison message, not an outage: found and set apart
+        dispatch_apart(_services, message_ids, error)
+        return
     log.debug("dispatched %s", outcomes)
+
+
+def dispatch_apart(services: Services, message_ids: Sequence[str], error: Exception) -> None:
+    """A batch that failed on an error retrying cannot cure, one message at a time, so the
+    message at fault fails alone and the others go on; each failure of one message alone is
+    counted (`failed_dispatch`). A transient error meanwhile is raised for the broker to
+    redeliver the batch (what went on is skipped the second time)."""
+    if len(message_ids) == 1:
+        failed_dispatch(services, message_ids[0], error)
+        return
+    log.info(
+        "a batch of %d messages failed (%s); dispatching them one by one",
+        len(message_ids),
+        type(error).__name__,
+    )
+    transient: TransientError | None = None
+    for message_id in message_ids:
+        try:
+            services.dispatcher.dispatch_many([message_id])
+        except TransientError as busy:
+            transient = transient or busy
+        except Exception as own:
+            failed_dispatch(services, message_id, own)
+    if transient is not None:
+        raise transient
+
+
+def failed_dispatch(services: Services, message_id: str, error: Exception) -> None:
+    """One more failure of this message's dispatch: after DISPATCH_ATTEMPTS, a dead letter
+    (failed / dispatch_failed, logged at ERROR, counted in the metrics); before, it stays
+    queued and the clock enqueues it again once it has waited STALE_QUEUED_AFTER."""
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+    client = services.runtime.redis.client
+    key = FAILED_DISPATCH_KEY + message_id
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, FAILED_DISPATCH_TTL)
+        attempts = int(pipe.execute()[0])
+    except redis.RedisError as unreachable:
+        # not counted: it stays queued, and nothing is sent while Redis is out anyway
+        log.warning("dispatch of %s failed (%s); not counted: %s", message_id, reason, unreachable)
+        return
+    if attempts < DISPATCH_ATTEMPTS:
+        log.warning(
+            "dispatch of %s failed (attempt %d of %d): %s",
+            message_id,
+            attempts,
+            DISPATCH_ATTEMPTS,
+            reason,
+            exc_info=error,
+        )
+        return
+    detail = f"dispatch failed {attempts} times: {reason}"
+    channel = dead_letter_dispatch(
+        services.runtime.sessions, message_id, detail, services.dispatcher.now()
+    )
+    if channel is None:
+        return  # it went on meanwhile
+    with contextlib.suppress(redis.RedisError):
+        client.delete(key)
+        meters.count_dispatch_dead_letter(client, channel)
+    log.error(
+        "message %s is a dead letter after %d failed dispatches (failed / dispatch_failed, "
+        "flagged for a person): %s",
+        message_id,
+        attempts,
+        reason,
+        exc_info=error,
+        extra=fields(message=message_id, attempts=attempts, reason="dispatch_failed"),
+    )
 
 
 def declare(broker: RedisBroker, services: Services) -> None:

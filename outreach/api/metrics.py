@@ -9,7 +9,8 @@
 - `outreach_provider_requests_total{provider,result}`,
   `outreach_provider_request_seconds{provider}` (histogram) and `outreach_clock_leader{clock}`:
   counted by the processes that call providers or run a clock and pushed through Redis
-  (`outreach/meters.py` says why not prometheus_client's multiprocess mode).
+  (`outreach/meters.py` says why not prometheus_client's multiprocess mode);
+  `outreach_dispatch_dead_letters_total{channel}`: messages a worker dead-lettered.
 
 Each scrape is one collector's, read when asked: nothing is kept in prometheus_client's
 global registry, whose process metrics would describe only the process that answers. A part
@@ -162,6 +163,16 @@ class ServiceCollector(Collector):
         for name, leads in sorted(clocks.items()):
             leader.add_metric([name], 1 if leads else 0)
         yield leader
+        dead = meters.read_dispatch_dead_letters(client)
+        dead_letters = CounterMetricFamily(
+            "outreach_dispatch_dead_letters",
+            "Messages a worker gave up on after its dispatch failed the same way again and "
+            "again (failed / dispatch_failed, flagged for a person).",
+            labels=["channel"],
+        )
+        for channel in sorted({c.value for c in Channel} | set(dead)):
+            dead_letters.add_metric([channel], dead.get(channel, 0))
+        yield dead_letters
 
 
 def render(services: Services, now: dt.datetime | None = None) -> bytes:

@@ -44,6 +44,8 @@ MIN_VALIDITY_SECONDS = 1
 MAX_VALIDITY_SECONDS = 36_000
 # Longest a send waits for a slot from the shared rate limiter before the message is deferred.
 DEFAULT_RATE_WAIT_SECONDS = 30.0
+# Longest one request to Twilio may take (connect and answer).
+REQUEST_TIMEOUT_SECONDS = 10.0
 # How many of the recipient's recent messages `find_sent` reads when looking for a lost one.
 FIND_SENT_PAGE_SIZE = 50
 
@@ -140,7 +142,7 @@ class TwilioSender:
         settings: Settings,
         *,
         rate_limiter: SegmentRateLimiter | None = None,
-        timeout: float = 10,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
         rate_wait: float = DEFAULT_RATE_WAIT_SECONDS,
         clock: Callable[[], dt.datetime] = _utc_now,
     ) -> None:

@@ -93,6 +93,22 @@ def cancel_by_ops(
     write_rows(session, [row])
 
 
+def dead_letter_dispatch(
+    sessions: sessionmaker[Session], message_id: str, detail: str, now: dt.datetime
+) -> str | None:
+    """A message whose dispatch keeps failing on an error retrying cannot cure: `failed` /
+    `dispatch_failed` with the error in its timeline, flagged for a person (it is never
+    enqueued again); its channel, or None when it is no longer queued (it went on meanwhile)."""
+    with transaction(sessions) as session:
+        row = held_by_id(session, message_id)
+        if row is None or row.status != Status.QUEUED.value:
+            return None
+        row.move(Status.FAILED, Reason.DISPATCH_FAILED, now, detail)
+        row.needs_human = True
+        write_rows(session, [row])
+        return str(row.channel)
+
+
 def cancel_audited(
     sessions: sessionmaker[Session],
     message_id: str,
