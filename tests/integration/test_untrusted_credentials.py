@@ -29,7 +29,8 @@ HEX = "0123456789abcdef" * 4
         f"t={NOW},v1={'é' * 64}",
         f"t={NOW},v1={HEX}{HEX}",
         f"t={NOW},v1=",
-        f"t={NOW}," + ",".join(f"v1={HEX}" for _ in range(2000)),
+        # past the signature's 1 KiB, inside the edge's 32 KiB of headers (beyond: 431)
+        f"t={NOW}," + ",".join(f"v1={HEX}" for _ in range(200)),
         "t=,v1=",
         "garbage",
     ],
