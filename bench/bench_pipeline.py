@@ -182,6 +182,35 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.kill()
 
 
+def bench_database(name: str) -> tuple[Engine, str, Engine]:
+    """A fresh, migrated database `name`, and the run's Redis database emptied: the server's
+    admin engine (to drop it at the end), its URL, an engine on it."""
+    admin = create_engine(
+        PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    database_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    engine = make_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    upgrade(engine)
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    return admin, database_url, engine
+
+
+def bench_env(database_url: str, admin_token: str) -> dict[str, str]:
+    """The Procfile processes' environment on that database, simulated providers."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OUTREACH_", "TWILIO_"))},
+        "OUTREACH_DATABASE_URL": database_url,
+        "OUTREACH_REDIS_URL": REDIS_URL,
+        "OUTREACH_WEBHOOK_SECRET": SECRET,
+        "OUTREACH_LINK_SECRET": LINK_SECRET,
+        "OUTREACH_OPS_TOKENS": f"{admin_token}:admin",
+        "OUTREACH_SMS_PROVIDER": "simulated",
+        "OUTREACH_EMAIL_PROVIDER": "simulated",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=6000, help="events to post (half loans)")
@@ -192,25 +221,8 @@ def main() -> None:
     args = parser.parse_args()
 
     name = f"outreach_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(
-        PG_ADMIN.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
-    )
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    database_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-    engine = make_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
-    upgrade(engine)
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("OUTREACH_", "TWILIO_"))},
-        "OUTREACH_DATABASE_URL": database_url,
-        "OUTREACH_REDIS_URL": REDIS_URL,
-        "OUTREACH_WEBHOOK_SECRET": SECRET,
-        "OUTREACH_LINK_SECRET": LINK_SECRET,
-        "OUTREACH_OPS_TOKENS": "bench-pipeline-admin:admin",
-        "OUTREACH_SMS_PROVIDER": "simulated",
-        "OUTREACH_EMAIL_PROVIDER": "simulated",
-    }
+    admin, database_url, engine = bench_database(name)
+    env = bench_env(database_url, "bench-pipeline-admin")
     processes: list[subprocess.Popen[bytes]] = []
     try:
         redis_rate = raw_redis_rate()

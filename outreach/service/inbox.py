@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 64
 APPLY_BATCH = 256
+# what one apply transaction may take, about: a payment that comes meanwhile waits for it,
+# so the batch shrinks when its events are costly (re-planning loans with many messages)
+# and grows back to APPLY_BATCH when they are cheap
+APPLY_BATCH_SECONDS = 0.5
+MIN_APPLY_BATCH = 8
 # accepted and not yet applied, per process, beyond which new events wait to be stored (and
 # their senders for an answer): a sender faster than applying is slowed down instead of
 # growing the backlog without bound
@@ -85,6 +90,20 @@ RETRY_AFTER = dt.timedelta(minutes=1)
 # a pending event this old is not one its web process is about to apply: the final gate
 # holds the messages it is about
 HOLD_PENDING_AFTER = dt.timedelta(seconds=5)
+
+# events that stop or pause messages: they go ahead of a backlog, with the earlier events
+# about the same loan or borrower (so that each loan's events still apply in arrival order),
+# and are applied in a batch of their own — a payment must cancel its reminders in
+# moments, not after the tens of thousands of a nightly batch (BENCHMARKS.md, bulk ingest)
+STOPPING_EVENTS: Final = frozenset(
+    {
+        "payment.received",
+        "loan.closed",
+        "contact.restricted",
+        "promise_to_pay.created",
+        "payment_plan.created",
+    }
+)
 
 Outcome = IngestResult | BaseException
 T = TypeVar("T")
@@ -150,7 +169,12 @@ class Intake:
         self._waiting: list[tuple[Event, asyncio.Future[IngestResult]]] = []
         self._storing = False
         self._drainer: asyncio.Task[None] | None = None
-        self._to_apply: deque[Event] = deque()
+        # accepted events waiting to be applied, in three lanes applied in this order: what
+        # stops messages and came alone (a payment as it happens), what stops messages and
+        # came in a batch, the rest; each lane in arrival order
+        self._lanes: tuple[deque[Event], deque[Event], deque[Event]] = (deque(), deque(), deque())
+        # seconds an event took to apply, lately (a moving average over batches)
+        self._seconds_per_event = 0.0
         self._applying: asyncio.Task[None] | None = None
         # one thread each, so storing never waits behind a long apply (and a plain executor
         # hands work over more cheaply than the framework's shared thread pool)
@@ -160,7 +184,7 @@ class Intake:
     @property
     def backlog(self) -> int:
         """Events accepted by this process and not applied yet."""
-        return len(self._to_apply)
+        return sum(len(lane) for lane in self._lanes)
 
     async def submit(self, event: Event) -> IngestResult:
         """Store the event with whatever else is waiting; its own result (accepted or
@@ -221,7 +245,9 @@ class Intake:
             results.append(outcome)
         return results
 
-    def _store_in_thread(self, events: Sequence[Event]) -> asyncio.Future[list[Outcome]]:
+    def _store_in_thread(
+        self, events: Sequence[Event], *, alone: bool = False
+    ) -> asyncio.Future[list[Outcome]]:
         """`store(events)` on the store thread; whenever it ends (even after its requests
         stopped waiting), what it accepted is queued to be applied. Refused at once while
         the thread is stuck on a store older than a request's wait: no work piles up behind
@@ -242,13 +268,46 @@ class Intake:
         def queue_accepted(done: asyncio.Future[list[Outcome]]) -> None:
             if done.cancelled() or done.exception() is not None:
                 return
-            for event, outcome in zip(events, done.result(), strict=True):
-                if isinstance(outcome, IngestResult) and outcome.status == "accepted":
-                    self._to_apply.append(event)
+            accepted = [
+                event
+                for event, outcome in zip(events, done.result(), strict=True)
+                if isinstance(outcome, IngestResult) and outcome.status == "accepted"
+            ]
+            self._queue(accepted, alone=alone)
             self._start_applying()
 
         stored.add_done_callback(queue_accepted)
         return stored
+
+    def _queue(self, accepted: list[Event], *, alone: bool) -> None:
+        """Queue `accepted` to be applied: those that stop messages in the lane ahead
+        (`alone`: sent one by one, as they happened; else in a batch), each with the events
+        queued behind that lane which its loan or borrower has before it."""
+        alone_lane, batched_lane, rest = self._lanes
+        if not any(event.type in STOPPING_EVENTS for event in accepted):
+            rest.extend(accepted)
+            return
+        target, sources = (alone_lane, [batched_lane, rest]) if alone else (batched_lane, [rest])
+        behind = [event for source in sources for event in source]
+        offset = len(behind)
+        behind += accepted
+        stopping = [
+            offset + index for index, event in enumerate(accepted) if event.type in STOPPING_EVENTS
+        ]
+        chosen = ahead_positions(behind, stopping)
+        taken = set(chosen)
+        target.extend(behind[position] for position in chosen)
+        position = 0
+        for source in sources:
+            kept = [
+                event for index, event in enumerate(source, start=position) if index not in taken
+            ]
+            position += len(source)
+            source.clear()
+            source.extend(kept)
+        rest.extend(
+            event for index, event in enumerate(accepted, start=offset) if index not in taken
+        )
 
     def _stuck(self) -> bool:
         started = self._store_started
@@ -265,15 +324,18 @@ class Intake:
     async def _drain(self) -> None:
         try:
             while self._waiting:
-                while self.backlog >= self.max_backlog and self._waiting:
-                    await asyncio.sleep(0.005)
-                batch = self._waiting[: self.max_batch]
-                del self._waiting[: self.max_batch]
-                if not batch:
-                    break
+                if self.backlog >= self.max_backlog:
+                    # a full backlog slows senders down, but not the events that stop messages
+                    batch = self._stopping_waiting()
+                    if not batch:
+                        await asyncio.sleep(0.005)
+                        continue
+                else:
+                    batch = self._waiting[: self.max_batch]
+                    del self._waiting[: self.max_batch]
                 events = [event for event, _ in batch]
                 try:
-                    outcomes = await self._store_in_thread(events)
+                    outcomes = await self._store_in_thread(events, alone=True)
                 except Exception as error:  # every waiter learns of it
                     outcomes = [error] * len(batch)
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
@@ -286,28 +348,55 @@ class Intake:
         finally:
             self._storing = False
 
+    def _stopping_waiting(self) -> list[tuple[Event, asyncio.Future[IngestResult]]]:
+        """The waiting events that stop messages, with the earlier waiting ones about the
+        same loan or borrower, taken out of `_waiting` in their order."""
+        events = [event for event, _ in self._waiting]
+        stopping = [i for i, event in enumerate(events) if event.type in STOPPING_EVENTS]
+        if not stopping:
+            return []
+        chosen = set(ahead_positions(events, stopping[: self.max_batch]))
+        batch = [entry for position, entry in enumerate(self._waiting) if position in chosen]
+        self._waiting = [
+            entry for position, entry in enumerate(self._waiting) if position not in chosen
+        ]
+        return batch
+
     def _start_applying(self) -> None:
-        if self._to_apply and (self._applying is None or self._applying.done()):
+        if self.backlog and (self._applying is None or self._applying.done()):
             self._applying = asyncio.get_running_loop().create_task(self._apply_all())
 
     async def _apply_all(self) -> None:
         pause = APPLY_RETRY_SECONDS[0]
-        while self._to_apply:
-            batch = [self._to_apply.popleft() for _ in range(min(self.apply_batch, self.backlog))]
+        while self.backlog:
+            # a lane ahead goes in batches of its own, committed without waiting for a full
+            # batch behind it
+            lane = next(lane for lane in self._lanes if lane)
+            batch = [lane.popleft() for _ in range(min(self._batch_size(), len(lane)))]
+            started = time.monotonic()
             try:
                 await asyncio.get_running_loop().run_in_executor(
                     self._apply_thread, self.apply, batch
                 )
                 pause = APPLY_RETRY_SECONDS[0]
+                took = (time.monotonic() - started) / len(batch)
+                self._seconds_per_event = 0.7 * self._seconds_per_event + 0.3 * took
             except Exception as error:  # the store is unreachable: the events wait
                 log.warning("applying %d events waits %.1f s: %s", len(batch), pause, error)
-                self._to_apply.extendleft(reversed(batch))
+                lane.extendleft(reversed(batch))
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, APPLY_RETRY_SECONDS[1])
 
+    def _batch_size(self) -> int:
+        """As many events as apply in about APPLY_BATCH_SECONDS, lately."""
+        if self._seconds_per_event <= 0:
+            return self.apply_batch
+        fitting = int(APPLY_BATCH_SECONDS / self._seconds_per_event)
+        return max(min(MIN_APPLY_BATCH, self.apply_batch), min(self.apply_batch, fitting))
+
     async def settle(self) -> None:
         """Until every event accepted so far is applied (or failed); for an orderly stop."""
-        while self._storing or self._to_apply or (self._applying and not self._applying.done()):
+        while self._storing or self.backlog or (self._applying and not self._applying.done()):
             await asyncio.sleep(0.01)
 
     # -- storing ------------------------------------------------------------------------------
@@ -336,6 +425,37 @@ class Intake:
     def apply(self, events: Sequence[Event]) -> None:
         """Apply stored events (see `apply_events`)."""
         apply_events(self.sessions, self.policy, events, self.clock)
+
+
+def ahead_positions(events: Sequence[Event], stopping: Iterable[int]) -> list[int]:
+    """The positions in `events` (in arrival order) of the events at the `stopping`
+    positions and of every earlier one about their loan or borrower, or about the loans and
+    borrowers those name in turn: what goes ahead, in order."""
+    by_loan: dict[str, list[int]] = {}
+    by_borrower: dict[str, list[int]] = {}
+    for position, event in enumerate(events):
+        if event.loan_id is not None:
+            by_loan.setdefault(event.loan_id, []).append(position)
+        if event.borrower_id is not None:
+            by_borrower.setdefault(event.borrower_id, []).append(position)
+    chosen: set[int] = set()
+    for start in stopping:
+        chosen.add(start)
+        keys = [("loan", events[start].loan_id), ("borrower", events[start].borrower_id)]
+        seen: set[tuple[str, str | None]] = set()
+        while keys:
+            key = keys.pop()
+            if key[1] is None or key in seen:
+                continue
+            seen.add(key)
+            index = by_loan if key[0] == "loan" else by_borrower
+            for position in index.get(key[1], ()):
+                if position >= start or position in chosen:
+                    continue
+                chosen.add(position)
+                keys.append(("loan", events[position].loan_id))
+                keys.append(("borrower", events[position].borrower_id))
+    return sorted(chosen)
 
 
 def _taken(future: asyncio.Future[IngestResult]) -> None:

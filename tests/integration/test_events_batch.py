@@ -14,7 +14,13 @@ import httpx
 from sqlalchemy import func, select
 
 from outreach.store.models import Borrower, Loan, ReceivedEvent
-from tests.factories import borrower_upserted, envelope, loan_updated, zone_at_local_hour
+from tests.factories import (
+    borrower_upserted,
+    envelope,
+    loan_updated,
+    payment_received,
+    zone_at_local_hour,
+)
 from tests.live import WEBHOOK_SECRET, LiveService, sign
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -220,3 +226,49 @@ def test_events_post_without_a_secret_or_with_the_wrong_one_fails_clearly(
     assert missing.returncode == 2
     assert "no webhook secret" in missing.stderr
     assert stored_ids(live) == set()
+
+
+def test_a_payment_goes_ahead_of_a_backlog_with_its_own_loans_events(live: LiveService) -> None:
+    zone = zone_at_local_hour(11)
+    live.post_event(borrower_upserted("ahead-b", timezone=zone, phones=["+14155550999"]))
+    live.post_event(loan_updated("ahead-l", "ahead-b", days_past_due=5))
+    assert live.messages(loan_id="ahead-l", status="scheduled,deferred")
+    # a backlog of 3,000 events (1,500 loans to plan), with one more update of the loan to
+    # be paid in the middle of it: that one must apply before the payment, the rest after
+    backlog = book("ahead", 1500)
+    update = loan_updated("ahead-l", "ahead-b", days_past_due=6)
+    backlog.insert(1700, update)
+    for start in range(0, len(backlog), 1000):
+        assert post_batch(live, {"events": backlog[start : start + 1000]}).status_code == 200
+    paid = payment_received("ahead-l", amount="1800.00", amount_due_after="0.00")
+    assert live.post_event(paid, settle=False).status_code == 202
+
+    def applied_then_behind() -> int | None:
+        """Once the payment is applied: how many of the backlog are still pending."""
+        with live.services.runtime.sessions() as session:
+            if session.get(ReceivedEvent, paid["id"]).outcome == "pending":
+                return None
+            return (
+                int(
+                    session.scalar(
+                        select(func.count()).where(
+                            ReceivedEvent.outcome == "pending",
+                            ReceivedEvent.id.in_([e["id"] for e in backlog]),
+                        )
+                    )
+                    or 0
+                )
+                + 1
+            )  # +1: a wait_for result of 0 would read as "not yet"
+
+    behind = live.wait_for(applied_then_behind, timeout=60, interval=0.02) - 1
+    # its loan's pending reminders went with it, before the backlog was through
+    assert not live.messages(
+        loan_id="ahead-l", purpose="dunning", status="scheduled,deferred,queued"
+    )
+    with live.services.runtime.sessions() as session:
+        assert session.get(ReceivedEvent, update["id"]).outcome == "applied"
+    assert behind, "the payment waited for the whole backlog"
+    wait_all_applied(live)
+    # and no reminder of the loan was planned again after it was paid
+    assert not live.messages(loan_id="ahead-l", purpose="dunning", status="scheduled,deferred")

@@ -41,8 +41,13 @@ def test_a_deadlock_or_serialization_failure_is_a_conflict_an_unreachable_store_
 
 
 class Event:
-    def __init__(self, id: str) -> None:
+    """An event as the intake sees it: an id, a type, what it is about."""
+
+    def __init__(self, id: str, type: str = "loan.updated") -> None:
         self.id = id
+        self.type = type
+        self.loan_id = f"l-{id}"
+        self.borrower_id = f"b-{id}"
 
 
 # an event id -> what the transactions holding it raise, in turn (then they succeed)
@@ -198,3 +203,20 @@ def test_a_sender_faster_than_applying_waits_for_the_backlog_to_shrink(
     answered, applied = asyncio.run(scenario())
     assert answered == ["a", "b", "c"]
     assert applied == ["a", "b", "c", "d"]
+
+
+def test_what_goes_ahead_with_a_payment_is_its_loans_and_borrowers_earlier_events() -> None:
+    from outreach.service.parse import parse_event
+    from tests.factories import borrower_upserted, loan_updated, payment_received
+
+    events = [
+        parse_event(borrower_upserted("b-1")),  # 0: the paying loan's borrower
+        parse_event(borrower_upserted("b-2")),  # 1: someone else
+        parse_event(loan_updated("l-1", "b-1", days_past_due=3)),  # 2: the paying loan
+        parse_event(loan_updated("l-9", "b-1", days_past_due=3)),  # 3: its borrower's other loan
+        parse_event(loan_updated("l-2", "b-2", days_past_due=3)),  # 4: someone else's
+        parse_event(payment_received("l-1", amount="1.00", amount_due_after="0")),  # 5
+        parse_event(loan_updated("l-1", "b-1", days_past_due=4)),  # 6: after it: stays after
+    ]
+    assert inbox_module.ahead_positions(events, [5]) == [0, 2, 3, 5]
+    assert inbox_module.ahead_positions(events, []) == []
