@@ -83,9 +83,10 @@ class Rate:
 
 @dataclass(frozen=True)
 class RateLimits:
-    """Per client address (see README, Configuration). The webhook's is a flood guard far
-    above what a loan system sends (a nightly run is thousands of events a second from a few
-    addresses): its backpressure is the intake's bounded queue (503 with Retry-After)."""
+    """Per client address, and the ops API's per ops token (see README, Configuration). The
+    webhook's is a flood guard far above what a loan system sends (a nightly run is
+    thousands of events a second from a few addresses): its backpressure is the intake's
+    bounded queue (503 with Retry-After)."""
 
     webhook: Rate = Rate(600_000, 60)
     twilio: Rate = Rate(60_000, 60)
@@ -94,6 +95,9 @@ class RateLimits:
     unsigned: Rate = Rate(1_000, 60)
     # failed logins to the pages (401 from POST /ui/login)
     login_failures: Rate = Rate(10, 900)
+    # requests with one ops token to the ops API, from wherever they come: a leaked token, or
+    # a script gone wrong, cannot export the log in a loop
+    ops_token: Rate = Rate(12_000, 60)
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,7 @@ def _rate_limits(env: Mapping[str, str]) -> RateLimits:
         unsubscribe=_rate(env, "OUTREACH_RATE_LIMIT_UNSUBSCRIBE", defaults.unsubscribe),
         unsigned=_rate(env, "OUTREACH_RATE_LIMIT_UNSIGNED", defaults.unsigned),
         login_failures=_rate(env, "OUTREACH_RATE_LIMIT_LOGIN_FAILURES", defaults.login_failures),
+        ops_token=_rate(env, "OUTREACH_RATE_LIMIT_OPS_TOKEN", defaults.ops_token),
     )
 
 

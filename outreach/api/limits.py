@@ -15,6 +15,8 @@ request, in one round trip), so every web process shares one count:
 
 - requests to the webhook, to Twilio's callbacks and to the unsubscribe links, each route
   group its own `Rate` (`settings.RateLimits`);
+- requests with one ops token (`Authorization: Bearer …`) to the ops API, counted per
+  token (by a digest of it) wherever they come from;
 - answers that refused a signature (401 on the webhook, 403 on Twilio's callbacks) and
   failed logins to the pages (401 from `POST /ui/login`, which records each in the audit
   log): counted after the answer, checked before the next request, so an address that
@@ -28,6 +30,7 @@ seconds, and the outage is logged once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -60,6 +63,7 @@ TWILIO_PREFIX = "/v1/providers/twilio/"
 UNSUBSCRIBE_PREFIX = "/v1/unsubscribe/"
 WEBHOOK_PATHS = frozenset({"/v1/events", "/v1/events/batch"})
 LOGIN_PATH = "/ui/login"
+OPS_PREFIXES = ("/v1/", "/metrics")
 KEY_PREFIX = "outreach:limits"
 # seconds Redis is left alone after it failed to answer a count
 REDIS_PAUSE_SECONDS = 5.0
@@ -94,6 +98,7 @@ def rules(limits: RateLimits) -> Callable[[str, str], Rule | None]:
     twilio = Rule("twilio", limits.twilio, limits.unsigned, frozenset({403}))
     unsubscribe = Rule("unsubscribe", limits.unsubscribe)
     login = Rule("login", None, limits.login_failures, frozenset({401}))
+    ops = Rule("ops", limits.ops_token)
 
     def rule_for(method: str, path: str) -> Rule | None:
         if path in WEBHOOK_PATHS:
@@ -104,6 +109,8 @@ def rules(limits: RateLimits) -> Callable[[str, str], Rule | None]:
             return unsubscribe
         if path == LOGIN_PATH and method == "POST":
             return login
+        if path.startswith(OPS_PREFIXES):
+            return ops
         return None
 
     return rule_for
@@ -223,6 +230,10 @@ class EdgeLimits:
         path: str = scope.get("path", "")
         rule = self.rule_for(scope["method"], path)
         who = _client(scope)
+        if rule is not None and rule.group == "ops":
+            token = _bearer(scope)
+            # without a token the route answers 401 itself; counted per token, not address
+            rule, who = (rule, token) if token is not None else (None, who)
         if rule is not None:
             wait = self.counter.check(rule, who)
             if wait is not None:
@@ -265,6 +276,16 @@ class EdgeLimits:
 
 
 _DISCONNECTED = b"\0disconnected"
+
+
+def _bearer(scope: Scope) -> str | None:
+    """A digest of the request's bearer token (never the token itself in a Redis key)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = bytes(value).partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return hashlib.sha256(token.strip()).hexdigest()[:32]
+    return None
 
 
 def _client(scope: Scope) -> str:

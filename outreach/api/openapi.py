@@ -545,8 +545,8 @@ def _complete_operation(
         statuses.add(400)  # a JSON body that does not parse (FastAPI's answer)
     if not path.startswith(NO_STORE_PATHS):
         statuses.add(503)
-    if path.startswith(PUBLIC_PREFIXES):
-        statuses.add(429)
+    if path.startswith(PUBLIC_PREFIXES) or secured:
+        statuses.add(429)  # per address at the public edge, per ops token behind it
     for code in sorted(statuses):
         if str(code) not in responses:
             responses[str(code)] = _problem(code)

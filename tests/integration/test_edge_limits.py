@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from outreach.api import limits
 from outreach.settings import load_settings
 from tests.integration.conftest import serve
-from tests.live import ADMIN_TOKEN, LiveService, sign
+from tests.live import ADMIN_TOKEN, VIEWER_TOKEN, LiveService, sign
 from tests.support import free_port
 
 TWILIO_STATUS = "/v1/providers/twilio/status"
@@ -29,6 +29,7 @@ TIGHT_LIMITS = {
     "OUTREACH_RATE_LIMIT_UNSIGNED": "3/60",
     "OUTREACH_RATE_LIMIT_UNSUBSCRIBE": "4/60",
     "OUTREACH_RATE_LIMIT_LOGIN_FAILURES": "3/900",
+    "OUTREACH_RATE_LIMIT_OPS_TOKEN": "5/60",
 }
 
 
@@ -165,6 +166,20 @@ def test_a_signed_sender_keeps_its_whole_rate_up_to_the_flood_guard(tight: LiveS
     answers = [tight.post_event(borrower_upserted(f"b-{n}"), settle=False) for n in range(6)]
     assert [answer.status_code for answer in answers] == [202] * 6
     retry_after(tight.post_event(borrower_upserted("b-7"), settle=False))
+
+
+def test_the_ops_api_is_limited_per_token(tight: LiveService) -> None:
+    def messages(token: str) -> httpx.Response:
+        return httpx.get(
+            f"{tight.base_url}/v1/messages", headers={"Authorization": f"Bearer {token}"}
+        )
+
+    assert [messages(ADMIN_TOKEN).status_code for _ in range(5)] == [200] * 5
+    refused = messages(ADMIN_TOKEN)
+    assert retry_after(refused) <= 60
+    # another token from the same address keeps its own count; no token is simply refused
+    assert messages(VIEWER_TOKEN).status_code == 200
+    assert httpx.get(f"{tight.base_url}/v1/messages").status_code == 401
 
 
 def test_limits_are_read_from_the_environment() -> None:

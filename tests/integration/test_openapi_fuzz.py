@@ -93,7 +93,7 @@ def fuzzed(postgres_engine: Engine, redis_client: redis.Redis) -> Iterator[LiveS
     # (429 is in the document all the same)
     limits = {
         f"OUTREACH_RATE_LIMIT_{name}": "off"
-        for name in ("WEBHOOK", "TWILIO", "UNSUBSCRIBE", "UNSIGNED", "LOGIN_FAILURES")
+        for name in ("WEBHOOK", "TWILIO", "UNSUBSCRIBE", "UNSIGNED", "LOGIN_FAILURES", "OPS_TOKEN")
     }
     yield from serve(postgres_engine, env={"TWILIO_AUTH_TOKEN": TWILIO_TOKEN, **limits})
 
