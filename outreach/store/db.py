@@ -76,17 +76,30 @@ POOL_TIMEOUT = 10.0
 UNREACHABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
-def postgres_connect_args(connect_timeout: float, statement_timeout: float) -> dict[str, Any]:
+def postgres_connect_args(
+    connect_timeout: float, statement_timeout: float, url_options: str | None = None
+) -> dict[str, Any]:
     """libpq's connection parameters: the timeouts above (`statement_timeout` as a session
-    setting of every connection)."""
+    setting of every connection), after any `options` the URL itself gives (a search path,
+    say: a connect argument would replace them)."""
     args: dict[str, Any] = {
         "connect_timeout": max(1, round(connect_timeout)),
         "tcp_user_timeout": int(TCP_USER_TIMEOUT * 1000),
         **KEEPALIVE,
     }
+    options = [url_options] if url_options else []
     if statement_timeout > 0:
-        args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+        options.append(f"-c statement_timeout={int(statement_timeout * 1000)}")
+    if options:
+        args["options"] = " ".join(options)
     return args
+
+
+def _url_options(url: URL) -> str | None:
+    given = url.query.get("options")
+    if isinstance(given, tuple):
+        return " ".join(given)
+    return given
 
 
 def make_engine(
@@ -117,7 +130,7 @@ def make_engine(
         pool_pre_ping=True,
         pool_recycle=1800,
         pool_timeout=POOL_TIMEOUT,
-        connect_args=postgres_connect_args(connect_timeout, statement_timeout),
+        connect_args=postgres_connect_args(connect_timeout, statement_timeout, _url_options(url)),
         **JSON_CODEC,
     )
 
