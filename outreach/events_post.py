@@ -3,7 +3,10 @@ posted to a running service through `POST /v1/events/batch`.
 
 Lines go in batches of at most MAX_BATCH_EVENTS events and MAX_BATCH_BYTES, in file order (the
 service applies the events of one loan in the order they arrive). A line that is not a JSON
-object is reported with its number and not sent.
+object is reported with its number and not sent. A batch the service could not store (503,
+or no answer at all) is sent again after a pause: events it stored meanwhile come back as
+duplicates, so nothing is applied twice. A 401, 413 or 422 for a whole batch is not worth
+retrying and ends the run.
 
 Two things make a file usable any day and with the simulator's inputs (SPEC §10):
 - a string value that is exactly `{now}`, `{now-3d}`, `{now+90m}` (units `d`, `h`, `m`,
@@ -11,12 +14,10 @@ Two things make a file usable any day and with the simulator's inputs (SPEC §10
   that date in the lender's day (the policy's `day_boundary_zone`): the shipped `examples/`
   are written that way;
 - an `sms.inbound` line (`data`: `from`, `body`, optional `to`) is a borrower's reply: it is
-  posted, in its place in the file, to the Twilio inbound route as Twilio would post it,
+  posted in its place in the file (REPLY_AFTER_BATCH_SECONDS after a batch before it, as a
+  reply comes after what it answers) to the Twilio inbound route as Twilio would post it,
   signed with the Twilio auth token, with a MessageSid derived from its `id` (posting the
-  file again records it once). A batch the service could not store (503,
-or no answer at all) is sent again after a pause: events it stored meanwhile come back as
-duplicates, so nothing is applied twice. A 401, 413 or 422 for a whole batch is not worth
-retrying and ends the run.
+  file again records it once).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ INBOUND_PATH = "/v1/providers/twilio/inbound"
 INBOUND_TYPE = "sms.inbound"
 # the number a reply is addressed to when its line names none: Twilio's test "from" number
 DEFAULT_REPLY_TO = "+15005550006"
+# seconds between a batch and a reply that follows it in the file
+REPLY_AFTER_BATCH_SECONDS = 2.0
 _RELATIVE = re.compile(r"\{(now|today)((?:[+-]\d{1,5}[dhm])*)\}")
 _OFFSET = re.compile(r"([+-])(\d{1,5})([dhm])")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -218,9 +221,16 @@ def post_file(
     base = destination.url.rstrip("/")
     http = session or requests.Session()
     retry_pauses = tuple(pauses)
+    after_batch = False
     try:
         for part in read_batches(path, report, moment):
             if isinstance(part, Reply):
+                if after_batch:
+                    # the service answers a batch once it is stored and applies it moments
+                    # later: a reply right behind it would come from a number no borrower
+                    # has yet (its opt-out is kept, but no confirmation can be addressed)
+                    time.sleep(REPLY_AFTER_BATCH_SECONDS)
+                    after_batch = False
                 _post_reply(http, base, destination, part, retry_pauses, report)
                 if progress is not None:
                     progress(1)
@@ -229,6 +239,7 @@ def post_file(
                 http, base + BATCH_PATH, destination.secret.encode(), part, retry_pauses, report
             )
             report.batches += 1
+            after_batch = True
             for number, result in zip(part.lines, results, strict=True):
                 status = result.get("status")
                 if status == "accepted":
