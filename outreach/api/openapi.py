@@ -654,13 +654,13 @@ def _describe_twilio(paths: dict[str, Any]) -> None:
     forms = {
         status_path: _object(
             {
-                "MessageSid": {"type": "string", "minLength": 1},
+                "MessageSid": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
                 "MessageStatus": {
                     "type": "string",
-                    "minLength": 1,
+                    "pattern": "^[a-z_]{1,20}$",
                     "description": "queued, sending, sent, delivered, undelivered, failed, …",
                 },
-                "ErrorCode": {"type": "string"},
+                "ErrorCode": {"type": "string", "pattern": "^[0-9]{0,10}$"},
             },
             ["MessageSid", "MessageStatus"],
             description="Twilio's status callback; Twilio's other fields are ignored",
@@ -669,7 +669,7 @@ def _describe_twilio(paths: dict[str, Any]) -> None:
             {
                 "From": {"type": "string", "minLength": 1},
                 "Body": {"type": "string"},
-                "MessageSid": {"type": "string"},
+                "MessageSid": {"type": "string", "pattern": "^[A-Za-z0-9_-]{0,64}$"},
             },
             ["From"],
             description="an SMS a borrower sent; Twilio's other fields are ignored",

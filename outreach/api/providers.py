@@ -4,6 +4,8 @@ and the unsubscribe links of our emails (RFC 8058 one-click, and a page for peop
 from __future__ import annotations
 
 import html
+import re
+from typing import Final
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
@@ -68,6 +70,19 @@ async def _signed_twilio_form(
 
 
 _BAD_SIGNATURE = {"detail": "X-Twilio-Signature is not valid"}
+# what Twilio's status callback fields look like (a sid is two letters and 32 hex digits; a
+# status lower-case words; an error code digits), with room to spare: checked before they
+# are stored, as what is stored is bounded
+STATUS_FIELD_PATTERNS: Final = {
+    "MessageSid": re.compile(r"[A-Za-z0-9_-]{1,64}"),
+    "MessageStatus": re.compile(r"[a-z_]{1,20}"),
+    "ErrorCode": re.compile(r"[0-9]{1,10}"),
+}
+STATUS_FIELD_WORDS: Final = {
+    "MessageSid": "message sid (letters, digits, - and _, at most 64)",
+    "MessageStatus": "message status (lower-case letters, at most 20)",
+    "ErrorCode": "error code (digits, at most 10)",
+}
 
 
 async def _received(services: Services, entry: JournalEntry) -> str | None:
@@ -105,6 +120,11 @@ async def twilio_status(request: Request, services: ServicesDep) -> JSONResponse
     fields = {"MessageSid": sid, "MessageStatus": status}
     if params.get("ErrorCode"):
         fields["ErrorCode"] = params["ErrorCode"]
+    for name, value in fields.items():
+        if not STATUS_FIELD_PATTERNS[name].fullmatch(value):
+            # signed, so from Twilio or someone holding its token: never a value Twilio sends
+            detail = f"{name}: not a Twilio {STATUS_FIELD_WORDS[name]}"
+            return JSONResponse({"detail": detail, "field": name}, 422)
     outcome = await _received(
         services, JournalEntry(TWILIO_STATUS, fields, services.dispatcher.now())
     )
@@ -132,6 +152,9 @@ async def twilio_inbound(request: Request, services: ServicesDep) -> Response:
     fields = {"From": sender, "Body": params.get("Body", "")}
     sid = params.get("MessageSid") or params.get("SmsSid")
     if sid:
+        if not STATUS_FIELD_PATTERNS["MessageSid"].fullmatch(sid):
+            detail = f"MessageSid: not a Twilio {STATUS_FIELD_WORDS['MessageSid']}"
+            return JSONResponse({"detail": detail, "field": "MessageSid"}, 422)
         fields["MessageSid"] = sid
     if (
         await _received(services, JournalEntry(SMS_REPLY, fields, services.dispatcher.now()))

@@ -58,6 +58,7 @@ REASON_WORDS: dict[str, str] = {
     Reason.CONTENT_REJECTED: "the text failed the content checks",
     Reason.RENDER_ERROR: "the template could not be rendered",
     Reason.PROVIDER_ERROR: "the provider refused it",
+    Reason.DISPATCH_FAILED: "sending it failed again and again; a person should look at it",
     Reason.PROVIDER_RETRY: "the provider was busy; trying again",
     Reason.PROVIDER_STATUS: "reported by the provider",
     Reason.RECONCILED: "confirmed with the provider",

@@ -365,3 +365,25 @@ def test_statuses_that_overtake_the_acceptance_are_applied_once_it_is_recorded(
     clock.apply_parked_statuses()
     with postgres_engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM parked_callbacks")).scalar() == 0
+
+
+def test_a_status_callback_with_fields_twilio_never_sends_is_refused_naming_the_field(
+    live: LiveService, emulator: TwilioEmulator, postgres_engine: Engine
+) -> None:
+    url = f"{live.base_url}/v1/providers/twilio/status"
+    for field, form in (
+        ("MessageStatus", {"MessageSid": "SM" + "a" * 32, "MessageStatus": "x" * 300}),
+        ("MessageSid", {"MessageSid": "SM" + "a" * 300, "MessageStatus": "failed"}),
+        (
+            "ErrorCode",
+            {"MessageSid": "SM" + "a" * 32, "MessageStatus": "failed", "ErrorCode": "3000x"},
+        ),
+    ):
+        answer = httpx.post(
+            url, data=form, headers={"X-Twilio-Signature": emulator.sign(url, form)}
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["field"] == field
+    with postgres_engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM parked_callbacks")).scalar() == 0
+        assert connection.execute(text("SELECT count(*) FROM provider_callbacks")).scalar() == 0
