@@ -308,7 +308,9 @@ def test_on_a_tablet_the_pages_fit_the_screen(
 
 def test_the_pages_work_from_the_keyboard(ui_live: LiveService, page: Page) -> None:
     page.goto(f"{ui_live.base_url}/ui/login")
-    page.keyboard.type(ADMIN_TOKEN)  # the token field has the focus
+    # the token field has the focus (once the page has given it: typing sooner loses keys)
+    expect(page.get_by_label("Ops token")).to_be_focused()
+    page.keyboard.type(ADMIN_TOKEN)
     page.keyboard.press("Tab")
     expect(page.get_by_role("button", name="Log in")).to_be_focused()
     page.keyboard.press("Enter")
