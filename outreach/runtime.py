@@ -52,9 +52,10 @@ def stored_secret(var_dir: Path, name: str) -> str | None:
 
 def generated_secret(var_dir: Path, name: str) -> tuple[Secret, bool]:
     """A secret kept in var/<name> for the embedded defaults; (secret, newly created)."""
+    kept = stored_secret(var_dir, name)
+    if kept is not None:
+        return Secret(kept), False
     path = var_dir / name
-    if path.exists():
-        return Secret(path.read_text().strip()), False
     var_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
     path.write_text(value + "\n")

@@ -12,21 +12,13 @@ from typing import Any
 
 import httpx
 
+from outreach.domain import Purpose
 from tests.conftest import REPO_ROOT
 from tests.support import clean_env, free_port, run_outreach, running
 
-# each kind of message the book is written to show, and what the service must make of it
-EXPECTED_PURPOSES = {
-    "dunning",
-    "promise_reminder",
-    "broken_promise",
-    "instalment_reminder",
-    "visit_notice",
-    "payment_confirmation",
-    "optout_confirmation",
-    "help_reply",
-    "cease_confirmation",
-}
+# each kind of message the book is written to show: every purpose but a campaign's (no
+# event launches one) and an opt-in's confirmation (no START in the book)
+EXPECTED_PURPOSES = {purpose.value for purpose in Purpose} - {"campaign", "optin_confirmation"}
 # held back by a rule, each with its reason (nothing disappears without one)
 EXPECTED_WITHHELD = {
     ("suppressed", "promise_pending"),
